@@ -1,0 +1,220 @@
+// Package catest gives tests a complete deployment PKI made by
+// deployment.Init in a temporary directory, and its step-ca running in the
+// test process on a free loopback port.
+//
+// Making a PKI costs about 0.7 s (several 600,000-round key derivations),
+// seven times that under the race detector, so tests that only read from the
+// CA share one per test binary (Shared); tests that change what others could
+// see make their own (Start).
+package catest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki/ca"
+	"github.com/fleetprov/prov/pki/deployment"
+)
+
+// Password is the deployment password of test PKIs.
+var Password = []byte("test-deployment-password")
+
+// TrustDomain is the trust domain of test PKIs.
+const TrustDomain = "fleet.test"
+
+// Proxy is the one proxy of a test PKI.
+const Proxy = "factory1"
+
+// CA is a running test CA.
+type CA struct {
+	*deployment.Deployment
+	Client *ca.Client
+}
+
+// NewPKI creates a PKI in a temporary directory. The options, if any, are
+// applied to the defaults before Init.
+func NewPKI(t testing.TB, opts ...func(*deployment.InitOptions)) *deployment.Deployment {
+	t.Helper()
+	port, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, err := newPKI(filepath.Join(t.TempDir(), "pki"), port, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+func newPKI(dir string, port int, opts ...func(*deployment.InitOptions)) (*deployment.Deployment, error) {
+	o := deployment.InitOptions{
+		Dir:         dir,
+		Password:    Password,
+		TrustDomain: TrustDomain,
+		CAAddress:   "127.0.0.1:" + strconv.Itoa(port),
+		CAHosts:     []string{"localhost", "127.0.0.1"},
+		Proxies:     []deployment.ProxySpec{{Name: Proxy}},
+	}
+	for _, f := range opts {
+		f(&o)
+	}
+	res, err := deployment.Init(context.Background(), o)
+	if err != nil {
+		return nil, fmt.Errorf("init test PKI: %w", err)
+	}
+	return res.Deployment, nil
+}
+
+// Start creates a PKI and runs its step-ca until the test ends.
+func Start(t testing.TB, opts ...func(*deployment.InitOptions)) *CA {
+	t.Helper()
+	return Run(t, NewPKI(t, opts...))
+}
+
+// Run runs step-ca for an existing PKI until the test ends.
+func Run(t testing.TB, d *deployment.Deployment) *CA {
+	t.Helper()
+	c, stop, err := run(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("step-ca stopped with: %v", err)
+		}
+	})
+	return c
+}
+
+func run(d *deployment.Deployment) (*CA, func() error, error) {
+	srv, err := ca.NewServer(d.CAConfig(), Password, ca.WithoutRequestLog())
+	if err != nil {
+		return nil, nil, fmt.Errorf("step-ca: %w", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	stop := func() error {
+		cancel()
+		return <-done
+	}
+	client, err := WaitHealthy(d, done, 15*time.Second)
+	if errors.Is(err, errExited) {
+		return nil, nil, err
+	}
+	if err != nil {
+		_ = stop()
+		return nil, nil, err
+	}
+	return &CA{Deployment: d, Client: client}, stop, nil
+}
+
+var errExited = errors.New("the CA exited")
+
+// WaitHealthy returns a client of d's CA once it answers /health. It gives
+// up when exited delivers (the CA, a goroutine or a process, ended) or after
+// timeout.
+func WaitHealthy(d *deployment.Deployment, exited <-chan error, timeout time.Duration) (*ca.Client, error) {
+	client, err := ca.NewClient(d.CAURL, d.RootCert())
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	defer cancel()
+	for {
+		err := client.Health(ctx)
+		if err == nil {
+			return client, nil
+		}
+		select {
+		case xerr := <-exited:
+			return nil, fmt.Errorf("%w at start: %w", errExited, xerr)
+		case <-ctx.Done():
+			return nil, fmt.Errorf("CA not healthy after %s: %w", timeout, err)
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+var shared struct {
+	once sync.Once
+	ca   *CA
+	dir  string
+	stop func() error
+	err  error
+}
+
+// Shared returns the test binary's shared running CA, starting it on first
+// use. Tests using it must leave nothing another test could trip on (use
+// fresh serials and names). The package's TestMain must call Main.
+func Shared(t testing.TB) *CA {
+	t.Helper()
+	shared.once.Do(func() {
+		shared.dir, shared.err = os.MkdirTemp("", "catest-")
+		if shared.err != nil {
+			return
+		}
+		port, err := freePort()
+		if err != nil {
+			shared.err = err
+			return
+		}
+		d, err := newPKI(filepath.Join(shared.dir, "pki"), port)
+		if err != nil {
+			shared.err = err
+			return
+		}
+		shared.ca, shared.stop, shared.err = run(d)
+	})
+	if shared.err != nil {
+		t.Fatalf("shared test CA: %v", shared.err)
+	}
+	return shared.ca
+}
+
+// Main runs the tests, then stops the shared CA and removes its files.
+// Use it as: func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }.
+func Main(m *testing.M) int {
+	code := m.Run()
+	if shared.stop != nil {
+		if err := shared.stop(); err != nil {
+			fmt.Fprintf(os.Stderr, "catest: shared step-ca stopped with: %v\n", err)
+			code = 1
+		}
+	}
+	if shared.dir != "" {
+		_ = os.RemoveAll(shared.dir)
+	}
+	return code
+}
+
+// FreePort returns a loopback TCP port that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	p, err := freePort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer func() { _ = ln.Close() }()
+	addr, ok := ln.Addr().(*net.TCPAddr)
+	if !ok {
+		return 0, errors.New("listener address is not TCP")
+	}
+	return addr.Port, nil
+}

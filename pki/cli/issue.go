@@ -1,0 +1,146 @@
+package cli
+
+import (
+	"context"
+	"crypto/x509"
+	"fmt"
+	"math/big"
+	"os"
+	"time"
+
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/token"
+)
+
+// adminSession is what issue and revoke share: the opened PKI, the admin
+// provisioner and a client of the running CA.
+type adminSession struct {
+	d      *deployment.Deployment
+	admin  *token.Provisioner
+	client *ca.Client
+}
+
+func openAdminSession(dir, pwFile, caURL string) (*adminSession, error) {
+	d, err := deployment.Open(dir)
+	if err != nil {
+		return nil, err
+	}
+	pw, err := pki.ReadPasswordFile(pwFile)
+	if err != nil {
+		return nil, fmt.Errorf("--password-file: %w", err)
+	}
+	admin, err := d.AdminProvisioner(pw)
+	if err != nil {
+		return nil, err
+	}
+	if caURL == "" {
+		caURL = d.CAURL
+	}
+	client, err := ca.NewClient(caURL, d.RootCert())
+	if err != nil {
+		return nil, fmt.Errorf("--ca-url: %w", err)
+	}
+	return &adminSession{d: d, admin: admin, client: client}, nil
+}
+
+func runIssue(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "issue")
+	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
+	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the admin provisioner key)")
+	roleName := fs.String("role", "", "role of the new identity: admin, proxy, core or signer")
+	name := fs.String("name", "", "name of the new identity (a-z, 0-9, '-')")
+	var hosts listFlag
+	fs.Var(&hosts, "host", "DNS name or IP address of a core or proxy server (repeatable)")
+	caURL := fs.String("ca-url", "", "URL of the running CA (default: the PKI's CA URL)")
+	force := fs.Bool("force", false, "replace an existing identity of that name (the old directory is kept aside)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required([2]string{"dir", *dir}, [2]string{"password-file", *pwFile}, [2]string{"role", *roleName}, [2]string{"name", *name}); err != nil {
+		return err
+	}
+	role, err := pki.ParseRole(*roleName)
+	if err != nil || role == pki.RoleDevice {
+		return fmt.Errorf("%w: --role %q: want admin, proxy, core or signer (devices enroll through a proxy)", errUsage, *roleName)
+	}
+	s, err := openAdminSession(*dir, *pwFile, *caURL)
+	if err != nil {
+		return err
+	}
+	out, err := s.d.IssueIdentity(ctx, s.client, s.admin, deployment.IdentityRequest{Role: role, Name: *name, Hosts: hosts, Replace: *force}, time.Now())
+	if err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(e.stdout, "Issued %s\n  certificate  %s\n  key          %s\n  serial       %s\n  valid until  %s\n",
+		out.Identity, out.CertFile, out.KeyFile, out.Leaf.SerialNumber, out.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	if out.Replaced != "" {
+		_, _ = fmt.Fprintf(e.stdout, "The previous identity was moved to %s; revoke it with: prov-pki revoke --dir %s --password-file FILE --cert %s\n",
+			out.Replaced, s.d.Dir, out.Replaced+"/cert.pem")
+	}
+	_, _ = fmt.Fprintf(e.stdout, "Hand %s to the service and delete the key here.\n", out.Dir)
+	return nil
+}
+
+func runRevoke(ctx context.Context, e *env, args []string) error {
+	fs := newFlags(e, "revoke")
+	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
+	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the admin provisioner key)")
+	certFile := fs.String("cert", "", "certificate to revoke (PEM, leaf first)")
+	serial := fs.String("serial", "", "serial number to revoke, in decimal as step-ca writes it (instead of --cert)")
+	reason := fs.String("reason", "", "why, for the CA's records")
+	caURL := fs.String("ca-url", "", "URL of the running CA (default: the PKI's CA URL)")
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if err := required([2]string{"dir", *dir}, [2]string{"password-file", *pwFile}); err != nil {
+		return err
+	}
+	if (*certFile == "") == (*serial == "") {
+		return fmt.Errorf("%w: give exactly one of --cert and --serial", errUsage)
+	}
+	what := *serial
+	if *certFile != "" {
+		leaf, err := readLeaf(*certFile)
+		if err != nil {
+			return fmt.Errorf("--cert: %w", err)
+		}
+		*serial = leaf.SerialNumber.String()
+		what = fmt.Sprintf("%s (%s)", *serial, describe(leaf))
+	} else if n, ok := new(big.Int).SetString(*serial, 10); !ok || n.Sign() <= 0 {
+		return fmt.Errorf("%w: --serial %q is not a positive decimal number", errUsage, *serial)
+	}
+	s, err := openAdminSession(*dir, *pwFile, *caURL)
+	if err != nil {
+		return err
+	}
+	tok, err := s.admin.RevokeToken(s.client.RevokeAudience(), *serial, time.Now())
+	if err != nil {
+		return err
+	}
+	if err := s.client.Revoke(ctx, *serial, tok, *reason); err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(e.stdout, "Revoked %s.\nstep-ca now refuses to renew it and lists it in its CRL (%s/1.0/crl).\n", what, s.d.CAURL)
+	return nil
+}
+
+func readLeaf(path string) (*x509.Certificate, error) {
+	data, err := os.ReadFile(path) //nolint:gosec // the admin names the file
+	if err != nil {
+		return nil, err
+	}
+	certs, err := pki.ParseCertificates(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return certs[0], nil
+}
+
+func describe(c *x509.Certificate) string {
+	if id, err := pki.IdentityOf(c); err == nil {
+		return id.String()
+	}
+	return "CN " + c.Subject.CommonName
+}

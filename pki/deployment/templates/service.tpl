@@ -1,0 +1,60 @@
+{{- /*
+  Certificate template of the admin provisioner (written by prov-pki init).
+  It signs the deployment's service identities only: admin, proxy, core and
+  signer, never a device and never another trust domain. The token names the
+  identity URI spiffe://<trust-domain>/<role>/<name> and, for core and proxy,
+  host names; the subject CN is <role>/<name>.
+*/ -}}
+{{- $prefix := printf "spiffe://%s/" .trustDomain -}}
+{{- $uris := list -}}{{- $dns := list -}}{{- $ips := list -}}
+{{- range .SANs -}}
+  {{- if eq .Type "uri" -}}{{- $uris = append $uris .Value -}}
+  {{- else if eq .Type "dns" -}}{{- $dns = append $dns .Value -}}
+  {{- else if eq .Type "ip" -}}{{- $ips = append $ips .Value -}}
+  {{- else -}}{{- fail (printf "SAN %q of type %s is not allowed" .Value .Type) -}}
+  {{- end -}}
+{{- end -}}
+{{- if ne (len $uris) 1 -}}
+  {{- fail "the token must name exactly one identity URI" -}}
+{{- end -}}
+{{- $uri := first $uris -}}
+{{- if not (hasPrefix $prefix $uri) -}}
+  {{- fail (printf "identity %q is not in trust domain %s" $uri .trustDomain) -}}
+{{- end -}}
+{{- $parts := splitList "/" (trimPrefix $prefix $uri) -}}
+{{- if ne (len $parts) 2 -}}
+  {{- fail (printf "identity %q is not spiffe://<trust-domain>/<role>/<name>" $uri) -}}
+{{- end -}}
+{{- $role := index $parts 0 -}}
+{{- $name := index $parts 1 -}}
+{{- if not (has $role (list "admin" "proxy" "core" "signer")) -}}
+  {{- fail (printf "role %q cannot be issued by the admin provisioner" $role) -}}
+{{- end -}}
+{{- if not (regexMatch "^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$" $name) -}}
+  {{- fail (printf "name %q: want 1-63 of a-z, 0-9 and '-'" $name) -}}
+{{- end -}}
+{{- if ne .Subject.CommonName (printf "%s/%s" $role $name) -}}
+  {{- fail (printf "common name %q must be %s/%s" .Subject.CommonName $role $name) -}}
+{{- end -}}
+{{- if and (or (eq $role "admin") (eq $role "signer")) (or $dns $ips) -}}
+  {{- fail (printf "a %s certificate carries no host names" $role) -}}
+{{- end -}}
+{
+  "subject": {"commonName": {{ toJson .Subject.CommonName }}},
+  "uris": {{ toJson (list $uri) }},
+  {{- if $dns }}
+  "dnsNames": {{ toJson $dns }},
+  {{- end }}
+  {{- if $ips }}
+  "ipAddresses": {{ toJson $ips }},
+  {{- end }}
+  "keyUsage": ["digitalSignature"],
+  {{- if eq $role "signer" }}
+  "extKeyUsage": ["codeSigning"],
+  {{- else if eq $role "admin" }}
+  "extKeyUsage": ["clientAuth"],
+  {{- else }}
+  "extKeyUsage": ["serverAuth", "clientAuth"],
+  {{- end }}
+  "basicConstraints": {"isCA": false}
+}

@@ -1,0 +1,193 @@
+package pki
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"os"
+	"slices"
+	"sync/atomic"
+	"time"
+)
+
+// KeyPair is a certificate chain and its private key, loaded from PEM files
+// and swappable at run time (after a renewal) without rebuilding the TLS
+// configurations that use it.
+type KeyPair struct {
+	certFile, keyFile string
+	cur               atomic.Pointer[tls.Certificate]
+}
+
+// LoadKeyPair reads a PEM certificate chain (leaf first) and its PEM private
+// key. The key file must not be readable by group or others.
+func LoadKeyPair(certFile, keyFile string) (*KeyPair, error) {
+	kp := &KeyPair{certFile: certFile, keyFile: keyFile}
+	if err := kp.Reload(); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
+
+// Reload re-reads both files; on any error the current pair stays in use.
+func (kp *KeyPair) Reload() error {
+	c, err := readKeyPair(kp.certFile, kp.keyFile)
+	if err != nil {
+		return err
+	}
+	kp.cur.Store(c)
+	return nil
+}
+
+// Certificate returns the current pair, for tls.Config callbacks.
+func (kp *KeyPair) Certificate() *tls.Certificate { return kp.cur.Load() }
+
+// Leaf returns the current leaf certificate.
+func (kp *KeyPair) Leaf() *x509.Certificate { return kp.cur.Load().Leaf }
+
+func readKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
+	certPEM, err := readLimited(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadKeyPair, err)
+	}
+	if _, err := ParseCertificates(certPEM); err != nil {
+		return nil, fmt.Errorf("%w: %s: %w", ErrBadKeyPair, certFile, err)
+	}
+	fi, err := os.Stat(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadKeyPair, err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%w: key file %s has mode %04o; it must be readable by its owner only (chmod 600)",
+			ErrBadKeyPair, keyFile, fi.Mode().Perm())
+	}
+	keyPEM, err := readLimited(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadKeyPair, err)
+	}
+	c, err := tls.X509KeyPair(certPEM, keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s with %s: %w", ErrBadKeyPair, certFile, keyFile, err)
+	}
+	return &c, nil
+}
+
+// ServerOptions tune ServerTLSConfig.
+type ServerOptions struct {
+	// ClientAuth defaults to tls.RequireAndVerifyClientCert. A server that
+	// also answers unauthenticated health checks uses
+	// tls.VerifyClientCertIfGiven and checks PeerIdentity per route.
+	ClientAuth tls.ClientAuthType
+	// ClientRoles, if set, are the only roles that may complete a handshake.
+	ClientRoles []Role
+	// CheckRevoked, if set, is asked about every client leaf; an error ends
+	// the handshake.
+	CheckRevoked func(*x509.Certificate) error
+}
+
+// ServerTLSConfig is a TLS 1.3 server configuration with this pair as the
+// server certificate and client certificates verified against the bundle.
+// A client certificate with an ambiguous or foreign identity fails the
+// handshake.
+func ServerTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ServerOptions) *tls.Config {
+	auth := opts.ClientAuth
+	if auth == tls.NoClientCert {
+		auth = tls.RequireAndVerifyClientCert
+	}
+	return &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+			return kp.Certificate(), nil
+		},
+		ClientAuth: auth,
+		ClientCAs:  bundle.Pool(),
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(cs.VerifiedChains) == 0 {
+				return nil // no client certificate; ClientAuth said that is allowed
+			}
+			leaf := cs.VerifiedChains[0][0]
+			if _, err := bundle.identify(leaf, opts.ClientRoles); err != nil {
+				return err
+			}
+			if opts.CheckRevoked != nil {
+				return opts.CheckRevoked(leaf)
+			}
+			return nil
+		},
+	}
+}
+
+// ClientOptions tune ClientTLSConfig.
+type ClientOptions struct {
+	// ServerName overrides the host name checked in the server certificate.
+	ServerName string
+	// ServerRoles, if set, are the roles the server must have (a proxy's
+	// certificate must not pass for core's on the same host). Unset, any
+	// certificate from the root valid for the host name is accepted; that
+	// is right only for step-ca's own listener.
+	ServerRoles []Role
+	// ClockFloor, if set, returns the earliest time the client believes it
+	// is; see ClockFloor.
+	ClockFloor func() time.Time
+	// Now is the clock; nil means time.Now. A test seam.
+	Now func() time.Time
+}
+
+// ClientTLSConfig is a TLS 1.3 client configuration that trusts only the
+// bundle's roots and, when kp is not nil, presents kp as client certificate.
+func ClientTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ClientOptions) *tls.Config {
+	cfg := &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    bundle.Pool(),
+		ServerName: opts.ServerName,
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if len(opts.ServerRoles) == 0 {
+				return nil
+			}
+			if len(cs.VerifiedChains) == 0 {
+				return fmt.Errorf("%w: server sent no verified chain", ErrUntrusted)
+			}
+			_, err := bundle.identify(cs.VerifiedChains[0][0], opts.ServerRoles)
+			return err
+		},
+	}
+	now := opts.Now
+	if now == nil {
+		now = time.Now
+	}
+	if floor := opts.ClockFloor; floor != nil {
+		cfg.Time = func() time.Time { return ClockFloor(now(), floor()) }
+	} else if opts.Now != nil {
+		cfg.Time = now
+	}
+	if kp != nil {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return kp.Certificate(), nil
+		}
+	}
+	return cfg
+}
+
+// PeerIdentity returns the identity of the verified peer of a connection.
+// The handshake already checked it (ServerTLSConfig); this reads it again
+// for authorisation, from the verified chain only.
+func PeerIdentity(cs *tls.ConnectionState) (Identity, error) {
+	if cs == nil || len(cs.VerifiedChains) == 0 || len(cs.VerifiedChains[0]) == 0 {
+		return Identity{}, fmt.Errorf("%w: no verified client certificate", ErrNoIdentity)
+	}
+	return IdentityOf(cs.VerifiedChains[0][0])
+}
+
+// identify reads a verified leaf's identity and checks trust domain and role.
+func (b *TrustBundle) identify(leaf *x509.Certificate, roles []Role) (Identity, error) {
+	id, err := IdentityOf(leaf)
+	if err != nil {
+		return Identity{}, err
+	}
+	if id.TrustDomain != b.trustDomain {
+		return Identity{}, fmt.Errorf("%w: %s is not in %s", ErrForeignTrustDomain, id, b.trustDomain)
+	}
+	if len(roles) > 0 && !slices.Contains(roles, id.Role) {
+		return Identity{}, fmt.Errorf("%w: %s (want %v)", ErrRoleNotAllowed, id, roles)
+	}
+	return id, nil
+}

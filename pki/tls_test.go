@@ -1,0 +1,233 @@
+package pki_test
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki"
+)
+
+// handshake runs a real TLS handshake over a pipe and returns what each side
+// saw.
+func handshake(t *testing.T, server, client *tls.Config) (serverState tls.ConnectionState, serverErr, clientErr error) {
+	t.Helper()
+	a, b := net.Pipe()
+	defer func() { _ = a.Close(); _ = b.Close() }()
+	_ = a.SetDeadline(time.Now().Add(5 * time.Second))
+	_ = b.SetDeadline(time.Now().Add(5 * time.Second))
+	srv := tls.Server(a, server)
+	done := make(chan error, 1)
+	go func() {
+		err := srv.Handshake()
+		if err != nil {
+			_ = a.Close() // unblock the client
+		}
+		done <- err
+	}()
+	cl := tls.Client(b, client)
+	clientErr = cl.Handshake()
+	if clientErr == nil {
+		// In TLS 1.3 the client finishes first; a read sees a server alert.
+		_ = cl.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		var buf [1]byte
+		if _, err := cl.Read(buf[:]); err != nil && !isTimeout(err) {
+			clientErr = err
+		}
+	}
+	if clientErr != nil {
+		_ = b.Close()
+	}
+	serverErr = <-done
+	return srv.ConnectionState(), serverErr, clientErr
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func TestMutualTLS(t *testing.T) {
+	ca := newTestCA(t, "fleet.test")
+	other := newTestCA(t, "fleet.test")
+	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	coreCert, coreKey := ca.keyPair(t, leafSpec{cn: "core/main", uris: []string{"spiffe://fleet.test/core/main"}, dns: []string{"core.example.com"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	coreKP, err := pki.LoadKeyPair(coreCert, coreKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	proxyCert, proxyKey := ca.keyPair(t, leafSpec{uris: []string{"spiffe://fleet.test/proxy/p1"}, dns: []string{"core.example.com"}})
+	proxyKP, err := pki.LoadKeyPair(proxyCert, proxyKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device := func(s leafSpec) *tls.Config {
+		c := ca.tlsCert(t, s)
+		cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com", ServerRoles: []pki.Role{pki.RoleCore}})
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+		return cfg
+	}
+	dev := "spiffe://fleet.test/device/1a2b3c4d5e"
+	devEKU := []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}
+	serverFor := func(o pki.ServerOptions) *tls.Config { return pki.ServerTLSConfig(coreKP, bundle, o) }
+
+	t.Run("device to core", func(t *testing.T) {
+		st, serr, cerr := handshake(t, serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice}}), device(leafSpec{cn: "1a2b3c4d5e", uris: []string{dev}, eku: devEKU}))
+		if serr != nil || cerr != nil {
+			t.Fatalf("server %v, client %v", serr, cerr)
+		}
+		id, err := pki.PeerIdentity(&st)
+		if err != nil || id.String() != dev {
+			t.Fatalf("peer identity %v, %v", id, err)
+		}
+		if st.Version != tls.VersionTLS13 {
+			t.Errorf("TLS version %x", st.Version)
+		}
+	})
+	for _, tc := range []struct {
+		name   string
+		server *tls.Config
+		client *tls.Config
+	}{
+		{"client from another root", serverFor(pki.ServerOptions{}), func() *tls.Config {
+			c := other.tlsCert(t, leafSpec{uris: []string{dev}, eku: devEKU})
+			cfg := device(leafSpec{uris: []string{dev}, eku: devEKU})
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+			return cfg
+		}()},
+		{"no client certificate", serverFor(pki.ServerOptions{}), pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com"})},
+		{"ambiguous client identity", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev, "spiffe://fleet.test/device/0000000000"}, eku: devEKU})},
+		{"client CN disagrees with SAN", serverFor(pki.ServerOptions{}), device(leafSpec{cn: "0000000000", uris: []string{dev}, eku: devEKU})},
+		{"client of a foreign trust domain", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{"spiffe://other.test/device/1a2b3c4d5e"}, eku: devEKU})},
+		{"client role not allowed", serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleAdmin}}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
+		{"client certificate without clientAuth", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})},
+		{"expired client certificate", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: devEKU, notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)})},
+		{"revoked client", serverFor(pki.ServerOptions{CheckRevoked: func(*x509.Certificate) error { return errors.New("revoked") }}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
+		{"a proxy posing as core", pki.ServerTLSConfig(proxyKP, bundle, pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
+		{"server name mismatch", serverFor(pki.ServerOptions{}), func() *tls.Config {
+			cfg := device(leafSpec{uris: []string{dev}, eku: devEKU})
+			cfg.ServerName = "elsewhere.example.com"
+			return cfg
+		}()},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, serr, cerr := handshake(t, tc.server, tc.client)
+			if serr == nil && cerr == nil {
+				t.Fatal("handshake succeeded")
+			}
+			t.Logf("server: %v; client: %v", serr, cerr)
+		})
+	}
+
+	t.Run("client clock in 1970", func(t *testing.T) {
+		c := ca.tlsCert(t, leafSpec{cn: "1a2b3c4d5e", uris: []string{dev}, eku: devEKU})
+		epoch := func() time.Time { return time.Unix(0, 0) }
+		for _, tc := range []struct {
+			name  string
+			floor func() time.Time
+			ok    bool
+		}{
+			{"no floor: the server certificate is not yet valid", nil, false},
+			{"floor now: verifies", time.Now, true},
+		} {
+			cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com", ServerRoles: []pki.Role{pki.RoleCore},
+				Now: epoch, ClockFloor: tc.floor})
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
+			_, serr, cerr := handshake(t, serverFor(pki.ServerOptions{}), cfg)
+			if ok := serr == nil && cerr == nil; ok != tc.ok {
+				t.Errorf("%s: server %v, client %v", tc.name, serr, cerr)
+			}
+		}
+	})
+}
+
+func TestClockFloor(t *testing.T) {
+	now, floor := time.Unix(0, 0), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	if got := pki.ClockFloor(now, floor); !got.Equal(floor) {
+		t.Errorf("ClockFloor(1970, 2026) = %v", got)
+	}
+	later := floor.Add(time.Hour)
+	if got := pki.ClockFloor(later, floor); !got.Equal(later) {
+		t.Errorf("ClockFloor(later, floor) = %v", got)
+	}
+}
+
+func TestLoadKeyPair(t *testing.T) {
+	ca := newTestCA(t, "fleet.test")
+	spec := leafSpec{uris: []string{"spiffe://fleet.test/core/main"}}
+	certFile, keyFile := ca.keyPair(t, spec)
+	kp, err := pki.LoadKeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := kp.Leaf().SerialNumber
+
+	t.Run("reload swaps the pair", func(t *testing.T) {
+		c2, k2 := ca.keyPair(t, spec)
+		copyFile(t, c2, certFile, 0o644)
+		copyFile(t, k2, keyFile, 0o600)
+		if err := kp.Reload(); err != nil {
+			t.Fatal(err)
+		}
+		if kp.Leaf().SerialNumber.Cmp(first) == 0 {
+			t.Fatal("reload kept the old certificate")
+		}
+	})
+	t.Run("failed reload keeps the current pair", func(t *testing.T) {
+		current := kp.Leaf().SerialNumber
+		writeFile(t, certFile, []byte("garbage"), 0o644)
+		if err := kp.Reload(); !errors.Is(err, pki.ErrBadKeyPair) {
+			t.Fatalf("reload of garbage: %v", err)
+		}
+		if kp.Leaf().SerialNumber.Cmp(current) != 0 {
+			t.Fatal("a failed reload changed the pair")
+		}
+	})
+	for name, setup := range map[string]func(t *testing.T) (string, string){
+		"world-readable key": func(t *testing.T) (string, string) {
+			c, k := ca.keyPair(t, spec)
+			if err := os.Chmod(k, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			return c, k
+		},
+		"key of another certificate": func(t *testing.T) (string, string) {
+			c, _ := ca.keyPair(t, spec)
+			_, k := ca.keyPair(t, spec)
+			return c, k
+		},
+		"missing key": func(t *testing.T) (string, string) {
+			c, _ := ca.keyPair(t, spec)
+			return c, filepath.Join(t.TempDir(), "nope")
+		},
+		"empty certificate file": func(t *testing.T) (string, string) {
+			c, k := ca.keyPair(t, spec)
+			writeFile(t, c, nil, 0o644)
+			return c, k
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			c, k := setup(t)
+			if _, err := pki.LoadKeyPair(c, k); !errors.Is(err, pki.ErrBadKeyPair) {
+				t.Fatalf("LoadKeyPair: %v; want ErrBadKeyPair", err)
+			}
+		})
+	}
+}
+
+func copyFile(t *testing.T, from, to string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(from)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, to, b, mode)
+}

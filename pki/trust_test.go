@@ -1,0 +1,131 @@
+package pki_test
+
+import (
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki"
+)
+
+func TestParseTrustBundle(t *testing.T) {
+	ca := newTestCA(t, "fleet.test")
+	other := newTestCA(t, "other.test")
+	second := newTestCA(t, "fleet.test")
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.rootKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		data []byte
+		ok   bool
+	}{
+		{"one root", ca.rootPEM, true},
+		{"two roots of one trust domain (rotation)", append(append([]byte{}, ca.rootPEM...), second.rootPEM...), true},
+		{"empty", nil, false},
+		{"not PEM", []byte("hello"), false},
+		{"trailing garbage", append(append([]byte{}, ca.rootPEM...), "garbage"...), false},
+		{"intermediate, not self-signed", pemCerts(ca.inter), false},
+		{"a leaf", pemCerts(must(ca.leaf(t, leafSpec{uris: []string{"spiffe://fleet.test/core/a"}}))), false},
+		{"roots of two trust domains", append(append([]byte{}, ca.rootPEM...), other.rootPEM...), false},
+		{"a private key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), false},
+		{"root without trust domain", pemCerts(sign(t, &x509.Certificate{NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}, nil, &ca.rootKey.PublicKey, ca.rootKey)), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := pki.ParseTrustBundle(tc.data)
+			if tc.ok != (err == nil) {
+				t.Fatalf("ParseTrustBundle: %v; want ok=%v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, pki.ErrBadTrustBundle) {
+				t.Errorf("error %v is not ErrBadTrustBundle", err)
+			}
+			if err == nil && b.TrustDomain() != "fleet.test" {
+				t.Errorf("trust domain %q", b.TrustDomain())
+			}
+		})
+	}
+	if _, err := pki.LoadTrustBundle(filepath.Join(t.TempDir(), "missing.crt")); !errors.Is(err, pki.ErrBadTrustBundle) || !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+func must[T any, U any](v T, _ U) T { return v }
+
+func TestVerify(t *testing.T) {
+	ca := newTestCA(t, "fleet.test")
+	other := newTestCA(t, "fleet.test") // same trust domain, another root
+	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := "spiffe://fleet.test/device/1a2b3c4d5e"
+	now := time.Now()
+	epoch := time.Unix(0, 0) // a board without RTC
+	for _, tc := range []struct {
+		name  string
+		chain func() []*x509.Certificate
+		opts  pki.VerifyOptions
+		err   error
+	}{
+		{"device", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
+		{"role allowed", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}}, nil},
+		{"role not allowed", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleAdmin}}, pki.ErrRoleNotAllowed},
+		{"other root", chainOf(t, other, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
+		{"leaf without intermediate", func() []*x509.Certificate { return chainOf(t, ca, leafSpec{uris: []string{dev}})()[:1] }, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
+		{"empty chain", func() []*x509.Certificate { return nil }, pki.VerifyOptions{}, pki.ErrUntrusted},
+		{"expired", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"not yet valid", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(time.Hour), notAfter: now.Add(2 * time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"wrong key usage", chainOf(t, ca, leafSpec{uris: []string{dev}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrKeyUsage},
+		{"foreign trust domain under our root", chainOf(t, ca, leafSpec{uris: []string{"spiffe://other.test/device/1a2b3c4d5e"}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrForeignTrustDomain},
+		{"ambiguous", chainOf(t, ca, leafSpec{cn: "0000000000", uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrAmbiguousIdentity},
+		// Clock floor: a board in 1970 verifies at the floor...
+		{"clock in 1970, floor now", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
+		{"clock in 1970, no floor", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{Time: epoch, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		// ...and never accepts what expired before the floor.
+		{"clock in 1970, expired before floor", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"floor in the past does not hide expiry", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{ClockFloor: now.Add(-90 * time.Minute), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, err := bundle.Verify(tc.chain(), tc.opts)
+			if !errors.Is(err, tc.err) {
+				t.Fatalf("Verify: %v, %v; want %v", id, err, tc.err)
+			}
+		})
+	}
+}
+
+func chainOf(t *testing.T, ca *testCA, s leafSpec) func() []*x509.Certificate {
+	return func() []*x509.Certificate {
+		leaf, _ := ca.leaf(t, s)
+		return []*x509.Certificate{leaf, ca.inter}
+	}
+}
+
+func TestReadPasswordFile(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		writeFile(t, p, []byte(content), 0o600)
+		return p
+	}
+	if pw, err := pki.ReadPasswordFile(write("ok", "s3cret pass\n\n")); err != nil || string(pw) != "s3cret pass" {
+		t.Errorf("got %q, %v", pw, err)
+	}
+	for name, path := range map[string]string{
+		"missing":     filepath.Join(dir, "nope"),
+		"empty":       write("empty", ""),
+		"white space": write("ws", " \n\t\n"),
+		"no path":     "",
+		"too long":    write("long", string(make([]byte, 5000))),
+	} {
+		if _, err := pki.ReadPasswordFile(path); !errors.Is(err, pki.ErrBadPasswordFile) {
+			t.Errorf("%s: %v; want ErrBadPasswordFile", name, err)
+		}
+	}
+}
