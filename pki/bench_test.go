@@ -7,19 +7,20 @@ import (
 	"testing"
 
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/pkitest"
 )
 
 // BenchmarkVerifyDeviceChain is what core pays per new device connection on
 // top of the handshake's own chain check, and what a device pays per signer
 // check.
 func BenchmarkVerifyDeviceChain(b *testing.B) {
-	ca := newTestCA(b, "fleet.test")
-	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	ca := pkitest.NewCA(b, "fleet.test")
+	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
 	if err != nil {
 		b.Fatal(err)
 	}
-	leaf, _ := ca.leaf(b, leafSpec{cn: "1a2b3c4d5e", uris: []string{"spiffe://fleet.test/device/1a2b3c4d5e"}})
-	chain := []*x509.Certificate{leaf, ca.inter}
+	leaf, _ := ca.Leaf(b, pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{"spiffe://fleet.test/device/1a2b3c4d5e"}})
+	chain := []*x509.Certificate{leaf, ca.Inter}
 	opts := pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}}
 	b.ReportAllocs()
 	for b.Loop() {
@@ -33,17 +34,17 @@ func BenchmarkVerifyDeviceChain(b *testing.B) {
 // configurations (identity, trust domain and role checks) against bare Go
 // TLS 1.3 configurations with the same certificates, in one run.
 func BenchmarkHandshake(b *testing.B) {
-	ca := newTestCA(b, "fleet.test")
-	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	ca := pkitest.NewCA(b, "fleet.test")
+	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
 	if err != nil {
 		b.Fatal(err)
 	}
-	certFile, keyFile := ca.keyPair(b, leafSpec{cn: "core/main", uris: []string{"spiffe://fleet.test/core/main"}, dns: []string{"core.example.com"}})
+	certFile, keyFile := ca.KeyPair(b, pkitest.LeafSpec{CN: "core/main", URIs: []string{"spiffe://fleet.test/core/main"}, DNS: []string{"core.example.com"}})
 	kp, err := pki.LoadKeyPair(certFile, keyFile)
 	if err != nil {
 		b.Fatal(err)
 	}
-	devCert := ca.tlsCert(b, leafSpec{cn: "1a2b3c4d5e", uris: []string{"spiffe://fleet.test/device/1a2b3c4d5e"}})
+	devCert := ca.TLSCert(b, pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{"spiffe://fleet.test/device/1a2b3c4d5e"}})
 
 	ours := func() (*tls.Config, *tls.Config) {
 		s := pki.ServerTLSConfig(kp, bundle, pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice}})

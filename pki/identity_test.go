@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/pkitest"
 )
 
 func TestParseIdentity(t *testing.T) {
@@ -70,36 +71,36 @@ func TestCommonName(t *testing.T) {
 }
 
 func TestIdentityOf(t *testing.T) {
-	ca := newTestCA(t, "fleet.test")
+	ca := pkitest.NewCA(t, "fleet.test")
 	dev := "spiffe://fleet.test/device/1a2b3c4d5e"
 	core := "spiffe://fleet.test/core/main"
 	for _, tc := range []struct {
 		name string
-		spec leafSpec
+		spec pkitest.LeafSpec
 		err  error
 	}{
-		{"device", leafSpec{cn: "1a2b3c4d5e", uris: []string{dev}}, nil},
-		{"device without CN", leafSpec{uris: []string{dev}}, nil},
-		{"core with hosts", leafSpec{cn: "core/main", uris: []string{core}, dns: []string{"core.example.com"}, ips: []string{"10.0.0.1"}}, nil},
-		{"no identity", leafSpec{cn: "1a2b3c4d5e"}, pki.ErrNoIdentity},
-		{"two identities", leafSpec{uris: []string{dev, "spiffe://fleet.test/device/0000000000"}}, pki.ErrAmbiguousIdentity},
-		{"identity and another URI", leafSpec{uris: []string{dev, "https://example.com/"}}, pki.ErrAmbiguousIdentity},
-		{"CN disagrees", leafSpec{cn: "0000000000", uris: []string{dev}}, pki.ErrAmbiguousIdentity},
-		{"CN of another role", leafSpec{cn: "admin/x", uris: []string{dev}}, pki.ErrAmbiguousIdentity},
-		{"email beside identity", leafSpec{uris: []string{dev}, emails: []string{"a@example.com"}}, pki.ErrAmbiguousIdentity},
-		{"device with DNS name", leafSpec{uris: []string{dev}, dns: []string{"core.example.com"}}, pki.ErrAmbiguousIdentity},
-		{"admin with IP", leafSpec{uris: []string{"spiffe://fleet.test/admin/a"}, ips: []string{"10.0.0.1"}}, pki.ErrAmbiguousIdentity},
-		{"malformed identity", leafSpec{uris: []string{"spiffe://fleet.test/device/XYZ"}}, pki.ErrMalformedIdentity},
+		{"device", pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{dev}}, nil},
+		{"device without CN", pkitest.LeafSpec{URIs: []string{dev}}, nil},
+		{"core with hosts", pkitest.LeafSpec{CN: "core/main", URIs: []string{core}, DNS: []string{"core.example.com"}, IPs: []string{"10.0.0.1"}}, nil},
+		{"no identity", pkitest.LeafSpec{CN: "1a2b3c4d5e"}, pki.ErrNoIdentity},
+		{"two identities", pkitest.LeafSpec{URIs: []string{dev, "spiffe://fleet.test/device/0000000000"}}, pki.ErrAmbiguousIdentity},
+		{"identity and another URI", pkitest.LeafSpec{URIs: []string{dev, "https://example.com/"}}, pki.ErrAmbiguousIdentity},
+		{"CN disagrees", pkitest.LeafSpec{CN: "0000000000", URIs: []string{dev}}, pki.ErrAmbiguousIdentity},
+		{"CN of another role", pkitest.LeafSpec{CN: "admin/x", URIs: []string{dev}}, pki.ErrAmbiguousIdentity},
+		{"email beside identity", pkitest.LeafSpec{URIs: []string{dev}, Emails: []string{"a@example.com"}}, pki.ErrAmbiguousIdentity},
+		{"device with DNS name", pkitest.LeafSpec{URIs: []string{dev}, DNS: []string{"core.example.com"}}, pki.ErrAmbiguousIdentity},
+		{"admin with IP", pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/admin/a"}, IPs: []string{"10.0.0.1"}}, pki.ErrAmbiguousIdentity},
+		{"malformed identity", pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/device/XYZ"}}, pki.ErrMalformedIdentity},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			leaf, _ := ca.leaf(t, tc.spec)
+			leaf, _ := ca.Leaf(t, tc.spec)
 			_, err := pki.IdentityOf(leaf)
 			if !errors.Is(err, tc.err) {
 				t.Fatalf("IdentityOf: %v; want %v", err, tc.err)
 			}
 		})
 	}
-	if _, err := pki.IdentityOf(ca.inter); err == nil {
+	if _, err := pki.IdentityOf(ca.Inter); err == nil {
 		t.Error("a CA certificate parsed as an identity")
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/pkitest"
 )
 
 // handshake runs a real TLS handshake over a pipe and returns what each side
@@ -53,24 +54,24 @@ func isTimeout(err error) bool {
 }
 
 func TestMutualTLS(t *testing.T) {
-	ca := newTestCA(t, "fleet.test")
-	other := newTestCA(t, "fleet.test")
-	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	ca := pkitest.NewCA(t, "fleet.test")
+	other := pkitest.NewCA(t, "fleet.test")
+	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
-	coreCert, coreKey := ca.keyPair(t, leafSpec{cn: "core/main", uris: []string{"spiffe://fleet.test/core/main"}, dns: []string{"core.example.com"}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
+	coreCert, coreKey := ca.KeyPair(t, pkitest.LeafSpec{CN: "core/main", URIs: []string{"spiffe://fleet.test/core/main"}, DNS: []string{"core.example.com"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
 	coreKP, err := pki.LoadKeyPair(coreCert, coreKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	proxyCert, proxyKey := ca.keyPair(t, leafSpec{uris: []string{"spiffe://fleet.test/proxy/p1"}, dns: []string{"core.example.com"}})
+	proxyCert, proxyKey := ca.KeyPair(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/proxy/p1"}, DNS: []string{"core.example.com"}})
 	proxyKP, err := pki.LoadKeyPair(proxyCert, proxyKey)
 	if err != nil {
 		t.Fatal(err)
 	}
-	device := func(s leafSpec) *tls.Config {
-		c := ca.tlsCert(t, s)
+	device := func(s pkitest.LeafSpec) *tls.Config {
+		c := ca.TLSCert(t, s)
 		cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com", ServerRoles: []pki.Role{pki.RoleCore}})
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
 		return cfg
@@ -80,7 +81,7 @@ func TestMutualTLS(t *testing.T) {
 	serverFor := func(o pki.ServerOptions) *tls.Config { return pki.ServerTLSConfig(coreKP, bundle, o) }
 
 	t.Run("device to core", func(t *testing.T) {
-		st, serr, cerr := handshake(t, serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice}}), device(leafSpec{cn: "1a2b3c4d5e", uris: []string{dev}, eku: devEKU}))
+		st, serr, cerr := handshake(t, serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice}}), device(pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{dev}, EKU: devEKU}))
 		if serr != nil || cerr != nil {
 			t.Fatalf("server %v, client %v", serr, cerr)
 		}
@@ -98,22 +99,22 @@ func TestMutualTLS(t *testing.T) {
 		client *tls.Config
 	}{
 		{"client from another root", serverFor(pki.ServerOptions{}), func() *tls.Config {
-			c := other.tlsCert(t, leafSpec{uris: []string{dev}, eku: devEKU})
-			cfg := device(leafSpec{uris: []string{dev}, eku: devEKU})
+			c := other.TLSCert(t, pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})
+			cfg := device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})
 			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
 			return cfg
 		}()},
 		{"no client certificate", serverFor(pki.ServerOptions{}), pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com"})},
-		{"ambiguous client identity", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev, "spiffe://fleet.test/device/0000000000"}, eku: devEKU})},
-		{"client CN disagrees with SAN", serverFor(pki.ServerOptions{}), device(leafSpec{cn: "0000000000", uris: []string{dev}, eku: devEKU})},
-		{"client of a foreign trust domain", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{"spiffe://other.test/device/1a2b3c4d5e"}, eku: devEKU})},
-		{"client role not allowed", serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleAdmin}}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
-		{"client certificate without clientAuth", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})},
-		{"expired client certificate", serverFor(pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: devEKU, notBefore: time.Now().Add(-2 * time.Hour), notAfter: time.Now().Add(-time.Hour)})},
-		{"revoked client", serverFor(pki.ServerOptions{CheckRevoked: func(*x509.Certificate) error { return errors.New("revoked") }}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
-		{"a proxy posing as core", pki.ServerTLSConfig(proxyKP, bundle, pki.ServerOptions{}), device(leafSpec{uris: []string{dev}, eku: devEKU})},
+		{"ambiguous client identity", serverFor(pki.ServerOptions{}), device(pkitest.LeafSpec{URIs: []string{dev, "spiffe://fleet.test/device/0000000000"}, EKU: devEKU})},
+		{"client CN disagrees with SAN", serverFor(pki.ServerOptions{}), device(pkitest.LeafSpec{CN: "0000000000", URIs: []string{dev}, EKU: devEKU})},
+		{"client of a foreign trust domain", serverFor(pki.ServerOptions{}), device(pkitest.LeafSpec{URIs: []string{"spiffe://other.test/device/1a2b3c4d5e"}, EKU: devEKU})},
+		{"client role not allowed", serverFor(pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleAdmin}}), device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})},
+		{"client certificate without clientAuth", serverFor(pki.ServerOptions{}), device(pkitest.LeafSpec{URIs: []string{dev}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})},
+		{"expired client certificate", serverFor(pki.ServerOptions{}), device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU, NotBefore: time.Now().Add(-2 * time.Hour), NotAfter: time.Now().Add(-time.Hour)})},
+		{"revoked client", serverFor(pki.ServerOptions{CheckRevoked: func(*x509.Certificate) error { return errors.New("revoked") }}), device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})},
+		{"a proxy posing as core", pki.ServerTLSConfig(proxyKP, bundle, pki.ServerOptions{}), device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})},
 		{"server name mismatch", serverFor(pki.ServerOptions{}), func() *tls.Config {
-			cfg := device(leafSpec{uris: []string{dev}, eku: devEKU})
+			cfg := device(pkitest.LeafSpec{URIs: []string{dev}, EKU: devEKU})
 			cfg.ServerName = "elsewhere.example.com"
 			return cfg
 		}()},
@@ -128,7 +129,7 @@ func TestMutualTLS(t *testing.T) {
 	}
 
 	t.Run("client clock in 1970", func(t *testing.T) {
-		c := ca.tlsCert(t, leafSpec{cn: "1a2b3c4d5e", uris: []string{dev}, eku: devEKU})
+		c := ca.TLSCert(t, pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{dev}, EKU: devEKU})
 		epoch := func() time.Time { return time.Unix(0, 0) }
 		for _, tc := range []struct {
 			name  string
@@ -161,9 +162,9 @@ func TestClockFloor(t *testing.T) {
 }
 
 func TestLoadKeyPair(t *testing.T) {
-	ca := newTestCA(t, "fleet.test")
-	spec := leafSpec{uris: []string{"spiffe://fleet.test/core/main"}}
-	certFile, keyFile := ca.keyPair(t, spec)
+	ca := pkitest.NewCA(t, "fleet.test")
+	spec := pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/core/main"}}
+	certFile, keyFile := ca.KeyPair(t, spec)
 	kp, err := pki.LoadKeyPair(certFile, keyFile)
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +172,7 @@ func TestLoadKeyPair(t *testing.T) {
 	first := kp.Leaf().SerialNumber
 
 	t.Run("reload swaps the pair", func(t *testing.T) {
-		c2, k2 := ca.keyPair(t, spec)
+		c2, k2 := ca.KeyPair(t, spec)
 		copyFile(t, c2, certFile, 0o644)
 		copyFile(t, k2, keyFile, 0o600)
 		if err := kp.Reload(); err != nil {
@@ -183,7 +184,7 @@ func TestLoadKeyPair(t *testing.T) {
 	})
 	t.Run("failed reload keeps the current pair", func(t *testing.T) {
 		current := kp.Leaf().SerialNumber
-		writeFile(t, certFile, []byte("garbage"), 0o644)
+		pkitest.WriteFile(t, certFile, []byte("garbage"), 0o644)
 		if err := kp.Reload(); !errors.Is(err, pki.ErrBadKeyPair) {
 			t.Fatalf("reload of garbage: %v", err)
 		}
@@ -193,24 +194,24 @@ func TestLoadKeyPair(t *testing.T) {
 	})
 	for name, setup := range map[string]func(t *testing.T) (string, string){
 		"world-readable key": func(t *testing.T) (string, string) {
-			c, k := ca.keyPair(t, spec)
+			c, k := ca.KeyPair(t, spec)
 			if err := os.Chmod(k, 0o644); err != nil {
 				t.Fatal(err)
 			}
 			return c, k
 		},
 		"key of another certificate": func(t *testing.T) (string, string) {
-			c, _ := ca.keyPair(t, spec)
-			_, k := ca.keyPair(t, spec)
+			c, _ := ca.KeyPair(t, spec)
+			_, k := ca.KeyPair(t, spec)
 			return c, k
 		},
 		"missing key": func(t *testing.T) (string, string) {
-			c, _ := ca.keyPair(t, spec)
+			c, _ := ca.KeyPair(t, spec)
 			return c, filepath.Join(t.TempDir(), "nope")
 		},
 		"empty certificate file": func(t *testing.T) (string, string) {
-			c, k := ca.keyPair(t, spec)
-			writeFile(t, c, nil, 0o644)
+			c, k := ca.KeyPair(t, spec)
+			pkitest.WriteFile(t, c, nil, 0o644)
 			return c, k
 		},
 	} {
@@ -229,5 +230,5 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeFile(t, to, b, mode)
+	pkitest.WriteFile(t, to, b, mode)
 }

@@ -10,13 +10,14 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/pkitest"
 )
 
 func TestParseTrustBundle(t *testing.T) {
-	ca := newTestCA(t, "fleet.test")
-	other := newTestCA(t, "other.test")
-	second := newTestCA(t, "fleet.test")
-	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.rootKey)
+	ca := pkitest.NewCA(t, "fleet.test")
+	other := pkitest.NewCA(t, "other.test")
+	second := pkitest.NewCA(t, "fleet.test")
+	keyDER, err := x509.MarshalPKCS8PrivateKey(ca.RootKey)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -25,17 +26,17 @@ func TestParseTrustBundle(t *testing.T) {
 		data []byte
 		ok   bool
 	}{
-		{"one root", ca.rootPEM, true},
-		{"two roots of one trust domain (rotation)", append(append([]byte{}, ca.rootPEM...), second.rootPEM...), true},
+		{"one root", ca.RootPEM, true},
+		{"two roots of one trust domain (rotation)", append(append([]byte{}, ca.RootPEM...), second.RootPEM...), true},
 		{"empty", nil, false},
 		{"not PEM", []byte("hello"), false},
-		{"trailing garbage", append(append([]byte{}, ca.rootPEM...), "garbage"...), false},
-		{"intermediate, not self-signed", pemCerts(ca.inter), false},
-		{"a leaf", pemCerts(must(ca.leaf(t, leafSpec{uris: []string{"spiffe://fleet.test/core/a"}}))), false},
-		{"roots of two trust domains", append(append([]byte{}, ca.rootPEM...), other.rootPEM...), false},
+		{"trailing garbage", append(append([]byte{}, ca.RootPEM...), "garbage"...), false},
+		{"intermediate, not self-signed", pkitest.PEM(ca.Inter), false},
+		{"a leaf", pkitest.PEM(must(ca.Leaf(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/core/a"}}))), false},
+		{"roots of two trust domains", append(append([]byte{}, ca.RootPEM...), other.RootPEM...), false},
 		{"a private key", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), false},
-		{"root without trust domain", pemCerts(sign(t, &x509.Certificate{NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
-			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}, nil, &ca.rootKey.PublicKey, ca.rootKey)), false},
+		{"root without trust domain", pkitest.PEM(pkitest.Sign(t, &x509.Certificate{NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour),
+			BasicConstraintsValid: true, IsCA: true, KeyUsage: x509.KeyUsageCertSign}, nil, &ca.RootKey.PublicKey, ca.RootKey)), false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			b, err := pki.ParseTrustBundle(tc.data)
@@ -58,9 +59,9 @@ func TestParseTrustBundle(t *testing.T) {
 func must[T any, U any](v T, _ U) T { return v }
 
 func TestVerify(t *testing.T) {
-	ca := newTestCA(t, "fleet.test")
-	other := newTestCA(t, "fleet.test") // same trust domain, another root
-	bundle, err := pki.ParseTrustBundle(ca.rootPEM)
+	ca := pkitest.NewCA(t, "fleet.test")
+	other := pkitest.NewCA(t, "fleet.test") // same trust domain, another root
+	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -73,23 +74,23 @@ func TestVerify(t *testing.T) {
 		opts  pki.VerifyOptions
 		err   error
 	}{
-		{"device", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
-		{"role allowed", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}}, nil},
-		{"role not allowed", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleAdmin}}, pki.ErrRoleNotAllowed},
-		{"other root", chainOf(t, other, leafSpec{uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
-		{"leaf without intermediate", func() []*x509.Certificate { return chainOf(t, ca, leafSpec{uris: []string{dev}})()[:1] }, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
+		{"device", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
+		{"role allowed", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}}, nil},
+		{"role not allowed", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleAdmin}}, pki.ErrRoleNotAllowed},
+		{"other root", chainOf(t, other, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
+		{"leaf without intermediate", func() []*x509.Certificate { return chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}})()[:1] }, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrUntrusted},
 		{"empty chain", func() []*x509.Certificate { return nil }, pki.VerifyOptions{}, pki.ErrUntrusted},
-		{"expired", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
-		{"not yet valid", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(time.Hour), notAfter: now.Add(2 * time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
-		{"wrong key usage", chainOf(t, ca, leafSpec{uris: []string{dev}, eku: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrKeyUsage},
-		{"foreign trust domain under our root", chainOf(t, ca, leafSpec{uris: []string{"spiffe://other.test/device/1a2b3c4d5e"}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrForeignTrustDomain},
-		{"ambiguous", chainOf(t, ca, leafSpec{cn: "0000000000", uris: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrAmbiguousIdentity},
+		{"expired", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"not yet valid", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(time.Hour), NotAfter: now.Add(2 * time.Hour)}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"wrong key usage", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrKeyUsage},
+		{"foreign trust domain under our root", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{"spiffe://other.test/device/1a2b3c4d5e"}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrForeignTrustDomain},
+		{"ambiguous", chainOf(t, ca, pkitest.LeafSpec{CN: "0000000000", URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrAmbiguousIdentity},
 		// Clock floor: a board in 1970 verifies at the floor...
-		{"clock in 1970, floor now", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
-		{"clock in 1970, no floor", chainOf(t, ca, leafSpec{uris: []string{dev}}), pki.VerifyOptions{Time: epoch, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"clock in 1970, floor now", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
+		{"clock in 1970, no floor", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{Time: epoch, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
 		// ...and never accepts what expired before the floor.
-		{"clock in 1970, expired before floor", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
-		{"floor in the past does not hide expiry", chainOf(t, ca, leafSpec{uris: []string{dev}, notBefore: now.Add(-2 * time.Hour), notAfter: now.Add(-time.Hour)}), pki.VerifyOptions{ClockFloor: now.Add(-90 * time.Minute), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"clock in 1970, expired before floor", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"floor in the past does not hide expiry", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{ClockFloor: now.Add(-90 * time.Minute), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id, err := bundle.Verify(tc.chain(), tc.opts)
@@ -100,10 +101,10 @@ func TestVerify(t *testing.T) {
 	}
 }
 
-func chainOf(t *testing.T, ca *testCA, s leafSpec) func() []*x509.Certificate {
+func chainOf(t *testing.T, ca *pkitest.CA, s pkitest.LeafSpec) func() []*x509.Certificate {
 	return func() []*x509.Certificate {
-		leaf, _ := ca.leaf(t, s)
-		return []*x509.Certificate{leaf, ca.inter}
+		leaf, _ := ca.Leaf(t, s)
+		return []*x509.Certificate{leaf, ca.Inter}
 	}
 }
 
@@ -111,7 +112,7 @@ func TestReadPasswordFile(t *testing.T) {
 	dir := t.TempDir()
 	write := func(name, content string) string {
 		p := filepath.Join(dir, name)
-		writeFile(t, p, []byte(content), 0o600)
+		pkitest.WriteFile(t, p, []byte(content), 0o600)
 		return p
 	}
 	if pw, err := pki.ReadPasswordFile(write("ok", "s3cret pass\n\n")); err != nil || string(pw) != "s3cret pass" {

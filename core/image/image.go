@@ -69,8 +69,9 @@ func (r *Record) Validate(rules imagespec.Rules) error {
 	if len(r.Data) > imagespec.MaxDataFiles {
 		return fmt.Errorf("%w: data: %d files, at most %d", imagespec.ErrTooLarge, len(r.Data), imagespec.MaxDataFiles)
 	}
+	paths := r.dataPaths()
 	total := 0
-	for _, p := range r.dataPaths() {
+	for i, p := range paths {
 		if err := rules.CheckDataPath(p); err != nil {
 			return fmt.Errorf("%w: data: %w", ErrBadRecord, err)
 		}
@@ -79,16 +80,14 @@ func (r *Record) Validate(rules imagespec.Rules) error {
 			return fmt.Errorf("%w: data %s: %d bytes, at most %d", imagespec.ErrTooLarge, p, n, imagespec.MaxFileSize)
 		}
 		total += n
+		// A data file must not be where another needs a directory; sorted,
+		// such a pair is adjacent.
+		if i > 0 && strings.HasPrefix(p, paths[i-1]+"/") {
+			return fmt.Errorf("%w: data: %s is a file and the directory of %s", ErrBadRecord, paths[i-1], p)
+		}
 	}
 	if total > imagespec.MaxTotalSize {
 		return fmt.Errorf("%w: data: %d bytes in all, at most %d", imagespec.ErrTooLarge, total, imagespec.MaxTotalSize)
-	}
-	// A data file must not be where another needs a directory.
-	paths := r.dataPaths()
-	for i := 1; i < len(paths); i++ {
-		if strings.HasPrefix(paths[i], paths[i-1]+"/") {
-			return fmt.Errorf("%w: data: %s is a file and the directory of %s", ErrBadRecord, paths[i-1], paths[i])
-		}
 	}
 	return nil
 }
@@ -104,43 +103,55 @@ func (r *Record) dataPaths() []string {
 
 // Files returns the image's files, absolute path to content.
 func (r *Record) Files(rules imagespec.Rules) (map[string][]byte, error) {
+	entries, err := r.entries(rules)
+	if err != nil {
+		return nil, err
+	}
+	files := make(map[string][]byte, len(entries))
+	for _, e := range entries {
+		files[e.Path] = e.Data
+	}
+	return files, nil
+}
+
+// entries validates the record and lists the image's files.
+func (r *Record) entries(rules imagespec.Rules) ([]squashfs.Entry, error) {
 	if err := r.Validate(rules); err != nil {
 		return nil, err
 	}
 	meta, err := imagespec.MarshalMetadata(imagespec.ImageMetadata{
-		Format: imagespec.FormatVersion, Serial: r.Serial, Generation: r.Generation, IssuedAt: r.IssuedAt.UTC(),
+		Format: imagespec.FormatVersion, Serial: r.Serial, Generation: r.Generation, IssuedAt: r.IssuedAt.UTC().Truncate(time.Second),
 	})
 	if err != nil {
 		return nil, err
 	}
-	files := map[string][]byte{
-		imagespec.Hostname:         line(r.Hostname),
-		imagespec.SerialNumber:     line(r.Serial),
-		imagespec.MQTTClientID:     line(r.MQTTClientID),
-		imagespec.MQTTGroupID:      line(r.MQTTGroupID),
-		imagespec.Metadata:         meta,
-		imagespec.ExtensionRelease: []byte(imagespec.ExtensionReleaseContent),
+	file := func(p string, data []byte) squashfs.Entry {
+		return squashfs.Entry{Path: p, Mode: imagespec.FileMode, Data: data}
 	}
+	entries := make([]squashfs.Entry, 0, 7+len(r.Data))
+	entries = append(entries,
+		file(imagespec.Hostname, line(r.Hostname)),
+		file(imagespec.SerialNumber, line(r.Serial)),
+		file(imagespec.MQTTClientID, line(r.MQTTClientID)),
+		file(imagespec.MQTTGroupID, line(r.MQTTGroupID)),
+		file(imagespec.Metadata, meta),
+		file(imagespec.ExtensionRelease, []byte(imagespec.ExtensionReleaseContent)))
 	if r.MachineID != "" {
-		files[imagespec.MachineID] = line(r.MachineID)
+		entries = append(entries, file(imagespec.MachineID, line(r.MachineID)))
 	}
 	for p, c := range r.Data {
-		files[p] = []byte(c)
+		entries = append(entries, file(p, []byte(c)))
 	}
-	return files, nil
+	return entries, nil
 }
 
 func line(s string) []byte { return []byte(s + "\n") }
 
 // Build returns the squashfs image of a record.
 func Build(r *Record, rules imagespec.Rules) ([]byte, error) {
-	files, err := r.Files(rules)
+	entries, err := r.entries(rules)
 	if err != nil {
 		return nil, err
-	}
-	entries := make([]squashfs.Entry, 0, len(files))
-	for p, c := range files {
-		entries = append(entries, squashfs.Entry{Path: p, Mode: imagespec.FileMode, Data: c})
 	}
 	img, err := squashfs.Build(entries, squashfs.Options{})
 	if err != nil {
@@ -149,13 +160,18 @@ func Build(r *Record, rules imagespec.Rules) ([]byte, error) {
 	return img, nil
 }
 
-// BuildBundle builds a record's image and signs it into a bundle.
-func BuildBundle(r *Record, rules imagespec.Rules, s *signedimage.Signer) ([]byte, error) {
-	img, err := Build(r, rules)
+// BuildBundle builds a record's image and signs it into a bundle; it
+// returns the bundle and the bare image.
+func BuildBundle(r *Record, rules imagespec.Rules, s *signedimage.Signer) (bundle, img []byte, err error) {
+	img, err = Build(r, rules)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return s.Sign(signedimage.Statement{Serial: r.Serial, Generation: r.Generation, IssuedAt: r.IssuedAt}, img)
+	bundle, err = s.Sign(signedimage.Statement{Serial: r.Serial, Generation: r.Generation, IssuedAt: r.IssuedAt}, img)
+	if err != nil {
+		return nil, nil, err
+	}
+	return bundle, img, nil
 }
 
 // ParseRecord decodes a record from JSON strictly (unknown fields are an

@@ -9,18 +9,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"strings"
+
+	"github.com/fleetprov/prov/pki/cmdline"
 )
 
 // Exit codes.
 const (
-	ExitOK    = 0
-	ExitError = 1
-	ExitUsage = 2
+	ExitOK    = cmdline.ExitOK
+	ExitError = cmdline.ExitError
+	ExitUsage = cmdline.ExitUsage
 )
 
-// errUsage marks errors that are the caller's command line, not the world.
-var errUsage = errors.New("usage")
+var errUsage = cmdline.ErrUsage
 
 type command struct {
 	name  string
@@ -55,18 +55,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			continue
 		}
 		err := c.run(ctx, e, args[1:])
-		switch {
-		case err == nil:
-			return ExitOK
-		case errors.Is(err, flag.ErrHelp):
-			return ExitUsage
-		case errors.Is(err, errUsage):
-			_, _ = fmt.Fprintf(stderr, "prov-pki %s: %v\nusage: prov-pki %s %s\n", c.name, err, c.name, c.args)
-			return ExitUsage
-		default:
-			_, _ = fmt.Fprintf(stderr, "prov-pki %s: %v\n", c.name, err)
-			return ExitError
+		code := cmdline.Exit(stderr, "prov-pki", c.name, err)
+		if errors.Is(err, errUsage) {
+			_, _ = fmt.Fprintf(stderr, "usage: prov-pki %s %s\n", c.name, c.args)
 		}
+		return code
 	}
 	_, _ = fmt.Fprintf(stderr, "prov-pki: unknown command %q\n", args[0])
 	usage(stderr)
@@ -82,48 +75,12 @@ func usage(w io.Writer) {
 	_, _ = fmt.Fprintln(w, "\nRun prov-pki COMMAND -h for its flags.")
 }
 
-// newFlags makes a flag set whose errors come back as usage errors.
-func newFlags(e *env, name string) *flag.FlagSet {
-	fs := flag.NewFlagSet("prov-pki "+name, flag.ContinueOnError)
-	fs.SetOutput(e.stderr)
-	return fs
-}
+// newFlags makes a flag set for a prov-pki command.
+func newFlags(e *env, name string) *flag.FlagSet { return cmdline.NewFlags("prov-pki", name, e.stderr) }
 
-// parse parses args and refuses positional arguments.
-func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%w: %w", errUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", errUsage, fs.Arg(0))
-	}
-	return nil
-}
+var (
+	parse    = cmdline.Parse
+	required = cmdline.Required
+)
 
-// required returns a usage error naming the first empty flag.
-func required(flags ...[2]string) error {
-	for _, f := range flags {
-		if f[1] == "" {
-			return fmt.Errorf("%w: --%s is required", errUsage, f[0])
-		}
-	}
-	return nil
-}
-
-// listFlag is a repeatable string flag; each value may also be a comma
-// separated list.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-
-func (l *listFlag) Set(v string) error {
-	for _, s := range strings.Split(v, ",") {
-		if s = strings.TrimSpace(s); s != "" {
-			*l = append(*l, s)
-		}
-	}
-	return nil
-}
+type listFlag = cmdline.List

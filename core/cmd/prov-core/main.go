@@ -1,23 +1,20 @@
 // Command prov-core is the provisioning service: device registry, image
-// build and signing, mTLS API, MQTT notifications.
-//
-// Not built yet (issue "Core service"): it prints its usage and exits 2.
+// build and signing, mTLS API, MQTT notifications. Today it has the offline
+// image tool; the service arrives with its issue.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fleetprov/prov/core/cli"
 )
 
 func main() {
-	fmt.Fprint(os.Stderr, `prov-core: the provisioning service (registry, signed images, mTLS API, MQTT)
-
-usage:
-  prov-core serve --config FILE     (not implemented yet)
-  prov-core image build ...         (not implemented yet)
-  prov-core admin ...               (not implemented yet)
-
-This binary does nothing yet; see the README for what exists.
-`)
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

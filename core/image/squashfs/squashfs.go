@@ -243,17 +243,22 @@ func splitPath(p string) ([]string, error) {
 }
 
 type writer struct {
-	opts   options
-	out    []byte // the image so far
-	inodes metaWriter
-	dirs   metaWriter
-	count  uint32
+	opts    options
+	scratch []byte // one inode or directory entry being encoded
+	out     []byte // the image so far
+	inodes  metaWriter
+	dirs    metaWriter
+	count   uint32
 }
 
 func (w *writer) write(root *node) ([]byte, error) {
 	w.inodes.gzip = w.opts.Compression == Gzip
 	w.dirs.gzip = w.inodes.gzip
 	w.out = make([]byte, superblockSize, 4096)
+	w.scratch = make([]byte, 0, 512)
+	// A provisioning image's tables are well under 1 KiB each.
+	w.inodes.cur, w.inodes.out = make([]byte, 0, 1024), make([]byte, 0, 1024)
+	w.dirs.cur, w.dirs.out = make([]byte, 0, 1024), make([]byte, 0, 1024)
 
 	// Inode numbers first (post-order: children before parents, the root
 	// last), because a directory's inode names its parent's number.
@@ -274,11 +279,11 @@ func (w *writer) write(root *node) ([]byte, error) {
 	// index of that block.
 	var ids metaWriter
 	ids.gzip = w.inodes.gzip
-	ids.write(le32(0))
+	ids.write(make([]byte, 4)) // id 0: root
 	idBlock := uint64(len(w.out))
 	w.out = append(w.out, ids.finish()...)
 	idTable := uint64(len(w.out))
-	w.out = append(w.out, le64(idBlock)...)
+	w.out = binary.LittleEndian.AppendUint64(w.out, idBlock)
 	bytesUsed := uint64(len(w.out))
 
 	flags := uint16(flagNoFragments | flagNoXattrs)
@@ -308,7 +313,11 @@ func (w *writer) write(root *node) ([]byte, error) {
 
 	if pad := w.opts.PadTo; pad > 0 {
 		if rem := len(w.out) % pad; rem != 0 {
-			w.out = append(w.out, make([]byte, pad-rem)...)
+			if n := len(w.out) + pad - rem; n <= cap(w.out) {
+				w.out = w.out[:n] // never written, so still zero
+			} else {
+				w.out = append(w.out, make([]byte, pad-rem)...)
+			}
 		}
 	}
 	return w.out, nil
@@ -396,11 +405,11 @@ func (w *writer) writeInodes(n *node, parent uint32) error {
 		}
 	}
 	b := w.inodeHeader(typeDir, n)
-	b = append(b, le32(listBlock)...)
-	b = append(b, le32(2+subdirs)...)      // hard link count
-	b = append(b, le16(uint16(size+3))...) // listing size, plus "." and ".."
-	b = append(b, le16(listOff)...)        // offset in the listing's block
-	b = append(b, le32(parent)...)         // parent inode number
+	b = a32(b, listBlock)
+	b = a32(b, 2+subdirs)      // hard link count
+	b = a16(b, uint16(size+3)) // listing size, plus "." and ".."
+	b = a16(b, listOff)        // offset in the listing's block
+	b = a32(b, parent)         // parent inode number
 	w.inodes.write(b)
 	return nil
 }
@@ -408,24 +417,24 @@ func (w *writer) writeInodes(n *node, parent uint32) error {
 func (w *writer) writeFileInode(c *node) {
 	c.inodeBlock, c.inodeOff = w.inodes.position()
 	b := w.inodeHeader(typeFile, c)
-	b = append(b, le32(c.blocksStart)...)
-	b = append(b, le32(invalidFrag)...) // no fragment
-	b = append(b, le32(0)...)           // offset in fragment
-	b = append(b, le32(uint32(len(c.data)))...)
+	b = a32(b, c.blocksStart)
+	b = a32(b, invalidFrag) // no fragment
+	b = a32(b, 0)           // offset in fragment
+	b = a32(b, uint32(len(c.data)))
 	for _, s := range c.blockSizes {
-		b = append(b, le32(s)...)
+		b = a32(b, s)
 	}
 	w.inodes.write(b)
 }
 
 func (w *writer) inodeHeader(typ uint16, n *node) []byte {
-	b := make([]byte, 0, 32)
-	b = append(b, le16(typ)...)
-	b = append(b, le16(n.mode)...)
-	b = append(b, le16(0)...) // uid index
-	b = append(b, le16(0)...) // gid index
-	b = append(b, le32(w.opts.ModTime)...)
-	b = append(b, le32(n.number)...)
+	b := w.scratch[:0]
+	b = a16(b, typ)
+	b = a16(b, n.mode)
+	b = a16(b, 0) // uid index
+	b = a16(b, 0) // gid index
+	b = a32(b, w.opts.ModTime)
+	b = a32(b, n.number)
 	return b
 }
 
@@ -445,10 +454,10 @@ func (w *writer) writeListing(n *node) int {
 			}
 			j++
 		}
-		h := make([]byte, 0, 12)
-		h = append(h, le32(uint32(j-i-1))...)
-		h = append(h, le32(first.inodeBlock)...)
-		h = append(h, le32(first.number)...)
+		h := w.scratch[:0]
+		h = a32(h, uint32(j-i-1))
+		h = a32(h, first.inodeBlock)
+		h = a32(h, first.number)
 		w.dirs.write(h)
 		size += len(h)
 		for _, c := range n.children[i:j] {
@@ -456,11 +465,11 @@ func (w *writer) writeListing(n *node) int {
 			if c.dir {
 				typ = typeDir
 			}
-			e := make([]byte, 0, 8+len(c.name))
-			e = append(e, le16(c.inodeOff)...)
-			e = append(e, le16(uint16(int16(int64(c.number)-int64(first.number))))...)
-			e = append(e, le16(typ)...)
-			e = append(e, le16(uint16(len(c.name)-1))...)
+			e := w.scratch[:0]
+			e = a16(e, c.inodeOff)
+			e = a16(e, uint16(int16(int64(c.number)-int64(first.number))))
+			e = a16(e, typ)
+			e = a16(e, uint16(len(c.name)-1))
 			e = append(e, c.name...)
 			w.dirs.write(e)
 			size += len(e)
@@ -505,7 +514,7 @@ func (m *metaWriter) flush() {
 			data, header = z, uint16(len(z))
 		}
 	}
-	m.out = append(m.out, le16(header)...)
+	m.out = a16(m.out, header)
 	m.out = append(m.out, data...)
 	m.cur = m.cur[:0]
 }
@@ -535,6 +544,5 @@ func zlibCompress(b []byte) []byte {
 	return buf.Bytes()
 }
 
-func le16(v uint16) []byte { return binary.LittleEndian.AppendUint16(nil, v) }
-func le32(v uint32) []byte { return binary.LittleEndian.AppendUint32(nil, v) }
-func le64(v uint64) []byte { return binary.LittleEndian.AppendUint64(nil, v) }
+func a16(b []byte, v uint16) []byte { return binary.LittleEndian.AppendUint16(b, v) }
+func a32(b []byte, v uint32) []byte { return binary.LittleEndian.AppendUint32(b, v) }

@@ -1,24 +1,24 @@
 // Command prov-device is the device client: enroll through the factory
 // proxy, fetch, verify and install signed provisioning images, mount them
-// over /etc, renew the certificate and follow MQTT notifications.
+// over /etc, renew the certificate and follow MQTT notifications. Today it
+// has the offline bundle checks (verify, inspect).
 //
-// Not built yet (issue "Device client"): it prints its usage and exits 2.
 // It must stay small: it may not link step-ca, gorilla/mux or bbolt (see
 // deps_test.go).
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fleetprov/prov/deviceclient/cli"
 )
 
 func main() {
-	fmt.Fprint(os.Stderr, `prov-device: the device provisioning client
-
-usage:
-  prov-device enroll|update|mount|unmount|run|status|verify|inspect ...   (not implemented yet)
-
-This binary does nothing yet; see the README for what exists.
-`)
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

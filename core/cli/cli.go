@@ -1,0 +1,100 @@
+// Package cli is the prov-core command line. Today it has the offline image
+// tool (image build); serve and admin arrive with the core service.
+package cli
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/fleetprov/prov/core/image"
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+// Exit codes.
+const (
+	ExitOK    = cmdline.ExitOK
+	ExitError = cmdline.ExitError
+	ExitUsage = cmdline.ExitUsage
+)
+
+const usageText = `prov-core: the provisioning service (registry, signed images, mTLS API, MQTT)
+
+usage:
+  prov-core image build --record FILE --signer-cert FILE --signer-key FILE --out FILE [flags]
+                          build a device record's squashfs image and sign it into a bundle
+  prov-core serve --config FILE     (not implemented yet: issue "Core service")
+  prov-core admin ...               (not implemented yet: issue "Core service")
+
+Run prov-core image build -h for its flags.
+`
+
+// Main runs prov-core with args (without the program name).
+func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) >= 2 && args[0] == "image" && args[1] == "build" {
+		return cmdline.Exit(stderr, "prov-core", "image build", imageBuild(args[2:], stdout, stderr))
+	}
+	if len(args) > 0 && (args[0] == "serve" || args[0] == "admin") {
+		_, _ = fmt.Fprintf(stderr, "prov-core %s: not implemented yet\n\n%s", args[0], usageText)
+		return ExitUsage
+	}
+	_, _ = fmt.Fprint(stderr, usageText)
+	return ExitUsage
+}
+
+func imageBuild(args []string, stdout, stderr io.Writer) error {
+	fs := cmdline.NewFlags("prov-core", "image build", stderr)
+	recordFile := fs.String("record", "", "device record, JSON (- for standard input)")
+	certFile := fs.String("signer-cert", "", "image signer certificate chain (PEM), as prov-pki issues it")
+	keyFile := fs.String("signer-key", "", "image signer key (PKCS#8 PEM, mode 0600)")
+	out := fs.String("out", "", "where to write the signed bundle")
+	imageOut := fs.String("image-out", "", "also write the bare squashfs image here")
+	var allow cmdline.List
+	fs.Var(&allow, "allow-prefix", "a directory below /etc/ where data files may go, ending in / (repeatable; default "+imagespec.DataDir+")")
+	if err := cmdline.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"record", *recordFile}, [2]string{"signer-cert", *certFile}, [2]string{"signer-key", *keyFile}, [2]string{"out", *out}); err != nil {
+		return err
+	}
+	rules := imagespec.DefaultRules()
+	if len(allow) > 0 {
+		rules.AllowedPrefixes = allow
+	}
+	var data []byte
+	var err error
+	if *recordFile == "-" {
+		data, err = io.ReadAll(io.LimitReader(os.Stdin, 4<<20))
+	} else {
+		data, err = os.ReadFile(*recordFile)
+	}
+	if err != nil {
+		return fmt.Errorf("--record: %w", err)
+	}
+	rec, err := image.ParseRecord(data)
+	if err != nil {
+		return fmt.Errorf("--record %s: %w", *recordFile, err)
+	}
+	signer, err := signedimage.LoadSigner(*certFile, *keyFile)
+	if err != nil {
+		return err
+	}
+	bundle, img, err := image.BuildBundle(rec, rules, signer)
+	if err != nil {
+		return fmt.Errorf("--record %s: %w", *recordFile, err)
+	}
+	if err := os.WriteFile(*out, bundle, 0o644); err != nil { //nolint:gosec // a signed public artifact
+		return fmt.Errorf("--out: %w", err)
+	}
+	if *imageOut != "" {
+		if err := os.WriteFile(*imageOut, img, 0o644); err != nil { //nolint:gosec // public
+			return fmt.Errorf("--image-out: %w", err)
+		}
+	}
+	_, _ = fmt.Fprintf(stdout, "bundle %s: serial %s, generation %d, image %d bytes, bundle %d bytes, signed by %s\n",
+		*out, rec.Serial, rec.Generation, len(img), len(bundle), signer.Identity())
+	return nil
+}

@@ -1,0 +1,169 @@
+// Package cli is the prov-device command line. Today it has the offline
+// checks an operator runs on a bundle (verify, inspect); enroll, update,
+// mount, run and status arrive with the device client.
+package cli
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"time"
+
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+// Exit codes. A refused bundle is ExitRefused, distinct from a usage or
+// I/O error, so scripts can tell "bad bundle" from "bad call".
+const (
+	ExitOK      = cmdline.ExitOK
+	ExitError   = cmdline.ExitError
+	ExitUsage   = cmdline.ExitUsage
+	ExitRefused = 3
+)
+
+var errRefused = errors.New("refused")
+
+const usageText = `prov-device: the device provisioning client
+
+usage:
+  prov-device verify  --bundle FILE --root FILE --serial SERIAL [flags]
+                      verify a signed bundle and inspect its image; print the verdict
+  prov-device inspect --bundle FILE --root FILE --serial SERIAL [flags]
+                      the same, and list the image's entries
+  prov-device enroll|update|mount|unmount|run|status   (not implemented yet: issue "Device client")
+
+Exit status: 0 accepted, 3 refused (the reason is printed), 1 error, 2 usage.
+Run prov-device verify -h for the flags.
+`
+
+// Main runs prov-device with args (without the program name).
+func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		_, _ = fmt.Fprint(stderr, usageText)
+		return ExitUsage
+	}
+	var err error
+	switch args[0] {
+	case "verify":
+		err = check(args[1:], false, stdout, stderr)
+	case "inspect":
+		err = check(args[1:], true, stdout, stderr)
+	case "enroll", "update", "mount", "unmount", "run", "status":
+		_, _ = fmt.Fprintf(stderr, "prov-device %s: not implemented yet\n\n%s", args[0], usageText)
+		return ExitUsage
+	default:
+		_, _ = fmt.Fprint(stderr, usageText)
+		return ExitUsage
+	}
+	if errors.Is(err, errRefused) {
+		_, _ = fmt.Fprintf(stderr, "prov-device %s: %v\n", args[0], err)
+		return ExitRefused
+	}
+	return cmdline.Exit(stderr, "prov-device", args[0], err)
+}
+
+// report is the --json output.
+type report struct {
+	Verdict   string                   `json:"verdict"`
+	Reason    string                   `json:"reason,omitempty"`
+	Statement *signedimage.Statement   `json:"statement,omitempty"`
+	Signer    string                   `json:"signer,omitempty"`
+	Metadata  *imagespec.ImageMetadata `json:"metadata,omitempty"`
+	Entries   []inspect.Entry          `json:"entries,omitempty"`
+}
+
+func check(args []string, list bool, stdout, stderr io.Writer) error {
+	name := "verify"
+	if list {
+		name = "inspect"
+	}
+	fs := cmdline.NewFlags("prov-device", name, stderr)
+	bundleFile := fs.String("bundle", "", "signed bundle to check")
+	rootFile := fs.String("root", "", "the deployment's root certificate (PEM)")
+	serial := fs.String("serial", "", "the serial the bundle must be for (10 hex digits)")
+	minGen := fs.Uint64("min-generation", 0, "the lowest generation to accept (the device's high-water mark)")
+	floor := fs.String("clock-floor", "", "verify at no earlier than this time (RFC 3339), for a clock without RTC")
+	asJSON := fs.Bool("json", false, "print a JSON report")
+	var allow cmdline.List
+	fs.Var(&allow, "allow-prefix", "a directory below /etc/ where data files may be (repeatable; default "+imagespec.DataDir+")")
+	if err := cmdline.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"bundle", *bundleFile}, [2]string{"root", *rootFile}, [2]string{"serial", *serial}); err != nil {
+		return err
+	}
+	if err := pki.ValidateSerial(*serial); err != nil {
+		return fmt.Errorf("%w: --serial: %w", cmdline.ErrUsage, err)
+	}
+	var clockFloor time.Time
+	if *floor != "" {
+		t, err := time.Parse(time.RFC3339, *floor)
+		if err != nil {
+			return fmt.Errorf("%w: --clock-floor: %w", cmdline.ErrUsage, err)
+		}
+		clockFloor = t
+	}
+	rules := imagespec.DefaultRules()
+	if len(allow) > 0 {
+		rules.AllowedPrefixes = allow
+	}
+	roots, err := pki.LoadTrustBundle(*rootFile)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	f, err := os.Open(*bundleFile)
+	if err != nil {
+		return fmt.Errorf("--bundle: %w", err)
+	}
+	defer func() { _ = f.Close() }()
+
+	var img bytes.Buffer
+	v, err := signedimage.Verify(f, &img, signedimage.VerifyOptions{
+		Roots: roots, Serial: *serial, MinGeneration: *minGen, ClockFloor: clockFloor, MaxImageSize: imagespec.MaxImageSize,
+	})
+	if err == nil {
+		var l *inspect.Listing
+		l, err = inspect.Inspect(bytes.NewReader(img.Bytes()), int64(img.Len()), inspect.Expect{Rules: rules, Serial: v.Serial, Generation: v.Generation})
+		if err == nil {
+			return printAccepted(stdout, *asJSON, list, v, l)
+		}
+	}
+	if *asJSON {
+		_ = json.NewEncoder(stdout).Encode(report{Verdict: "refused", Reason: err.Error()})
+	}
+	return fmt.Errorf("%w: %w", errRefused, err)
+}
+
+func printAccepted(w io.Writer, asJSON, list bool, v *signedimage.Verified, l *inspect.Listing) error {
+	if asJSON {
+		r := report{Verdict: "accepted", Statement: &v.Statement, Signer: v.Signer.String(), Metadata: &l.Metadata}
+		if list {
+			r.Entries = l.Entries
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	files := 0
+	for _, e := range l.Entries {
+		if !e.Dir {
+			files++
+		}
+	}
+	_, _ = fmt.Fprintf(w, "accepted\n  serial      %s\n  generation  %d\n  issued      %s\n  image       %d bytes, sha256 %s\n  signer      %s\n  contents    %d entries, %d files\n",
+		v.Serial, v.Generation, v.IssuedAt.Format(time.RFC3339), v.Length, v.SHA256, v.Signer, len(l.Entries), files)
+	if list {
+		for _, e := range l.Entries {
+			_, _ = fmt.Fprintf(w, "  %s %8d  %s\n", e.Mode, e.Size, e.Path)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,91 @@
+// Package cmdline holds the command-line conventions every prov-* binary
+// follows: exit codes, usage errors, repeatable and required flags, and how
+// an error becomes an exit code. It lives beside pki because pki is what
+// every binary, the device's included, already links; it uses the standard
+// library only.
+package cmdline
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"strings"
+)
+
+// Exit codes shared by every binary. A binary may add its own above these.
+const (
+	ExitOK    = 0
+	ExitError = 1
+	ExitUsage = 2
+)
+
+// ErrUsage marks an error in the caller's command line.
+var ErrUsage = errors.New("usage")
+
+// NewFlags makes a flag set named "<prog> <cmd>" that reports errors to
+// stderr and returns them instead of exiting.
+func NewFlags(prog, cmd string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(prog+" "+cmd, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+// Parse parses args; a bad flag and any positional argument are usage
+// errors.
+func Parse(fs *flag.FlagSet, args []string) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", ErrUsage, err)
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+// Required returns a usage error naming the first flag (name, value) whose
+// value is empty.
+func Required(flags ...[2]string) error {
+	for _, f := range flags {
+		if f[1] == "" {
+			return fmt.Errorf("%w: --%s is required", ErrUsage, f[0])
+		}
+	}
+	return nil
+}
+
+// List is a repeatable string flag; a value may also hold several,
+// separated by commas.
+type List []string
+
+func (l *List) String() string { return strings.Join(*l, ",") }
+
+// Set adds a value.
+func (l *List) Set(v string) error {
+	for _, s := range strings.Split(v, ",") {
+		if s = strings.TrimSpace(s); s != "" {
+			*l = append(*l, s)
+		}
+	}
+	return nil
+}
+
+// Exit prints err as "<prog> <cmd>: <err>" and returns its exit code: 0 for
+// nil, ExitUsage for -h and usage errors, ExitError otherwise.
+func Exit(stderr io.Writer, prog, cmd string, err error) int {
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, flag.ErrHelp):
+		return ExitUsage
+	case errors.Is(err, ErrUsage):
+		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
+		return ExitUsage
+	default:
+		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
+		return ExitError
+	}
+}
