@@ -44,6 +44,19 @@ func (kp *KeyPair) Certificate() *tls.Certificate { return kp.cur.Load() }
 // Leaf returns the current leaf certificate.
 func (kp *KeyPair) Leaf() *x509.Certificate { return kp.cur.Load().Leaf }
 
+// Chain returns the current chain, leaf first. The files were parsed when
+// loaded, so parsing again cannot fail; a certificate that somehow does is
+// left out.
+func (kp *KeyPair) Chain() []*x509.Certificate {
+	var out []*x509.Certificate
+	for _, der := range kp.cur.Load().Certificate {
+		if c, err := x509.ParseCertificate(der); err == nil {
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
 func readKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 	certPEM, err := readLimited(certFile)
 	if err != nil {

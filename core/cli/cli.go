@@ -1,15 +1,18 @@
-// Package cli is the prov-core command line. Today it has the offline image
-// tool (image build); serve and admin arrive with the core service.
+// Package cli is the prov-core command line: serve (the service), admin
+// (the admins' client of its API) and image build (the offline image tool).
 package cli
 
 import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
+	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/core/image"
 	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/pki/cmdline"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
@@ -26,20 +29,24 @@ const usageText = `prov-core: the provisioning service (registry, signed images,
 usage:
   prov-core image build --record FILE --signer-cert FILE --signer-key FILE --out FILE [flags]
                           build a device record's squashfs image and sign it into a bundle
-  prov-core serve --config FILE     (not implemented yet: issue "Core service")
-  prov-core admin ...               (not implemented yet: issue "Core service")
+  prov-core serve --config FILE
+                          run the provisioning service (API, broker, registry)
+  prov-core admin --core URL --identity DIR COMMAND ...
+                          list, show, set, set-group, reprovision, revoke, audit (prov-core admin -h)
 
-Run prov-core image build -h for its flags.
+Run prov-core COMMAND -h for its flags.
 `
 
 // Main runs prov-core with args (without the program name).
-func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) >= 2 && args[0] == "image" && args[1] == "build" {
 		return cmdline.Exit(stderr, "prov-core", "image build", imageBuild(args[2:], stdout, stderr))
 	}
-	if len(args) > 0 && (args[0] == "serve" || args[0] == "admin") {
-		_, _ = fmt.Fprintf(stderr, "prov-core %s: not implemented yet\n\n%s", args[0], usageText)
-		return ExitUsage
+	if len(args) > 0 && args[0] == "serve" {
+		return cmdline.Exit(stderr, "prov-core", "serve", serve(ctx, args[1:], stderr))
+	}
+	if len(args) > 0 && args[0] == "admin" {
+		return cmdline.Exit(stderr, "prov-core", "admin", admin(ctx, args[1:], stdout, stderr))
 	}
 	_, _ = fmt.Fprint(stderr, usageText)
 	return ExitUsage
@@ -97,4 +104,25 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	_, _ = fmt.Fprintf(stdout, "bundle %s: serial %s, generation %d, image %d bytes, bundle %d bytes, signed by %s\n",
 		*out, rec.Serial, rec.Generation, len(img), len(bundle), signer.Identity())
 	return nil
+}
+
+func serve(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := cmdline.NewFlags("prov-core", "serve", stderr)
+	path := fs.String("config", "", "configuration file (YAML)")
+	if err := cmdline.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"config", *path}); err != nil {
+		return err
+	}
+	cfg, err := config.Load(*path)
+	if err != nil {
+		return err
+	}
+	var level slog.Level
+	if err := level.UnmarshalText([]byte(cfg.Log.Level)); err != nil {
+		return fmt.Errorf("log.level: %w", err)
+	}
+	log := slog.New(slog.NewJSONHandler(stderr, &slog.HandlerOptions{Level: level}))
+	return service.Run(ctx, cfg, log)
 }

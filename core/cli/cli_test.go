@@ -73,7 +73,7 @@ func TestImageBuild(t *testing.T) {
 		{"bad record field", []string{"image", "build", "--record", badRecord, "--signer-cert", cert, "--signer-key", key, "--out", out}, cli.ExitError, "hostname"},
 		{"data outside the prefix", []string{"image", "build", "--record", rec, "--signer-cert", cert, "--signer-key", key, "--out", out, "--allow-prefix", "/etc/other/"}, cli.ExitError, "/etc/prov/data/broker-url"},
 		{"a core certificate as signer", []string{"image", "build", "--record", rec, "--signer-cert", d.IdentityCert(pki.RoleCore, "core"), "--signer-key", d.IdentityKey(pki.RoleCore, "core"), "--out", out}, cli.ExitError, "not Ed25519"},
-		{"serve", []string{"serve"}, cli.ExitUsage, "not implemented yet"},
+		{"serve without config", []string{"serve"}, cli.ExitUsage, "--config is required"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := run(tc.args...)

@@ -83,7 +83,7 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("serial %q", id.Serial())
 		}
 		for _, c := range id.Canonical {
-			if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z') {
+			if (c < '0' || c > '9') && (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') {
 				t.Fatalf("canonical %q has %q", id.Canonical, c)
 			}
 		}

@@ -6,8 +6,10 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"time"
 
 	"github.com/smallstep/certificates/api"
+	"github.com/smallstep/certificates/authority/provisioner"
 	stepca "github.com/smallstep/certificates/ca"
 )
 
@@ -46,12 +48,20 @@ func (c *Client) Health(ctx context.Context) error {
 	return nil
 }
 
-// Sign sends a CSR with its one-time token to /1.0/sign.
+// Sign sends a CSR with its one-time token to /1.0/sign; the certificate
+// gets the provisioner's default lifetime.
 func (c *Client) Sign(ctx context.Context, csr *x509.CertificateRequest, ott string) ([]*x509.Certificate, error) {
-	resp, err := c.c.SignWithContext(ctx, &api.SignRequest{
-		CsrPEM: api.CertificateRequest{CertificateRequest: csr},
-		OTT:    ott,
-	})
+	return c.SignFor(ctx, csr, ott, 0)
+}
+
+// SignFor is Sign with a lifetime (zero: the provisioner's default); the
+// provisioner's minimum and maximum still apply.
+func (c *Client) SignFor(ctx context.Context, csr *x509.CertificateRequest, ott string, lifetime time.Duration) ([]*x509.Certificate, error) {
+	req := &api.SignRequest{CsrPEM: api.CertificateRequest{CertificateRequest: csr}, OTT: ott}
+	if lifetime > 0 {
+		req.NotAfter = provisioner.NewTimeDuration(time.Now().Add(lifetime))
+	}
+	resp, err := c.c.SignWithContext(ctx, req)
 	if err != nil {
 		return nil, fmt.Errorf("CA %s sign: %w", c.base, err)
 	}

@@ -35,8 +35,9 @@ var templates embed.FS
 
 // Template files in ca/templates/.
 const (
-	deviceTemplate  = "device.tpl"
-	serviceTemplate = "service.tpl"
+	deviceTemplate     = "device.tpl"
+	serviceTemplate    = "service.tpl"
+	revokeOnlyTemplate = "revoke-only.tpl"
 )
 
 // Defaults of InitOptions, all in one place.
@@ -374,11 +375,23 @@ func (b *builder) build(ctx context.Context) error {
 	}
 	proxyProvs := make([]*token.Provisioner, len(o.Proxies))
 	for i, p := range o.Proxies {
-		if proxyProvs[i], err = b.writeProxyProvisioner(p.Name); err != nil {
+		id, err := pki.NewIdentity(o.TrustDomain, pki.RoleProxy, p.Name)
+		if err != nil {
+			return err
+		}
+		if proxyProvs[i], err = b.writeProvisioner(ProxyProvisionerName(p.Name), b.l.ProxyProvisionerKey(p.Name), b.l.ProxyProvisionerPassword(p.Name), "proxy provisioner key (encrypted)", HandOff(id)); err != nil {
 			return err
 		}
 	}
-	for _, name := range []string{deviceTemplate, serviceTemplate} {
+	coreID, err := pki.NewIdentity(o.TrustDomain, pki.RoleCore, o.CoreName)
+	if err != nil {
+		return err
+	}
+	revoker, err := b.writeProvisioner(RevokerProvisionerName, b.l.CoreRevokerKey(o.CoreName), b.l.CoreRevokerPassword(o.CoreName), "core's revoke-only provisioner key (encrypted)", HandOff(coreID))
+	if err != nil {
+		return err
+	}
+	for _, name := range []string{deviceTemplate, serviceTemplate, revokeOnlyTemplate} {
 		data, err := templates.ReadFile("templates/" + name)
 		if err != nil {
 			return fmt.Errorf("template %s: %w", name, err)
@@ -387,7 +400,7 @@ func (b *builder) build(ctx context.Context) error {
 			return err
 		}
 	}
-	caJSON, err := b.caConfig(admin, proxyProvs)
+	caJSON, err := b.caConfig(admin, revoker, proxyProvs)
 	if err != nil {
 		return err
 	}
@@ -404,33 +417,30 @@ func (b *builder) build(ctx context.Context) error {
 	return b.issueFirstIdentities(ctx, admin)
 }
 
-func (b *builder) writeProxyProvisioner(name string) (*token.Provisioner, error) {
-	p, err := token.Generate(ProxyProvisionerName(name))
+// writeProvisioner makes a provisioner key for a service and writes it
+// encrypted with its own random password, so that service never learns the
+// deployment password.
+func (b *builder) writeProvisioner(name, keyFile, passwordFile, what string, p Placement) (*token.Provisioner, error) {
+	prov, err := token.Generate(name)
 	if err != nil {
 		return nil, err
 	}
-	// Each proxy has its own random password, so the proxy appliance never
-	// learns the deployment password.
 	raw := make([]byte, 32)
 	if _, err := io.ReadFull(rand.Reader, raw); err != nil {
-		return nil, fmt.Errorf("proxy %s password: %w", name, err)
+		return nil, fmt.Errorf("%s password: %w", name, err)
 	}
 	pw := []byte(base64.RawURLEncoding.EncodeToString(raw))
-	jwe, err := p.Encrypt(pw)
+	jwe, err := prov.Encrypt(pw)
 	if err != nil {
 		return nil, err
 	}
-	id, err := pki.NewIdentity(b.opts.TrustDomain, pki.RoleProxy, name)
-	if err != nil {
+	if err := b.write(keyFile, jwe, secretMode, what, p); err != nil {
 		return nil, err
 	}
-	if err := b.write(b.l.ProxyProvisionerKey(name), jwe, secretMode, "proxy provisioner key (encrypted)", HandOff(id)); err != nil {
+	if err := b.write(passwordFile, append(pw, '\n'), secretMode, "its password", p); err != nil {
 		return nil, err
 	}
-	if err := b.write(b.l.ProxyProvisionerPassword(name), append(pw, '\n'), secretMode, "its password", HandOff(id)); err != nil {
-		return nil, err
-	}
-	return p, nil
+	return prov, nil
 }
 
 func (b *builder) manifest() *Manifest {
@@ -508,7 +518,7 @@ func createCert(tmpl, parent *x509.Certificate, pub, priv any) (*x509.Certificat
 
 // caConfig is step-ca's ca.json. Paths are absolute so the embedded CA and
 // the step-ca binary read the same file from any working directory.
-func (b *builder) caConfig(admin *token.Provisioner, proxies []*token.Provisioner) ([]byte, error) {
+func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.Provisioner) ([]byte, error) {
 	o := b.opts
 	tdata, err := json.Marshal(map[string]string{"trustDomain": o.TrustDomain})
 	if err != nil {
@@ -531,6 +541,14 @@ func (b *builder) caConfig(admin *token.Provisioner, proxies []*token.Provisione
 			TemplateData: tdata,
 		}},
 	}}
+	provs = append(provs, &provisioner.JWK{
+		Type: "JWK",
+		Name: revoker.Name(),
+		Key:  revoker.PublicKey(),
+		Options: &provisioner.Options{X509: &provisioner.X509Options{
+			TemplateFile: b.l.Template(revokeOnlyTemplate),
+		}},
+	})
 	for _, p := range proxies {
 		provs = append(provs, &provisioner.JWK{
 			Type: "JWK",

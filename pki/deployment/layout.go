@@ -18,6 +18,8 @@
 //	<role>/<name>/root_ca.crt      the root, so the directory is a complete hand-off
 //	proxy/<name>/provisioner.jwe   the proxy's encrypted provisioner key
 //	proxy/<name>/provisioner.password  and its own password
+//	core/<name>/revoker.jwe        core's revoke-only provisioner key
+//	core/<name>/revoker.password   and its own password
 package deployment
 
 import (
@@ -96,4 +98,14 @@ func (l Layout) ProxyProvisionerKey(name string) string {
 // ProxyProvisionerPassword is the password of a proxy's provisioner key.
 func (l Layout) ProxyProvisionerPassword(name string) string {
 	return filepath.Join(l.IdentityDir(pki.RoleProxy, name), "provisioner.password")
+}
+
+// CoreRevokerKey is core's revoke-only provisioner key.
+func (l Layout) CoreRevokerKey(name string) string {
+	return filepath.Join(l.IdentityDir(pki.RoleCore, name), "revoker.jwe")
+}
+
+// CoreRevokerPassword is the password of core's revoker key.
+func (l Layout) CoreRevokerPassword(name string) string {
+	return filepath.Join(l.IdentityDir(pki.RoleCore, name), "revoker.password")
 }

@@ -21,7 +21,10 @@ const ManifestVersion = 1
 // Provisioner names in ca.json.
 const (
 	AdminProvisionerName = "admin"
-	proxyProvisionerPfx  = "proxy-"
+	// RevokerProvisionerName is core's provisioner: it can revoke, and its
+	// template refuses every signature.
+	RevokerProvisionerName = "core-revoker"
+	proxyProvisionerPfx    = "proxy-"
 )
 
 // ProxyProvisionerName is the name of a proxy's provisioner in ca.json.

@@ -379,3 +379,39 @@ func mustRead(t *testing.T, path string) []byte {
 	}
 	return b
 }
+
+// Core's revoker provisioner revokes, and signs nothing, whatever it asks.
+func TestRevokerProvisionerOnlyRevokes(t *testing.T) {
+	c := catest.Shared(t)
+	ctx := context.Background()
+	pw, err := pki.ReadPasswordFile(c.CoreRevokerPassword(deployment.DefaultCoreName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rev, err := token.Load(deployment.RevokerProvisionerName, c.CoreRevokerKey(deployment.DefaultCoreName), pw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, csr := deviceCSR(t, nil)
+	for _, sans := range [][]string{{deviceURI(catest.TrustDomain, serialB)}, {"spiffe://fleet.test/admin/eve"}} {
+		tok, err := rev.SignToken(token.SignRequest{Audience: c.Client.SignAudience(), Subject: serialB, SANs: sans, CSR: csr}, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Client.Sign(ctx, csr, tok); err == nil {
+			t.Fatalf("the revoker provisioner signed %v", sans)
+		}
+	}
+	chain, err := c.Client.Sign(ctx, csr, proxyToken(t, c, serialB, csr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := chain[0].SerialNumber.String()
+	tok, err := rev.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.Revoke(ctx, serial, tok, "device revoked at core"); err != nil {
+		t.Fatalf("the revoker cannot revoke: %v", err)
+	}
+}

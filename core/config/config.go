@@ -1,0 +1,224 @@
+// Package config is prov-core's configuration file (YAML): read strictly
+// (an unknown key is an error), every default in one place (Defaults),
+// every error naming the key that is wrong.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/fleetprov/prov/core/policy"
+)
+
+// ErrBadConfig wraps every configuration error.
+var ErrBadConfig = errors.New("bad configuration")
+
+// Files is a certificate chain and its key.
+type Files struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+}
+
+// Config is prov-core's configuration.
+type Config struct {
+	// Listen is the API's TLS address.
+	Listen string `yaml:"listen"`
+	// TrustBundle is the deployment's root certificate file.
+	TrustBundle string `yaml:"trustBundle"`
+	// TLS is core's own certificate (server, and client towards brokers).
+	TLS Files `yaml:"tls"`
+	// Signer is the image signer's certificate and Ed25519 key.
+	Signer Files `yaml:"signer"`
+	Store  struct {
+		Path        string        `yaml:"path"`
+		LockTimeout time.Duration `yaml:"lockTimeout"`
+	} `yaml:"store"`
+	Policy struct {
+		// MachineIDSecretFile holds the key of the machine-id function;
+		// empty: images carry no machine-id.
+		MachineIDSecretFile string                        `yaml:"machineIdSecretFile"`
+		AllowedPrefixes     []string                      `yaml:"allowedPrefixes"`
+		DefaultGroup        string                        `yaml:"defaultGroup"`
+		Groups              map[string]policy.GroupConfig `yaml:"groups"`
+	} `yaml:"policy"`
+	Images struct {
+		CacheBytes int64 `yaml:"cacheBytes"`
+	} `yaml:"images"`
+	MQTT struct {
+		// Embedded runs core's broker on this TLS address.
+		Embedded struct {
+			Listen string `yaml:"listen"`
+		} `yaml:"embedded"`
+		// External, if set, is a broker URL (tls://host:port) core
+		// publishes to with its certificate instead.
+		External struct {
+			URL      string `yaml:"url"`
+			ClientID string `yaml:"clientId"`
+		} `yaml:"external"`
+	} `yaml:"mqtt"`
+	// CA, if set, is the step-ca that core also revokes device
+	// certificates at, and whose CRL it checks client certificates with.
+	CA struct {
+		URL                 string        `yaml:"url"`
+		RevokerKey          string        `yaml:"revokerKey"`
+		RevokerPasswordFile string        `yaml:"revokerPasswordFile"`
+		CRLInterval         time.Duration `yaml:"crlInterval"`
+	} `yaml:"ca"`
+	// Limits are per-identity request rates by role.
+	Limits map[string]struct {
+		Rate  float64 `yaml:"rate"`
+		Burst int     `yaml:"burst"`
+	} `yaml:"limits"`
+	HTTP struct {
+		ReadHeaderTimeout time.Duration `yaml:"readHeaderTimeout"`
+		ReadTimeout       time.Duration `yaml:"readTimeout"`
+		WriteTimeout      time.Duration `yaml:"writeTimeout"`
+		IdleTimeout       time.Duration `yaml:"idleTimeout"`
+		MaxHeaderBytes    int           `yaml:"maxHeaderBytes"`
+		MaxConnections    int           `yaml:"maxConnections"`
+		ShutdownTimeout   time.Duration `yaml:"shutdownTimeout"`
+	} `yaml:"http"`
+	Log struct {
+		Level string `yaml:"level"`
+	} `yaml:"log"`
+}
+
+// Defaults fills every unset value; all defaults live here.
+func (c *Config) Defaults() {
+	set := func(p *time.Duration, d time.Duration) {
+		if *p == 0 {
+			*p = d
+		}
+	}
+	if c.Listen == "" {
+		c.Listen = ":8443"
+	}
+	set(&c.Store.LockTimeout, time.Second)
+	if len(c.Policy.AllowedPrefixes) == 0 {
+		c.Policy.AllowedPrefixes = []string{"/etc/prov/data/"}
+	}
+	if c.Policy.DefaultGroup == "" {
+		c.Policy.DefaultGroup = "default"
+	}
+	if c.Images.CacheBytes == 0 {
+		c.Images.CacheBytes = 256 << 20
+	}
+	if c.MQTT.External.URL == "" && c.MQTT.Embedded.Listen == "" {
+		c.MQTT.Embedded.Listen = ":8883"
+	}
+	if c.MQTT.External.ClientID == "" {
+		c.MQTT.External.ClientID = "prov-core"
+	}
+	set(&c.CA.CRLInterval, time.Minute)
+	set(&c.HTTP.ReadHeaderTimeout, 5*time.Second)
+	set(&c.HTTP.ReadTimeout, 30*time.Second)
+	set(&c.HTTP.WriteTimeout, 60*time.Second)
+	set(&c.HTTP.IdleTimeout, 120*time.Second)
+	set(&c.HTTP.ShutdownTimeout, 15*time.Second)
+	if c.HTTP.MaxHeaderBytes == 0 {
+		c.HTTP.MaxHeaderBytes = 16 << 10
+	}
+	if c.HTTP.MaxConnections == 0 {
+		c.HTTP.MaxConnections = 10000
+	}
+	if c.Log.Level == "" {
+		c.Log.Level = "info"
+	}
+}
+
+// Load reads, defaults and validates a configuration file.
+func Load(path string) (*Config, error) {
+	data, err := os.ReadFile(path) //nolint:gosec // the operator names it
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	c, err := Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+// Parse decodes, defaults and validates a configuration.
+func Parse(data []byte) (*Config, error) {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var c Config
+	if err := dec.Decode(&c); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	}
+	c.Defaults()
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return &c, nil
+}
+
+// Validate checks what can be checked without opening files; missing or
+// unreadable files are found, and refused, at start.
+func (c *Config) Validate() error {
+	bad := func(key, format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrBadConfig, key, fmt.Sprintf(format, args...))
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return bad("listen", "%q is not host:port", c.Listen)
+	}
+	for key, v := range map[string]string{"trustBundle": c.TrustBundle, "tls.cert": c.TLS.Cert, "tls.key": c.TLS.Key,
+		"signer.cert": c.Signer.Cert, "signer.key": c.Signer.Key, "store.path": c.Store.Path} {
+		if v == "" {
+			return bad(key, "required")
+		}
+	}
+	if len(c.Policy.Groups) == 0 {
+		return bad("policy.groups", "name at least one group")
+	}
+	if _, ok := c.Policy.Groups[c.Policy.DefaultGroup]; !ok {
+		return bad("policy.defaultGroup", "%q is not one of policy.groups", c.Policy.DefaultGroup)
+	}
+	if c.MQTT.External.URL != "" {
+		if c.MQTT.Embedded.Listen != "" {
+			return bad("mqtt", "set embedded.listen or external.url, not both")
+		}
+		if u, err := url.Parse(c.MQTT.External.URL); err != nil || u.Host == "" {
+			return bad("mqtt.external.url", "%q is not tls://host:port", c.MQTT.External.URL)
+		}
+	} else if _, _, err := net.SplitHostPort(c.MQTT.Embedded.Listen); err != nil {
+		return bad("mqtt.embedded.listen", "%q is not host:port", c.MQTT.Embedded.Listen)
+	}
+	if c.CA.URL != "" {
+		if u, err := url.Parse(c.CA.URL); err != nil || u.Scheme != "https" || u.Host == "" {
+			return bad("ca.url", "%q is not https://host:port", c.CA.URL)
+		}
+		if (c.CA.RevokerKey == "") != (c.CA.RevokerPasswordFile == "") {
+			return bad("ca.revokerKey", "give both revokerKey and revokerPasswordFile, or neither")
+		}
+	} else if c.CA.RevokerKey != "" {
+		return bad("ca.url", "required with ca.revokerKey")
+	}
+	for role, l := range c.Limits {
+		switch role {
+		case "device", "proxy", "admin", "core":
+		default:
+			return bad("limits."+role, "not a role (device, proxy, admin, core)")
+		}
+		if l.Rate <= 0 || l.Burst < 1 {
+			return bad("limits."+role, "rate and burst must be positive")
+		}
+	}
+	switch c.Log.Level {
+	case "debug", "info", "warn", "error":
+	default:
+		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	}
+	if c.Images.CacheBytes < 1<<20 {
+		return bad("images.cacheBytes", "at least 1 MiB")
+	}
+	return nil
+}

@@ -1,0 +1,310 @@
+// Package coretest runs a real prov-core in tests: a deployment PKI and its
+// step-ca (catest), a configuration written as an operator would, the
+// service on loopback with its embedded broker, and mTLS clients for every
+// role, device certificates included, issued through step-ca.
+package coretest
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/config"
+	"github.com/fleetprov/prov/core/service"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/token"
+)
+
+// Config writes a prov-core configuration for the PKI d into dir and
+// returns its path. extra is YAML whose top-level keys replace the base's.
+func Config(t testing.TB, d *deployment.Deployment, dir, extra string) string {
+	t.Helper()
+	secret := filepath.Join(dir, "machine-id.secret")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("s3cr3t-", 8)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	mqttPort := catest.FreePort(t)
+	core := deployment.DefaultCoreName
+	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
+trustBundle: %q
+tls: {cert: %q, key: %q}
+signer: {cert: %q, key: %q}
+store: {path: %q}
+policy:
+  machineIdSecretFile: %q
+  groups:
+    default:
+      hostname: "{{.Board}}-{{.Serial}}"
+      mqttClientId: "{{.Serial}}"
+      mqttGroupId: "fleet"
+      data:
+        /etc/prov/data/broker-url: "mqtts://broker.fleet.test:8883\n"
+    line-b:
+      hostname: "b-{{.Serial}}"
+      mqttClientId: "b-{{.Serial}}"
+      mqttGroupId: "line-b"
+mqtt:
+  embedded: {listen: "127.0.0.1:%d"}
+log: {level: debug}
+`, d.RootCert(), d.IdentityCert(pki.RoleCore, core), d.IdentityKey(pki.RoleCore, core),
+		d.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName), d.IdentityKey(pki.RoleSigner, deployment.DefaultSignerName),
+		filepath.Join(dir, "registry.db"), secret, mqttPort)
+	path := filepath.Join(dir, "core.yaml")
+	if err := os.WriteFile(path, []byte(mergeTop(cfg, extra)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Core is a running prov-core.
+type Core struct {
+	*catest.CA
+	URL        string // https://127.0.0.1:port
+	MQTTAddr   string
+	ConfigPath string
+	Dir        string
+	stop       func()
+}
+
+// Start runs core for the shared test CA until the test ends.
+func Start(t testing.TB, extraYAML string, opts ...service.Option) *Core {
+	t.Helper()
+	c := catest.Shared(t)
+	dir := t.TempDir()
+	return Run(t, c, Config(t, c.Deployment, dir, extraYAML), dir, opts...)
+}
+
+// Run runs core from a configuration file until the test ends (or Stop).
+func Run(t testing.TB, c *catest.CA, configPath, dir string, opts ...service.Option) *Core {
+	t.Helper()
+	cfg, err := config.Load(configPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan [2]string, 1)
+	done := make(chan error, 1)
+	log := slog.New(slog.NewJSONHandler(&testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	go func() {
+		done <- service.Run(ctx, cfg, log, append(opts, service.WithListener(ln),
+			service.WithStarted(func(api, mqtt string) { started <- [2]string{api, mqtt} }))...)
+	}()
+	var addrs [2]string
+	select {
+	case addrs = <-started:
+	case err := <-done:
+		cancel()
+		t.Fatalf("prov-core did not start: %v", err)
+	case <-time.After(30 * time.Second):
+		cancel()
+		t.Fatal("prov-core did not start in 30s")
+	}
+	core := &Core{CA: c, URL: "https://" + addrs[0], MQTTAddr: addrs[1], ConfigPath: configPath, Dir: dir}
+	stopped := false
+	core.stop = func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("prov-core stopped with: %v", err)
+		}
+	}
+	t.Cleanup(core.stop)
+	// The embedded broker serves shortly after the API.
+	if !strings.Contains(core.MQTTAddr, "://") {
+		waitTCP(t, core.MQTTAddr)
+	}
+	return core
+}
+
+// Stop stops core (idempotent).
+func (c *Core) Stop() { c.stop() }
+
+func waitTCP(t testing.TB, addr string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = conn.Close()
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s does not accept connections: %v", addr, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// testWriter sends logs to t.Log, shown only when a test fails.
+type testWriter struct{ t testing.TB }
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimSpace(string(p)))
+	return len(p), nil
+}
+
+// TLS returns a client TLS configuration with cert (nil: none) that trusts
+// the deployment and wants core at the other end.
+func (c *Core) TLS(t testing.TB, cert *tls.Certificate) *tls.Config {
+	t.Helper()
+	bundle, err := pki.LoadTrustBundle(c.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "localhost", ServerRoles: []pki.Role{pki.RoleCore}})
+	if cert != nil {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	}
+	return cfg
+}
+
+// HTTP returns an HTTP client presenting cert.
+func (c *Core) HTTP(t testing.TB, cert *tls.Certificate) *http.Client {
+	t.Helper()
+	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{TLSClientConfig: c.TLS(t, cert), ForceAttemptHTTP2: true}}
+}
+
+// Client returns an API client presenting cert.
+func (c *Core) Client(t testing.TB, cert *tls.Certificate) *api.Client {
+	t.Helper()
+	cl, err := api.NewClient(c.URL, c.HTTP(t, cert))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cl
+}
+
+// ServiceCert loads a service identity that prov-pki init issued (admin,
+// proxy, core).
+func (c *Core) ServiceCert(t testing.TB, role pki.Role, name string) *tls.Certificate {
+	t.Helper()
+	kp, err := pki.LoadKeyPair(c.IdentityCert(role, name), c.IdentityKey(role, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return kp.Certificate()
+}
+
+// Admin is the first admin's certificate.
+func (c *Core) Admin(t testing.TB) *tls.Certificate {
+	return c.ServiceCert(t, pki.RoleAdmin, deployment.DefaultAdminName)
+}
+
+// Proxy is the test proxy's certificate.
+func (c *Core) Proxy(t testing.TB) *tls.Certificate {
+	return c.ServiceCert(t, pki.RoleProxy, catest.Proxy)
+}
+
+// DeviceCert issues a device certificate for serial through step-ca, as
+// the proxy does at enrollment.
+func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duration) *tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	prov, err := c.ProxyProvisioner(catest.Proxy)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, err := prov.SignToken(token.SignRequest{Audience: c.Client.SignAudience(), Subject: serial,
+		SANs: []string{"spiffe://" + c.TrustDomain + "/device/" + serial}, CSR: csr}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	chain, err := c.Client.SignFor(context.Background(), csr, tok, lifetime)
+	if err != nil {
+		t.Fatalf("device certificate for %s: %v", serial, err)
+	}
+	cert := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, ch := range chain {
+		cert.Certificate = append(cert.Certificate, ch.Raw)
+	}
+	return cert
+}
+
+// Register registers a hardware ID through the proxy's API and returns the
+// device.
+func (c *Core) Register(t testing.TB, board, hwid string) *api.Device {
+	t.Helper()
+	d, _, err := c.Client(t, c.Proxy(t)).Register(context.Background(), api.RegisterRequest{Board: board, HardwareID: hwid})
+	if err != nil {
+		t.Fatalf("register %s %s: %v", board, hwid, err)
+	}
+	return d
+}
+
+// RPi4 makes a distinct rpi4 hardware ID from n.
+func RPi4(n int) string { return "10000000" + fmt.Sprintf("%08x", n) }
+
+// OpenStore opens the registry of a stopped core.
+func (c *Core) OpenStore(t testing.TB) *store.Store {
+	t.Helper()
+	s, err := store.Open(filepath.Join(c.Dir, "registry.db"), store.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// mergeTop replaces base's top-level YAML sections with extra's.
+func mergeTop(base, extra string) string {
+	sections := func(y string) (order []string, m map[string]string) {
+		m = map[string]string{}
+		key := ""
+		for _, line := range strings.SplitAfter(y, "\n") {
+			if line != "" && line[0] != ' ' && line[0] != '\n' && strings.Contains(line, ":") {
+				key = line[:strings.Index(line, ":")]
+				order = append(order, key)
+			}
+			m[key] += line
+		}
+		return order, m
+	}
+	order, b := sections(base)
+	extraOrder, e := sections(extra)
+	var out strings.Builder
+	for _, k := range order {
+		if v, ok := e[k]; ok {
+			out.WriteString(v)
+			delete(e, k)
+		} else {
+			out.WriteString(b[k])
+		}
+	}
+	for _, k := range extraOrder {
+		out.WriteString(e[k])
+	}
+	return out.String()
+}

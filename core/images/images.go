@@ -1,0 +1,135 @@
+// Package images keeps signed bundles by (serial, generation): each is
+// built and signed once, whoever asks first, and served from memory after
+// that; concurrent requests for one missing bundle wait for one build. The
+// cache is bounded in bytes and evicts the least recently used. A bundle
+// is a pure function of the record, so an evicted one is rebuilt
+// byte-identical.
+package images
+
+import (
+	"container/list"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"strconv"
+	"sync"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/image"
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+// Bundle is a built, signed bundle.
+type Bundle struct {
+	Serial     string
+	Generation uint64
+	Bytes      []byte
+	SHA256     string // of the image, as the statement says
+	ETag       string
+}
+
+// Stats counts the cache's work.
+type Stats struct {
+	Hits, Builds, Evictions uint64
+	Bytes                   int64
+	Entries                 int
+}
+
+// Cache is the bundle cache.
+type Cache struct {
+	signer   *signedimage.Signer
+	rules    imagespec.Rules
+	maxBytes int64
+
+	mu       sync.Mutex
+	lru      *list.List // of *entry, most recent first
+	byKey    map[string]*list.Element
+	building map[string]*call
+	stats    Stats
+}
+
+type entry struct {
+	key string
+	b   *Bundle
+}
+
+type call struct {
+	done chan struct{}
+	b    *Bundle
+	err  error
+}
+
+// New makes a cache of at most maxBytes of bundles.
+func New(signer *signedimage.Signer, rules imagespec.Rules, maxBytes int64) *Cache {
+	return &Cache{signer: signer, rules: rules, maxBytes: maxBytes, lru: list.New(),
+		byKey: map[string]*list.Element{}, building: map[string]*call{}}
+}
+
+func key(serial string, gen uint64) string { return serial + "/" + strconv.FormatUint(gen, 10) }
+
+// Get returns the bundle of rec (by its serial and generation), building
+// and signing it if no one has yet.
+func (c *Cache) Get(rec *image.Record) (*Bundle, error) {
+	k := key(rec.Serial, rec.Generation)
+	c.mu.Lock()
+	if el, ok := c.byKey[k]; ok {
+		c.lru.MoveToFront(el)
+		c.stats.Hits++
+		b := el.Value.(*entry).b //nolint:errcheck // the list holds only *entry
+		c.mu.Unlock()
+		return b, nil
+	}
+	if cl, ok := c.building[k]; ok {
+		c.mu.Unlock()
+		<-cl.done
+		return cl.b, cl.err
+	}
+	cl := &call{done: make(chan struct{})}
+	c.building[k] = cl
+	c.mu.Unlock()
+
+	cl.b, cl.err = c.build(rec)
+
+	c.mu.Lock()
+	delete(c.building, k)
+	if cl.err == nil {
+		c.stats.Builds++
+		c.add(k, cl.b)
+	}
+	c.mu.Unlock()
+	close(cl.done)
+	return cl.b, cl.err
+}
+
+func (c *Cache) build(rec *image.Record) (*Bundle, error) {
+	bundle, img, err := image.BuildBundle(rec, c.rules, c.signer)
+	if err != nil {
+		return nil, fmt.Errorf("bundle of %s generation %d: %w", rec.Serial, rec.Generation, err)
+	}
+	sum := sha256.Sum256(img)
+	digest := hex.EncodeToString(sum[:])
+	return &Bundle{Serial: rec.Serial, Generation: rec.Generation, Bytes: bundle, SHA256: digest, ETag: api.ETag(rec.Generation, digest)}, nil
+}
+
+func (c *Cache) add(k string, b *Bundle) {
+	c.byKey[k] = c.lru.PushFront(&entry{key: k, b: b})
+	c.stats.Bytes += int64(len(b.Bytes))
+	for c.stats.Bytes > c.maxBytes && c.lru.Len() > 1 {
+		last := c.lru.Back()
+		e := last.Value.(*entry) //nolint:errcheck // the list holds only *entry
+		c.lru.Remove(last)
+		delete(c.byKey, e.key)
+		c.stats.Bytes -= int64(len(e.b.Bytes))
+		c.stats.Evictions++
+	}
+}
+
+// Stats returns the counters.
+func (c *Cache) Stats() Stats {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s := c.stats
+	s.Entries = c.lru.Len()
+	return s
+}

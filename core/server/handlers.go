@@ -1,0 +1,392 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+
+	"github.com/gorilla/mux"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/policy"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/pki"
+)
+
+func decode(r *http.Request, v any) error {
+	dec := json.NewDecoder(r.Body)
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			return newError(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body over %d bytes", api.MaxRequestBody), err)
+		}
+		return newError(http.StatusBadRequest, "bad_request", "request body is not the expected JSON: "+err.Error(), err)
+	}
+	if dec.More() {
+		return newError(http.StatusBadRequest, "bad_request", "data after the JSON object", nil)
+	}
+	return nil
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) error {
+	var b bytes.Buffer
+	if err := json.NewEncoder(&b).Encode(v); err != nil {
+		return err
+	}
+	w.Header().Set("Content-Type", api.MediaTypeJSON)
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, err := w.Write(b.Bytes())
+	return err
+}
+
+func (s *Server) register(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	var req api.RegisterRequest
+	if err := decode(r, &req); err != nil {
+		s.metrics.registrations.WithLabelValues("invalid").Inc()
+		return err
+	}
+	if req.Group == "" {
+		req.Group = s.cfg.DefaultGroup
+	}
+	if !s.policy.HasGroup(req.Group) {
+		s.metrics.registrations.WithLabelValues("invalid").Inc()
+		return newError(http.StatusBadRequest, "bad_request", fmt.Sprintf("group: %q is not a configured group", truncate(req.Group)), nil)
+	}
+	hid, err := hwid.Parse(req.Board, req.HardwareID)
+	if err != nil {
+		s.metrics.registrations.WithLabelValues("invalid").Inc()
+		field := "hardwareId"
+		if errors.Is(err, hwid.ErrBadBoard) {
+			field = "board"
+		}
+		return newError(http.StatusBadRequest, "bad_request", field+": "+err.Error(), err)
+	}
+	imm, err := s.policy.Immutable(req.Group, hid.Serial(), hid.Board)
+	if err != nil {
+		return newError(http.StatusInternalServerError, "internal", "the data policy cannot make this device's data", err)
+	}
+	v, created, err := s.store.Register(store.Registration{ID: hid, Group: req.Group, Immutable: imm, Actor: id.String()})
+	if errors.Is(err, store.ErrCollision) {
+		s.metrics.registrations.WithLabelValues("collision").Inc()
+		s.metrics.collisions.Inc()
+		s.log.Warn("serial collision: hardware ID refused", "board", hid.Board, "serial", hid.Serial(), "proxy", id.String())
+		return err
+	}
+	if err != nil {
+		return err
+	}
+	status := http.StatusOK
+	if created {
+		status = http.StatusCreated
+		s.metrics.registrations.WithLabelValues("created").Inc()
+		s.log.Info("device registered", "serial", v.Serial, "board", v.Board, "group", v.Group, "proxy", id.String())
+		s.enqueue(job{serial: v.Serial})
+	} else {
+		s.metrics.registrations.WithLabelValues("existing").Inc()
+	}
+	return writeJSON(w, status, proxyView(v))
+}
+
+func (s *Server) list(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
+	q := r.URL.Query()
+	limit := 100
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 || n > 1000 {
+			return newError(http.StatusBadRequest, "bad_request", "limit: want 1 to 1000", nil)
+		}
+		limit = n
+	}
+	after := q.Get("after")
+	if after != "" && pki.ValidateSerial(after) != nil {
+		return newError(http.StatusBadRequest, "bad_request", "after: want a serial", nil)
+	}
+	views, next, err := s.store.List(after, limit)
+	if err != nil {
+		return err
+	}
+	out := api.DeviceList{Devices: make([]api.Device, 0, len(views)), Next: next}
+	for i := range views {
+		out.Devices = append(out.Devices, adminView(&views[i]))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+// lookup finds the device a request names. A device may only name itself:
+// any other serial, existing or not, is the same 404.
+func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
+	serial := mux.Vars(r)["serial"]
+	if pki.ValidateSerial(serial) != nil {
+		return nil, errNotFound
+	}
+	if id.Role == pki.RoleDevice && id.Name != serial {
+		return nil, errNotFound
+	}
+	v, err := s.store.Device(serial)
+	if err != nil {
+		return nil, err
+	}
+	if id.Role == pki.RoleDevice {
+		if v.Status == store.Revoked {
+			return nil, newError(http.StatusForbidden, "revoked", "this device is revoked", nil)
+		}
+		s.seen(r, serial)
+	}
+	return v, nil
+}
+
+// seen remembers the certificate a device used (a write only the first
+// time it is seen).
+func (s *Server) seen(r *http.Request, serial string) {
+	fp, leaf := certFingerprint(r)
+	if leaf == nil {
+		return
+	}
+	if err := s.store.SeenCertificate(serial, store.Certificate{Fingerprint: fp, Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter.UTC()}); err != nil {
+		s.log.Warn("cannot record the device certificate", "serial", serial, "err", err)
+	}
+}
+
+func (s *Server) device(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	v, err := s.lookup(r, id)
+	if err != nil {
+		return err
+	}
+	if id.Role == pki.RoleDevice {
+		return writeJSON(w, http.StatusOK, api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status),
+			IssuedAt: v.IssuedAt(), Topic: api.DeviceTopic(v.Serial)})
+	}
+	return writeJSON(w, http.StatusOK, adminView(v))
+}
+
+func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	v, err := s.lookup(r, id)
+	if err != nil {
+		return err
+	}
+	if v.Status == store.Revoked {
+		return newError(http.StatusConflict, "revoked", "the device is revoked", nil)
+	}
+	b, err := s.images.Get(policy.Record(v))
+	if err != nil {
+		return newError(http.StatusInternalServerError, "internal", "cannot build the image", err)
+	}
+	h := w.Header()
+	h.Set("ETag", b.ETag)
+	h.Set(api.HeaderGeneration, strconv.FormatUint(b.Generation, 10))
+	h.Set("Cache-Control", "private, no-cache")
+	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == b.ETag {
+		w.WriteHeader(http.StatusNotModified)
+		return nil
+	}
+	h.Set("Content-Type", api.MediaTypeBundle)
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(b.Bytes)))
+	w.WriteHeader(http.StatusOK)
+	_, err = w.Write(b.Bytes) //nolint:gosec // a signed binary bundle, not HTML: own media type and nosniff
+	return err
+}
+
+func ifMatch(r *http.Request) (uint64, error) {
+	h := r.Header.Get("If-Match")
+	if h == "" {
+		return 0, newError(http.StatusPreconditionRequired, "if_match_required", `send If-Match: "<generation>" (or the group's version) of what you changed`, nil)
+	}
+	v, ok := api.ParseIfMatch(h)
+	if !ok {
+		return 0, newError(http.StatusBadRequest, "bad_request", `If-Match: want "<number>"`, nil)
+	}
+	return v, nil
+}
+
+func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	want, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	var c api.DataChange
+	if err := decode(r, &c); err != nil {
+		return err
+	}
+	serial := mux.Vars(r)["serial"]
+	if pki.ValidateSerial(serial) != nil {
+		return errNotFound
+	}
+	v, err := s.store.SetDeviceData(serial, want, store.Change{Set: c.Set, Unset: c.Unset}, id.String(), func(v *store.View) error {
+		return s.policy.CheckData(v.EffectiveData())
+	})
+	if err != nil {
+		return err
+	}
+	s.enqueue(job{serial: serial})
+	w.Header().Set("ETag", api.IfMatch(v.Generation()))
+	return writeJSON(w, http.StatusOK, adminView(v))
+}
+
+func (s *Server) reprovision(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	serial := mux.Vars(r)["serial"]
+	if pki.ValidateSerial(serial) != nil {
+		return errNotFound
+	}
+	v, err := s.store.Reprovision(serial, id.String())
+	if err != nil {
+		return err
+	}
+	s.enqueue(job{serial: serial})
+	return writeJSON(w, http.StatusOK, adminView(v))
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	var req api.RevokeRequest
+	if err := decode(r, &req); err != nil {
+		return err
+	}
+	serial := mux.Vars(r)["serial"]
+	if pki.ValidateSerial(serial) != nil {
+		return errNotFound
+	}
+	v, err := s.store.Revoke(serial, id.String(), req.Reason)
+	if err != nil {
+		return err
+	}
+	s.log.Info("device revoked", "serial", serial, "by", id.String(), "reason", req.Reason)
+	if s.revoker != nil {
+		for _, c := range v.Certificates {
+			if err := s.revoker.Revoke(r.Context(), c.Serial, "device revoked: "+req.Reason); err != nil {
+				// Core already refuses the device; the CA refusing its
+				// renewals is the second line. Report it, do not fail.
+				s.log.Error("CA revocation failed; core still refuses the device", "serial", serial, "cert_serial", c.Serial, "err", err)
+			}
+		}
+	}
+	return writeJSON(w, http.StatusOK, adminView(v))
+}
+
+func (s *Server) audit(w http.ResponseWriter, r *http.Request, subject string) error {
+	after := uint64(0)
+	if a := r.URL.Query().Get("after"); a != "" {
+		n, err := strconv.ParseUint(a, 10, 64)
+		if err != nil {
+			return newError(http.StatusBadRequest, "bad_request", "after: want a sequence number", nil)
+		}
+		after = n
+	}
+	events, err := s.store.Audit(subject, after, 1000)
+	if err != nil {
+		return err
+	}
+	out := make([]api.Event, 0, len(events))
+	for _, e := range events {
+		out = append(out, api.Event(e))
+	}
+	return writeJSON(w, http.StatusOK, out)
+}
+
+func (s *Server) deviceAudit(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	v, err := s.lookup(r, id)
+	if err != nil {
+		return err
+	}
+	return s.audit(w, r, "device/"+v.Serial)
+}
+
+func (s *Server) groupName(r *http.Request) (string, error) {
+	g := mux.Vars(r)["group"]
+	if !s.policy.HasGroup(g) {
+		return "", newError(http.StatusNotFound, "not_found", "no such group", nil)
+	}
+	return g, nil
+}
+
+func (s *Server) group(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
+	name, err := s.groupName(r)
+	if err != nil {
+		return err
+	}
+	g, err := s.store.Group(name)
+	if err != nil {
+		return err
+	}
+	w.Header().Set("ETag", api.IfMatch(g.Version))
+	return writeJSON(w, http.StatusOK, api.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
+}
+
+func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	name, err := s.groupName(r)
+	if err != nil {
+		return err
+	}
+	want, err := ifMatch(r)
+	if err != nil {
+		return err
+	}
+	var c api.DataChange
+	if err := decode(r, &c); err != nil {
+		return err
+	}
+	g, err := s.store.SetGroupData(name, want, store.Change{Set: c.Set, Unset: c.Unset}, id.String(), func(g *store.Group) error {
+		return s.policy.CheckData(g.Data)
+	})
+	if err != nil {
+		return err
+	}
+	s.enqueue(job{group: name})
+	w.Header().Set("ETag", api.IfMatch(g.Version))
+	return writeJSON(w, http.StatusOK, api.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
+}
+
+func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
+	name, err := s.groupName(r)
+	if err != nil {
+		return err
+	}
+	return s.audit(w, r, "group/"+name)
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) error {
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) error {
+	if _, err := s.store.Group(s.cfg.DefaultGroup); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return newError(http.StatusServiceUnavailable, "not_ready", "the registry is not readable", err)
+	}
+	if s.ready != nil {
+		if err := s.ready(); err != nil {
+			return newError(http.StatusServiceUnavailable, "not_ready", "not ready", err)
+		}
+	}
+	return writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+}
+
+func proxyView(v *store.View) api.Device {
+	return api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status), IssuedAt: v.IssuedAt(),
+		Topic: api.DeviceTopic(v.Serial), Board: v.Board, Group: v.Group, Hostname: v.Immutable.Hostname,
+		MQTTClientID: v.Immutable.MQTTClientID, MQTTGroupID: v.Immutable.MQTTGroupID}
+}
+
+func adminView(v *store.View) api.Device {
+	d := proxyView(v)
+	d.Data = v.EffectiveData()
+	d.OwnData = v.Data
+	d.RegisteredBy = v.RegisteredBy
+	created := v.CreatedAt
+	d.CreatedAt = &created
+	for _, c := range v.Certificates {
+		d.Certificates = append(d.Certificates, api.Certificate(c))
+	}
+	return d
+}
+
+func truncate(s string) string {
+	if len(s) > 40 {
+		return s[:40] + "..."
+	}
+	return s
+}

@@ -1,0 +1,71 @@
+package server
+
+import (
+	"context"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/policy"
+)
+
+// job is a change to act on: one device, or every device of a group.
+type job struct {
+	serial string
+	group  string
+}
+
+// enqueue never blocks a request: when the queue is full the job is
+// dropped and counted, and devices find their new generation by polling.
+func (s *Server) enqueue(j job) {
+	select {
+	case s.jobs <- j:
+	default:
+		s.metrics.notifications.WithLabelValues("dropped").Inc()
+		s.log.Warn("notification queue full; devices will find the change by polling", "serial", j.serial, "group", j.group)
+	}
+}
+
+// Run builds the bundle of every changed device, so it is ready before
+// the device asks, and publishes its notification; it returns when ctx
+// ends.
+func (s *Server) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case j := <-s.jobs:
+			if j.group != "" {
+				err := s.store.GroupMembers(j.group, func(serial string) error {
+					s.process(ctx, serial)
+					return ctx.Err()
+				})
+				if err != nil && ctx.Err() == nil {
+					s.log.Error("cannot list group members", "group", j.group, "err", err)
+				}
+				continue
+			}
+			s.process(ctx, j.serial)
+		}
+	}
+}
+
+func (s *Server) process(ctx context.Context, serial string) {
+	v, err := s.store.Device(serial)
+	if err != nil {
+		s.log.Error("notify: cannot read device", "serial", serial, "err", err)
+		return
+	}
+	b, err := s.images.Get(policy.Record(v))
+	if err != nil {
+		s.log.Error("notify: cannot build bundle", "serial", serial, "err", err)
+		return
+	}
+	if s.notifier == nil {
+		return
+	}
+	if err := s.notifier.Notify(ctx, api.Notification{Serial: serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
+		s.metrics.notifications.WithLabelValues("failed").Inc()
+		s.log.Warn("notify: publish failed; the device will find the change by polling", "serial", serial, "err", err)
+		return
+	}
+	s.metrics.notifications.WithLabelValues("published").Inc()
+}

@@ -1,0 +1,221 @@
+package service_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/testenv"
+)
+
+func buildCore(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "prov-core")
+	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/prov-core").CombinedOutput(); err != nil {
+		t.Fatalf("build prov-core: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// kill -9 of a core process in the middle of a burst of registrations:
+// the store opens clean and holds every registration core acknowledged.
+func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and kills prov-core; skipped in -short")
+	}
+	bin := buildCore(t)
+	c := catest.Shared(t)
+	for round, after := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond, 1700 * time.Millisecond} {
+		t.Run(fmt.Sprintf("kill after %s", after), func(t *testing.T) {
+			dir := t.TempDir()
+			port := catest.FreePort(t)
+			cfg := coretest.Config(t, c.Deployment, dir, fmt.Sprintf("listen: \"127.0.0.1:%d\"\n", port))
+			cmd := exec.Command(bin, "serve", "--config", cfg)
+			var logs strings.Builder
+			cmd.Stderr = &logs
+			if err := cmd.Start(); err != nil {
+				t.Fatal(err)
+			}
+			url := fmt.Sprintf("https://127.0.0.1:%d", port)
+			core := &coretest.Core{CA: c, URL: url}
+			waitHealthy(t, core, &logs)
+
+			proxy := core.Client(t, core.Proxy(t))
+			var mu sync.Mutex
+			acked := map[string]string{} // serial -> hardware ID
+			var wg sync.WaitGroup
+			stop := make(chan struct{})
+			for w := range 16 {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					for i := 0; ; i++ {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						hw := coretest.RPi4(round<<24 | w<<16 | i)
+						cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+						d, _, err := proxy.Register(cctx, api.RegisterRequest{Board: "rpi4", HardwareID: hw})
+						cancel()
+						if err != nil {
+							return // the process is gone
+						}
+						mu.Lock()
+						acked[d.Serial] = hw
+						mu.Unlock()
+					}
+				}()
+			}
+			time.Sleep(after)
+			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+				t.Fatal(err)
+			}
+			_ = cmd.Wait()
+			close(stop)
+			wg.Wait()
+
+			s, err := store.Open(filepath.Join(dir, "registry.db"), store.Options{})
+			if err != nil {
+				t.Fatalf("the store does not open after kill -9: %v", err)
+			}
+			defer func() { _ = s.Close() }()
+			if err := s.Check(); err != nil {
+				t.Fatalf("consistency check after kill -9: %v", err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			for serial, hw := range acked {
+				v, err := s.Device(serial)
+				if err != nil || v.Board+"/"+v.HardwareID != "rpi4/"+hw {
+					t.Fatalf("acknowledged registration %s (%s) lost after kill -9: %v", serial, hw, err)
+				}
+			}
+			if len(acked) == 0 {
+				t.Fatalf("nothing was acknowledged before the kill; the test proves nothing\n%s", logs.String())
+			}
+			t.Logf("%d acknowledged registrations, all present", len(acked))
+		})
+	}
+}
+
+func waitHealthy(t *testing.T, core *coretest.Core, logs *strings.Builder) {
+	t.Helper()
+	hc := core.HTTP(t, nil)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		resp, err := hc.Get(core.URL + "/readyz")
+		if err == nil {
+			_ = resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("prov-core not ready: %v\n%s", err, logs.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// A really full disk (a small tmpfs): registration answers 503 and writes
+// nothing; once there is space again, it works.
+func TestFullDisk(t *testing.T) {
+	testenv.Root(t, "mounts a small tmpfs to fill")
+	c := catest.Shared(t)
+	dir := t.TempDir()
+	disk := filepath.Join(dir, "disk")
+	if err := os.Mkdir(disk, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", disk).CombinedOutput(); err != nil {
+		t.Fatalf("mount tmpfs: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", disk).Run() })
+
+	cfg := coretest.Config(t, c.Deployment, dir, "store: {path: \""+filepath.Join(disk, "registry.db")+"\"}\n")
+	core := coretest.Run(t, c, cfg, dir)
+	proxy := core.Client(t, core.Proxy(t))
+	// Fill the disk, leaving a little room.
+	filler := filepath.Join(disk, "filler")
+	if err := fill(filler, 2<<20); err != nil {
+		t.Fatal(err)
+	}
+	var se *api.StatusError
+	refused := -1
+	for i := range 2000 {
+		_, _, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", i)})
+		if errors.As(err, &se) && se.Status == http.StatusServiceUnavailable {
+			refused = i
+			break
+		}
+		if err != nil {
+			t.Fatalf("registration %d: %v", i, err)
+		}
+	}
+	if refused < 0 {
+		t.Fatal("the disk never filled")
+	}
+	if se.RetryAfter == "" {
+		t.Error("503 without Retry-After")
+	}
+	refusedSerial := ""
+	if d, err := hwSerial(fmt.Sprintf("FULLDISK%06d", refused)); err == nil {
+		refusedSerial = d
+	}
+	if _, err := core.Client(t, core.Admin(t)).Device(ctx, refusedSerial); !errors.As(err, &se) || se.Status != http.StatusNotFound {
+		t.Fatalf("the refused registration left a record: %v", err)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	if _, created, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", refused)}); err != nil || !created {
+		t.Fatalf("after freeing space: %v %v", created, err)
+	}
+	t.Logf("%d registrations fit before the disk was full", refused)
+}
+
+// fill writes a file until the disk is full, then frees 64 KiB of it.
+func fill(path string, limit int) error {
+	f, err := os.Create(path) //nolint:gosec // test file
+	if err != nil {
+		return err
+	}
+	chunk := make([]byte, 4096)
+	written := 0
+	for written < limit {
+		n, err := f.Write(chunk)
+		written += n
+		if err != nil {
+			break
+		}
+	}
+	_ = f.Sync()
+	if err := f.Truncate(int64(max(0, written-64<<10))); err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func hwSerial(raw string) (string, error) {
+	id, err := hwid.Parse("bbb", raw)
+	if err != nil {
+		return "", err
+	}
+	return id.Serial(), nil
+}

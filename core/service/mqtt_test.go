@@ -1,0 +1,238 @@
+package service_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/testenv"
+)
+
+// mqttClient connects to a broker over TLS with cert, as a device would.
+type mqttClient struct {
+	c    *paho.Client
+	msgs chan *paho.Publish
+}
+
+func dialMQTT(t *testing.T, addr string, tlsCfg *tls.Config, clientID string) (*mqttClient, error) {
+	t.Helper()
+	conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr, tlsCfg)
+	if err != nil {
+		return nil, err
+	}
+	m := &mqttClient{msgs: make(chan *paho.Publish, 16)}
+	m.c = paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+		func(pr paho.PublishReceived) (bool, error) { m.msgs <- pr.Packet; return true, nil },
+	}})
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	ca, err := m.c.Connect(cctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30})
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	if ca.ReasonCode != 0 {
+		_ = conn.Close()
+		return nil, fmt.Errorf("connack reason %d", ca.ReasonCode)
+	}
+	t.Cleanup(func() { _ = m.c.Disconnect(&paho.Disconnect{}) })
+	return m, nil
+}
+
+func (m *mqttClient) subscribe(t *testing.T, topic string) byte {
+	t.Helper()
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	sa, err := m.c.Subscribe(cctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: topic, QoS: 1}}})
+	if err != nil && sa == nil {
+		t.Fatalf("subscribe %s: %v", topic, err)
+	}
+	return sa.Reasons[0]
+}
+
+func (m *mqttClient) next(t *testing.T, within time.Duration) *api.Notification {
+	t.Helper()
+	select {
+	case p := <-m.msgs:
+		var n api.Notification
+		if err := json.Unmarshal(p.Payload, &n); err != nil {
+			t.Fatalf("notification %q: %v", p.Payload, err)
+		}
+		return &n
+	case <-time.After(within):
+		return nil
+	}
+}
+
+func deviceTLS(t *testing.T, c *catest.CA, cert *tls.Certificate) *tls.Config {
+	t.Helper()
+	bundle, err := pki.LoadTrustBundle(c.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "localhost"})
+	cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return cert, nil }
+	return cfg
+}
+
+// The embedded broker: a device hears of its new generation on its own
+// topic, and nothing else is allowed.
+func TestEmbeddedBroker(t *testing.T) {
+	core := coretest.Start(t, "")
+	d := core.Register(t, "rpi4", coretest.RPi4(41))
+	other := core.Register(t, "rpi4", coretest.RPi4(42))
+	cert := coretest.DeviceCert(t, core.CA, d.Serial, 0)
+	m, err := dialMQTT(t, core.MQTTAddr, deviceTLS(t, core.CA, cert), d.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if code := m.subscribe(t, api.DeviceTopic(d.Serial)); code > 2 {
+		t.Fatalf("subscribing to its own topic: reason %#x", code)
+	}
+	for _, topic := range []string{api.DeviceTopic(other.Serial), api.TopicPrefix + "+", "#", "$SYS/#"} {
+		if code := m.subscribe(t, topic); code < 0x80 {
+			t.Errorf("subscribed to %s (reason %#x)", topic, code)
+		}
+	}
+	// The retained notification of registration arrives first; drain it.
+	for m.next(t, 2*time.Second) != nil {
+	}
+	admin := core.Client(t, core.Admin(t))
+	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	n := m.next(t, 10*time.Second)
+	if n == nil || n.Serial != d.Serial || n.Generation != d.Generation+1 || len(n.SHA256) != 64 {
+		t.Fatalf("notification %+v", n)
+	}
+	// A group change reaches every member.
+	g, err := admin.Group(ctx, "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.SetGroupData(ctx, "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/y": "2"}}); err != nil {
+		t.Fatal(err)
+	}
+	if n := m.next(t, 10*time.Second); n == nil || n.Generation != d.Generation+2 {
+		t.Fatalf("group change notification %+v", n)
+	}
+	// A device may not publish, not even to its own topic.
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	pr, err := m.c.Publish(pctx, &paho.Publish{QoS: 1, Topic: api.DeviceTopic(d.Serial), Payload: []byte(`{"serial":"x","generation":99}`)})
+	if err == nil && pr.ReasonCode < 0x80 {
+		t.Fatalf("a device published (reason %#x)", pr.ReasonCode)
+	}
+	// Without a certificate, or with a proxy's, no connection.
+	noCert := deviceTLS(t, core.CA, cert)
+	noCert.GetClientCertificate = nil
+	if _, err := dialMQTT(t, core.MQTTAddr, noCert, "anon"); err == nil {
+		t.Fatal("connected without a certificate")
+	}
+	if _, err := dialMQTT(t, core.MQTTAddr, deviceTLS(t, core.CA, core.Proxy(t)), "proxy"); err == nil {
+		t.Fatal("a proxy connected to the broker")
+	}
+}
+
+// Mosquitto from Debian's packages as the external broker: certificate
+// identities (use_identity_as_username takes the CN, which for a device is
+// its serial) and a per-device ACL with %u.
+func TestMosquittoExternalBroker(t *testing.T) {
+	bin := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
+	c := catest.Shared(t)
+	dir := t.TempDir()
+	port := catest.FreePort(t)
+	core := deployment.DefaultCoreName
+	acl := filepath.Join(dir, "acl")
+	if err := os.WriteFile(acl, []byte("user core/core\ntopic write prov/devices/#\n\npattern read prov/devices/%u\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	conf := filepath.Join(dir, "mosquitto.conf")
+	// As root, mosquitto would drop to its own user and lose the keys in
+	// their 0700 directories.
+	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`per_listener_settings false
+user root
+log_dest stderr
+allow_anonymous false
+persistence false
+listener %d 127.0.0.1
+cafile %s
+certfile %s
+keyfile %s
+require_certificate true
+use_identity_as_username true
+tls_version tlsv1.3
+acl_file %s
+`, port, c.RootCert(), c.IdentityCert(pki.RoleCore, core), c.IdentityKey(pki.RoleCore, core), acl)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(bin, "-c", conf)
+	var out strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		if t.Failed() {
+			t.Logf("mosquitto:\n%s", out.String())
+		}
+	})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if conn, err := net.Dial("tcp", addr); err == nil {
+			_ = conn.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mosquitto does not listen:\n%s", out.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+
+	cr := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, "mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:"+fmt.Sprint(port)+"\"}}\n"), dir)
+	d := cr.Register(t, "rpi4", coretest.RPi4(51))
+	other := cr.Register(t, "rpi4", coretest.RPi4(52))
+	cert := coretest.DeviceCert(t, c, d.Serial, 0)
+	tlsCfg := deviceTLS(t, c, cert)
+	tlsCfg.ServerName = "localhost"
+	m, err := dialMQTT(t, addr, tlsCfg, d.Serial)
+	if err != nil {
+		t.Fatalf("device to mosquitto: %v\n%s", err, out.String())
+	}
+	m.subscribe(t, api.DeviceTopic(d.Serial))
+	m.subscribe(t, api.DeviceTopic(other.Serial)) // mosquitto grants, then filters by the ACL
+	for m.next(t, 2*time.Second) != nil {
+	}
+	admin := cr.Client(t, cr.Admin(t))
+	if _, err := admin.SetDeviceData(ctx, other.Serial, other.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+		t.Fatal(err)
+	}
+	n := m.next(t, 15*time.Second)
+	if n == nil || n.Serial != d.Serial || n.Generation != d.Generation+1 {
+		t.Fatalf("notification through mosquitto: %+v\n%s", n, out.String())
+	}
+	if n := m.next(t, time.Second); n != nil {
+		t.Fatalf("the device heard another device's notification: %+v", n)
+	}
+}
