@@ -136,18 +136,19 @@ func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
 		if v.Status == store.Revoked {
 			return nil, newError(http.StatusForbidden, "revoked", "this device is revoked", nil)
 		}
-		s.seen(r, serial)
+		s.seen(r, v)
 	}
 	return v, nil
 }
 
-// seen remembers the certificate a device used (a write only the first
-// time it is seen).
-func (s *Server) seen(r *http.Request, serial string) {
+// seen remembers the certificate a device used: a write only the first
+// time it is seen.
+func (s *Server) seen(r *http.Request, v *store.View) {
 	fp, leaf := certFingerprint(r)
-	if leaf == nil {
+	if leaf == nil || v.HasCertificate(fp) {
 		return
 	}
+	serial := v.Serial
 	if err := s.store.SeenCertificate(serial, store.Certificate{Fingerprint: fp, Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter.UTC()}); err != nil {
 		s.log.Warn("cannot record the device certificate", "serial", serial, "err", err)
 	}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -160,6 +161,9 @@ type Options struct {
 	// writes; an error aborts the transaction as a failing disk would. A
 	// test seam for fault injection.
 	BeforeCommit func(op string) error
+	// CacheDevices bounds the decoded device records kept in memory for
+	// reads; zero means 100,000, negative turns the cache off.
+	CacheDevices int
 }
 
 // Store is the registry.
@@ -167,6 +171,14 @@ type Store struct {
 	db     *bolt.DB
 	now    func() time.Time
 	before func(op string) error
+
+	// groups caches decoded group records for the read path (serving a
+	// bundle reads one device and its group; there are few groups, read on
+	// every request). Writes read groups from their transaction and update
+	// this after they commit.
+	groupsMu sync.RWMutex
+	groups   map[string]*Group
+	devices  *deviceCache
 }
 
 // Open opens (creating if needed) the registry at path.
@@ -189,7 +201,10 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.BatchSize > 0 {
 		db.MaxBatchSize = opts.BatchSize
 	}
-	s := &Store{db: db, now: opts.Now, before: opts.BeforeCommit}
+	if opts.CacheDevices == 0 {
+		opts.CacheDevices = 100_000
+	}
+	s := &Store{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices)}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -356,8 +371,9 @@ type Registration struct {
 // hardware ID with the same serial is ErrCollision and changes nothing.
 func (s *Store) Register(r Registration) (v *View, created bool, err error) {
 	serial := r.ID.Serial()
+	txid := 0
 	err = s.batch("register", func(tx *bolt.Tx) error {
-		created = false
+		created, txid = false, tx.ID()
 		devices, hwids := tx.Bucket(bucketDevices), tx.Bucket(bucketHWIDs)
 		if existing := hwids.Get([]byte(r.ID.Key())); existing != nil {
 			var err error
@@ -398,6 +414,10 @@ func (s *Store) Register(r Registration) (v *View, created bool, err error) {
 	if err != nil {
 		return nil, false, err
 	}
+	if created {
+		d := v.Device
+		s.devices.put(serial, txid, &d)
+	}
 	return v, created, nil
 }
 
@@ -423,13 +443,56 @@ func view(tx *bolt.Tx, serial string) (*View, error) {
 
 // Device returns a device and its group.
 func (s *Store) Device(serial string) (*View, error) {
-	var v *View
+	if d, ok := s.devices.get(serial); ok {
+		s.groupsMu.RLock()
+		g := s.groups[d.Group]
+		s.groupsMu.RUnlock()
+		if g != nil {
+			return &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
+		}
+	}
+	var d Device
+	var g *Group
 	err := s.db.View(func(tx *bolt.Tx) error {
-		var err error
-		v, err = view(tx, serial)
-		return err
+		found, err := getJSON(tx.Bucket(bucketDevices), serial, &d)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("device %s: %w", serial, ErrNotFound)
+		}
+		dc := d
+		s.devices.put(serial, tx.ID(), &dc)
+		s.groupsMu.RLock()
+		g = s.groups[d.Group]
+		s.groupsMu.RUnlock()
+		if g != nil {
+			return nil
+		}
+		g = &Group{}
+		found, err = getJSON(tx.Bucket(bucketGroups), d.Group, g)
+		if err != nil {
+			return err
+		}
+		if !found {
+			return fmt.Errorf("%w: device %s names group %q, which is missing", ErrUnavailable, serial, d.Group)
+		}
+		s.cacheGroup(g)
+		return nil
 	})
-	return v, err
+	if err != nil {
+		return nil, err
+	}
+	return &View{Device: d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
+}
+
+// cacheGroup keeps the newest version of a group.
+func (s *Store) cacheGroup(g *Group) {
+	s.groupsMu.Lock()
+	defer s.groupsMu.Unlock()
+	if old := s.groups[g.Name]; old == nil || old.Version <= g.Version {
+		s.groups[g.Name] = g
+	}
 }
 
 // Group returns a group.
@@ -541,7 +604,9 @@ func (s *Store) Reprovision(serial, actor string) (*View, error) {
 
 func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[string]string, error)) (*View, error) {
 	var v *View
+	txid := 0
 	err := s.update(action, func(tx *bolt.Tx) error {
+		txid = tx.ID()
 		var err error
 		if v, err = view(tx, serial); err != nil {
 			return err
@@ -564,6 +629,8 @@ func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[s
 	if err != nil {
 		return nil, err
 	}
+	d := v.Device
+	s.devices.put(serial, txid, &d)
 	return v, nil
 }
 
@@ -598,13 +665,16 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor stri
 	if err != nil {
 		return nil, err
 	}
+	s.cacheGroup(&g)
 	return &g, nil
 }
 
 // Revoke marks a device revoked: core refuses it from now on.
 func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 	var v *View
+	txid := 0
 	err := s.update("revoke", func(tx *bolt.Tx) error {
+		txid = tx.ID()
 		var err error
 		if v, err = view(tx, serial); err != nil {
 			return err
@@ -622,20 +692,19 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
+	d := v.Device
+	s.devices.put(serial, txid, &d)
 	return v, nil
 }
 
-// SeenCertificate remembers a certificate a device used, once. It writes
-// only the first time a fingerprint is seen.
+// SeenCertificate remembers a certificate a device used, once. Callers
+// that hold the device check HasCertificate first; this checks again
+// inside its transaction.
 func (s *Store) SeenCertificate(serial string, c Certificate) error {
-	v, err := s.Device(serial)
-	if err != nil {
-		return err
-	}
-	if slices.ContainsFunc(v.Certificates, func(x Certificate) bool { return x.Fingerprint == c.Fingerprint }) {
-		return nil
-	}
-	return s.update("certificate seen", func(tx *bolt.Tx) error {
+	var saved *Device
+	txid := 0
+	err := s.update("certificate seen", func(tx *bolt.Tx) error {
+		txid = tx.ID()
 		v, err := view(tx, serial)
 		if err != nil {
 			return err
@@ -653,9 +722,20 @@ func (s *Store) SeenCertificate(serial string, c Certificate) error {
 		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return err
 		}
+		saved = &v.Device
 		return audit(tx, Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
 			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}})
 	})
+	if err == nil && saved != nil {
+		s.devices.put(serial, txid, saved)
+	}
+	return err
+}
+
+// HasCertificate reports whether the device was already seen with a
+// certificate of that fingerprint.
+func (d *Device) HasCertificate(fingerprint string) bool {
+	return slices.ContainsFunc(d.Certificates, func(x Certificate) bool { return x.Fingerprint == fingerprint })
 }
 
 // Audit returns up to limit events of a subject (device/<serial> or

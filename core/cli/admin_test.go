@@ -1,0 +1,81 @@
+package cli_test
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/cli"
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+)
+
+func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
+
+func TestAdmin(t *testing.T) {
+	core := coretest.Start(t, "")
+	d := core.Register(t, "rpi4", coretest.RPi4(1))
+	id := core.IdentityDir(pki.RoleAdmin, deployment.DefaultAdminName)
+	admin := func(args ...string) (int, string, string) {
+		return run(append([]string{"admin", "--core", core.URL, "--identity", id}, args...)...)
+	}
+	code, out, errs := admin("list")
+	if code != cli.ExitOK || !strings.Contains(out, d.Serial) || !strings.Contains(out, "SERIAL") {
+		t.Fatalf("list: %d\n%s%s", code, out, errs)
+	}
+	motd := filepath.Join(t.TempDir(), "motd")
+	if err := os.WriteFile(motd, []byte("welcome\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs = admin("set", d.Serial, "/etc/prov/data/site=lab-1", "--from", "/etc/prov/data/motd="+motd, "--json")
+	var got api.Device
+	if code != cli.ExitOK || json.Unmarshal([]byte(out), &got) != nil || got.Generation != d.Generation+1 || got.Data["/etc/prov/data/motd"] != "welcome\n" {
+		t.Fatalf("set: %d %+v\n%s%s", code, got, out, errs)
+	}
+	code, out, errs = admin("set-group", "default", "/etc/prov/data/site=hq")
+	if code != cli.ExitOK || !strings.Contains(out, "version 1") {
+		t.Fatalf("set-group: %d\n%s%s", code, out, errs)
+	}
+	code, out, _ = admin("show", d.Serial)
+	if code != cli.ExitOK || !strings.Contains(out, "/etc/prov/data/site") || !strings.Contains(out, "(device)") {
+		t.Fatalf("show: %d\n%s", code, out)
+	}
+	for _, args := range [][]string{{"reprovision", d.Serial}, {"revoke", d.Serial, "--reason", "test"}} {
+		if code, out, errs := admin(args...); code != cli.ExitOK {
+			t.Fatalf("%v: %d\n%s%s", args, code, out, errs)
+		}
+	}
+	code, out, _ = admin("audit", d.Serial)
+	for _, action := range []string{"register", "set data", "reprovision", "revoke"} {
+		if code != cli.ExitOK || !strings.Contains(out, action) {
+			t.Fatalf("audit lacks %q: %d\n%s", action, code, out)
+		}
+	}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"set", d.Serial, "/etc/prov/data/x=1"}, cli.ExitError, "revoked"},
+		{[]string{"set", "0000000000", "/etc/prov/data/x=1"}, cli.ExitError, "404"},
+		{[]string{"set", d.Serial}, cli.ExitUsage, "nothing to change"},
+		{[]string{"revoke", d.Serial}, cli.ExitUsage, "--reason"},
+		{[]string{"frob"}, cli.ExitUsage, "unknown admin command"},
+		{nil, cli.ExitUsage, "no command"},
+	} {
+		code, _, errs := admin(tc.args...)
+		if code != tc.code || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, want %d naming %q:\n%s", tc.args, code, tc.code, tc.want, errs)
+		}
+	}
+	// Not an admin identity.
+	code, _, errs = run("admin", "--core", core.URL, "--identity", core.IdentityDir(pki.RoleProxy, catest.Proxy), "list")
+	if code != cli.ExitError || !strings.Contains(errs, "not an admin") {
+		t.Fatalf("proxy identity: %d %s", code, errs)
+	}
+}

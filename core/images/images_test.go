@@ -1,0 +1,83 @@
+package images_test
+
+import (
+	"crypto/ed25519"
+	"crypto/x509"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/image"
+	"github.com/fleetprov/prov/core/images"
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/pki/pkitest"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+func signer(t *testing.T) *signedimage.Signer {
+	t.Helper()
+	ca := pkitest.NewCA(t, "fleet.test")
+	leaf, k := ca.Leaf(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/signer/images"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, Ed25519: true})
+	s, err := signedimage.NewSigner(k.(ed25519.PrivateKey), []*x509.Certificate{leaf, ca.Inter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func rec(serial string, gen uint64) *image.Record {
+	return &image.Record{Serial: serial, Generation: gen, IssuedAt: time.Unix(1_800_000_000, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}
+}
+
+func TestOneBuildPerGeneration(t *testing.T) {
+	c := images.New(signer(t), imagespec.DefaultRules(), 64<<20)
+	var wg sync.WaitGroup
+	results := make([]*images.Bundle, 50)
+	for i := range results {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, err := c.Get(rec("1a2b3c4d5e", 1))
+			if err != nil {
+				t.Error(err)
+			}
+			results[i] = b
+		}()
+	}
+	wg.Wait()
+	// Concurrent callers wait for the one build or hit the cache.
+	if s := c.Stats(); s.Builds != 1 {
+		t.Fatalf("%d builds for one generation", s.Builds)
+	}
+	for _, b := range results[1:] {
+		if b != results[0] {
+			t.Fatal("callers got different bundles")
+		}
+	}
+	b2, err := c.Get(rec("1a2b3c4d5e", 2))
+	if err != nil || b2.ETag == results[0].ETag || c.Stats().Builds != 2 {
+		t.Fatalf("a new generation: %v %v", b2, err)
+	}
+}
+
+func TestEvictsToItsBound(t *testing.T) {
+	c := images.New(signer(t), imagespec.DefaultRules(), 1<<20)
+	first, err := c.Get(rec("1a2b3c4d5e", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 400 {
+		if _, err := c.Get(rec(fmt.Sprintf("%010x", i), 1)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s := c.Stats()
+	if s.Bytes > 1<<20 || s.Evictions == 0 {
+		t.Fatalf("stats %+v", s)
+	}
+	again, err := c.Get(rec("1a2b3c4d5e", 1))
+	if err != nil || string(again.Bytes) != string(first.Bytes) {
+		t.Fatal("a rebuilt bundle differs from the evicted one")
+	}
+}

@@ -1,0 +1,104 @@
+package service_test
+
+import (
+	"crypto/x509"
+	"errors"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+)
+
+func caSection(c *catest.CA) string {
+	core := deployment.DefaultCoreName
+	return "ca:\n  url: \"" + c.CAURL + "\"\n  crlInterval: 200ms\n  revokerKey: \"" + c.CoreRevokerKey(core) +
+		"\"\n  revokerPasswordFile: \"" + c.CoreRevokerPassword(core) + "\"\n"
+}
+
+// An admin certificate revoked at the CA (prov-pki revoke) is refused by
+// core once its CRL poll sees it.
+func TestCARevocationReachesCore(t *testing.T) {
+	c := catest.Shared(t)
+	core := coretest.Start(t, caSection(c))
+	admin, err := c.AdminProvisioner(catest.Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bob, err := c.IssueIdentity(ctx, c.Client, admin, deployment.IdentityRequest{Role: pki.RoleAdmin, Name: "bob-crl", Replace: true}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	bobCert := core.ServiceCert(t, pki.RoleAdmin, "bob-crl")
+	if _, err := core.Client(t, bobCert).List(ctx, "", 1); err != nil {
+		t.Fatalf("before revocation: %v", err)
+	}
+	serial := bob.Leaf.SerialNumber.String()
+	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.Revoke(ctx, serial, tok, "test"); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		// A new connection each time: the revoked certificate must fail the
+		// handshake.
+		_, err := core.Client(t, bobCert).List(ctx, "", 1)
+		var se *api.StatusError
+		if err != nil && !errors.As(err, &se) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("core still accepts a certificate revoked at the CA: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// Revoking a device at core also revokes, at the CA, the certificates core
+// has seen it use (with core's revoke-only provisioner).
+func TestDeviceRevocationReachesTheCA(t *testing.T) {
+	c := catest.Shared(t)
+	core := coretest.Start(t, caSection(c))
+	d := core.Register(t, "rpi4", coretest.RPi4(61))
+	cert := coretest.DeviceCert(t, c, d.Serial, 0)
+	if _, err := core.Client(t, cert).Device(ctx, d.Serial); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := core.Client(t, core.Admin(t)).Revoke(ctx, d.Serial, "lost in transit"); err != nil {
+		t.Fatal(err)
+	}
+	bundle, err := pki.LoadTrustBundle(c.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{})}}
+	resp, err := hc.Get(c.CAURL + "/1.0/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, _ := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(cert.Leaf.SerialNumber) == 0 {
+			return
+		}
+	}
+	var serials []string
+	for _, e := range crl.RevokedCertificateEntries {
+		serials = append(serials, e.SerialNumber.String())
+	}
+	t.Fatalf("the device's certificate %s is not on the CA's CRL: %s", cert.Leaf.SerialNumber, strings.Join(serials, " "))
+}
