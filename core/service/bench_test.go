@@ -110,4 +110,3 @@ func BenchmarkRegister(b *testing.B) {
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
 }
-

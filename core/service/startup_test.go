@@ -96,11 +96,11 @@ func TestConfigRefusals(t *testing.T) {
 		t.Fatalf("the test configuration does not parse: %v", err)
 	}
 	for name, tc := range map[string]struct{ yaml, want string }{
-		"unknown key":           {string(raw) + "typo: 1\n", "typo"},
-		"no groups":             {strings.Replace(string(raw), "  groups:", "  groupz:", 1), "groupz"},
-		"bad listen":            {strings.Replace(string(raw), `listen: "127.0.0.1:0"`, `listen: "nowhere"`, 1), "listen"},
-		"bad log level":         {strings.Replace(string(raw), "level: debug", "level: loud", 1), "log.level"},
-		"not YAML":              {"{{{", "bad configuration"},
+		"unknown key":   {string(raw) + "typo: 1\n", "typo"},
+		"no groups":     {strings.Replace(string(raw), "  groups:", "  groupz:", 1), "groupz"},
+		"bad listen":    {strings.Replace(string(raw), `listen: "127.0.0.1:0"`, `listen: "nowhere"`, 1), "listen"},
+		"bad log level": {strings.Replace(string(raw), "level: debug", "level: loud", 1), "log.level"},
+		"not YAML":      {"{{{", "bad configuration"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			_, err := config.Parse([]byte(tc.yaml))
