@@ -6,6 +6,7 @@
 // Identity comes only from the verified client certificate; roles:
 //
 //	POST  /v1/devices                        proxy   register (idempotent)
+//	POST  /v1/devices/{serial}/certificates  proxy   record a certificate issued at enrollment
 //	GET   /v1/devices                        admin   list (?after=SERIAL&limit=N)
 //	GET   /v1/devices/{serial}               admin (full), device (its own status)
 //	GET   /v1/devices/{serial}/bundle        device (its own), proxy (enrollment)
@@ -55,6 +56,15 @@ type Certificate struct {
 	FirstSeen   time.Time `json:"firstSeen"`
 }
 
+// IssuedCertificate is a certificate a proxy had issued for a device.
+type IssuedCertificate struct {
+	Serial    string    `json:"serial"`
+	KeySHA256 string    `json:"keySha256"`
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	IssuedBy  string    `json:"issuedBy,omitempty"`
+}
+
 // Device is a device as core describes it. Devices asking about themselves
 // get only Serial, Generation, Status, IssuedAt and Topic.
 type Device struct {
@@ -73,6 +83,9 @@ type Device struct {
 	RegisteredBy string            `json:"registeredBy,omitempty"`
 	CreatedAt    *time.Time        `json:"createdAt,omitempty"`
 	Certificates []Certificate     `json:"certificates,omitempty"`
+	// Issued are the certificates proxies had issued (for proxies and
+	// admins): what the re-enrollment policy decides on.
+	Issued []IssuedCertificate `json:"issued,omitempty"`
 }
 
 // DeviceList is a page of devices.

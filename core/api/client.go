@@ -93,6 +93,13 @@ func (c *Client) Register(ctx context.Context, r RegisterRequest) (*Device, bool
 	return &d, status == http.StatusCreated, nil
 }
 
+// RecordIssued tells core about a certificate issued at enrollment (proxy).
+func (c *Client) RecordIssued(ctx context.Context, serial string, ic IssuedCertificate) (*Device, error) {
+	var d Device
+	_, err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(serial)+"/certificates", nil, ic, &d)
+	return &d, err
+}
+
 // Device describes a device.
 func (c *Client) Device(ctx context.Context, serial string) (*Device, error) {
 	var d Device

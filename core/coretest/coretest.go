@@ -6,11 +6,7 @@ package coretest
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -222,18 +218,7 @@ func (c *Core) Proxy(t testing.TB) *tls.Certificate {
 // the proxy does at enrollment.
 func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duration) *tls.Certificate {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := x509.ParseCertificateRequest(der)
-	if err != nil {
-		t.Fatal(err)
-	}
+	key, csr := catest.NewCSR(t)
 	prov, err := c.ProxyProvisioner(catest.Proxy)
 	if err != nil {
 		t.Fatal(err)

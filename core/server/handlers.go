@@ -2,9 +2,11 @@ package server
 
 import (
 	"bytes"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/big"
 	"net/http"
 	"strconv"
 
@@ -91,6 +93,32 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request, id pki.Identit
 		s.metrics.registrations.WithLabelValues("existing").Inc()
 	}
 	return writeJSON(w, status, proxyView(v))
+}
+
+func (s *Server) recordIssued(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	var ic api.IssuedCertificate
+	if err := decode(r, &ic); err != nil {
+		return err
+	}
+	if n, ok := new(big.Int).SetString(ic.Serial, 10); !ok || n.Sign() <= 0 {
+		return newError(http.StatusBadRequest, "bad_request", "serial: want the certificate's serial number in decimal", nil)
+	}
+	if len(ic.KeySHA256) != 64 {
+		return newError(http.StatusBadRequest, "bad_request", "keySha256: want 64 hex digits", nil)
+	}
+	if _, err := hex.DecodeString(ic.KeySHA256); err != nil {
+		return newError(http.StatusBadRequest, "bad_request", "keySha256: want 64 hex digits", nil)
+	}
+	serial := mux.Vars(r)["serial"]
+	if pki.ValidateSerial(serial) != nil {
+		return errNotFound
+	}
+	v, err := s.store.RecordIssued(serial, store.Issued{Serial: ic.Serial, KeySHA256: ic.KeySHA256, NotBefore: ic.NotBefore.UTC(),
+		NotAfter: ic.NotAfter.UTC(), IssuedBy: id.String()})
+	if err != nil {
+		return err
+	}
+	return writeJSON(w, http.StatusOK, proxyView(v))
 }
 
 func (s *Server) list(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
@@ -367,9 +395,13 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) 
 }
 
 func proxyView(v *store.View) api.Device {
-	return api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status), IssuedAt: v.IssuedAt(),
+	d := api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status), IssuedAt: v.IssuedAt(),
 		Topic: api.DeviceTopic(v.Serial), Board: v.Board, Group: v.Group, Hostname: v.Immutable.Hostname,
 		MQTTClientID: v.Immutable.MQTTClientID, MQTTGroupID: v.Immutable.MQTTGroupID}
+	for _, c := range v.Issued {
+		d.Issued = append(d.Issued, api.IssuedCertificate(c))
+	}
+	return d
 }
 
 func adminView(v *store.View) api.Device {

@@ -57,7 +57,7 @@ type Limit struct {
 // DefaultLimits are the per-identity limits when Config gives none.
 var DefaultLimits = map[pki.Role]Limit{
 	pki.RoleDevice: {Rate: 2, Burst: 10},
-	pki.RoleProxy:  {Rate: 500, Burst: 1000},
+	pki.RoleProxy:  {Rate: 2000, Burst: 4000}, // three calls per enrollment
 	pki.RoleAdmin:  {Rate: 50, Burst: 100},
 	pki.RoleCore:   {Rate: 50, Burst: 100},
 }
@@ -138,6 +138,7 @@ func (s *Server) routes() *mux.Router {
 	for _, rr := range []route{
 		{http.MethodPost, "/v1/devices", []pki.Role{proxy}, "register", s.register},
 		{http.MethodGet, "/v1/devices", []pki.Role{admin}, "list", s.list},
+		{http.MethodPost, "/v1/devices/{serial}/certificates", []pki.Role{proxy}, "record_issued", s.recordIssued},
 		{http.MethodGet, "/v1/devices/{serial}", []pki.Role{admin, device}, "device", s.device},
 		{http.MethodGet, "/v1/devices/{serial}/bundle", []pki.Role{device, proxy}, "bundle", s.bundle},
 		{http.MethodPatch, "/v1/devices/{serial}/data", []pki.Role{admin}, "set_device_data", s.setDeviceData},

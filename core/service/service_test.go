@@ -62,6 +62,7 @@ func TestRoleRouteMatrix(t *testing.T) {
 	}{
 		{req{"POST", "/v1/devices", reg, nil}, map[string]int{"proxy": 201}},
 		{req{"GET", "/v1/devices", "", nil}, map[string]int{"admin": 200}},
+		{req{"POST", "/v1/devices/" + own.Serial + "/certificates", `{"serial":"12345","keySha256":"` + strings.Repeat("ab", 32) + `","notBefore":"2026-01-01T00:00:00Z","notAfter":"2026-01-02T00:00:00Z"}`, nil}, map[string]int{"proxy": 200}},
 		{req{"GET", "/v1/devices/" + own.Serial, "", nil}, map[string]int{"admin": 200, "device": 200, "device-other": 404}},
 		{req{"GET", "/v1/devices/" + missing, "", nil}, map[string]int{"admin": 404, "device": 404, "device-other": 404}},
 		{req{"GET", "/v1/devices/" + own.Serial + "/bundle", "", nil}, map[string]int{"device": 200, "proxy": 200, "device-other": 404}},

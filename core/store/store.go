@@ -4,8 +4,9 @@
 //
 // Every write is one bbolt transaction, fsynced before it returns, so what
 // a caller acknowledges is durable and a crash leaves the previous or the
-// next consistent state. Registrations go through db.Batch so a burst of
-// them shares commits instead of paying one fsync each.
+// next consistent state. Registrations go through a group committer
+// (group.go) so a burst of them shares commits instead of paying one fsync
+// each, without making a lone registration wait for a timer.
 //
 // A device's generation is its own version plus its group's version. Both
 // only grow, so the sum does; a change to a group's data is one write, not
@@ -81,6 +82,15 @@ type Certificate struct {
 // MaxCertificates bounds the certificates remembered per device.
 const MaxCertificates = 16
 
+// Issued is a certificate a proxy had issued for a device at enrollment.
+type Issued struct {
+	Serial    string    `json:"serial"`    // the certificate's, decimal
+	KeySHA256 string    `json:"keySha256"` // SHA-256 of its SubjectPublicKeyInfo, hex
+	NotBefore time.Time `json:"notBefore"`
+	NotAfter  time.Time `json:"notAfter"`
+	IssuedBy  string    `json:"issuedBy"` // the proxy's identity
+}
+
 // Device is a registry record.
 type Device struct {
 	Serial       string            `json:"serial"`
@@ -93,6 +103,7 @@ type Device struct {
 	VersionAt    time.Time         `json:"versionAt"`
 	Status       Status            `json:"status"`
 	Certificates []Certificate     `json:"certificates,omitempty"`
+	Issued       []Issued          `json:"issued,omitempty"`
 	RegisteredBy string            `json:"registeredBy"`
 	CreatedAt    time.Time         `json:"createdAt"`
 	UpdatedAt    time.Time         `json:"updatedAt"`
@@ -152,9 +163,9 @@ type Options struct {
 	// LockTimeout is how long to wait for another process's lock on the
 	// file; zero means 1 s.
 	LockTimeout time.Duration
-	// BatchDelay and BatchSize tune group commits of registrations.
-	BatchDelay time.Duration
-	BatchSize  int
+	// BatchSize bounds the registrations committed together; zero means
+	// 1000.
+	BatchSize int
 	// Now is the clock; nil means time.Now. A test seam.
 	Now func() time.Time
 	// BeforeCommit, if set, runs inside every write transaction after its
@@ -179,6 +190,7 @@ type Store struct {
 	groupsMu sync.RWMutex
 	groups   map[string]*Group
 	devices  *deviceCache
+	group    *groupCommit
 }
 
 // Open opens (creating if needed) the registry at path.
@@ -193,18 +205,14 @@ func Open(path string, opts Options) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", path, err)
 	}
-	if opts.BatchDelay > 0 {
-		db.MaxBatchDelay = opts.BatchDelay
-	} else {
-		db.MaxBatchDelay = 2 * time.Millisecond
-	}
-	if opts.BatchSize > 0 {
-		db.MaxBatchSize = opts.BatchSize
+	if opts.BatchSize <= 0 {
+		opts.BatchSize = 1000
 	}
 	if opts.CacheDevices == 0 {
 		opts.CacheDevices = 100_000
 	}
-	s := &Store{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices)}
+	s := &Store{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices),
+		group: &groupCommit{db: db, before: opts.BeforeCommit, max: opts.BatchSize}}
 	if s.now == nil {
 		s.now = time.Now
 	}
@@ -269,22 +277,11 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx) error) error {
 	return classify(op, err, fnErr)
 }
 
-// batch is update through db.Batch: concurrent calls share one commit. fn
-// may run more than once, so it must only depend on the transaction.
+// batch is update through the group committer: concurrent calls share one
+// commit. fn may run more than once (when another call of its batch
+// fails), so it must only depend on the transaction.
 func (s *Store) batch(op string, fn func(tx *bolt.Tx) error) error {
-	var fnErr error
-	err := s.db.Batch(func(tx *bolt.Tx) error {
-		if fnErr = fn(tx); fnErr != nil {
-			return fnErr
-		}
-		if s.before != nil {
-			if err := s.before(op); err != nil {
-				return fmt.Errorf("%w: %w", ErrUnavailable, err)
-			}
-		}
-		return nil
-	})
-	return classify(op, err, fnErr)
+	return s.group.do(op, fn)
 }
 
 // classify: an error from our own function is returned as is; anything
@@ -730,6 +727,40 @@ func (s *Store) SeenCertificate(serial string, c Certificate) error {
 		s.devices.put(serial, txid, saved)
 	}
 	return err
+}
+
+// RecordIssued remembers a certificate a proxy had issued for the device
+// (the last MaxCertificates of them), for the re-enrollment policy.
+func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
+	var v *View
+	txid := 0
+	err := s.update("certificate issued", func(tx *bolt.Tx) error {
+		txid = tx.ID()
+		var err error
+		if v, err = view(tx, serial); err != nil {
+			return err
+		}
+		if slices.ContainsFunc(v.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
+			return nil
+		}
+		now := s.stamp()
+		v.Issued = append(v.Issued, c)
+		if len(v.Issued) > MaxCertificates {
+			v.Issued = v.Issued[len(v.Issued)-MaxCertificates:]
+		}
+		v.UpdatedAt = now
+		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
+			return err
+		}
+		return audit(tx, Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
+			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}})
+	})
+	if err != nil {
+		return nil, err
+	}
+	d := v.Device
+	s.devices.put(serial, txid, &d)
+	return v, nil
 }
 
 // HasCertificate reports whether the device was already seen with a

@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"strings"
 )
 
@@ -88,4 +89,14 @@ func Exit(stderr io.Writer, prog, cmd string, err error) int {
 		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
 		return ExitError
 	}
+}
+
+// JSONLogger is the servers' log: slog JSON lines on w at the named level
+// ("debug", "info", "warn", "error"); a bad level names the config key.
+func JSONLogger(level string, w io.Writer) (*slog.Logger, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
 }

@@ -10,9 +10,15 @@ package catest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -20,6 +26,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
 )
@@ -217,4 +224,55 @@ func freePort() (int, error) {
 		return 0, errors.New("listener address is not TCP")
 	}
 	return addr.Port, nil
+}
+
+// NewCSR makes a device key and a CSR for it that names nothing, as a
+// device does before enrollment.
+func NewCSR(t testing.TB) (*ecdsa.PrivateKey, *x509.CertificateRequest) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key, csr
+}
+
+// Revoked reports whether the CA's current CRL lists cert, and the serials
+// it does list (for a failure message).
+func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
+	t.Helper()
+	bundle, err := pki.LoadTrustBundle(c.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{})}}
+	resp, err := hc.Get(c.CAURL + "/1.0/crl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := io.ReadAll(resp.Body)
+	_ = resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var serials []string
+	for _, e := range crl.RevokedCertificateEntries {
+		if e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
+			return true, nil
+		}
+		serials = append(serials, e.SerialNumber.String())
+	}
+	return false, serials
 }

@@ -1,22 +1,20 @@
 // Command prov-proxy is the factory proxy: it vouches for brand-new devices
-// on the factory network and enrolls them with step-ca and core.
-//
-// Not built yet (issue "Factory proxy"): it prints its usage and exits 2.
+// on the factory network and enrolls them with step-ca and core, and keeps
+// the factory record.
 package main
 
 import (
-	"fmt"
+	"context"
 	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/fleetprov/prov/proxy/cli"
 )
 
 func main() {
-	fmt.Fprint(os.Stderr, `prov-proxy: the factory enrollment proxy
-
-usage:
-  prov-proxy serve --config FILE    (not implemented yet)
-  prov-proxy audit verify|list ...  (not implemented yet)
-
-This binary does nothing yet; see the README for what exists.
-`)
-	os.Exit(2)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }

@@ -1,0 +1,221 @@
+// Package auditlog is the factory record: an append-only log of every
+// enrollment attempt, one JSON object per line, each carrying the SHA-256
+// of the line before it, so that an edited, inserted or removed line breaks
+// the chain. Every record is fsynced before the attempt is answered.
+//
+// The chain proves the order and integrity of what is there; it cannot
+// prove that nothing was cut from the end. The status page and `prov-proxy
+// audit verify` print the head (sequence number and hash) for an operator
+// to note elsewhere.
+package auditlog
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"sync"
+	"time"
+)
+
+// Results of an attempt.
+const (
+	Enrolled = "enrolled"
+	Refused  = "refused"
+	Failed   = "failed"
+)
+
+// Genesis is the "previous hash" of the first record.
+var Genesis = strings.Repeat("0", 64)
+
+// ErrBroken: the chain does not verify.
+var ErrBroken = errors.New("factory record chain broken")
+
+// Record is one attempt.
+type Record struct {
+	Seq        uint64    `json:"seq"`
+	Time       time.Time `json:"time"`
+	Proxy      string    `json:"proxy"`
+	Source     string    `json:"source"`
+	Board      string    `json:"board,omitempty"`
+	HardwareID string    `json:"hardwareId,omitempty"`
+	Serial     string    `json:"serial,omitempty"`
+	CertSerial string    `json:"certSerial,omitempty"`
+	Batch      string    `json:"batch,omitempty"`
+	Result     string    `json:"result"`
+	Reason     string    `json:"reason,omitempty"`
+	Prev       string    `json:"prev"`
+	Hash       string    `json:"hash"`
+}
+
+// digest is the SHA-256 of the record's JSON with Hash empty.
+func (r Record) digest() (string, error) {
+	r.Hash = ""
+	b, err := json.Marshal(r)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// Log is an open factory record.
+type Log struct {
+	mu   sync.Mutex
+	f    *os.File
+	path string
+	seq  uint64
+	head string
+}
+
+// Open opens (creating) the log at path, verifies the whole chain, and
+// calls replay with each record, oldest first. A torn last line (a crash
+// in the middle of a write that was never acknowledged) is cut off; any
+// other damage is ErrBroken.
+func Open(path string, replay func(Record)) (*Log, error) {
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600) //nolint:gosec // operator's configuration
+	if err != nil {
+		return nil, fmt.Errorf("factory record: %w", err)
+	}
+	l := &Log{f: f, path: path, head: Genesis}
+	good, err := scan(f, func(r Record) error {
+		l.seq, l.head = r.Seq, r.Hash
+		if replay != nil {
+			replay(r)
+		}
+		return nil
+	})
+	if err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Truncate(good); err != nil { // drop a torn tail, if any
+		_ = f.Close()
+		return nil, fmt.Errorf("factory record: %w", err)
+	}
+	if _, err := f.Seek(good, io.SeekStart); err != nil {
+		_ = f.Close()
+		return nil, fmt.Errorf("factory record: %w", err)
+	}
+	return l, nil
+}
+
+// scan reads and verifies records; it returns the length of the good
+// prefix. Only an unterminated last line may be bad.
+func scan(rd io.Reader, fn func(Record) error) (int64, error) {
+	br := bufio.NewReader(rd)
+	var off int64
+	prev, seq := Genesis, uint64(0)
+	for line := 1; ; line++ {
+		b, err := br.ReadBytes('\n')
+		if errors.Is(err, io.EOF) {
+			if len(b) > 0 {
+				return off, nil // torn last line: cut
+			}
+			return off, nil
+		}
+		if err != nil {
+			return off, err
+		}
+		var r Record
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&r); err != nil {
+			return off, fmt.Errorf("%w: line %d is not a record: %w", ErrBroken, line, err)
+		}
+		want, err := r.digest()
+		if err != nil {
+			return off, err
+		}
+		switch {
+		case r.Hash != want:
+			return off, fmt.Errorf("%w: line %d (seq %d) was changed: its hash does not match its content", ErrBroken, line, r.Seq)
+		case r.Prev != prev:
+			return off, fmt.Errorf("%w: line %d (seq %d) does not follow the line before it (removed or inserted lines)", ErrBroken, line, r.Seq)
+		case r.Seq != seq+1:
+			return off, fmt.Errorf("%w: line %d has seq %d after %d", ErrBroken, line, r.Seq, seq)
+		}
+		if err := fn(r); err != nil {
+			return off, err
+		}
+		prev, seq = r.Hash, r.Seq
+		off += int64(len(b))
+	}
+}
+
+// Append completes r (sequence number, time if unset, chain) and writes it
+// durably.
+func (l *Log) Append(r Record) (Record, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	r.Seq = l.seq + 1
+	if r.Time.IsZero() {
+		r.Time = time.Now()
+	}
+	r.Time = r.Time.UTC()
+	r.Prev = l.head
+	h, err := r.digest()
+	if err != nil {
+		return r, err
+	}
+	r.Hash = h
+	b, err := json.Marshal(r)
+	if err != nil {
+		return r, err
+	}
+	if _, err := l.f.Write(append(b, '\n')); err != nil {
+		return r, fmt.Errorf("factory record write: %w", err)
+	}
+	if err := l.f.Sync(); err != nil {
+		return r, fmt.Errorf("factory record sync: %w", err)
+	}
+	l.seq, l.head = r.Seq, r.Hash
+	return r, nil
+}
+
+// Head is the last sequence number and hash.
+func (l *Log) Head() (uint64, string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.seq, l.head
+}
+
+// Close closes the file.
+func (l *Log) Close() error { return l.f.Close() }
+
+// Verify checks a log file's chain without changing it; it returns the
+// number of records and the head hash.
+func Verify(path string) (uint64, string, error) {
+	f, err := os.Open(path) //nolint:gosec // the operator names it
+	if err != nil {
+		return 0, "", err
+	}
+	defer func() { _ = f.Close() }()
+	var n uint64
+	head := Genesis
+	end, err := scan(f, func(r Record) error { n, head = r.Seq, r.Hash; return nil })
+	if err != nil {
+		return n, head, err
+	}
+	if fi, err := f.Stat(); err == nil && fi.Size() != end {
+		return n, head, fmt.Errorf("%w: %d bytes after the last complete record (a torn write, or tampering)", ErrBroken, fi.Size()-end)
+	}
+	return n, head, nil
+}
+
+// Read calls fn with each record of a log file, verifying as it goes.
+func Read(path string, fn func(Record) error) error {
+	f, err := os.Open(path) //nolint:gosec // the operator names it
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	_, err = scan(f, fn)
+	return err
+}

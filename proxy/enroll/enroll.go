@@ -1,0 +1,430 @@
+// Package enroll is the enrollment of one new device by the factory proxy:
+// validate what it sent, vouch for it, register it with core, mint a
+// one-time token bound to its serial and its CSR, have step-ca sign,
+// record the certificate at core, fetch and check the first bundle, and
+// answer. Every attempt, whatever its end, goes into the factory record
+// before the device hears the answer.
+//
+// A retry after a failure at any step completes with a fresh token: core's
+// registration is idempotent, and the re-enrollment policy treats the same
+// key within the retry window as the same enrollment. A device never gets
+// two identities: its identity is its serial, which only core's rule sets.
+package enroll
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/ed25519"
+	"crypto/elliptic"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	coreapi "github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/signedimage"
+	"github.com/fleetprov/prov/pki/token"
+	"github.com/fleetprov/prov/proxy/api"
+	"github.com/fleetprov/prov/proxy/auditlog"
+	"github.com/fleetprov/prov/proxy/vouch"
+)
+
+// Core is what the proxy needs of core (core/api.Client).
+type Core interface {
+	Register(ctx context.Context, r coreapi.RegisterRequest) (*coreapi.Device, bool, error)
+	RecordIssued(ctx context.Context, serial string, c coreapi.IssuedCertificate) (*coreapi.Device, error)
+	Bundle(ctx context.Context, serial, etag string) (io.ReadCloser, string, error)
+}
+
+// CA is what the proxy needs of step-ca (pki/ca.Client).
+type CA interface {
+	SignFor(ctx context.Context, csr *x509.CertificateRequest, ott string, lifetime time.Duration) ([]*x509.Certificate, error)
+	Revoke(ctx context.Context, serial, ott, reason string) error
+	SignAudience() string
+	RevokeAudience() string
+}
+
+// Field is what a device is told about the field.
+type Field struct {
+	CoreURL, CAURL, MQTTURL string
+}
+
+// BadRequest is input the device got wrong.
+type BadRequest struct{ Reason string }
+
+func (e *BadRequest) Error() string { return e.Reason }
+
+// Upstream is a failure of core or step-ca; the device may retry.
+type Upstream struct {
+	Step string
+	Err  error
+}
+
+func (e *Upstream) Error() string { return e.Step + ": " + e.Err.Error() }
+func (e *Upstream) Unwrap() error { return e.Err }
+
+// Enroller enrolls devices.
+type Enroller struct {
+	name      string // this proxy's identity
+	core      Core
+	ca        CA
+	prov      *token.Provisioner
+	policy    *vouch.Policy
+	record    *auditlog.Log
+	roots     *pki.TrustBundle
+	rootPEM   string
+	field     Field
+	log       *slog.Logger
+	now       func() time.Time
+	observe   func(result string, d time.Duration)
+	certLife  time.Duration
+	locksMu   sync.Mutex
+	locks     map[string]*serialLock
+	statusMu  sync.Mutex
+	recent    []auditlog.Record // newest last
+	counts    map[string]int    // today's, by result
+	countsDay string
+}
+
+type serialLock struct {
+	mu   sync.Mutex
+	refs int
+}
+
+// Options are the enroller's dependencies.
+type Options struct {
+	Name     string // the proxy's identity, for records
+	Core     Core
+	CA       CA
+	Prov     *token.Provisioner
+	Policy   *vouch.Policy
+	Record   *auditlog.Log
+	Roots    *pki.TrustBundle
+	RootPEM  []byte
+	Field    Field
+	Log      *slog.Logger
+	Now      func() time.Time
+	Observe  func(result string, d time.Duration)
+	CertLife time.Duration // zero: the provisioner's default
+}
+
+// New makes an enroller.
+func New(o Options) *Enroller {
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Observe == nil {
+		o.Observe = func(string, time.Duration) {}
+	}
+	return &Enroller{name: o.Name, core: o.Core, ca: o.CA, prov: o.Prov, policy: o.Policy, record: o.Record, roots: o.Roots,
+		rootPEM: string(o.RootPEM), field: o.Field, log: o.Log.With("component", "enroll"), now: o.Now, observe: o.Observe,
+		certLife: o.CertLife, locks: map[string]*serialLock{}, counts: map[string]int{}}
+}
+
+// attempt is what is known of an attempt, for its record.
+type attempt struct {
+	rec   auditlog.Record
+	start time.Time
+}
+
+// Enroll enrolls the device that sent req from source.
+func (e *Enroller) Enroll(ctx context.Context, req api.EnrollRequest, source netip.Addr) (*api.EnrollResponse, error) {
+	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String(), Board: printable(req.Board), HardwareID: printable(req.HardwareID)}}
+	resp, err := e.enroll(ctx, req, source, a)
+	return e.finish(a, resp, err)
+}
+
+// Reject records and refuses a request that could not be read, after the
+// network and rate rules (which answer first, as for any request).
+func (e *Enroller) Reject(source netip.Addr, reason string) error {
+	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String()}}
+	err := e.policy.Allow(source, a.start)
+	if err == nil {
+		err = e.policy.CheckSource(source)
+	}
+	if err == nil {
+		err = &BadRequest{Reason: reason}
+	}
+	_, err = e.finish(a, nil, err)
+	return err
+}
+
+func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source netip.Addr, a *attempt) (*api.EnrollResponse, error) {
+	now := e.now()
+	if err := e.policy.Allow(source, now); err != nil {
+		return nil, err
+	}
+	if err := e.policy.CheckSource(source); err != nil {
+		return nil, err
+	}
+	id, err := hwid.Parse(req.Board, req.HardwareID)
+	if err != nil {
+		field := "hardwareId"
+		if errors.Is(err, hwid.ErrBadBoard) {
+			field = "board"
+		}
+		return nil, &BadRequest{Reason: field + ": " + err.Error()}
+	}
+	a.rec.Board, a.rec.HardwareID = id.Board, id.Canonical
+	csr, keySHA, err := checkCSR(req.CSR)
+	if err != nil {
+		return nil, err
+	}
+	serial := id.Serial()
+	a.rec.Serial = serial
+	adm, err := e.policy.Admit(id, serial, now)
+	if err != nil {
+		return nil, err
+	}
+	enrolled := false
+	defer func() { adm.Done(enrolled) }()
+	if adm.Batch != nil {
+		a.rec.Batch = adm.Batch.Name
+	}
+	unlock := e.lock(serial)
+	defer unlock()
+
+	dev, _, err := e.core.Register(ctx, coreapi.RegisterRequest{Board: id.Board, HardwareID: id.Canonical, Group: adm.Group()})
+	if err != nil {
+		return nil, &Upstream{Step: "register with core", Err: err}
+	}
+	if dev.Serial != serial {
+		return nil, &Upstream{Step: "register with core", Err: fmt.Errorf("core gave serial %s, the rule gives %s: core and proxy disagree on the serial rule", dev.Serial, serial)}
+	}
+	if dev.Status != "active" {
+		return nil, &vouch.Refusal{Rule: "reenrollment", Reason: "core has this device " + dev.Status}
+	}
+	revoke, err := e.policy.Reenroll(dev.Issued, keySHA, now)
+	if err != nil {
+		return nil, err
+	}
+	for _, old := range revoke {
+		tok, err := e.prov.RevokeToken(e.ca.RevokeAudience(), old, e.now())
+		if err != nil {
+			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
+		}
+		if err := e.ca.Revoke(ctx, old, tok, "re-enrolled by "+e.name); err != nil && !isAlreadyRevoked(err) {
+			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
+		}
+		e.log.Info("re-enrollment: old certificate revoked", "serial", serial, "cert_serial", old)
+	}
+	identity, err := pki.DeviceIdentity(e.roots.TrustDomain(), serial)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := e.prov.SignToken(token.SignRequest{Audience: e.ca.SignAudience(), Subject: serial, SANs: []string{identity.String()}, CSR: csr}, e.now())
+	if err != nil {
+		return nil, err
+	}
+	chain, err := e.ca.SignFor(ctx, csr, tok, e.certLife)
+	if err != nil {
+		return nil, &Upstream{Step: "sign at step-ca", Err: err}
+	}
+	got, err := e.roots.Verify(chain, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
+	if err != nil || got != identity || keyDigest(chain[0].PublicKey) != keySHA {
+		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate is not %s for the CSR's key (%w)", identity, err)}
+	}
+	leaf := chain[0]
+	a.rec.CertSerial = leaf.SerialNumber.String()
+	if _, err := e.core.RecordIssued(ctx, serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: keySHA,
+		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}); err != nil {
+		return nil, &Upstream{Step: "record the certificate at core", Err: err}
+	}
+	bundle, gen, err := e.firstBundle(ctx, serial)
+	if err != nil {
+		return nil, err
+	}
+	var certPEM bytes.Buffer
+	for _, c := range chain {
+		_ = pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+	}
+	enrolled = true
+	return &api.EnrollResponse{
+		Serial: serial, Certificate: certPEM.String(), Root: e.rootPEM,
+		CoreURL: e.field.CoreURL, CAURL: e.field.CAURL, MQTTURL: e.field.MQTTURL, MQTTTopic: dev.Topic,
+		Bundle: base64.StdEncoding.EncodeToString(bundle), Generation: gen,
+	}, nil
+}
+
+// firstBundle fetches the device's bundle and checks it as the device will.
+func (e *Enroller) firstBundle(ctx context.Context, serial string) ([]byte, uint64, error) {
+	body, _, err := e.core.Bundle(ctx, serial, "")
+	if err != nil {
+		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: err}
+	}
+	defer func() { _ = body.Close() }()
+	data, err := io.ReadAll(io.LimitReader(body, 12+signedimage.MaxStatementSize+imagespec.MaxImageSize+1))
+	if err != nil {
+		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: err}
+	}
+	v, _, err := signedimage.VerifyBytes(data, signedimage.VerifyOptions{Roots: e.roots, Serial: serial, Now: e.now(), MaxImageSize: imagespec.MaxImageSize})
+	if err != nil {
+		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: fmt.Errorf("core's bundle does not verify: %w", err)}
+	}
+	return data, v.Generation, nil
+}
+
+func isAlreadyRevoked(err error) bool {
+	return err != nil && bytes.Contains([]byte(err.Error()), []byte("already revoked"))
+}
+
+// checkCSR parses one PEM CSR, checks its self-signature and key type, and
+// refuses any name in it: the proxy, not the device, decides the identity
+// (and step-ca would refuse names the token does not carry).
+func checkCSR(s string) (*x509.CertificateRequest, string, error) {
+	block, rest := pem.Decode([]byte(s))
+	if block == nil || block.Type != "CERTIFICATE REQUEST" || len(bytes.TrimSpace(rest)) > 0 {
+		return nil, "", &BadRequest{Reason: "csr: want exactly one PEM CERTIFICATE REQUEST"}
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, "", &BadRequest{Reason: "csr: " + err.Error()}
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, "", &BadRequest{Reason: "csr: its signature does not verify: " + err.Error()}
+	}
+	switch k := csr.PublicKey.(type) {
+	case *ecdsa.PublicKey:
+		if k.Curve != elliptic.P256() && k.Curve != elliptic.P384() {
+			return nil, "", &BadRequest{Reason: "csr: ECDSA keys must be P-256 or P-384"}
+		}
+	case ed25519.PublicKey:
+	default:
+		return nil, "", &BadRequest{Reason: fmt.Sprintf("csr: a %T key; want ECDSA P-256/P-384 or Ed25519", csr.PublicKey)}
+	}
+	if csr.Subject.String() != "" || len(csr.DNSNames)+len(csr.IPAddresses)+len(csr.EmailAddresses)+len(csr.URIs) > 0 {
+		return nil, "", &BadRequest{Reason: "csr: it names a subject or SANs; leave them empty, the proxy decides the identity"}
+	}
+	return csr, keyDigest(csr.PublicKey), nil
+}
+
+// keyDigest is the SHA-256 of a public key's SubjectPublicKeyInfo, hex.
+func keyDigest(pub any) string {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// lock serialises enrollments of one serial in this proxy.
+func (e *Enroller) lock(serial string) func() {
+	e.locksMu.Lock()
+	l, ok := e.locks[serial]
+	if !ok {
+		l = &serialLock{}
+		e.locks[serial] = l
+	}
+	l.refs++
+	e.locksMu.Unlock()
+	l.mu.Lock()
+	return func() {
+		l.mu.Unlock()
+		e.locksMu.Lock()
+		if l.refs--; l.refs == 0 {
+			delete(e.locks, serial)
+		}
+		e.locksMu.Unlock()
+	}
+}
+
+// finish records the attempt, durably, before anyone hears its result; if
+// the record cannot be written, the answer is an error.
+func (e *Enroller) finish(a *attempt, resp *api.EnrollResponse, err error) (*api.EnrollResponse, error) {
+	var refusal *vouch.Refusal
+	var bad *BadRequest
+	switch {
+	case err == nil:
+		a.rec.Result = auditlog.Enrolled
+	case errors.As(err, &refusal), errors.As(err, &bad):
+		a.rec.Result, a.rec.Reason = auditlog.Refused, err.Error()
+	default:
+		a.rec.Result, a.rec.Reason = auditlog.Failed, err.Error()
+	}
+	rec, werr := e.record.Append(a.rec)
+	if werr != nil {
+		e.log.Error("factory record write failed; the attempt is not answered", "err", werr)
+		e.observe(auditlog.Failed, e.now().Sub(a.start))
+		return nil, &Upstream{Step: "write the factory record", Err: werr}
+	}
+	e.remember(rec)
+	e.observe(rec.Result, e.now().Sub(a.start))
+	attrs := []any{"result", rec.Result, "source", rec.Source, "board", rec.Board, "serial", rec.Serial, "seq", rec.Seq}
+	switch rec.Result {
+	case auditlog.Enrolled:
+		e.log.Info("device enrolled", append(attrs, "cert_serial", rec.CertSerial, "batch", rec.Batch)...)
+	case auditlog.Refused:
+		e.log.Info("enrollment refused", append(attrs, "reason", rec.Reason)...)
+	default:
+		e.log.Warn("enrollment failed", append(attrs, "reason", rec.Reason)...)
+	}
+	return resp, err
+}
+
+// printable keeps what hostile input looks like in the record short; JSON
+// encoding escapes the rest.
+func printable(s string) string {
+	if len(s) > 64 {
+		return s[:64] + "..."
+	}
+	return s
+}
+
+// maxRecent is how many attempts the status page shows.
+const maxRecent = 50
+
+// remember keeps an attempt for the status page (also called at start for
+// the factory record's past attempts).
+func (e *Enroller) remember(r auditlog.Record) {
+	e.statusMu.Lock()
+	defer e.statusMu.Unlock()
+	day := r.Time.Local().Format(time.DateOnly)
+	if day != e.countsDay {
+		if day < e.countsDay {
+			return // older than today's counts
+		}
+		e.countsDay, e.counts = day, map[string]int{}
+	}
+	e.counts[r.Result]++
+	e.recent = append(e.recent, r)
+	if len(e.recent) > maxRecent {
+		e.recent = e.recent[len(e.recent)-maxRecent:]
+	}
+}
+
+// Replay takes a past attempt from the factory record at start.
+func (e *Enroller) Replay(r auditlog.Record) { e.remember(r) }
+
+// Status is what the factory line's status page shows.
+type Status struct {
+	Day    string
+	Counts map[string]int
+	Recent []auditlog.Record // newest first
+}
+
+// Status returns today's counts and the last attempts.
+func (e *Enroller) Status() Status {
+	e.statusMu.Lock()
+	defer e.statusMu.Unlock()
+	s := Status{Day: e.countsDay, Counts: map[string]int{}}
+	for k, v := range e.counts {
+		s.Counts[k] = v
+	}
+	for i := len(e.recent) - 1; i >= 0; i-- {
+		s.Recent = append(s.Recent, e.recent[i])
+	}
+	return s
+}

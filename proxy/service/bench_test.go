@@ -1,0 +1,106 @@
+package service_test
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/token"
+)
+
+// load runs n operations with c workers and reports the rate and the
+// latency percentiles.
+func load(b *testing.B, c int, op func(i int) error) {
+	b.Helper()
+	var next atomic.Int64
+	lat := make([]time.Duration, b.N)
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for range c {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= b.N {
+					return
+				}
+				t0 := time.Now()
+				if err := op(i); err != nil {
+					b.Error(err)
+					return
+				}
+				lat[i] = time.Since(t0)
+			}
+		}()
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(lat[b.N/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[min(b.N-1, b.N*99/100)].Microseconds())/1000, "p99-ms")
+}
+
+var benchRun atomic.Int64
+
+// BenchmarkEnroll measures enrollments end to end (a device-side load
+// generator, a new TLS connection per device, -> proxy -> core -> step-ca
+// -> core -> answer) at concurrency 1, 16 and 64, beside step-ca's
+// /1.0/sign alone (token + CSR, pooled connections), in one run.
+func BenchmarkEnroll(b *testing.B) {
+	e := startWith(b, "limits: {proxy: {rate: 100000, burst: 100000}}\n", local+"rate: 100000\nburst: 100000\n")
+	c := catest.Shared(b)
+	prov, err := c.ProxyProvisioner(catest.Proxy)
+	if err != nil {
+		b.Fatal(err)
+	}
+	csrs := make(chan *x509.CertificateRequest, 256)
+	go func() {
+		for {
+			k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+			der, _ := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+			csr, _ := x509.ParseCertificateRequest(der)
+			csrs <- csr
+		}
+	}()
+	for _, conc := range []int{1, 16, 64} {
+		b.Run(fmt.Sprintf("stepca-sign/c=%d", conc), func(b *testing.B) {
+			load(b, conc, func(int) error {
+				csr := <-csrs
+				serial := fmt.Sprintf("%010x", benchRun.Add(1))
+				tok, err := prov.SignToken(token.SignRequest{Audience: c.Client.SignAudience(), Subject: serial,
+					SANs: []string{"spiffe://" + c.TrustDomain + "/device/" + serial}, CSR: csr}, time.Now())
+				if err != nil {
+					return err
+				}
+				_, err = c.Client.Sign(ctx, csr, tok)
+				return err
+			})
+		})
+		b.Run(fmt.Sprintf("enroll/c=%d", conc), func(b *testing.B) {
+			devs := make([]*device, b.N)
+			for i := range devs {
+				devs[i] = newDevice(b)
+			}
+			base := benchRun.Add(int64(b.N))
+			load(b, conc, func(i int) error {
+				code, _, ae := e.enroll(b, req("bbb", fmt.Sprintf("BENCH%011d", base+int64(i)), devs[i]))
+				if code != 200 {
+					return fmt.Errorf("enroll: %d %+v", code, ae)
+				}
+				return nil
+			})
+		})
+	}
+}
