@@ -24,6 +24,7 @@ type TrustBundle struct {
 	trustDomain string
 	roots       []*x509.Certificate
 	pool        *x509.CertPool
+	verified    *verifiedChains
 }
 
 // LoadTrustBundle reads a PEM file of root CA certificates.
@@ -49,7 +50,7 @@ func ParseTrustBundle(data []byte) (*TrustBundle, error) {
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("%w: no certificates", ErrBadTrustBundle)
 	}
-	b := &TrustBundle{pool: x509.NewCertPool()}
+	b := &TrustBundle{pool: x509.NewCertPool(), verified: newVerifiedChains()}
 	for i, c := range certs {
 		if !c.IsCA || !c.BasicConstraintsValid {
 			return nil, fmt.Errorf("%w: certificate %d (%q) is not a CA", ErrBadTrustBundle, i+1, c.Subject.CommonName)
@@ -133,17 +134,22 @@ func (b *TrustBundle) Verify(chain []*x509.Certificate, opts VerifyOptions) (Ide
 		now = time.Now()
 	}
 	at := ClockFloor(now, opts.ClockFloor)
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := leaf.Verify(x509.VerifyOptions{
-		Roots:         b.pool,
-		Intermediates: inter,
-		CurrentTime:   at,
-		KeyUsages:     []x509.ExtKeyUsage{opts.KeyUsage},
-	}); err != nil {
-		return Identity{}, classifyVerifyError(leaf, at, err)
+	key := chainKey(chain, opts.KeyUsage)
+	if !b.verified.valid(key, at) {
+		inter := x509.NewCertPool()
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		chains, err := leaf.Verify(x509.VerifyOptions{
+			Roots:         b.pool,
+			Intermediates: inter,
+			CurrentTime:   at,
+			KeyUsages:     []x509.ExtKeyUsage{opts.KeyUsage},
+		})
+		if err != nil {
+			return Identity{}, classifyVerifyError(leaf, at, err)
+		}
+		b.verified.add(key, chains[0])
 	}
 	if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return Identity{}, fmt.Errorf("%w: %q lacks digitalSignature", ErrKeyUsage, leaf.Subject.CommonName)

@@ -130,3 +130,48 @@ func TestReadPasswordFile(t *testing.T) {
 		}
 	}
 }
+
+// A chain verified once is answered from memory inside its validity window
+// only: the same chain is still refused after it expires, for another key
+// usage or role, and a chain that differs in one byte is verified afresh.
+func TestVerifyRemembersOnlyWhatHolds(t *testing.T) {
+	ca := pkitest.NewCA(t, "fleet.test")
+	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	leaf, _ := ca.Leaf(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/device/1a2b3c4d5e"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		NotBefore: now.Add(-time.Minute), NotAfter: now.Add(time.Hour)})
+	chain := []*x509.Certificate{leaf, ca.Inter}
+	client := pki.VerifyOptions{Time: now, KeyUsage: x509.ExtKeyUsageClientAuth}
+	for range 2 {
+		if id, err := bundle.Verify(chain, client); err != nil || id.Name != "1a2b3c4d5e" {
+			t.Fatalf("Verify: %v %v", id, err)
+		}
+	}
+	for name, tc := range map[string]struct {
+		opts pki.VerifyOptions
+		err  error
+	}{
+		"after expiry":    {pki.VerifyOptions{Time: now.Add(2 * time.Hour), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		"before validity": {pki.VerifyOptions{Time: now.Add(-time.Hour), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		"other usage":     {pki.VerifyOptions{Time: now, KeyUsage: x509.ExtKeyUsageServerAuth}, pki.ErrKeyUsage},
+		"other role":      {pki.VerifyOptions{Time: now, KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleAdmin}}, pki.ErrRoleNotAllowed},
+	} {
+		if _, err := bundle.Verify(chain, tc.opts); !errors.Is(err, tc.err) {
+			t.Errorf("%s: %v, want %v", name, err, tc.err)
+		}
+	}
+	// The same leaf with its signature changed is not the remembered chain.
+	forged := *leaf
+	forged.Raw = append([]byte{}, leaf.Raw...)
+	forged.Raw[len(forged.Raw)-1] ^= 1
+	bad, err := x509.ParseCertificate(forged.Raw)
+	if err != nil {
+		t.Skipf("flipped byte broke the DER: %v", err)
+	}
+	if _, err := bundle.Verify([]*x509.Certificate{bad, ca.Inter}, client); !errors.Is(err, pki.ErrUntrusted) {
+		t.Fatalf("forged signature: %v", err)
+	}
+}

@@ -66,12 +66,23 @@ func (r Record) digest() (string, error) {
 }
 
 // Log is an open factory record.
+//
+// Appends are group-committed: each record is written in order under mu,
+// then its writer waits for an fsync that covers it; one fsync serves every
+// record written while the one before it ran. A failed write or fsync makes
+// the log refuse every later append (an fsync error may have dropped pages
+// the kernel will not report again); a restart re-reads and re-verifies it.
 type Log struct {
-	mu   sync.Mutex
-	f    *os.File
-	path string
-	seq  uint64
-	head string
+	mu      sync.Mutex // the chain: seq, head, err, written
+	f       *os.File
+	path    string
+	seq     uint64
+	head    string
+	err     error  // sticky
+	written uint64 // last seq written to the file
+
+	syncMu sync.Mutex // one fsync at a time
+	synced uint64     // last seq known durable (under syncMu)
 }
 
 // Open opens (creating) the log at path, verifies the whole chain, and
@@ -150,10 +161,21 @@ func scan(rd io.Reader, fn func(Record) error) (int64, error) {
 }
 
 // Append completes r (sequence number, time if unset, chain) and writes it
-// durably.
+// durably: it returns after an fsync that covers the record.
 func (l *Log) Append(r Record) (Record, error) {
+	r, err := l.write(r)
+	if err != nil {
+		return r, err
+	}
+	return r, l.syncThrough(r.Seq)
+}
+
+func (l *Log) write(r Record) (Record, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.err != nil {
+		return r, l.err
+	}
 	r.Seq = l.seq + 1
 	if r.Time.IsZero() {
 		r.Time = time.Now()
@@ -170,13 +192,35 @@ func (l *Log) Append(r Record) (Record, error) {
 		return r, err
 	}
 	if _, err := l.f.Write(append(b, '\n')); err != nil {
-		return r, fmt.Errorf("factory record write: %w", err)
+		l.err = fmt.Errorf("factory record write failed, restart the proxy to re-verify it: %w", err)
+		return r, l.err
+	}
+	l.seq, l.head, l.written = r.Seq, r.Hash, r.Seq
+	return r, nil
+}
+
+// syncThrough returns once record seq is durable.
+func (l *Log) syncThrough(seq uint64) error {
+	l.syncMu.Lock()
+	defer l.syncMu.Unlock()
+	if l.synced >= seq {
+		return nil // an fsync that started after our write covered it
+	}
+	l.mu.Lock()
+	target, sticky := l.written, l.err
+	l.mu.Unlock()
+	if sticky != nil {
+		return sticky
 	}
 	if err := l.f.Sync(); err != nil {
-		return r, fmt.Errorf("factory record sync: %w", err)
+		l.mu.Lock()
+		l.err = fmt.Errorf("factory record sync failed, restart the proxy to re-verify it: %w", err)
+		sticky = l.err
+		l.mu.Unlock()
+		return sticky
 	}
-	l.seq, l.head = r.Seq, r.Hash
-	return r, nil
+	l.synced = target
+	return nil
 }
 
 // Head is the last sequence number and hash.

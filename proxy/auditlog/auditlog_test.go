@@ -3,9 +3,12 @@ package auditlog_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/fleetprov/prov/proxy/auditlog"
@@ -104,5 +107,68 @@ func TestTornLastLine(t *testing.T) {
 	raw, _ := os.ReadFile(path)
 	if n, _, err := auditlog.Verify(path); err != nil || n != 4 || bytes.Contains(raw, []byte(`"time":"2026`+"\n")) {
 		t.Fatalf("after the cut: %d %v", n, err)
+	}
+}
+
+// Concurrent appends share fsyncs but each returns only once its own record
+// is in the file, in one unbroken chain.
+func TestConcurrentAppendsFormOneChain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "factory.jsonl")
+	l, err := auditlog.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const writers, each = 16, 50
+	seqs := make(chan uint64, writers*each)
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				r, err := l.Append(auditlog.Record{Proxy: "factory1", Source: fmt.Sprintf("10.1.0.%d", w), Result: auditlog.Enrolled, Reason: strconv.Itoa(i)})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				seqs <- r.Seq
+			}
+		})
+	}
+	wg.Wait()
+	close(seqs)
+	got := map[uint64]bool{}
+	for s := range seqs {
+		if got[s] {
+			t.Fatalf("seq %d returned twice", s)
+		}
+		got[s] = true
+	}
+	if err := l.Close(); err != nil {
+		t.Fatal(err)
+	}
+	n, _, err := auditlog.Verify(path)
+	if err != nil || n != writers*each || len(got) != writers*each {
+		t.Fatalf("Verify: %d records, %d acknowledged, %v", n, len(got), err)
+	}
+}
+
+// After a failed write the log refuses every later append rather than
+// chain a record to one that may not be on disk.
+func TestFailedWriteIsSticky(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "factory.jsonl")
+	l, err := auditlog.Open(path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Append(auditlog.Record{Proxy: "factory1", Result: auditlog.Enrolled}); err != nil {
+		t.Fatal(err)
+	}
+	_ = l.Close() // the file goes away under the log, as on a failing disk
+	for i := range 2 {
+		if _, err := l.Append(auditlog.Record{Proxy: "factory1", Result: auditlog.Enrolled}); err == nil || !strings.Contains(err.Error(), "restart the proxy") {
+			t.Fatalf("append %d after a failed write: %v", i, err)
+		}
+	}
+	if n, _, err := auditlog.Verify(path); err != nil || n != 1 {
+		t.Fatalf("Verify: %d %v", n, err)
 	}
 }

@@ -220,6 +220,13 @@ func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source net
 		}
 		e.log.Info("re-enrollment: old certificate revoked", "serial", serial, "cert_serial", old)
 	}
+	// The first bundle does not depend on the certificate: fetch it while
+	// step-ca signs. It is dropped if the enrollment fails.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fetched := make(chan bundleResult, 1)
+	go func() { fetched <- e.firstBundle(bctx, serial) }()
+
 	identity, err := pki.DeviceIdentity(e.roots.TrustDomain(), serial)
 	if err != nil {
 		return nil, err
@@ -242,9 +249,9 @@ func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source net
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}); err != nil {
 		return nil, &Upstream{Step: "record the certificate at core", Err: err}
 	}
-	bundle, gen, err := e.firstBundle(ctx, serial)
-	if err != nil {
-		return nil, err
+	first := <-fetched
+	if first.err != nil {
+		return nil, first.err
 	}
 	var certPEM bytes.Buffer
 	for _, c := range chain {
@@ -254,26 +261,37 @@ func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source net
 	return &api.EnrollResponse{
 		Serial: serial, Certificate: certPEM.String(), Root: e.rootPEM,
 		CoreURL: e.field.CoreURL, CAURL: e.field.CAURL, MQTTURL: e.field.MQTTURL, MQTTTopic: dev.Topic,
-		Bundle: base64.StdEncoding.EncodeToString(bundle), Generation: gen,
+		Bundle: base64.StdEncoding.EncodeToString(first.data), Generation: first.generation,
 	}, nil
 }
 
-// firstBundle fetches the device's bundle and checks it as the device will.
-func (e *Enroller) firstBundle(ctx context.Context, serial string) ([]byte, uint64, error) {
+// bundleResult is the device's first signed bundle, checked as the device
+// will check it.
+type bundleResult struct {
+	data       []byte
+	generation uint64
+	err        error
+}
+
+// firstBundle fetches the device's bundle and verifies it.
+func (e *Enroller) firstBundle(ctx context.Context, serial string) bundleResult {
+	fail := func(err error) bundleResult {
+		return bundleResult{err: &Upstream{Step: "fetch the first bundle", Err: err}}
+	}
 	body, _, err := e.core.Bundle(ctx, serial, "")
 	if err != nil {
-		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: err}
+		return fail(err)
 	}
 	defer func() { _ = body.Close() }()
 	data, err := io.ReadAll(io.LimitReader(body, 12+signedimage.MaxStatementSize+imagespec.MaxImageSize+1))
 	if err != nil {
-		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: err}
+		return fail(err)
 	}
 	v, _, err := signedimage.VerifyBytes(data, signedimage.VerifyOptions{Roots: e.roots, Serial: serial, Now: e.now(), MaxImageSize: imagespec.MaxImageSize})
 	if err != nil {
-		return nil, 0, &Upstream{Step: "fetch the first bundle", Err: fmt.Errorf("core's bundle does not verify: %w", err)}
+		return fail(fmt.Errorf("core's bundle does not verify: %w", err))
 	}
-	return data, v.Generation, nil
+	return bundleResult{data: data, generation: v.Generation}
 }
 
 func isAlreadyRevoked(err error) bool {

@@ -9,6 +9,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -24,6 +25,7 @@ func load(b *testing.B, c int, op func(i int) error) {
 	lat := make([]time.Duration, b.N)
 	var wg sync.WaitGroup
 	b.ResetTimer()
+	cpu0 := cpuTime(b)
 	start := time.Now()
 	for range c {
 		wg.Add(1)
@@ -45,9 +47,12 @@ func load(b *testing.B, c int, op func(i int) error) {
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
+	cpu := cpuTime(b) - cpu0
 	b.StopTimer()
 	slices.Sort(lat)
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
+	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
+	b.ReportMetric(float64(cpu)/float64(elapsed)*100, "cpu-%")
 	b.ReportMetric(float64(lat[b.N/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[min(b.N-1, b.N*99/100)].Microseconds())/1000, "p99-ms")
 }
@@ -103,4 +108,14 @@ func BenchmarkEnroll(b *testing.B) {
 			})
 		})
 	}
+}
+
+// cpuTime is the process's user and system CPU time so far: the whole
+// system under test runs in this process, so it is the cost of the run.
+func cpuTime(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -41,8 +41,6 @@ import (
 	"github.com/fleetprov/prov/proxy/service"
 )
 
-func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
-
 var ctx = context.Background()
 
 type env struct {
@@ -126,6 +124,8 @@ func indent(s string) string {
 	}
 	return b.String()
 }
+
+func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
 
 const local = "networks: [\"127.0.0.0/8\"]\n"
 

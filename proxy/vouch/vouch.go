@@ -6,11 +6,15 @@
 package vouch
 
 import (
-	"bufio"
+	"bytes"
+	"encoding/csv"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -54,7 +58,7 @@ func refuse(rule, format string, args ...any) *Refusal {
 // BatchConfig is one production batch.
 type BatchConfig struct {
 	Name      string    `yaml:"name"`
-	Manifest  string    `yaml:"manifest"` // CSV: board,hardwareId per line
+	Manifest  string    `yaml:"manifest"` // CSV (board,hardwareId) or .json
 	Group     string    `yaml:"group"`
 	NotBefore time.Time `yaml:"notBefore"`
 	NotAfter  time.Time `yaml:"notAfter"`
@@ -148,36 +152,68 @@ func Load(c Config) (*Policy, error) {
 	return p, nil
 }
 
-// readManifest reads "board,hardwareId" lines; a header line, blank lines
-// and lines starting with # are skipped.
+// readManifest reads a batch manifest: CSV ("board,hardwareId" records;
+// an optional header naming those columns, blank lines and lines starting
+// with # are skipped) or, for a .json file, an array of
+// {"board": ..., "hardwareId": ...}. A hardware ID listed twice is an
+// error: it is a mistake in the batch, and a quota counted from the
+// manifest would be wrong.
 func readManifest(path string) (map[string]bool, error) {
 	if path == "" {
 		return nil, errors.New("no manifest file")
 	}
-	f, err := os.Open(path) //nolint:gosec // operator's configuration
+	data, err := os.ReadFile(path) //nolint:gosec // operator's configuration
 	if err != nil {
 		return nil, err
 	}
-	defer func() { _ = f.Close() }()
+	type entry struct {
+		Board      string `json:"board"`
+		HardwareID string `json:"hardwareId"`
+		where      string
+	}
+	var entries []entry
+	if strings.EqualFold(filepath.Ext(path), ".json") {
+		dec := json.NewDecoder(bytes.NewReader(data))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&entries); err != nil {
+			return nil, fmt.Errorf("%s: %w", path, err)
+		}
+		for i := range entries {
+			entries[i].where = fmt.Sprintf("%s: entry %d", path, i)
+		}
+	} else {
+		r := csv.NewReader(bytes.NewReader(data))
+		r.Comment = '#'
+		r.FieldsPerRecord = 2
+		r.TrimLeadingSpace = true
+		for first := true; ; first = false {
+			rec, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w (want board,hardwareId)", path, err)
+			}
+			line, _ := r.FieldPos(0)
+			if first && strings.EqualFold(rec[0], "board") {
+				continue
+			}
+			entries = append(entries, entry{Board: strings.TrimSpace(rec[0]), HardwareID: strings.TrimSpace(rec[1]), where: fmt.Sprintf("%s:%d", path, line)})
+		}
+	}
 	ids := map[string]bool{}
-	sc := bufio.NewScanner(f)
-	for line := 1; sc.Scan(); line++ {
-		text := strings.TrimSpace(sc.Text())
-		if text == "" || strings.HasPrefix(text, "#") || (line == 1 && strings.HasPrefix(strings.ToLower(text), "board,")) {
-			continue
-		}
-		board, raw, ok := strings.Cut(text, ",")
-		if !ok {
-			return nil, fmt.Errorf("%s:%d: want board,hardwareId", path, line)
-		}
-		id, err := hwid.Parse(strings.TrimSpace(board), strings.TrimSpace(raw))
+	for _, e := range entries {
+		id, err := hwid.Parse(e.Board, e.HardwareID)
 		if err != nil {
-			return nil, fmt.Errorf("%s:%d: %w", path, line, err)
+			return nil, fmt.Errorf("%s: %w", e.where, err)
+		}
+		if ids[id.Key()] {
+			return nil, fmt.Errorf("%s: hardware ID %s is listed twice", e.where, id.Key())
 		}
 		ids[id.Key()] = true
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if len(ids) == 0 {
+		return nil, fmt.Errorf("%s: lists no hardware IDs", path)
 	}
 	return ids, nil
 }

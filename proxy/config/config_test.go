@@ -1,0 +1,56 @@
+package config_test
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/proxy/config"
+	"github.com/fleetprov/prov/proxy/vouch"
+)
+
+// The documented example is a valid configuration.
+func TestExampleParses(t *testing.T) {
+	c, err := config.Load("../../docs/proxy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := c.Vouching.Batches
+	if c.Field.CoreURL != c.Core.URL || c.Vouching.Reenrollment != vouch.Deny || len(b) != 1 || b[0].Quota != 5000 ||
+		!b[0].NotAfter.Equal(time.Date(2026, 11, 30, 22, 0, 0, 0, time.UTC)) || c.HTTP.UpstreamTimeout != 30*time.Second {
+		t.Fatalf("parsed %+v", c)
+	}
+}
+
+func TestErrorsNameTheKey(t *testing.T) {
+	example, err := os.ReadFile("../../docs/proxy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ old, new, want string }{
+		{`listen: ":9443"`, `listen: "9443"`, "listen"},
+		{`core: {url: "https://core.fleet.example.com:8443"}`, `core: {url: "http://core.fleet.example.com:8443"}`, "core.url"},
+		{`  mqttUrl: "tls://broker.fleet.example.com:8883"`, `  mqttUrl: "ws://broker"`, "field.mqttUrl"},
+		{"  passwordFile: /srv/prov-pki/proxy/factory1/provisioner.password", "", "provisioner.passwordFile"},
+		{"  level: info", "  level: loud", "log.level"},
+		{"record:", "records:", "records"},
+		{"  readTimeout: 10s", "  readTimeout: ten", "readTimeout"},
+	} {
+		t.Run(tc.want, func(t *testing.T) {
+			if !strings.Contains(string(example), tc.old) {
+				t.Fatalf("the example has no %q", tc.old)
+			}
+			p := filepath.Join(t.TempDir(), "proxy.yaml")
+			if err := os.WriteFile(p, []byte(strings.Replace(string(example), tc.old, tc.new, 1)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := config.Load(p)
+			if !errors.Is(err, config.ErrBadConfig) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("got %v, want a bad configuration naming %q", err, tc.want)
+			}
+		})
+	}
+}
