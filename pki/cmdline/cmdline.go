@@ -1,6 +1,7 @@
 // Package cmdline holds the command-line conventions every prov-* binary
-// follows: exit codes, usage errors, repeatable and required flags, and how
-// an error becomes an exit code. It lives beside pki because pki is what
+// follows: exit codes, usage errors, repeatable and required flags, how an
+// error becomes an exit code, and the servers' log and garbage-collector
+// settings. It lives beside pki because pki is what
 // every binary, the device's included, already links; it uses the standard
 // library only.
 package cmdline
@@ -11,6 +12,8 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"strings"
 )
 
@@ -99,4 +102,18 @@ func JSONLogger(level string, w io.Writer) (*slog.Logger, error) {
 		return nil, fmt.Errorf("log.level: %w", err)
 	}
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
+}
+
+// ServerGCPercent is the garbage collector's target for the long-running
+// servers (core, proxy) unless GOGC is set: their live heaps are a few
+// MiB, so the default (100) collects very often under load; measured with
+// the enrollment benchmark, 400 cuts about a sixth of the CPU an
+// enrollment costs, for a few MiB more memory.
+const ServerGCPercent = 400
+
+// TuneServerGC applies ServerGCPercent unless the operator set GOGC.
+func TuneServerGC() {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(ServerGCPercent)
+	}
 }

@@ -71,6 +71,7 @@ func serve(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	cmdline.TuneServerGC()
 	return service.Run(ctx, cfg, log)
 }
 

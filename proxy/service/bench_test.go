@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/cmdline"
 	"github.com/fleetprov/prov/pki/token"
 )
 
@@ -63,7 +64,10 @@ var benchRun atomic.Int64
 // generator, a new TLS connection per device, -> proxy -> core -> step-ca
 // -> core -> answer) at concurrency 1, 16 and 64, beside step-ca's
 // /1.0/sign alone (token + CSR, pooled connections), in one run.
+//
+// The garbage collector is tuned as prov-proxy and prov-core serve tune it.
 func BenchmarkEnroll(b *testing.B) {
+	cmdline.TuneServerGC()
 	e := startWith(b, "limits: {proxy: {rate: 100000, burst: 100000}}\n", local+"rate: 100000\nburst: 100000\n")
 	c := catest.Shared(b)
 	prov, err := c.ProxyProvisioner(catest.Proxy)
@@ -98,11 +102,11 @@ func BenchmarkEnroll(b *testing.B) {
 			for i := range devs {
 				devs[i] = newDevice(b)
 			}
-			base := benchRun.Add(int64(b.N))
+			base := benchRun.Add(int64(b.N)) - int64(b.N) // IDs base .. base+N-1
 			load(b, conc, func(i int) error {
 				code, _, ae := e.enroll(b, req("bbb", fmt.Sprintf("BENCH%011d", base+int64(i)), devs[i]))
 				if code != 200 {
-					return fmt.Errorf("enroll: %d %+v", code, ae)
+					return fmt.Errorf("enroll %d of %d (BENCH%011d): %d %+v", i, b.N, base+int64(i), code, ae)
 				}
 				return nil
 			})
