@@ -7,6 +7,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -409,6 +410,10 @@ func TestHostileInput(t *testing.T) {
 		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin/eve"}})},
 		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{DNSNames: []string{"core.fleet.test"}})},
 		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: d.csr + d.csr},
+		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: rsaCSR(t)},
+		req("rpi4", "10000000abcdef12\x00\x00", d),
+		"",
+		`{"board":"rpi4","hardwareId":"10000000abcdef12","csr":"` + strings.Repeat("A", api.MaxRequestBody) + `"}`,
 	} {
 		code, _, ae := e.enroll(t, body)
 		if code != http.StatusBadRequest {
@@ -419,9 +424,23 @@ func TestHostileInput(t *testing.T) {
 		t.Fatalf("hostile input wrote %d records at core", n)
 	}
 	// Every attempt is in the factory record, and the chain holds.
-	if n, _, err := auditlog.Verify(e.record); err != nil || n != 16 {
+	if n, _, err := auditlog.Verify(e.record); err != nil || n != 20 {
 		t.Fatalf("factory record: %d records, %v", n, err)
 	}
+}
+
+// rsaCSR is a CSR for an RSA key: not a key type a board gets.
+func rsaCSR(t *testing.T) string {
+	t.Helper()
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
 // failing wraps the real core and CA clients and fails one step once.
