@@ -17,9 +17,8 @@ const maxVerifiedChains = 4096
 // usage and the time, and the time enters only through each certificate's
 // validity; so a chain accepted once is accepted again at any time inside
 // that window, and the memo answers without the two or three signature
-// checks. Core sees the same device, proxy and admin chains on every
-// connection, the proxy and devices the same signer chain on every bundle.
-// Identity and role checks still run on every call; revocation is not part
+// checks. The proxy and devices see the same signer chain on every bundle.
+// (TLS handshakes verify with crypto/tls, not through here.) Identity and role checks still run on every call; revocation is not part
 // of path verification and is checked where it was before.
 type verifiedChains struct {
 	mu sync.Mutex

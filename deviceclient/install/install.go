@@ -1,0 +1,261 @@
+// Package install puts a signed bundle in place on the device, atomically:
+// it verifies the bundle while writing it to a temporary file in the state
+// directory (the statement and the signer's chain before a single image
+// byte is kept), inspects the image, fsyncs, renames it into images/, moves
+// the current pointer to it in one rename, raises the high-water mark and
+// deletes all but the current and previous images. A crash at any point
+// leaves either the old or the new image current, and Recover tidies up
+// after it. The file kept is the bundle exactly as verified, so mount can
+// verify the same bytes again and mount them in place.
+package install
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+// MaxBundleSize caps a download: the largest image plus its statement.
+const MaxBundleSize = imagespec.MaxImageSize + 12 + signedimage.MaxStatementSize
+
+// ErrRefused wraps every reason a bundle is not installed (as opposed to an
+// I/O failure of the device itself).
+var ErrRefused = errors.New("bundle refused")
+
+// Options are what a bundle is checked against.
+type Options struct {
+	Roots  *pki.TrustBundle
+	Serial string
+	Rules  imagespec.Rules
+	// Now is the clock (nil: time.Now); BuildTime, the binary's build
+	// time, is a floor for it, as is the last accepted issue time.
+	Now       func() time.Time
+	BuildTime time.Time
+	// Failpoint, if set, is called after each step by name (a test seam:
+	// "written", "synced", "renamed", "previous", "current", "highwater",
+	// "pruned").
+	Failpoint func(step string)
+}
+
+func (o Options) now() time.Time {
+	if o.Now != nil {
+		return o.Now()
+	}
+	return time.Now()
+}
+
+func (o Options) step(s string) {
+	if o.Failpoint != nil {
+		o.Failpoint(s)
+	}
+}
+
+// Result is what Install did.
+type Result struct {
+	signedimage.Verified
+	Name    string // file name in images/
+	Changed bool   // false: the bundle was the current one already
+}
+
+// Install reads a bundle from r (at most MaxBundleSize bytes are read) and
+// makes it current. A refused bundle changes nothing.
+func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
+	hw, err := st.HighWater()
+	if err != nil {
+		return nil, err
+	}
+	images := st.File(state.ImagesDir)
+	tmp, err := os.CreateTemp(images, ".incoming-*.tmp")
+	if err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	tmpName := tmp.Name()
+	defer func() {
+		_ = tmp.Close()
+		_ = os.Remove(tmpName) // a no-op once renamed
+	}()
+
+	var img bytes.Buffer
+	v, err := signedimage.Verify(io.TeeReader(io.LimitReader(r, MaxBundleSize+1), tmp), &img, signedimage.VerifyOptions{
+		Roots: o.Roots, Serial: o.Serial, MinGeneration: hw.Generation, Now: o.now(),
+		ClockFloor: latest(o.BuildTime, hw.IssuedAt), MaxImageSize: imagespec.MaxImageSize,
+	})
+	if err != nil {
+		return nil, refused(err)
+	}
+	if _, err := inspect.Inspect(bytes.NewReader(img.Bytes()), int64(img.Len()), inspect.Expect{Rules: o.Rules, Serial: v.Serial, Generation: v.Generation}); err != nil {
+		return nil, refused(err)
+	}
+	o.step("written")
+	name := fmt.Sprintf("%020d-%s.bundle", v.Generation, v.SHA256[:16])
+	res := &Result{Verified: *v, Name: name}
+	cur, hasCur, err := st.Pointer(state.Current)
+	if err != nil {
+		return nil, err
+	}
+	if hasCur && cur.Name == name {
+		return res, st.RaiseHighWater(state.HighWater{Generation: v.Generation, IssuedAt: v.IssuedAt})
+	}
+	if err := tmp.Sync(); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	if err := tmp.Close(); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	o.step("synced")
+	if err := os.Rename(tmpName, filepath.Join(images, name)); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	if err := state.SyncDir(images); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	o.step("renamed")
+	if hasCur {
+		if err := st.SetPointer(state.Previous, cur.Name); err != nil {
+			return nil, fmt.Errorf("install: %w", err)
+		}
+	}
+	o.step("previous")
+	if err := st.SetPointer(state.Current, name); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	o.step("current")
+	if err := st.RaiseHighWater(state.HighWater{Generation: v.Generation, IssuedAt: v.IssuedAt}); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
+	o.step("highwater")
+	res.Changed = true
+	if err := prune(st); err != nil {
+		return res, fmt.Errorf("install: the new image is current; removing old ones: %w", err)
+	}
+	o.step("pruned")
+	return res, nil
+}
+
+func refused(err error) error { return fmt.Errorf("%w: %w", ErrRefused, err) }
+
+func latest(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// prune deletes every image but the current and previous ones, and any
+// temporary file left by a crash.
+func prune(st *state.Dir) error {
+	keep := map[string]bool{}
+	for _, p := range []string{state.Current, state.Previous} {
+		img, ok, err := st.Pointer(p)
+		if err != nil {
+			return err
+		}
+		if ok {
+			keep[img.Name] = true
+		}
+	}
+	entries, err := os.ReadDir(st.File(state.ImagesDir))
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		if keep[e.Name()] {
+			continue
+		}
+		if err := os.Remove(filepath.Join(st.File(state.ImagesDir), e.Name())); err != nil {
+			return err
+		}
+	}
+	return state.SyncDir(st.File(state.ImagesDir))
+}
+
+// Installed is a verified installed bundle and where its image starts.
+type Installed struct {
+	signedimage.Verified
+	state.Image
+	// Offset is where the image starts in the bundle file; the image is
+	// the file's last Length bytes.
+	Offset int64
+}
+
+// Verify verifies an installed bundle file again, as at install but
+// without the high-water mark (the previous image is below it by design).
+func Verify(img state.Image, o Options, floor time.Time) (*Installed, error) {
+	f, err := os.Open(img.Path)
+	if err != nil {
+		return nil, err
+	}
+	defer func() { _ = f.Close() }()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	var buf bytes.Buffer
+	v, err := signedimage.Verify(io.LimitReader(f, MaxBundleSize+1), &buf, signedimage.VerifyOptions{
+		Roots: o.Roots, Serial: o.Serial, Now: o.now(), ClockFloor: latest(o.BuildTime, floor), MaxImageSize: imagespec.MaxImageSize,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", img.Path, refused(err))
+	}
+	if _, err := inspect.Inspect(bytes.NewReader(buf.Bytes()), int64(buf.Len()), inspect.Expect{Rules: o.Rules, Serial: v.Serial, Generation: v.Generation}); err != nil {
+		return nil, fmt.Errorf("%s: %w", img.Path, refused(err))
+	}
+	return &Installed{Verified: *v, Image: img, Offset: fi.Size() - v.Length}, nil
+}
+
+// Recover tidies a state directory after a crash: it deletes temporary
+// files, checks the current image (falling back to the previous one if
+// the current one no longer verifies) and raises the high-water mark to
+// the current image's generation (a crash can come between the pointer
+// and the mark). It returns the current image, or nil if there is none.
+func Recover(st *state.Dir, o Options) (*Installed, error) {
+	for _, dir := range []string{st.Path, st.File(state.ImagesDir)} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			if strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".tmp") {
+				_ = os.Remove(filepath.Join(dir, e.Name()))
+			}
+		}
+	}
+	hw, err := st.HighWater()
+	if err != nil {
+		return nil, err
+	}
+	cur, ok, err := st.Pointer(state.Current)
+	if err != nil || !ok {
+		return nil, err
+	}
+	in, err := Verify(cur, o, hw.IssuedAt)
+	if err != nil {
+		prev, okPrev, perr := st.Pointer(state.Previous)
+		if perr != nil || !okPrev {
+			return nil, fmt.Errorf("the current image fails and there is no previous one: %w", err)
+		}
+		pin, perr := Verify(prev, o, hw.IssuedAt)
+		if perr != nil {
+			return nil, fmt.Errorf("the current image fails (%w), and so does the previous one (%w)", err, perr)
+		}
+		if err := st.SetPointer(state.Current, prev.Name); err != nil {
+			return nil, err
+		}
+		return pin, nil
+	}
+	if err := st.RaiseHighWater(state.HighWater{Generation: in.Generation, IssuedAt: in.IssuedAt}); err != nil {
+		return nil, err
+	}
+	return in, nil
+}

@@ -1,0 +1,256 @@
+package install_test
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/deviceclient/devicetest"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+const serial = "1a2b3c4d5e"
+
+func opts(f *devicetest.Fleet) install.Options {
+	return install.Options{Roots: f.Roots, Serial: serial, Rules: imagespec.DefaultRules()}
+}
+
+func open(t *testing.T, dir string) *state.Dir {
+	t.Helper()
+	st, err := state.Open(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = st.Close() })
+	return st
+}
+
+func current(t *testing.T, st *state.Dir) (string, uint64) {
+	t.Helper()
+	img, ok, err := st.Pointer(state.Current)
+	if err != nil || !ok {
+		t.Fatalf("current: %v %v", ok, err)
+	}
+	hw, err := st.HighWater()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img.Name, hw.Generation
+}
+
+func images(t *testing.T, st *state.Dir) []string {
+	t.Helper()
+	entries, err := os.ReadDir(st.File(state.ImagesDir))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, e := range entries {
+		names = append(names, e.Name())
+	}
+	return names
+}
+
+func TestInstallKeepsCurrentAndPrevious(t *testing.T) {
+	f := devicetest.New(t)
+	st := open(t, t.TempDir())
+	var names []string
+	for gen := uint64(1); gen <= 4; gen++ {
+		res, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, gen))), opts(f))
+		if err != nil || !res.Changed || res.Generation != gen {
+			t.Fatalf("generation %d: %+v %v", gen, res, err)
+		}
+		names = append(names, res.Name)
+		if name, hw := current(t, st); name != res.Name || hw != gen {
+			t.Fatalf("generation %d: current %s, high-water %d", gen, name, hw)
+		}
+	}
+	prev, _, _ := st.Pointer(state.Previous)
+	if prev.Name != names[2] {
+		t.Fatalf("previous is %s, want %s", prev.Name, names[2])
+	}
+	if got := images(t, st); len(got) != 2 {
+		t.Fatalf("images kept: %v", got)
+	}
+	// The same bundle again changes nothing.
+	res, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 4))), opts(f))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Changed || res.Name != names[3] {
+		t.Fatalf("reinstall: %+v", res)
+	}
+}
+
+// endless is a body that never ends.
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) {
+	for i := range p {
+		p[i] = 'A'
+	}
+	return len(p), nil
+}
+
+func TestRefusedBundlesChangeNothing(t *testing.T) {
+	f := devicetest.New(t)
+	other := devicetest.New(t)
+	st := open(t, t.TempDir())
+	good := f.Bundle(t, devicetest.Record(serial, 5))
+	if _, err := install.Install(st, bytes.NewReader(good), opts(f)); err != nil {
+		t.Fatal(err)
+	}
+	before, _ := current(t, st)
+	tampered := append([]byte{}, good...)
+	tampered[len(tampered)-200] ^= 1
+	oldGen := f.Bundle(t, devicetest.Record(serial, 4))
+	for _, tc := range []struct {
+		name string
+		body io.Reader
+		want error
+	}{
+		{"rollback", bytes.NewReader(oldGen), signedimage.ErrRollback},
+		{"tampered", bytes.NewReader(tampered), signedimage.ErrDigestMismatch},
+		{"another device", bytes.NewReader(f.Bundle(t, devicetest.Record("0f0e0d0c0b", 6))), signedimage.ErrWrongDevice},
+		{"another deployment", bytes.NewReader(other.Bundle(t, devicetest.Record(serial, 6))), signedimage.ErrUntrustedSigner},
+		{"truncated", bytes.NewReader(good[:len(good)-10]), signedimage.ErrTruncated},
+		{"endless", io.MultiReader(bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 6))), endless{}), signedimage.ErrTooLarge},
+		{"garbage", endless{}, nil},
+		{"empty", bytes.NewReader(nil), nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := install.Install(st, tc.body, opts(f))
+			if !errors.Is(err, install.ErrRefused) || (tc.want != nil && !errors.Is(err, tc.want)) {
+				t.Fatalf("got %v, want %v", err, tc.want)
+			}
+			if name, hw := current(t, st); name != before || hw != 5 {
+				t.Fatalf("after a refusal: current %s, high-water %d", name, hw)
+			}
+			if got := images(t, st); len(got) != 1 {
+				t.Fatalf("a refused bundle left files: %v", got)
+			}
+		})
+	}
+}
+
+// A board without a real-time clock boots in 1970: the bundle still
+// verifies, at the binary's build time or the last accepted issue time.
+func TestClockIn1970(t *testing.T) {
+	f := devicetest.New(t)
+	st := open(t, t.TempDir())
+	o := opts(f)
+	o.Now = func() time.Time { return time.Unix(0, 0) }
+	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), o); !errors.Is(err, install.ErrRefused) {
+		t.Fatalf("1970 without a floor: %v", err)
+	}
+	o.BuildTime = time.Now().Add(-time.Minute)
+	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), o); err != nil {
+		t.Fatalf("1970 with the build time as floor: %v", err)
+	}
+	// From now on the last issue time is a floor too.
+	o.BuildTime = time.Time{}
+	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 2))), o); err != nil {
+		t.Fatalf("1970 with the high-water mark as floor: %v", err)
+	}
+}
+
+var steps = []string{"written", "synced", "renamed", "previous", "current", "highwater", "pruned"}
+
+// TestCrashAtEveryStep kills a process installing generation 2 over
+// generation 1 at each step: afterwards exactly one of them is current and
+// verifies, the high-water mark matches it after recovery, and nothing
+// else is left behind.
+func TestCrashAtEveryStep(t *testing.T) {
+	f := devicetest.New(t)
+	for _, step := range steps {
+		t.Run(step, func(t *testing.T) {
+			dir := t.TempDir()
+			st := open(t, dir)
+			r1, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), opts(f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			_ = st.Close()
+			bundle := filepath.Join(t.TempDir(), "g2")
+			if err := os.WriteFile(bundle, f.Bundle(t, devicetest.Record(serial, 2)), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperInstall$") //nolint:gosec // the test binary
+			cmd.Env = append(os.Environ(), "INSTALL_HELPER=1", "INSTALL_STATE="+dir, "INSTALL_BUNDLE="+bundle,
+				"INSTALL_ROOT="+f.RootFile, "INSTALL_KILL_AT="+step)
+			out, err := cmd.CombinedOutput()
+			var ee *exec.ExitError
+			if !errors.As(err, &ee) || ee.Sys().(syscall.WaitStatus).Signal() != syscall.SIGKILL {
+				t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
+			}
+			st = open(t, dir)
+			in, err := install.Recover(st, opts(f))
+			if err != nil || in == nil {
+				t.Fatalf("recover: %v", err)
+			}
+			name, hw := current(t, st)
+			afterSwitch := step == "current" || step == "highwater" || step == "pruned"
+			switch {
+			case afterSwitch && in.Generation != 2, !afterSwitch && (in.Generation != 1 || name != r1.Name):
+				t.Fatalf("killed at %s: generation %d (%s) is current", step, in.Generation, name)
+			case hw != in.Generation:
+				t.Fatalf("killed at %s: high-water %d for current generation %d", step, hw, in.Generation)
+			}
+			for _, n := range images(t, st) {
+				if strings.HasSuffix(n, ".tmp") {
+					t.Fatalf("killed at %s: %s left", step, n)
+				}
+			}
+			// And the next install proceeds.
+			if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 3))), opts(f)); err != nil {
+				t.Fatalf("install after recovery: %v", err)
+			}
+		})
+	}
+}
+
+// TestHelperInstall is the process TestCrashAtEveryStep kills.
+func TestHelperInstall(t *testing.T) {
+	if os.Getenv("INSTALL_HELPER") != "1" {
+		t.Skip("helper process for TestCrashAtEveryStep")
+	}
+	roots, err := os.ReadFile(os.Getenv("INSTALL_ROOT"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &devicetest.Fleet{}
+	if f.Roots, err = parseRoots(roots); err != nil {
+		t.Fatal(err)
+	}
+	st, err := state.Open(os.Getenv("INSTALL_STATE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := os.Open(os.Getenv("INSTALL_BUNDLE"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := opts(f)
+	kill := os.Getenv("INSTALL_KILL_AT")
+	o.Failpoint = func(step string) {
+		if step == kill {
+			_ = syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			select {}
+		}
+	}
+	_, err = install.Install(st, body, o)
+	t.Fatalf("install returned (%v) without being killed at %s", err, kill)
+}
+
+func parseRoots(pem []byte) (*pki.TrustBundle, error) { return pki.ParseTrustBundle(pem) }

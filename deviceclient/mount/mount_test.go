@@ -1,0 +1,191 @@
+package mount_test
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/deviceclient/devicetest"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/mount"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki/testenv"
+)
+
+const serial = "1a2b3c4d5e"
+
+type rig struct {
+	f      *devicetest.Fleet
+	st     *state.Dir
+	layout mount.Layout
+	opts   install.Options
+}
+
+// newRig makes a fake rootfs /etc (a hostname and a passwd file) and a
+// state directory; the overlay goes over that /etc.
+func newRig(t *testing.T) *rig {
+	t.Helper()
+	testenv.Root(t, "loop, squashfs and overlay mounts")
+	dir := t.TempDir()
+	etc := filepath.Join(dir, "etc")
+	if err := os.MkdirAll(etc, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for name, content := range map[string]string{"hostname": "rootfs-default\n", "passwd": "root:x:0:0:root:/root:/bin/sh\n"} {
+		if err := os.WriteFile(filepath.Join(etc, name), []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	st, err := state.Open(filepath.Join(dir, "state"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := devicetest.New(t)
+	r := &rig{f: f, st: st, layout: mount.Layout{Target: etc, RunDir: filepath.Join(dir, "run")},
+		opts: install.Options{Roots: f.Roots, Serial: serial, Rules: imagespec.DefaultRules()}}
+	t.Cleanup(func() {
+		if err := mount.Unmount(r.layout); err != nil {
+			t.Errorf("unmount at cleanup: %v", err)
+		}
+		_ = st.Close()
+	})
+	return r
+}
+
+func (r *rig) install(t *testing.T, gen uint64) *install.Installed {
+	t.Helper()
+	if _, err := install.Install(r.st, bytes.NewReader(r.f.Bundle(t, devicetest.Record(serial, gen))), r.opts); err != nil {
+		t.Fatal(err)
+	}
+	cur, _, err := r.st.Pointer(state.Current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in, err := install.Verify(cur, r.opts, devicetest.Record(serial, 0).IssuedAt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return in
+}
+
+func (r *rig) read(t *testing.T, name string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(r.layout.Target, name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimSpace(string(b))
+}
+
+func TestMountUpdateUnmount(t *testing.T) {
+	r := newRig(t)
+	in := r.install(t, 1)
+	rec, err := mount.Mount(r.layout, in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.Generation != 1 {
+		t.Fatalf("record %+v", rec)
+	}
+	// Through the overlay: the image's files win, the rootfs's others stay.
+	if got := r.read(t, "hostname"); got != "dev-"+serial+"-g1" {
+		t.Fatalf("hostname through the overlay: %q", got)
+	}
+	if got := r.read(t, "serial-number"); got != serial {
+		t.Fatalf("serial-number: %q", got)
+	}
+	if got := r.read(t, "prov/data/generation"); got != "1" {
+		t.Fatalf("data file: %q", got)
+	}
+	if got := r.read(t, "passwd"); !strings.HasPrefix(got, "root:x:0:0") {
+		t.Fatalf("the rootfs's own passwd is hidden: %q", got)
+	}
+	if err := os.WriteFile(filepath.Join(r.layout.Target, "hostname"), []byte("x"), 0o644); err == nil {
+		t.Fatal("the overlay is writable")
+	}
+	// Mounting the same image again is a no-op.
+	if again, err := mount.Mount(r.layout, in); err != nil || again.MountedAt != rec.MountedAt {
+		t.Fatalf("remount of the same image: %+v %v", again, err)
+	}
+
+	// An update while mounted: generation 2 replaces 1 in place, and the
+	// old image is unmounted.
+	in2 := r.install(t, 2)
+	if _, err := mount.Mount(r.layout, in2); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.read(t, "hostname"); got != "dev-"+serial+"-g2" {
+		t.Fatalf("hostname after the update: %q", got)
+	}
+	if got := r.read(t, "passwd"); !strings.HasPrefix(got, "root:x:0:0") {
+		t.Fatalf("the rootfs's passwd after the update: %q", got)
+	}
+	mounts := mountsUnder(t, filepath.Dir(r.layout.Target))
+	n := 0
+	for _, l := range strings.Split(mounts, "\n") {
+		if f := strings.Fields(l); len(f) > 4 && f[4] == r.layout.Target {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Fatalf("%d mounts on the target after the update:\n%s", n, mounts)
+	}
+	if strings.Contains(mounts, strings.TrimSuffix(in.Name, ".bundle")) {
+		t.Fatalf("the old image is still mounted:\n%s", mounts)
+	}
+
+	if err := mount.Unmount(r.layout); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.read(t, "hostname"); got != "rootfs-default" {
+		t.Fatalf("after unmount: %q", got)
+	}
+	if m := mountsUnder(t, filepath.Dir(r.layout.Target)); m != "" {
+		t.Fatalf("left mounted:\n%s", m)
+	}
+	if rec, err := mount.Current(r.layout); err != nil || rec != nil {
+		t.Fatalf("current after unmount: %+v %v", rec, err)
+	}
+}
+
+// The bytes mounted are the bytes verified: a stored bundle changed after
+// install is refused at mount, and nothing is mounted.
+func TestChangedBundleIsNotMounted(t *testing.T) {
+	r := newRig(t)
+	r.install(t, 1)
+	cur, _, _ := r.st.Pointer(state.Current)
+	data, err := os.ReadFile(cur.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-50] ^= 1
+	if err := os.WriteFile(cur.Path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := install.Verify(cur, r.opts, devicetest.Record(serial, 0).IssuedAt); !errors.Is(err, install.ErrRefused) {
+		t.Fatalf("changed bundle verified: %v", err)
+	}
+	if m := mountsUnder(t, filepath.Dir(r.layout.Target)); m != "" {
+		t.Fatalf("mounted:\n%s", m)
+	}
+}
+
+// mountsUnder lists the mountinfo lines whose mount point is below dir.
+func mountsUnder(t *testing.T, dir string) string {
+	t.Helper()
+	data, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, l := range strings.Split(string(data), "\n") {
+		if f := strings.Fields(l); len(f) > 4 && strings.HasPrefix(f[4], dir+"/") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}

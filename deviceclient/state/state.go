@@ -1,0 +1,295 @@
+// Package state is the device's state directory: its key and certificate,
+// its enrollment, the installed images with the current and previous
+// pointers, the high-water mark, and the last check's outcome. Every file
+// is replaced atomically (temporary file, fsync, rename, fsync of the
+// directory), so a power cut leaves either the old or the new version.
+//
+// Layout (the directory is 0700, the key 0600):
+//
+//	key.pem           the device's private key (never leaves the device)
+//	cert.pem          its certificate chain, leaf first
+//	root.pem          the deployment's root
+//	device.json       the enrollment: serial, board, hardware ID, URLs, topic
+//	highwater.json    the highest generation accepted and its issue time
+//	status.json       the last check, update and error (for `status`)
+//	images/*.bundle   signed bundles exactly as received and verified
+//	current, previous symlinks into images/
+//	lock              held by whichever prov-device process changes state
+package state
+
+import (
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/fleetprov/prov/pki"
+)
+
+// Files in the directory.
+const (
+	KeyFile       = "key.pem"
+	CertFile      = "cert.pem"
+	RootFile      = "root.pem"
+	DeviceFile    = "device.json"
+	HighWaterFile = "highwater.json"
+	StatusFile    = "status.json"
+	ImagesDir     = "images"
+	Current       = "current"
+	Previous      = "previous"
+	lockFile      = "lock"
+)
+
+// ErrNotEnrolled is a state directory without an enrollment.
+var ErrNotEnrolled = errors.New("not enrolled")
+
+// Dir is an open state directory.
+type Dir struct {
+	Path string
+	lock *os.File
+}
+
+// Device is the enrollment record.
+type Device struct {
+	Serial     string    `json:"serial"`
+	Board      string    `json:"board"`
+	HardwareID string    `json:"hardwareId"` // canonical
+	CoreURL    string    `json:"coreUrl"`
+	CAURL      string    `json:"caUrl"`
+	MQTTURL    string    `json:"mqttUrl"`
+	MQTTTopic  string    `json:"mqttTopic"`
+	EnrolledAt time.Time `json:"enrolledAt"`
+}
+
+// HighWater is the newest statement accepted: no lower generation is ever
+// installed again, and its issue time is a floor for the clock.
+type HighWater struct {
+	Generation uint64    `json:"generation"`
+	IssuedAt   time.Time `json:"issuedAt"`
+}
+
+// Status is what `prov-device status` shows besides the files above.
+type Status struct {
+	LastCheck  time.Time `json:"lastCheck,omitzero"`
+	LastUpdate time.Time `json:"lastUpdate,omitzero"`
+	LastError  string    `json:"lastError,omitempty"`
+	ErrorAt    time.Time `json:"errorAt,omitzero"`
+	ETag       string    `json:"etag,omitempty"` // of the current bundle at core
+}
+
+// Open opens (creating) the state directory and takes its lock, waiting
+// for another prov-device process to finish.
+func Open(path string) (*Dir, error) {
+	if err := os.MkdirAll(filepath.Join(path, ImagesDir), 0o700); err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := os.Chmod(path, 0o700); err != nil { //nolint:gosec // a directory
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	f, err := os.OpenFile(filepath.Join(path, lockFile), os.O_CREATE|os.O_RDWR, 0o600) //nolint:gosec // our directory
+	if err != nil {
+		return nil, fmt.Errorf("state directory: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil { //nolint:gosec // fd fits
+		_ = f.Close()
+		return nil, fmt.Errorf("state directory lock: %w", err)
+	}
+	return &Dir{Path: path, lock: f}, nil
+}
+
+// Close releases the lock.
+func (d *Dir) Close() error { return d.lock.Close() }
+
+// File is the path of a file in the directory.
+func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
+
+// WriteFile replaces name atomically and durably.
+func (d *Dir) WriteFile(name string, data []byte, mode fs.FileMode) error {
+	return WriteAtomic(d.File(name), data, mode)
+}
+
+// WriteAtomic writes path through a temporary file in its directory:
+// write, fsync, rename, fsync the directory.
+func WriteAtomic(path string, data []byte, mode fs.FileMode) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
+	if err != nil {
+		return err
+	}
+	tmp := f.Name()
+	defer func() { _ = os.Remove(tmp) }() // a no-op after the rename
+	if _, err := f.Write(data); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Chmod(mode); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Sync(); err != nil {
+		_ = f.Close()
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return err
+	}
+	return SyncDir(dir)
+}
+
+// SyncDir makes a directory's entries (a rename, a new file) durable.
+func SyncDir(dir string) error {
+	f, err := os.Open(dir) //nolint:gosec // our directory
+	if err != nil {
+		return err
+	}
+	defer func() { _ = f.Close() }()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("%s: %w", dir, err)
+	}
+	return nil
+}
+
+func (d *Dir) readJSON(name string, v any) error {
+	data, err := os.ReadFile(d.File(name))
+	if err != nil {
+		return err
+	}
+	if err := json.Unmarshal(data, v); err != nil {
+		return fmt.Errorf("%s: %w", d.File(name), err)
+	}
+	return nil
+}
+
+func (d *Dir) writeJSON(name string, v any, mode fs.FileMode) error {
+	data, err := json.MarshalIndent(v, "", "  ")
+	if err != nil {
+		return err
+	}
+	return d.WriteFile(name, append(data, '\n'), mode)
+}
+
+// Device reads the enrollment.
+func (d *Dir) Device() (*Device, error) {
+	var dev Device
+	if err := d.readJSON(DeviceFile, &dev); err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%w: %s has no %s (run prov-device enroll)", ErrNotEnrolled, d.Path, DeviceFile)
+		}
+		return nil, err
+	}
+	if err := pki.ValidateSerial(dev.Serial); err != nil {
+		return nil, fmt.Errorf("%s: %w", d.File(DeviceFile), err)
+	}
+	return &dev, nil
+}
+
+// SetDevice writes the enrollment.
+func (d *Dir) SetDevice(dev *Device) error { return d.writeJSON(DeviceFile, dev, 0o644) }
+
+// HighWater reads the high-water mark (zero before the first install).
+func (d *Dir) HighWater() (HighWater, error) {
+	var hw HighWater
+	if err := d.readJSON(HighWaterFile, &hw); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return hw, err
+	}
+	return hw, nil
+}
+
+// RaiseHighWater raises the mark to hw; it never lowers it.
+func (d *Dir) RaiseHighWater(hw HighWater) error {
+	old, err := d.HighWater()
+	if err != nil {
+		return err
+	}
+	if hw.Generation < old.Generation || (hw.Generation == old.Generation && !hw.IssuedAt.After(old.IssuedAt)) {
+		return nil
+	}
+	if hw.IssuedAt.Before(old.IssuedAt) {
+		hw.IssuedAt = old.IssuedAt
+	}
+	return d.writeJSON(HighWaterFile, hw, 0o644)
+}
+
+// Status reads the last outcome (zero if none).
+func (d *Dir) Status() Status {
+	var s Status
+	_ = d.readJSON(StatusFile, &s)
+	return s
+}
+
+// UpdateStatus changes the status file.
+func (d *Dir) UpdateStatus(fn func(*Status)) error {
+	s := d.Status()
+	fn(&s)
+	return d.writeJSON(StatusFile, s, 0o644)
+}
+
+// Identity loads the device's key and certificate chain.
+func (d *Dir) Identity() (*pki.KeyPair, error) {
+	kp, err := pki.LoadKeyPair(d.File(CertFile), d.File(KeyFile))
+	if err != nil {
+		return nil, fmt.Errorf("device identity: %w", err)
+	}
+	return kp, nil
+}
+
+// Roots loads the deployment's root.
+func (d *Dir) Roots() (*pki.TrustBundle, error) { return pki.LoadTrustBundle(d.File(RootFile)) }
+
+// Leaf is the device certificate (for expiry checks), without its key.
+func (d *Dir) Leaf() (*x509.Certificate, error) {
+	data, err := os.ReadFile(d.File(CertFile))
+	if err != nil {
+		return nil, err
+	}
+	certs, err := pki.ParseCertificates(data)
+	if err != nil || len(certs) == 0 {
+		return nil, fmt.Errorf("%s: %w", d.File(CertFile), err)
+	}
+	return certs[0], nil
+}
+
+// Image is an installed bundle.
+type Image struct {
+	Name string // file name in images/
+	Path string
+}
+
+// Pointer reads the current or previous pointer; ok is false when unset.
+func (d *Dir) Pointer(which string) (Image, bool, error) {
+	target, err := os.Readlink(d.File(which))
+	if errors.Is(err, fs.ErrNotExist) {
+		return Image{}, false, nil
+	}
+	if err != nil {
+		return Image{}, false, err
+	}
+	name := filepath.Base(target)
+	if target != filepath.Join(ImagesDir, name) || !strings.HasSuffix(name, ".bundle") {
+		return Image{}, false, fmt.Errorf("%s points to %q, outside %s/", which, target, ImagesDir)
+	}
+	return Image{Name: name, Path: filepath.Join(d.Path, ImagesDir, name)}, true, nil
+}
+
+// SetPointer points which at images/name atomically: a new symlink renamed
+// over the old one.
+func (d *Dir) SetPointer(which, name string) error {
+	tmp := d.File("." + which + ".tmp")
+	_ = os.Remove(tmp)
+	if err := os.Symlink(filepath.Join(ImagesDir, name), tmp); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, d.File(which)); err != nil {
+		return err
+	}
+	return SyncDir(d.Path)
+}
