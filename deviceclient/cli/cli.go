@@ -1,6 +1,6 @@
-// Package cli is the prov-device command line. Today it has the offline
-// checks an operator runs on a bundle (verify, inspect); enroll, update,
-// mount, run and status arrive with the device client.
+// Package cli is the prov-device command line: enroll, update, mount,
+// unmount, run and status for the device (device.go), and the offline
+// checks an operator runs on a bundle (verify, inspect).
 package cli
 
 import (
@@ -20,13 +20,16 @@ import (
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
-// Exit codes. A refused bundle is ExitRefused, distinct from a usage or
-// I/O error, so scripts can tell "bad bundle" from "bad call".
+// Exit codes. A refused bundle, a board that is not the one that
+// enrolled and an expired certificate each have their own, distinct from a
+// usage or I/O error, so scripts and units can tell them apart.
 const (
-	ExitOK      = cmdline.ExitOK
-	ExitError   = cmdline.ExitError
-	ExitUsage   = cmdline.ExitUsage
-	ExitRefused = 3
+	ExitOK          = cmdline.ExitOK
+	ExitError       = cmdline.ExitError
+	ExitUsage       = cmdline.ExitUsage
+	ExitRefused     = 3
+	ExitIDChanged   = 4
+	ExitCertExpired = 5
 )
 
 var errRefused = errors.New("refused")
@@ -34,18 +37,28 @@ var errRefused = errors.New("refused")
 const usageText = `prov-device: the device provisioning client
 
 usage:
-  prov-device verify  --bundle FILE --root FILE --serial SERIAL [flags]
+  prov-device enroll  --proxy URL [--root FILE] [--state DIR]
+                      on the factory network: make a key, enroll through the proxy,
+                      install the first image
+  prov-device update  [--state DIR]      fetch, verify and install a newer image from core
+  prov-device mount   [--state DIR] [--target /etc]
+                      mount the current image read-only over /etc (overlayfs)
+  prov-device unmount [--target /etc]
+  prov-device run     [--state DIR]      the daemon: MQTT notifications, polling, renewal
+  prov-device status  [--json]           serial, certificate, generation, mount, last check
+  prov-device verify  --bundle FILE --root FILE --serial SERIAL
                       verify a signed bundle and inspect its image; print the verdict
-  prov-device inspect --bundle FILE --root FILE --serial SERIAL [flags]
+  prov-device inspect --bundle FILE --root FILE --serial SERIAL
                       the same, and list the image's entries
-  prov-device enroll|update|mount|unmount|run|status   (not implemented yet: issue "Device client")
 
-Exit status: 0 accepted, 3 refused (the reason is printed), 1 error, 2 usage.
-Run prov-device verify -h for the flags.
+Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
+4 this board is not the one that enrolled (an SD card moved between boards),
+5 the certificate expired (enroll again at a factory proxy).
+Run prov-device COMMAND -h for the flags.
 `
 
 // Main runs prov-device with args (without the program name).
-func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
+func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		_, _ = fmt.Fprint(stderr, usageText)
 		return ExitUsage
@@ -56,9 +69,18 @@ func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		err = check(args[1:], false, stdout, stderr)
 	case "inspect":
 		err = check(args[1:], true, stdout, stderr)
-	case "enroll", "update", "mount", "unmount", "run", "status":
-		_, _ = fmt.Fprintf(stderr, "prov-device %s: not implemented yet\n\n%s", args[0], usageText)
-		return ExitUsage
+	case "enroll":
+		err = enrollCmd(ctx, args[1:], stdout, stderr)
+	case "update":
+		err = updateCmd(ctx, args[1:], stdout, stderr)
+	case "mount":
+		err = mountCmd(args[1:], stdout, stderr)
+	case "unmount":
+		err = unmountCmd(args[1:], stdout, stderr)
+	case "run":
+		err = runCmd(ctx, args[1:], stderr)
+	case "status":
+		err = statusCmd(args[1:], stdout, stderr)
 	default:
 		_, _ = fmt.Fprint(stderr, usageText)
 		return ExitUsage
@@ -67,7 +89,7 @@ func Main(_ context.Context, args []string, stdout, stderr io.Writer) int {
 		_, _ = fmt.Fprintf(stderr, "prov-device %s: %v\n", args[0], err)
 		return ExitRefused
 	}
-	return cmdline.Exit(stderr, "prov-device", args[0], err)
+	return exitCode(stderr, args[0], err)
 }
 
 // report is the --json output.

@@ -71,6 +71,11 @@ type Result struct {
 // Install reads a bundle from r (at most MaxBundleSize bytes are read) and
 // makes it current. A refused bundle changes nothing.
 func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
+	unlock, err := st.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	hw, err := st.HighWater()
 	if err != nil {
 		return nil, err
@@ -220,6 +225,11 @@ func Verify(img state.Image, o Options, floor time.Time) (*Installed, error) {
 // the current image's generation (a crash can come between the pointer
 // and the mark). It returns the current image, or nil if there is none.
 func Recover(st *state.Dir, o Options) (*Installed, error) {
+	unlock, err := st.Lock()
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	for _, dir := range []string{st.Path, st.File(state.ImagesDir)} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {

@@ -3,6 +3,7 @@ package install_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/deviceclient/devicetest"
 	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -210,6 +212,23 @@ func TestCrashAtEveryStep(t *testing.T) {
 			for _, n := range images(t, st) {
 				if strings.HasSuffix(n, ".tmp") {
 					t.Fatalf("killed at %s: %s left", step, n)
+				}
+			}
+			// The current image mounts (as root).
+			if os.Geteuid() == 0 {
+				l := mount.Layout{Target: filepath.Join(t.TempDir(), "etc"), RunDir: filepath.Join(t.TempDir(), "run")}
+				if err := os.MkdirAll(l.Target, 0o755); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := mount.Mount(l, in); err != nil {
+					t.Fatalf("killed at %s: the current image does not mount: %v", step, err)
+				}
+				host, err := os.ReadFile(filepath.Join(l.Target, "hostname"))
+				if err != nil || !strings.Contains(string(host), fmt.Sprintf("-g%d", in.Generation)) {
+					t.Fatalf("killed at %s: mounted hostname %q %v", step, host, err)
+				}
+				if err := mount.Unmount(l); err != nil {
+					t.Fatal(err)
 				}
 			}
 			// And the next install proceeds.

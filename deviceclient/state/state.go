@@ -14,7 +14,7 @@
 //	status.json       the last check, update and error (for `status`)
 //	images/*.bundle   signed bundles exactly as received and verified
 //	current, previous symlinks into images/
-//	lock              held by whichever prov-device process changes state
+//	lock              flock'd by whichever prov-device process changes state
 package state
 
 import (
@@ -26,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -53,6 +54,7 @@ var ErrNotEnrolled = errors.New("not enrolled")
 type Dir struct {
 	Path string
 	lock *os.File
+	mu   sync.Mutex // the flock is per open file, so goroutines need this too
 }
 
 // Device is the enrollment record.
@@ -83,8 +85,8 @@ type Status struct {
 	ETag       string    `json:"etag,omitempty"` // of the current bundle at core
 }
 
-// Open opens (creating) the state directory and takes its lock, waiting
-// for another prov-device process to finish.
+// Open opens (creating) the state directory. Readers need nothing more;
+// whatever changes it holds Lock.
 func Open(path string) (*Dir, error) {
 	if err := os.MkdirAll(filepath.Join(path, ImagesDir), 0o700); err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
@@ -96,14 +98,24 @@ func Open(path string) (*Dir, error) {
 	if err != nil {
 		return nil, fmt.Errorf("state directory: %w", err)
 	}
-	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil { //nolint:gosec // fd fits
-		_ = f.Close()
-		return nil, fmt.Errorf("state directory lock: %w", err)
-	}
 	return &Dir{Path: path, lock: f}, nil
 }
 
-// Close releases the lock.
+// Lock waits until no other goroutine or prov-device process changes the
+// directory, and returns the function that lets them again.
+func (d *Dir) Lock() (func(), error) {
+	d.mu.Lock()
+	if err := syscall.Flock(int(d.lock.Fd()), syscall.LOCK_EX); err != nil { //nolint:gosec // fd fits
+		d.mu.Unlock()
+		return nil, fmt.Errorf("state directory lock: %w", err)
+	}
+	return func() {
+		_ = syscall.Flock(int(d.lock.Fd()), syscall.LOCK_UN) //nolint:gosec // fd fits
+		d.mu.Unlock()
+	}, nil
+}
+
+// Close closes the directory.
 func (d *Dir) Close() error { return d.lock.Close() }
 
 // File is the path of a file in the directory.
@@ -226,8 +238,13 @@ func (d *Dir) Status() Status {
 	return s
 }
 
-// UpdateStatus changes the status file.
+// UpdateStatus changes the status file; the caller must not hold Lock.
 func (d *Dir) UpdateStatus(fn func(*Status)) error {
+	unlock, err := d.Lock()
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	s := d.Status()
 	fn(&s)
 	return d.writeJSON(StatusFile, s, 0o644)
@@ -292,4 +309,19 @@ func (d *Dir) SetPointer(which, name string) error {
 		return err
 	}
 	return SyncDir(d.Path)
+}
+
+// ErrIDChanged is a board whose hardware ID is not the one it enrolled
+// with: typically an SD card moved to another board (its u-boot
+// environment may even carry the old board's serial). The old identity
+// must not be used.
+var ErrIDChanged = errors.New("hardware ID changed since enrollment")
+
+// CheckID refuses a board other than the one that enrolled.
+func (d *Device) CheckID(board, canonical string) error {
+	if board != d.Board || canonical != d.HardwareID {
+		return fmt.Errorf("%w: enrolled as %s %s (serial %s), this board reads %s %s; the old identity is not used: re-enroll this board at a factory proxy",
+			ErrIDChanged, d.Board, d.HardwareID, d.Serial, board, canonical)
+	}
+	return nil
 }

@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -39,6 +38,7 @@ import (
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
 	"github.com/fleetprov/prov/proxy/enroll"
+	"github.com/fleetprov/prov/proxy/proxytest"
 	"github.com/fleetprov/prov/proxy/service"
 )
 
@@ -62,68 +62,12 @@ func start(t testing.TB, vouching string, opts ...service.Option) *env {
 func startWith(t testing.TB, coreYAML, vouching string, opts ...service.Option) *env {
 	t.Helper()
 	core := coretest.Start(t, coreYAML)
-	c := core.CA
-	dir := t.TempDir()
-	cfgPath := filepath.Join(dir, "proxy.yaml")
-	record := filepath.Join(dir, "factory.jsonl")
-	p := catest.Proxy
-	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
-trustBundle: %q
-tls: {cert: %q, key: %q}
-provisioner: {key: %q, passwordFile: %q}
-core: {url: %q}
-ca: {url: %q}
-field: {mqttUrl: "tls://localhost:8883"}
-record: {path: %q}
-log: {level: debug}
-vouching:
-%s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
-		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, record, indent(vouching))
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	conf, err := config.Load(cfgPath)
+	p := proxytest.Start(t, core, vouching, opts...)
+	roots, err := pki.LoadTrustBundle(core.RootCert())
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cctx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	started := make(chan string, 1)
-	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
-	go func() {
-		done <- service.Run(cctx, conf, log, append(opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
-	}()
-	select {
-	case <-started:
-	case err := <-done:
-		cancel()
-		t.Fatalf("proxy did not start: %v", err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy stopped with: %v", err)
-		}
-	})
-	roots, err := pki.LoadTrustBundle(c.RootCert())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &env{core: core, url: "https://localhost:" + portOf(ln.Addr().String()), record: record, roots: roots}
-}
-
-func portOf(addr string) string { _, p, _ := net.SplitHostPort(addr); return p }
-
-func indent(s string) string {
-	var b strings.Builder
-	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
-		b.WriteString("  " + l + "\n")
-	}
-	return b.String()
+	return &env{core: core, url: p.URL, record: p.Record, roots: roots}
 }
 
 func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }

@@ -1,7 +1,7 @@
 // Command prov-device is the device client: enroll through the factory
 // proxy, fetch, verify and install signed provisioning images, mount them
-// over /etc, renew the certificate and follow MQTT notifications. Today it
-// has the offline bundle checks (verify, inspect).
+// over /etc, renew the certificate and follow MQTT notifications; and the
+// offline bundle checks (verify, inspect).
 //
 // It must stay small: it may not link step-ca, gorilla/mux or bbolt (see
 // deps_test.go).

@@ -1,0 +1,125 @@
+// Package agent is the enrolled device's life in the field: fetch, verify
+// and install its bundle from core (update.go), renew its certificate at
+// step-ca (renew.go), and, as a daemon, follow its MQTT topic, poll when
+// the broker is away, renew on time and remount after an update (run.go).
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/mount"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki"
+)
+
+// ErrCertExpired is a device certificate past its end: step-ca renews only
+// a valid certificate, so the device must be enrolled again at a factory.
+var ErrCertExpired = errors.New("device certificate expired")
+
+// Options tune the agent.
+type Options struct {
+	Install install.Options // Rules, Now, BuildTime; Roots and Serial are set by New
+	// Layout, if set, is where the image is mounted; after an update the
+	// new image is mounted if the old one was.
+	Layout *mount.Layout
+	// DownloadTimeout bounds one bundle download (default 60 s).
+	DownloadTimeout time.Duration
+	// PollInterval is how often to check when MQTT is down (default 5
+	// min); a tenth of it is jitter. With MQTT up, every 12 intervals.
+	PollInterval time.Duration
+	// RenewAt is the fraction of the certificate's life after which it is
+	// renewed (default 2/3).
+	RenewAt float64
+	Log     *slog.Logger
+	// Notify sends systemd notifications (READY=1, WATCHDOG=1, ...); nil
+	// sends them to $NOTIFY_SOCKET if set.
+	Notify func(string) error
+}
+
+// Agent is an enrolled device.
+type Agent struct {
+	st    *state.Dir
+	dev   *state.Device
+	kp    *pki.KeyPair
+	roots *pki.TrustBundle
+	o     Options
+	core  *api.Client
+	log   *slog.Logger
+}
+
+// New loads the device's enrollment and identity from st.
+func New(st *state.Dir, o Options) (*Agent, error) {
+	dev, err := st.Device()
+	if err != nil {
+		return nil, err
+	}
+	roots, err := st.Roots()
+	if err != nil {
+		return nil, err
+	}
+	kp, err := st.Identity()
+	if err != nil {
+		return nil, err
+	}
+	if o.DownloadTimeout == 0 {
+		o.DownloadTimeout = 60 * time.Second
+	}
+	if o.PollInterval == 0 {
+		o.PollInterval = 5 * time.Minute
+	}
+	if o.RenewAt == 0 {
+		o.RenewAt = 2.0 / 3
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Notify == nil {
+		o.Notify = sdNotify
+	}
+	o.Install.Roots, o.Install.Serial = roots, dev.Serial
+	a := &Agent{st: st, dev: dev, kp: kp, roots: roots, o: o, log: o.Log.With("serial", dev.Serial)}
+	hc := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   pki.ClientTLSConfig(kp, roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}, ClockFloor: a.clockFloor, Now: o.Install.Now}),
+		ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
+	}}
+	if a.core, err = api.NewClient(dev.CoreURL, hc); err != nil {
+		return nil, fmt.Errorf("%s: %w", st.File(state.DeviceFile), err)
+	}
+	return a, nil
+}
+
+// Device is the enrollment.
+func (a *Agent) Device() *state.Device { return a.dev }
+
+func (a *Agent) now() time.Time {
+	if a.o.Install.Now != nil {
+		return a.o.Install.Now()
+	}
+	return time.Now()
+}
+
+// clockFloor is the earliest the device can believe it is: its binary's
+// build time, or the issue time of the newest bundle it accepted.
+func (a *Agent) clockFloor() time.Time {
+	floor := a.o.Install.BuildTime
+	if hw, err := a.st.HighWater(); err == nil && hw.IssuedAt.After(floor) {
+		floor = hw.IssuedAt
+	}
+	return floor
+}
+
+// effectiveNow is now, never before the clock floor.
+func (a *Agent) effectiveNow() time.Time { return pki.ClockFloor(a.now(), a.clockFloor()) }
+
+// fail records an error for `status` and returns it.
+func (a *Agent) fail(err error) error {
+	now := a.now().UTC()
+	_ = a.st.UpdateStatus(func(s *state.Status) { s.LastError, s.ErrorAt = err.Error(), now })
+	return err
+}

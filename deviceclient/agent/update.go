@@ -1,0 +1,94 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/mount"
+	"github.com/fleetprov/prov/deviceclient/state"
+)
+
+// Update asks core for the device's bundle (If-None-Match the current
+// one), verifies and installs it, and, if the old image was mounted,
+// mounts the new one. It returns nil and no error when core has nothing
+// newer. The download is bounded in size (install.MaxBundleSize) and time
+// (DownloadTimeout).
+func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
+	etag := ""
+	if _, ok, err := a.st.Pointer(state.Current); err != nil {
+		return nil, a.fail(err)
+	} else if ok {
+		etag = a.st.Status().ETag
+	}
+	ctx, cancel := context.WithTimeout(ctx, a.o.DownloadTimeout)
+	defer cancel()
+	body, tag, err := a.core.Bundle(ctx, a.dev.Serial, etag)
+	now := a.now().UTC()
+	if errors.Is(err, api.ErrNotModified) {
+		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.LastError = now, "" })
+	}
+	if err != nil {
+		return nil, a.fail(fmt.Errorf("fetch the bundle from %s: %w", a.dev.CoreURL, err))
+	}
+	defer func() { _ = body.Close() }()
+	res, err := install.Install(a.st, body, a.o.Install)
+	if err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w: download deadline %s)", err, ctx.Err(), a.o.DownloadTimeout)
+		}
+		return nil, a.fail(err)
+	}
+	a.log.Info("bundle checked", "generation", res.Generation, "installed", res.Changed)
+	if err := a.st.UpdateStatus(func(s *state.Status) {
+		s.LastCheck, s.ETag, s.LastError = now, tag, ""
+		if res.Changed {
+			s.LastUpdate = now
+		}
+	}); err != nil {
+		return res, err
+	}
+	if res.Changed && a.o.Layout != nil {
+		if err := a.remount(); err != nil {
+			return res, a.fail(err)
+		}
+	}
+	return res, nil
+}
+
+// remount mounts the current image if an older one is mounted.
+func (a *Agent) remount() error {
+	rec, err := mount.Current(*a.o.Layout)
+	if err != nil || rec == nil {
+		return err
+	}
+	in, err := a.VerifyCurrent()
+	if err != nil {
+		return err
+	}
+	if _, err := mount.Mount(*a.o.Layout, in); err != nil {
+		return fmt.Errorf("mount generation %d: %w", in.Generation, err)
+	}
+	a.log.Info("image mounted", "generation", in.Generation, "target", a.o.Layout.Target)
+	return nil
+}
+
+// VerifyCurrent verifies the current image again, for mounting.
+func (a *Agent) VerifyCurrent() (*install.Installed, error) {
+	cur, ok, err := a.st.Pointer(state.Current)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return nil, fmt.Errorf("%s has no current image", a.st.Path)
+	}
+	return install.Verify(cur, a.o.Install, a.clockFloor())
+}
+
+// Recover tidies the state directory after a crash (see install.Recover).
+func (a *Agent) Recover() error {
+	_, err := install.Recover(a.st, a.o.Install)
+	return err
+}

@@ -1,0 +1,355 @@
+package cli
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"runtime/debug"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/deviceclient/agent"
+	"github.com/fleetprov/prov/deviceclient/enroll"
+	"github.com/fleetprov/prov/deviceclient/hwinfo"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/mount"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/pki/signedimage"
+)
+
+// buildTime is set at link time (-X) to the build's time (RFC 3339);
+// without it, the commit time from the build info is used. Either is a
+// floor for the clock of a board without a real-time clock.
+var buildTime string
+
+// BuildTime is the binary's clock floor.
+func BuildTime() time.Time {
+	if t, err := time.Parse(time.RFC3339, buildTime); err == nil {
+		return t
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.time" {
+				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
+					return t
+				}
+			}
+		}
+	}
+	return time.Time{}
+}
+
+// common are the flags of the device commands.
+type common struct {
+	state, runDir, target string
+	allow                 cmdline.List
+	hw                    hwinfo.Sources
+	fs                    *flag.FlagSet
+}
+
+func newCommon(cmd string, stderr io.Writer, withHW, withMount bool) *common {
+	c := &common{fs: cmdline.NewFlags("prov-device", cmd, stderr)}
+	c.fs.StringVar(&c.state, "state", "/var/lib/prov-device", "the state directory (key, certificate, images)")
+	c.fs.Var(&c.allow, "allow-prefix", "a directory below /etc/ where data files may be (repeatable; default "+imagespec.DataDir+")")
+	if withHW {
+		c.fs.StringVar(&c.hw.CPUInfo, "cpuinfo", "", "read the Raspberry Pi serial from this file (default /proc/cpuinfo)")
+		c.fs.StringVar(&c.hw.DTRoot, "dt-root", "", "the devicetree (default /sys/firmware/devicetree/base)")
+		c.fs.StringVar(&c.hw.HWID, "hwid", "", "the raw hardware ID, instead of reading it")
+		c.fs.StringVar(&c.hw.Board, "board", "", "the board type (rpi4, bbb, bbai), instead of the devicetree model")
+	}
+	if withMount {
+		c.fs.StringVar(&c.target, "target", "/etc", "the directory the image's etc/ is mounted over")
+		c.fs.StringVar(&c.runDir, "run-dir", "/run/prov-device", "where the image and overlay mounts are kept (tmpfs)")
+	}
+	return c
+}
+
+func (c *common) parse(args []string) error { return cmdline.Parse(c.fs, args) }
+
+func (c *common) installOptions() install.Options {
+	rules := imagespec.DefaultRules()
+	if len(c.allow) > 0 {
+		rules.AllowedPrefixes = c.allow
+	}
+	return install.Options{Rules: rules, BuildTime: BuildTime()}
+}
+
+func (c *common) layout() *mount.Layout {
+	if c.target == "" {
+		return nil
+	}
+	return &mount.Layout{Target: c.target, RunDir: c.runDir}
+}
+
+// open opens the state directory, checks that this is the board that
+// enrolled, loads the agent and recovers from a crash.
+func (c *common) open(o agent.Options) (*state.Dir, *agent.Agent, error) {
+	st, err := state.Open(c.state)
+	if err != nil {
+		return nil, nil, err
+	}
+	a, err := c.load(st, o)
+	if err != nil {
+		_ = st.Close()
+		return nil, nil, err
+	}
+	return st, a, nil
+}
+
+func (c *common) load(st *state.Dir, o agent.Options) (*agent.Agent, error) {
+	dev, err := st.Device()
+	if err != nil {
+		return nil, err
+	}
+	id, err := hwinfo.Read(c.hw)
+	if err != nil {
+		return nil, fmt.Errorf("reading this board's hardware ID: %w", err)
+	}
+	if err := dev.CheckID(id.Board, id.Canonical); err != nil {
+		return nil, err
+	}
+	o.Install, o.Layout = c.installOptions(), c.layout()
+	a, err := agent.New(st, o)
+	if err != nil {
+		return nil, err
+	}
+	return a, a.Recover()
+}
+
+// exitCode maps the device's distinct failures to their exit codes.
+func exitCode(stderr io.Writer, cmd string, err error) int {
+	code := 0
+	switch {
+	case errors.Is(err, state.ErrIDChanged):
+		code = ExitIDChanged
+	case errors.Is(err, agent.ErrCertExpired):
+		code = ExitCertExpired
+	case errors.Is(err, install.ErrRefused), errors.Is(err, signedimage.ErrRollback):
+		code = ExitRefused
+	}
+	if code != 0 {
+		_, _ = fmt.Fprintf(stderr, "prov-device %s: %v\n", cmd, err)
+		return code
+	}
+	return cmdline.Exit(stderr, "prov-device", cmd, err)
+}
+
+func enrollCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c := newCommon("enroll", stderr, true, false)
+	proxy := c.fs.String("proxy", "", "the factory proxy (https://host:port)")
+	rootFile := c.fs.String("root", "/usr/share/prov/root_ca.crt", "the deployment's root certificate, as baked into the rootfs")
+	force := c.fs.Bool("force", false, "enroll again although enrolled (the proxy's re-enrollment policy decides)")
+	timeout := c.fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"proxy", *proxy}); err != nil {
+		return err
+	}
+	rootPEM, err := os.ReadFile(*rootFile)
+	if err != nil {
+		return fmt.Errorf("--root: %w", err)
+	}
+	id, err := hwinfo.Read(c.hw)
+	if err != nil {
+		return fmt.Errorf("reading this board's hardware ID: %w", err)
+	}
+	st, err := state.Open(c.state)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }()
+	dev, res, err := enroll.Enroll(ctx, st, enroll.Options{ProxyURL: *proxy, RootPEM: rootPEM, ID: id, Force: *force,
+		Install: c.installOptions(), Timeout: *timeout})
+	if err != nil {
+		return err
+	}
+	leaf, err := st.Leaf()
+	if err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(stdout, "enrolled %s %s as %s\n  certificate until %s\n  generation  %d installed\n  core        %s\n  mqtt        %s %s\n",
+		id.Board, id.Canonical, dev.Serial, leaf.NotAfter.UTC().Format(time.RFC3339), res.Generation, dev.CoreURL, dev.MQTTURL, dev.MQTTTopic)
+	return nil
+}
+
+func updateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	c := newCommon("update", stderr, true, true)
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	st, a, err := c.open(agent.Options{})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }()
+	res, err := a.Update(ctx)
+	if err != nil {
+		return err
+	}
+	switch {
+	case res == nil:
+		_, _ = fmt.Fprintln(stdout, "up to date (core has nothing newer)")
+	case !res.Changed:
+		_, _ = fmt.Fprintf(stdout, "up to date: generation %d\n", res.Generation)
+	default:
+		_, _ = fmt.Fprintf(stdout, "installed generation %d (%s)\n", res.Generation, res.Name)
+	}
+	return nil
+}
+
+func mountCmd(args []string, stdout, stderr io.Writer) error {
+	c := newCommon("mount", stderr, true, true)
+	noHostname := c.fs.Bool("no-hostname", false, "do not set the kernel's hostname from the image (it is set when --target is /etc)")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	st, a, err := c.open(agent.Options{})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }()
+	in, err := a.VerifyCurrent()
+	if err != nil {
+		return err
+	}
+	rec, err := mount.Mount(*c.layout(), in)
+	if err != nil {
+		return err
+	}
+	// PID 1 set the hostname from the rootfs's /etc before any unit ran.
+	if c.target == "/etc" && !*noHostname {
+		if h, err := os.ReadFile("/etc/hostname"); err == nil {
+			if err := unix.Sethostname(trimLine(h)); err != nil {
+				return fmt.Errorf("set the hostname: %w", err)
+			}
+		}
+	}
+	_, _ = fmt.Fprintf(stdout, "mounted generation %d over %s\n", rec.Generation, rec.Target)
+	return nil
+}
+
+func trimLine(b []byte) []byte {
+	for len(b) > 0 && (b[len(b)-1] == '\n' || b[len(b)-1] == '\r' || b[len(b)-1] == ' ') {
+		b = b[:len(b)-1]
+	}
+	return b
+}
+
+func unmountCmd(args []string, stdout, stderr io.Writer) error {
+	c := newCommon("unmount", stderr, false, true)
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	if err := mount.Unmount(*c.layout()); err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(stdout, "unmounted %s\n", c.target)
+	return nil
+}
+
+func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
+	c := newCommon("run", stderr, true, true)
+	poll := c.fs.Duration("poll", 5*time.Minute, "how often to check while MQTT is down (jittered)")
+	noMount := c.fs.Bool("no-mount", false, "do not mount new images (only install them)")
+	level := c.fs.String("log-level", "info", "debug, info, warn or error")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	log, err := cmdline.JSONLogger(*level, stderr)
+	if err != nil {
+		return fmt.Errorf("%w: --%w", cmdline.ErrUsage, err)
+	}
+	if *noMount {
+		c.target = ""
+	}
+	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }()
+	return a.Run(ctx)
+}
+
+// statusReport is `status --json`.
+type statusReport struct {
+	Enrolled          bool          `json:"enrolled"`
+	Serial            string        `json:"serial,omitempty"`
+	Board             string        `json:"board,omitempty"`
+	HardwareID        string        `json:"hardwareId,omitempty"`
+	CertificateExpiry time.Time     `json:"certificateExpiry,omitzero"`
+	CertificateState  string        `json:"certificateState,omitempty"`
+	Generation        uint64        `json:"generation"`
+	Image             string        `json:"image,omitempty"`
+	Mounted           *mount.Record `json:"mounted,omitempty"`
+	state.Status
+}
+
+func statusCmd(args []string, stdout, stderr io.Writer) error {
+	c := newCommon("status", stderr, false, true)
+	asJSON := c.fs.Bool("json", false, "print JSON")
+	if err := c.parse(args); err != nil {
+		return err
+	}
+	st, err := state.Open(c.state)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = st.Close() }()
+	r := statusReport{Status: st.Status()}
+	if dev, err := st.Device(); err == nil {
+		r.Enrolled, r.Serial, r.Board, r.HardwareID = true, dev.Serial, dev.Board, dev.HardwareID
+	} else if !errors.Is(err, state.ErrNotEnrolled) {
+		return err
+	}
+	if leaf, err := st.Leaf(); err == nil {
+		r.CertificateExpiry = leaf.NotAfter.UTC()
+		r.CertificateState = "valid"
+		if now := time.Now(); now.After(leaf.NotAfter) {
+			r.CertificateState = "expired: enroll again at a factory proxy"
+		} else if now.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 3).After(leaf.NotAfter) {
+			r.CertificateState = "due for renewal"
+		}
+	}
+	if hw, err := st.HighWater(); err == nil {
+		r.Generation = hw.Generation
+	}
+	if cur, ok, err := st.Pointer(state.Current); err == nil && ok {
+		r.Image = cur.Name
+	}
+	if rec, err := mount.Current(*c.layout()); err == nil {
+		r.Mounted = rec
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(r)
+	}
+	if !r.Enrolled {
+		_, _ = fmt.Fprintf(stdout, "not enrolled (state %s)\n", c.state)
+		return nil
+	}
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return "never"
+		}
+		return t.UTC().Format(time.RFC3339)
+	}
+	mounted := "no"
+	if r.Mounted != nil {
+		mounted = fmt.Sprintf("generation %d over %s since %s", r.Mounted.Generation, r.Mounted.Target, ts(r.Mounted.MountedAt))
+	}
+	_, _ = fmt.Fprintf(stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\n",
+		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate))
+	if r.LastError != "" {
+		_, _ = fmt.Fprintf(stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
+	}
+	return nil
+}

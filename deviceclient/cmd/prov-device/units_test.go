@@ -1,0 +1,81 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetprov/prov/deviceclient/cli"
+	"github.com/fleetprov/prov/pki/testenv"
+)
+
+var units = []string{"prov-device-mount.service", "prov-device.service"}
+
+// execLines returns the Exec* command lines of a unit file.
+func execLines(t *testing.T, unit string) [][]string {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join("..", "..", "systemd", unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmds [][]string
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	for sc.Scan() {
+		k, v, ok := strings.Cut(sc.Text(), "=")
+		if ok && strings.HasPrefix(k, "Exec") {
+			cmds = append(cmds, strings.Fields(v))
+		}
+	}
+	if len(cmds) == 0 {
+		t.Fatalf("%s has no Exec lines", unit)
+	}
+	return cmds
+}
+
+// The units' command lines are ones prov-device accepts: every flag is
+// known (a typo would make the boot-time mount fail for good).
+func TestUnitCommandLines(t *testing.T) {
+	for _, u := range units {
+		for _, cmd := range execLines(t, u) {
+			if cmd[0] != "/usr/bin/prov-device" {
+				t.Fatalf("%s runs %s", u, cmd[0])
+			}
+			var out, errb bytes.Buffer
+			code := cli.Main(context.Background(), append(cmd[1:], "-h"), &out, &errb)
+			if code != cli.ExitUsage || strings.Contains(errb.String(), "not defined") || !strings.Contains(errb.String(), "Usage of prov-device "+cmd[1]) {
+				t.Errorf("%s: %v: exit %d\n%s", u, cmd, code, errb.String())
+			}
+		}
+	}
+}
+
+// systemd itself accepts the units.
+func TestUnitsVerify(t *testing.T) {
+	analyze := testenv.Tool(t, "systemd-analyze", "apt-get install systemd")
+	dir := t.TempDir()
+	bin := filepath.Join(dir, "prov-device")
+	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("build: %v\n%s", err, out)
+	}
+	var paths []string
+	for _, u := range units {
+		data, err := os.ReadFile(filepath.Join("..", "..", "systemd", u))
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, u)
+		if err := os.WriteFile(p, bytes.ReplaceAll(data, []byte("/usr/bin/prov-device"), []byte(bin)), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		paths = append(paths, p)
+	}
+	out, err := exec.Command(analyze, append([]string{"verify", "--man=no"}, paths...)...).CombinedOutput() //nolint:gosec // a test
+	if err != nil || len(bytes.TrimSpace(out)) > 0 {
+		t.Fatalf("systemd-analyze verify: %v\n%s", err, out)
+	}
+}

@@ -1,0 +1,104 @@
+// Package proxytest runs a real prov-proxy in the test process, in front of
+// a test core (core/coretest) and its step-ca, for the proxy's own tests
+// and the device client's.
+package proxytest
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/proxy/config"
+	"github.com/fleetprov/prov/proxy/service"
+)
+
+// Proxy is a running proxy.
+type Proxy struct {
+	URL    string // https://localhost:port
+	Record string // the factory record's path
+}
+
+// Start runs a proxy for core until the test ends; vouching is the YAML
+// of the configuration's vouching section.
+func Start(t testing.TB, core *coretest.Core, vouching string, opts ...service.Option) *Proxy {
+	t.Helper()
+	return StartWith(t, core, "", vouching, opts...)
+}
+
+// StartWith also adds top-level YAML to the configuration (for example
+// "certificateLifetime: 5m").
+func StartWith(t testing.TB, core *coretest.Core, top, vouching string, opts ...service.Option) *Proxy {
+	t.Helper()
+	c := core.CA
+	dir := t.TempDir()
+	cfgPath := filepath.Join(dir, "proxy.yaml")
+	record := filepath.Join(dir, "factory.jsonl")
+	mqtt := "tls://localhost:8883"
+	if core.MQTTAddr != "" {
+		_, port, _ := net.SplitHostPort(core.MQTTAddr)
+		mqtt = "tls://localhost:" + port
+	}
+	p := catest.Proxy
+	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
+trustBundle: %q
+tls: {cert: %q, key: %q}
+provisioner: {key: %q, passwordFile: %q}
+core: {url: %q}
+ca: {url: %q}
+field: {mqttUrl: %q}
+record: {path: %q}
+log: {level: debug}
+%s
+vouching:
+%s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
+		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, top, indent(vouching))
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := config.Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	started := make(chan string, 1)
+	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
+	go func() {
+		done <- service.Run(ctx, conf, log, append(opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
+	}()
+	select {
+	case <-started:
+	case err := <-done:
+		cancel()
+		t.Fatalf("proxy did not start: %v", err)
+	}
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("proxy stopped with: %v", err)
+		}
+	})
+	_, port, _ := net.SplitHostPort(ln.Addr().String())
+	return &Proxy{URL: "https://localhost:" + port, Record: record}
+}
+
+func indent(s string) string {
+	var b strings.Builder
+	for _, l := range strings.Split(strings.TrimSpace(s), "\n") {
+		b.WriteString("  " + l + "\n")
+	}
+	return b.String()
+}
