@@ -471,3 +471,30 @@ func (*allowAll) Provides(b byte) bool {
 }
 func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
 func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
+
+// With the broker away, the daemon polls (jittered) and still updates.
+func TestPollsWhileMQTTIsDown(t *testing.T) {
+	f := newFleet(t, "")
+	st, dev := f.enroll(t, "1813BBBK0108")
+	dev.MQTTURL = fmt.Sprintf("tls://localhost:%d", catest.FreePort(t)) // nothing listens
+	if err := st.SetDevice(dev); err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, st, agent.Options{PollInterval: 300 * time.Millisecond})
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	gen := f.change(t, dev.Serial, "polled")
+	deadline := time.Now().Add(20 * time.Second)
+	for generation(t, st) != gen {
+		if time.Now().After(deadline) {
+			stop()
+			t.Fatalf("not polled; status %+v", st.Status())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	stop()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+}
