@@ -62,7 +62,7 @@ log: {level: debug}
 		d.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName), d.IdentityKey(pki.RoleSigner, deployment.DefaultSignerName),
 		filepath.Join(dir, "registry.db"), secret, mqttPort)
 	path := filepath.Join(dir, "core.yaml")
-	if err := os.WriteFile(path, []byte(mergeTop(cfg, extra)), 0o600); err != nil {
+	if err := os.WriteFile(path, []byte(MergeYAML(cfg, extra)), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return path
@@ -89,11 +89,17 @@ func Start(t testing.TB, extraYAML string, opts ...service.Option) *Core {
 // Run runs core from a configuration file until the test ends (or Stop).
 func Run(t testing.TB, c *catest.CA, configPath, dir string, opts ...service.Option) *Core {
 	t.Helper()
+	return RunAt(t, c, configPath, dir, "127.0.0.1:0", opts...)
+}
+
+// RunAt is Run with the API listening on addr.
+func RunAt(t testing.TB, c *catest.CA, configPath, dir, addr string, opts ...service.Option) *Core {
+	t.Helper()
 	cfg, err := config.Load(configPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -263,8 +269,9 @@ func (c *Core) OpenStore(t testing.TB) *store.Store {
 	return s
 }
 
-// mergeTop replaces base's top-level YAML sections with extra's.
-func mergeTop(base, extra string) string {
+// MergeYAML replaces base's top-level YAML sections with extra's and adds
+// the ones base lacks.
+func MergeYAML(base, extra string) string {
 	sections := func(y string) (order []string, m map[string]string) {
 		m = map[string]string{}
 		key := ""

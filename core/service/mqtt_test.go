@@ -6,10 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"strings"
 	"testing"
 	"time"
 
@@ -19,8 +15,6 @@ import (
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
-	"github.com/fleetprov/prov/pki/deployment"
-	"github.com/fleetprov/prov/pki/testenv"
 )
 
 // mqttClient connects to a broker over TLS with cert, as a device would.
@@ -153,69 +147,18 @@ func TestEmbeddedBroker(t *testing.T) {
 // identities (use_identity_as_username takes the CN, which for a device is
 // its serial) and a per-device ACL with %u.
 func TestMosquittoExternalBroker(t *testing.T) {
-	bin := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	port := catest.FreePort(t)
-	core := deployment.DefaultCoreName
-	acl := filepath.Join(dir, "acl")
-	if err := os.WriteFile(acl, []byte("user core/core\ntopic write prov/devices/#\n\npattern read prov/devices/%u\n"), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	conf := filepath.Join(dir, "mosquitto.conf")
-	// As root, mosquitto would drop to its own user and lose the keys in
-	// their 0700 directories.
-	if err := os.WriteFile(conf, []byte(fmt.Sprintf(`per_listener_settings false
-user root
-log_dest stderr
-allow_anonymous false
-persistence false
-listener %d 127.0.0.1
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
-tls_version tlsv1.3
-acl_file %s
-`, port, c.RootCert(), c.IdentityCert(pki.RoleCore, core), c.IdentityKey(pki.RoleCore, core), acl)), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(bin, "-c", conf)
-	var out strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-		if t.Failed() {
-			t.Logf("mosquitto:\n%s", out.String())
-		}
-	})
-	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if conn, err := net.Dial("tcp", addr); err == nil {
-			_ = conn.Close()
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("mosquitto does not listen:\n%s", out.String())
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-
+	port := coretest.Mosquitto(t, c, "127.0.0.1")
 	cr := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, "mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:"+fmt.Sprint(port)+"\"}}\n"), dir)
 	d := cr.Register(t, "rpi4", coretest.RPi4(51))
 	other := cr.Register(t, "rpi4", coretest.RPi4(52))
 	cert := coretest.DeviceCert(t, c, d.Serial, 0)
 	tlsCfg := deviceTLS(t, c, cert)
 	tlsCfg.ServerName = "localhost"
-	m, err := dialMQTT(t, addr, tlsCfg, d.Serial)
+	m, err := dialMQTT(t, fmt.Sprintf("127.0.0.1:%d", port), tlsCfg, d.Serial)
 	if err != nil {
-		t.Fatalf("device to mosquitto: %v\n%s", err, out.String())
+		t.Fatalf("device to mosquitto: %v", err)
 	}
 	m.subscribe(t, api.DeviceTopic(d.Serial))
 	m.subscribe(t, api.DeviceTopic(other.Serial)) // mosquitto grants, then filters by the ACL
@@ -230,7 +173,7 @@ acl_file %s
 	}
 	n := m.next(t, 15*time.Second)
 	if n == nil || n.Serial != d.Serial || n.Generation != d.Generation+1 {
-		t.Fatalf("notification through mosquitto: %+v\n%s", n, out.String())
+		t.Fatalf("notification through mosquitto: %+v", n)
 	}
 	if n := m.next(t, time.Second); n != nil {
 		t.Fatalf("the device heard another device's notification: %+v", n)

@@ -259,6 +259,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	c := newCommon("run", stderr, true, true)
 	poll := c.fs.Duration("poll", 5*time.Minute, "how often to check while MQTT is down (jittered)")
 	noMount := c.fs.Bool("no-mount", false, "do not mount new images (only install them)")
+	renewAt := c.fs.Float64("renew-at", 2.0/3, "renew the certificate after this fraction of its life (0 to 1)")
 	level := c.fs.String("log-level", "info", "debug, info, warn or error")
 	if err := c.parse(args); err != nil {
 		return err
@@ -267,10 +268,13 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("%w: --%w", cmdline.ErrUsage, err)
 	}
+	if *renewAt <= 0 || *renewAt >= 1 {
+		return fmt.Errorf("%w: --renew-at %g: want a fraction between 0 and 1", cmdline.ErrUsage, *renewAt)
+	}
 	if *noMount {
 		c.target = ""
 	}
-	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll})
+	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll, RenewAt: *renewAt})
 	if err != nil {
 		return err
 	}

@@ -34,9 +34,17 @@ func Start(t testing.TB, core *coretest.Core, vouching string, opts ...service.O
 	return StartWith(t, core, "", vouching, opts...)
 }
 
-// StartWith also adds top-level YAML to the configuration (for example
-// "certificateLifetime: 5m").
+// StartWith also merges top-level YAML into the configuration (for
+// example "certificateLifetime: 5m", or a "field:" section that replaces
+// the default one).
 func StartWith(t testing.TB, core *coretest.Core, top, vouching string, opts ...service.Option) *Proxy {
+	t.Helper()
+	return StartOn(t, core, "127.0.0.1:0", top, vouching, opts...)
+}
+
+// StartOn is StartWith with the factory side listening on addr; the URL
+// names its host.
+func StartOn(t testing.TB, core *coretest.Core, addr, top, vouching string, opts ...service.Option) *Proxy {
 	t.Helper()
 	c := core.CA
 	dir := t.TempDir()
@@ -57,18 +65,17 @@ ca: {url: %q}
 field: {mqttUrl: %q}
 record: {path: %q}
 log: {level: debug}
-%s
 vouching:
 %s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
-		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, top, indent(vouching))
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, indent(vouching))
+	if err := os.WriteFile(cfgPath, []byte(coretest.MergeYAML(cfg, top+"\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	conf, err := config.Load(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,8 +98,11 @@ vouching:
 			t.Errorf("proxy stopped with: %v", err)
 		}
 	})
-	_, port, _ := net.SplitHostPort(ln.Addr().String())
-	return &Proxy{URL: "https://localhost:" + port, Record: record}
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	if host == "127.0.0.1" {
+		host = "localhost"
+	}
+	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record}
 }
 
 func indent(s string) string {

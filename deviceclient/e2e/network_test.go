@@ -1,0 +1,302 @@
+package e2e_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/pkitest"
+	"github.com/fleetprov/prov/pki/testenv"
+	"github.com/fleetprov/prov/proxy/proxytest"
+)
+
+// The two networks: the host's side of each veth pair, and the device's.
+const (
+	factoryHost, factoryDevice = "10.231.0.1", "10.231.0.2"
+	fieldHost, fieldDevice     = "10.232.0.1", "10.232.0.2"
+)
+
+// TestDeviceAcrossNetworks is a device's life on real networks: the proxy
+// is on a factory network only, core, step-ca and the broker on the field
+// network. The CA is the real step-ca binary on prov-pki init's
+// configuration; the broker is Debian's Mosquitto with certificate
+// identities and a per-device ACL; the device is the prov-device binary,
+// run inside network namespaces.
+func TestDeviceAcrossNetworks(t *testing.T) {
+	testenv.Root(t, "network namespaces")
+	ipTool := testenv.Tool(t, "ip", "apt-get install iproute2")
+	curl := testenv.Tool(t, "curl", "apt-get install curl")
+	stepCA := testenv.Tool(t, "step-ca", "CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
+
+	id := strconv.Itoa(os.Getpid() % 100000)
+	factory := newNetns(t, ipTool, "pvf"+id, factoryHost, factoryDevice)
+	field := newNetns(t, ipTool, "pvd"+id, fieldHost, fieldDevice)
+
+	// The PKI names the servers by the addresses the device uses.
+	caPort := catest.FreePort(t)
+	d := catest.NewPKI(t, func(o *deployment.InitOptions) {
+		o.CAAddress = fmt.Sprintf("0.0.0.0:%d", caPort)
+		o.CAHosts = []string{"localhost", "127.0.0.1", fieldHost}
+		o.CoreHosts = []string{"localhost", "127.0.0.1", fieldHost}
+		o.Proxies = []deployment.ProxySpec{{Name: catest.Proxy, Hosts: []string{"localhost", "127.0.0.1", factoryHost}}}
+	})
+	ca := startStepCA(t, stepCA, d)
+	mqttPort := coretest.Mosquitto(t, ca, "0.0.0.0")
+	dir := t.TempDir()
+	core := coretest.RunAt(t, ca, coretest.Config(t, d, dir,
+		fmt.Sprintf("mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:%d\"}}\n", mqttPort)), dir, "0.0.0.0:0")
+	corePort := core.URL[strings.LastIndex(core.URL, ":")+1:]
+	core.URL = "https://127.0.0.1:" + corePort
+	proxy := proxytest.StartOn(t, core, factoryHost+":0",
+		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%d\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
+			fieldHost, corePort, fieldHost, caPort, fieldHost, mqttPort),
+		"networks: [\"10.231.0.0/24\"]\n")
+
+	bin := buildDevice(t)
+	board := rpi4Board(t, "10000000e2e00001")
+	st := filepath.Join(t.TempDir(), "state")
+	dev := func(ns *netns, args ...string) *exec.Cmd {
+		return ns.command(append([]string{bin}, append(args, "--state", st, "--cpuinfo", board.cpuinfo, "--dt-root", board.dt)...)...)
+	}
+
+	// Enrolled in the factory.
+	if out, err := dev(factory, "enroll", "--proxy", proxy.URL, "--root", d.RootCert()).CombinedOutput(); err != nil {
+		t.Fatalf("enroll on the factory network: %v\n%s", err, out)
+	}
+	s, err := state.Open(st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	device, err := s.Device()
+	if err != nil {
+		t.Fatal(err)
+	}
+	firstCert, err := s.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// In the field the proxy is out of reach; core is there, but only for
+	// a certificate of this deployment.
+	healthz := proxy.URL + "/healthz"
+	if out, err := factory.command(curl, "-fsS", "--max-time", "5", "--cacert", d.RootCert(), healthz).CombinedOutput(); err != nil {
+		t.Fatalf("the proxy from the factory network: %v\n%s", err, out)
+	}
+	if out, err := field.command(curl, "-fsS", "--max-time", "5", "--cacert", d.RootCert(), healthz).CombinedOutput(); err == nil {
+		t.Fatalf("the proxy answered on the field network:\n%s", out)
+	}
+	if out, err := dev(field, "enroll", "--force", "--proxy", proxy.URL, "--root", d.RootCert()).CombinedOutput(); err == nil {
+		t.Fatalf("enrollment from the field network worked:\n%s", out)
+	}
+	bundleURL := fmt.Sprintf("https://%s:%s/v1/devices/%s/bundle", fieldHost, corePort, device.Serial)
+	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(),
+		"--cert", filepath.Join(st, state.CertFile), "--key", filepath.Join(st, state.KeyFile), bundleURL).CombinedOutput(); err != nil {
+		t.Fatalf("core, with the device's certificate, from the field: %v\n%s", err, out)
+	}
+	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(), bundleURL).CombinedOutput(); err == nil {
+		t.Fatalf("core served a client without a certificate:\n%s", out)
+	}
+	foreignCert, foreignKey := foreignDevice(t, device.Serial)
+	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(),
+		"--cert", foreignCert, "--key", foreignKey, bundleURL).CombinedOutput(); err == nil {
+		t.Fatalf("core served a certificate from another PKI:\n%s", out)
+	}
+
+	// An update over mTLS in the field.
+	admin := core.Client(t, core.Admin(t))
+	changeGroup(t, admin, "site=hall-1")
+	if out, err := dev(field, "update", "--target", "").CombinedOutput(); err != nil || !strings.Contains(string(out), "installed generation 2") {
+		t.Fatalf("update in the field: %v\n%s", err, out)
+	}
+
+	// The daemon in the field: MQTT through Mosquitto, renewal at the
+	// step-ca binary.
+	daemon := dev(field, "run", "--no-mount", "--renew-at", "0.01", "--poll", "1h", "--log-level", "debug")
+	var log bytes.Buffer
+	daemon.Stdout, daemon.Stderr = &log, &log
+	if err := daemon.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- daemon.Wait() }()
+	t.Cleanup(func() {
+		_ = daemon.Process.Kill()
+		if t.Failed() {
+			t.Logf("prov-device run:\n%s", log.String())
+		}
+	})
+	waitFor(t, "the daemon subscribed", func() bool { return strings.Contains(log.String(), "mqtt subscribed") })
+	changeGroup(t, admin, "site=hall-2")
+	waitFor(t, "generation 3 through MQTT", func() bool {
+		hw, err := s.HighWater()
+		return err == nil && hw.Generation == 3
+	})
+	waitFor(t, "the certificate renewed at the step-ca binary", func() bool {
+		leaf, err := s.Leaf()
+		return err == nil && leaf.SerialNumber.Cmp(firstCert.SerialNumber) != 0
+	})
+	if err := daemon.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("prov-device run after SIGTERM: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("prov-device run did not stop on SIGTERM")
+	}
+	// The renewed certificate works at core, from the field.
+	if out, err := dev(field, "update", "--target", "").CombinedOutput(); err != nil {
+		t.Fatalf("update with the renewed certificate: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(bin, "status", "--state", st, "--json").Output(); err != nil || !bytes.Contains(out, []byte(`"generation": 3`)) {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// netns is a network namespace joined to this one by a veth pair on its
+// own /24: the host side has hostIP, the namespace devIP, and there is no
+// default route, so nothing beyond that /24 is reachable from inside.
+type netns struct {
+	name string
+	ip   string
+}
+
+func newNetns(t *testing.T, ipTool, name, hostIP, devIP string) *netns {
+	t.Helper()
+	run := func(args ...string) {
+		t.Helper()
+		if out, err := exec.Command(ipTool, args...).CombinedOutput(); err != nil { //nolint:gosec // a test
+			t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	hostIf, devIf := name+"h", name+"d"
+	t.Cleanup(func() {
+		_ = exec.Command(ipTool, "netns", "del", name).Run()  //nolint:gosec // a test
+		_ = exec.Command(ipTool, "link", "del", hostIf).Run() //nolint:gosec // a test
+	})
+	run("netns", "add", name)
+	run("link", "add", hostIf, "type", "veth", "peer", "name", devIf)
+	run("link", "set", devIf, "netns", name)
+	run("addr", "add", hostIP+"/24", "dev", hostIf)
+	run("link", "set", hostIf, "up")
+	run("-n", name, "addr", "add", devIP+"/24", "dev", devIf)
+	run("-n", name, "link", "set", devIf, "up")
+	run("-n", name, "link", "set", "lo", "up")
+	return &netns{name: name, ip: ipTool}
+}
+
+// command runs args inside the namespace (ip netns exec execs it: the
+// process is the command itself, so signals reach it).
+func (n *netns) command(args ...string) *exec.Cmd {
+	return exec.Command(n.ip, append([]string{"netns", "exec", n.name}, args...)...) //nolint:gosec // a test
+}
+
+func startStepCA(t *testing.T, bin string, d *deployment.Deployment) *catest.CA {
+	t.Helper()
+	pw := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pw, catest.Password, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(bin, d.CAConfig(), "--password-file", pw) //nolint:gosec // a test
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-exited:
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+		}
+		if t.Failed() {
+			t.Logf("step-ca:\n%s", out.String())
+		}
+	})
+	client, err := catest.WaitHealthy(d, exited, 30*time.Second)
+	if err != nil {
+		t.Fatalf("step-ca binary: %v\n%s", err, out.String())
+	}
+	return &catest.CA{Deployment: d, Client: client}
+}
+
+func buildDevice(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "prov-device")
+	cmd := exec.Command("go", "build", "-o", bin, "github.com/fleetprov/prov/deviceclient/cmd/prov-device")
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("build prov-device: %v\n%s", err, out)
+	}
+	return bin
+}
+
+type boardFiles struct{ cpuinfo, dt string }
+
+// rpi4Board is a Raspberry Pi 4's /proc/cpuinfo and devicetree.
+func rpi4Board(t *testing.T, serial string) boardFiles {
+	t.Helper()
+	dir := t.TempDir()
+	b := boardFiles{cpuinfo: filepath.Join(dir, "cpuinfo"), dt: filepath.Join(dir, "dt")}
+	if err := os.MkdirAll(b.dt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(b.dt, "model"), []byte("Raspberry Pi 4 Model B Rev 1.4\x00"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(b.cpuinfo, []byte("processor\t: 0\nHardware\t: BCM2835\nRevision\t: c03114\nSerial\t\t: "+serial+"\nModel\t\t: Raspberry Pi 4 Model B Rev 1.4\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+// foreignDevice is a certificate for the same device identity from
+// another PKI (same trust domain name, another root).
+func foreignDevice(t *testing.T, serial string) (string, string) {
+	t.Helper()
+	other := pkitest.NewCA(t, catest.TrustDomain)
+	return other.KeyPair(t, pkitest.LeafSpec{CN: serial, URIs: []string{"spiffe://" + catest.TrustDomain + "/device/" + serial}})
+}
+
+// changeGroup sets a data file for the default group: every member moves
+// to a new generation.
+func changeGroup(t *testing.T, admin *api.Client, kv string) {
+	t.Helper()
+	k, v, _ := strings.Cut(kv, "=")
+	g, err := admin.Group(context.Background(), "default")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := admin.SetGroupData(context.Background(), "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/" + k: v + "\n"}}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, what string, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
