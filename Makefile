@@ -12,7 +12,7 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint bench demo clean
+.PHONY: help build test lint bench demo up clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -34,8 +34,11 @@ $(GOLANGCI_LINT):
 bench: ## run the benchmarks (speed is measured here, never asserted in tests)
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-demo: build ## run the end-to-end demo of what exists so far
+demo: build ## the whole system end to end: PKI, CA, core, proxy, three devices, an update over MQTT
 	./scripts/demo
+
+up: build ## run CA, core and proxy on loopback in the foreground, with commands to try (Ctrl-C stops)
+	./scripts/dev-up
 
 clean: ## remove build outputs and tools
 	rm -rf $(BIN) $(TOOLS)

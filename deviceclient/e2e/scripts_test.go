@@ -1,0 +1,164 @@
+package e2e_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki/testenv"
+)
+
+// The four binaries, built once for the package's tests.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		_ = os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// binaries returns the directory holding prov-pki, prov-core, prov-proxy
+// and prov-device, built as make build builds them.
+func binaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		if binDir, buildErr = os.MkdirTemp("", "prov-e2e-bin-"); buildErr != nil {
+			return
+		}
+		cmd := exec.Command("go", "build", "-trimpath", "-o", binDir+"/",
+			"github.com/fleetprov/prov/pki/cmd/prov-pki", "github.com/fleetprov/prov/core/cmd/prov-core",
+			"github.com/fleetprov/prov/proxy/cmd/prov-proxy", "github.com/fleetprov/prov/deviceclient/cmd/prov-device")
+		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+// repoRoot is where the scripts are.
+func repoRoot(t *testing.T) string {
+	t.Helper()
+	root, err := filepath.Abs(filepath.Join("..", ".."))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
+// TestDemo runs make demo's script on freshly built binaries: every step
+// passes (as root; without root the mounts are reported as skipped).
+func TestDemo(t *testing.T) {
+	testenv.Tool(t, "curl", "apt-get install curl")
+	testenv.Tool(t, "openssl", "apt-get install openssl")
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "demo"))
+	cmd.Env = append(os.Environ(), "BIN="+binaries(t), "TMPDIR="+t.TempDir())
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	want := "Every step passed."
+	if os.Geteuid() != 0 {
+		want = "skipped"
+	}
+	if !strings.Contains(string(out), want) {
+		t.Fatalf("demo output lacks %q:\n%s", want, out)
+	}
+}
+
+// TestDevUp starts make up's script, runs every command it prints (but
+// the daemon, which runs until Ctrl-C), and stops it with Ctrl-C.
+func TestDevUp(t *testing.T) {
+	testenv.Tool(t, "curl", "apt-get install curl")
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "dev-up"))
+	cmd.Env = append(os.Environ(), "BIN="+binaries(t), "TMPDIR="+t.TempDir())
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+	})
+	var printed, commands []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		line := sc.Text()
+		printed = append(printed, line)
+		if strings.HasPrefix(line, "  /") {
+			commands = append(commands, strings.TrimSpace(line))
+		}
+		if strings.Contains(line, "Ctrl-C stops everything") {
+			break
+		}
+	}
+	go func() {
+		for sc.Scan() { // drain: "stopping..." at Ctrl-C
+		}
+		exited <- cmd.Wait()
+	}()
+	if len(commands) < 6 {
+		t.Fatalf("dev-up printed %d commands:\n%s\n%s", len(commands), strings.Join(printed, "\n"), stderr.String())
+	}
+	for _, c := range commands {
+		if strings.Contains(c, " run ") {
+			c += " -h" // runs until Ctrl-C; check that it parses
+			out, err := exec.Command("bash", "-c", c).CombinedOutput()
+			if code := exitCode(err); code != 2 || strings.Contains(string(out), "not defined") {
+				t.Fatalf("%s: exit %d\n%s", c, code, out)
+			}
+			continue
+		}
+		out, err := exec.Command("bash", "-c", c).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: %v\n%s", c, err, out)
+		}
+		if strings.Contains(c, " status ") && !strings.Contains(string(out), "generation   2") {
+			t.Fatalf("status after the group change:\n%s", out)
+		}
+	}
+	if err := cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-exited:
+		if err != nil {
+			t.Fatalf("dev-up after Ctrl-C: %v\n%s", err, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("dev-up did not stop on Ctrl-C")
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
+	if err != nil {
+		return -1
+	}
+	return 0
+}
