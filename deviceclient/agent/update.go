@@ -84,7 +84,7 @@ func (a *Agent) VerifyCurrent() (*install.Installed, error) {
 	if !ok {
 		return nil, fmt.Errorf("%s has no current image", a.st.Path)
 	}
-	return install.Verify(cur, a.o.Install, a.clockFloor())
+	return install.Verify(cur, a.o.Install)
 }
 
 // Recover tidies the state directory after a crash (see install.Recover).

@@ -195,8 +195,13 @@ type Installed struct {
 }
 
 // Verify verifies an installed bundle file again, as at install but
-// without the high-water mark (the previous image is below it by design).
-func Verify(img state.Image, o Options, floor time.Time) (*Installed, error) {
+// without the high-water mark (the previous image is below it by design)
+// and with the signer's chain checked at the statement's issue time: the
+// bundle was accepted when its signer was valid, and a signer certificate
+// that expired since (a device offline for months, a rotated signer) must
+// not cost the device its data at the next boot. The signature and every
+// byte are still checked.
+func Verify(img state.Image, o Options) (*Installed, error) {
 	f, err := os.Open(img.Path)
 	if err != nil {
 		return nil, err
@@ -208,7 +213,7 @@ func Verify(img state.Image, o Options, floor time.Time) (*Installed, error) {
 	}
 	var buf bytes.Buffer
 	v, err := signedimage.Verify(io.LimitReader(f, MaxBundleSize+1), &buf, signedimage.VerifyOptions{
-		Roots: o.Roots, Serial: o.Serial, Now: o.now(), ClockFloor: latest(o.BuildTime, floor), MaxImageSize: imagespec.MaxImageSize,
+		Roots: o.Roots, Serial: o.Serial, AtIssue: true, MaxImageSize: imagespec.MaxImageSize,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", img.Path, refused(err))
@@ -241,21 +246,17 @@ func Recover(st *state.Dir, o Options) (*Installed, error) {
 			}
 		}
 	}
-	hw, err := st.HighWater()
-	if err != nil {
-		return nil, err
-	}
 	cur, ok, err := st.Pointer(state.Current)
 	if err != nil || !ok {
 		return nil, err
 	}
-	in, err := Verify(cur, o, hw.IssuedAt)
+	in, err := Verify(cur, o)
 	if err != nil {
 		prev, okPrev, perr := st.Pointer(state.Previous)
 		if perr != nil || !okPrev {
 			return nil, fmt.Errorf("the current image fails and there is no previous one: %w", err)
 		}
-		pin, perr := Verify(prev, o, hw.IssuedAt)
+		pin, perr := Verify(prev, o)
 		if perr != nil {
 			return nil, fmt.Errorf("the current image fails (%w), and so does the previous one (%w)", err, perr)
 		}

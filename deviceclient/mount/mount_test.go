@@ -65,7 +65,7 @@ func (r *rig) install(t *testing.T, gen uint64) *install.Installed {
 	if err != nil {
 		t.Fatal(err)
 	}
-	in, err := install.Verify(cur, r.opts, devicetest.Record(serial, 0).IssuedAt)
+	in, err := install.Verify(cur, r.opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -166,7 +166,7 @@ func TestChangedBundleIsNotMounted(t *testing.T) {
 	if err := os.WriteFile(cur.Path, data, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := install.Verify(cur, r.opts, devicetest.Record(serial, 0).IssuedAt); !errors.Is(err, install.ErrRefused) {
+	if _, err := install.Verify(cur, r.opts); !errors.Is(err, install.ErrRefused) {
 		t.Fatalf("changed bundle verified: %v", err)
 	}
 	if m := mountsUnder(t, filepath.Dir(r.layout.Target)); m != "" {

@@ -225,6 +225,12 @@ type VerifyOptions struct {
 	ClockFloor time.Time
 	// MaxImageSize caps the image; zero means DefaultMaxImageSize.
 	MaxImageSize int64
+	// AtIssue checks the signer's chain at the statement's issue time
+	// instead of now: for a bundle accepted earlier and kept, whose bytes
+	// are checked again at every boot. Its signer was valid when it
+	// signed; the signer's certificate expiring later (or a signer
+	// rotation) must not make a device lose its data.
+	AtIssue bool
 }
 
 // Verified is a bundle that passed every check.
@@ -349,26 +355,42 @@ func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, er
 			return nil, pki.Identity{}, fmt.Errorf("%w: x5c[%d]: %w", ErrMalformed, i, err)
 		}
 	}
-	signer, err := opts.Roots.Verify(chain, pki.VerifyOptions{
-		Time:       opts.Now,
-		ClockFloor: opts.ClockFloor,
-		KeyUsage:   x509.ExtKeyUsageCodeSigning,
-		Roles:      []pki.Role{pki.RoleSigner},
-	})
-	if err != nil {
-		return nil, pki.Identity{}, fmt.Errorf("%w: %w", ErrUntrustedSigner, err)
+	checkChain := func(at, floor time.Time) (pki.Identity, error) {
+		signer, err := opts.Roots.Verify(chain, pki.VerifyOptions{
+			Time:       at,
+			ClockFloor: floor,
+			KeyUsage:   x509.ExtKeyUsageCodeSigning,
+			Roles:      []pki.Role{pki.RoleSigner},
+		})
+		if err != nil {
+			return pki.Identity{}, fmt.Errorf("%w: %w", ErrUntrustedSigner, err)
+		}
+		return signer, nil
+	}
+	var signer pki.Identity
+	if !opts.AtIssue { // the chain before anything it signed is looked at
+		var err error
+		if signer, err = checkChain(opts.Now, opts.ClockFloor); err != nil {
+			return nil, pki.Identity{}, err
+		}
 	}
 	pub, ok := chain[0].PublicKey.(ed25519.PublicKey)
 	if !ok {
-		return nil, pki.Identity{}, fmt.Errorf("%w: signer %s has a %T key, not Ed25519", ErrUntrustedSigner, signer, chain[0].PublicKey)
+		return nil, pki.Identity{}, fmt.Errorf("%w: signer %q has a %T key, not Ed25519", ErrUntrustedSigner, chain[0].Subject.CommonName, chain[0].PublicKey)
 	}
 	signingInput := compact[:len(parts[0])+1+len(parts[1])]
 	if !ed25519.Verify(pub, []byte(signingInput), raw[2]) {
-		return nil, pki.Identity{}, fmt.Errorf("%w: by %s", ErrBadSignature, signer)
+		return nil, pki.Identity{}, fmt.Errorf("%w: by %q", ErrBadSignature, chain[0].Subject.CommonName)
 	}
 	var st Statement
 	if err := strictJSON(raw[1], &st); err != nil {
 		return nil, pki.Identity{}, fmt.Errorf("%w: statement: %w", ErrMalformed, err)
+	}
+	if opts.AtIssue { // nothing of the statement is returned unless this holds
+		var err error
+		if signer, err = checkChain(st.IssuedAt, time.Time{}); err != nil {
+			return nil, pki.Identity{}, err
+		}
 	}
 	if st.Format != FormatVersion {
 		return nil, pki.Identity{}, fmt.Errorf("%w: %d (this verifier reads %d)", ErrUnsupportedFormat, st.Format, FormatVersion)

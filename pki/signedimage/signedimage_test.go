@@ -376,3 +376,57 @@ func TestJOSEVerifies(t *testing.T) {
 		t.Fatalf("statement %+v %v", st, err)
 	}
 }
+
+// AtIssue (a stored bundle, verified again at boot) checks the signer at
+// the statement's issue time: a signer that has expired since still
+// vouches for what it signed while valid, and nothing else.
+func TestAtIssue(t *testing.T) {
+	f := newFixture(t, pkitest.LeafSpec{})
+	now := time.Now().UTC().Truncate(time.Second)
+	// (The test CA's intermediate is an hour old.)
+	expired := fixtureFrom(t, f.ca, pkitest.LeafSpec{NotBefore: now.Add(-50 * time.Minute), NotAfter: now.Add(-10 * time.Minute)})
+	other := newFixture(t, pkitest.LeafSpec{})
+	issued := func(at time.Time) map[string]any { return map[string]any{"issuedAt": at.Format(time.RFC3339)} }
+	for _, tc := range []struct {
+		name   string
+		bundle []byte
+		err    error
+	}{
+		{"signed while valid, expired since", forge(t, expired, nil, issued(now.Add(-30*time.Minute)), smallImage), nil},
+		{"signed after the signer expired", forge(t, expired, nil, issued(now.Add(-5*time.Minute)), smallImage), signedimage.ErrUntrustedSigner},
+		{"signed before the signer existed", forge(t, expired, nil, issued(now.Add(-55*time.Minute)), smallImage), signedimage.ErrUntrustedSigner},
+		{"another PKI's signer", forge(t, other, nil, issued(now), smallImage), signedimage.ErrUntrustedSigner},
+		{"bad signature", flipSignature(forge(t, expired, nil, issued(now.Add(-30*time.Minute)), smallImage)), signedimage.ErrBadSignature},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := f.opts()
+			o.AtIssue = true
+			_, err := signedimage.Verify(bytes.NewReader(tc.bundle), io.Discard, o)
+			if !errors.Is(err, tc.err) || (tc.err == nil && err != nil) {
+				t.Fatalf("got %v, want %v", err, tc.err)
+			}
+			if tc.err == nil {
+				// Checked now, the same bundle is refused: AtIssue is
+				// only for what was accepted before.
+				if _, err := signedimage.Verify(bytes.NewReader(tc.bundle), io.Discard, f.opts()); !errors.Is(err, signedimage.ErrUntrustedSigner) {
+					t.Fatalf("without AtIssue: %v", err)
+				}
+			}
+		})
+	}
+}
+
+// flipSignature changes the last character of the compact JWS's signature.
+func flipSignature(b []byte) []byte {
+	b = append([]byte{}, b...)
+	n := int(binary.BigEndian.Uint32(b[len(signedimage.Magic):]))
+	end := len(signedimage.Magic) + 4 + n
+	c := b[end-2]
+	if c == 'A' {
+		c = 'B'
+	} else {
+		c = 'A'
+	}
+	b[end-2] = c
+	return b
+}
