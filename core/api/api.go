@@ -17,6 +17,7 @@
 //	GET   /v1/groups/{group}                 admin
 //	PATCH /v1/groups/{group}/data            admin   If-Match: "<version>"
 //	GET   /v1/groups/{group}/audit           admin
+//	GET   /v1/backup                         admin   a consistent copy of the store (bbolt file)
 //	GET   /healthz, /readyz, /metrics        anyone, no certificate needed
 //
 // A device asking about another serial gets 404, the same answer as for a
@@ -140,6 +141,12 @@ type Notification struct {
 	Generation uint64 `json:"generation"`
 	SHA256     string `json:"sha256,omitempty"`
 }
+
+// Headers of a backup: what the copy holds.
+const (
+	HeaderBackupDevices = "X-Prov-Devices"
+	HeaderBackupGroups  = "X-Prov-Groups"
+)
 
 // TopicPrefix is the prefix of device topics.
 const TopicPrefix = "prov/devices/"

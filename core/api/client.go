@@ -193,3 +193,40 @@ func (c *Client) Bundle(ctx context.Context, serial, etag string) (io.ReadCloser
 	}
 	return resp.Body, resp.Header.Get("ETag"), nil
 }
+
+// BackupInfo is what a backup holds, as core announced it.
+type BackupInfo struct {
+	Size    int64
+	Devices int
+	Groups  int
+}
+
+// Backup copies core's store to w (GET /v1/backup); a copy shorter than
+// announced is an error.
+func (c *Client) Backup(ctx context.Context, w io.Writer) (*BackupInfo, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/backup", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %w", err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	if resp.StatusCode != http.StatusOK {
+		se := &StatusError{Status: resp.StatusCode, RetryAfter: resp.Header.Get("Retry-After")}
+		_ = json.NewDecoder(io.LimitReader(resp.Body, 64<<10)).Decode(&se.Body)
+		return nil, se
+	}
+	info := &BackupInfo{Size: resp.ContentLength}
+	info.Devices, _ = strconv.Atoi(resp.Header.Get(HeaderBackupDevices))
+	info.Groups, _ = strconv.Atoi(resp.Header.Get(HeaderBackupGroups))
+	n, err := io.Copy(w, resp.Body)
+	if err != nil {
+		return nil, fmt.Errorf("backup: %d bytes, then: %w", n, err)
+	}
+	if n != resp.ContentLength {
+		return nil, fmt.Errorf("backup: %d of %d bytes", n, resp.ContentLength)
+	}
+	return info, nil
+}

@@ -148,6 +148,7 @@ func (s *Server) routes() *mux.Router {
 		{http.MethodGet, "/v1/groups/{group}", []pki.Role{admin}, "group", s.group},
 		{http.MethodPatch, "/v1/groups/{group}/data", []pki.Role{admin}, "set_group_data", s.setGroupData},
 		{http.MethodGet, "/v1/groups/{group}/audit", []pki.Role{admin}, "group_audit", s.groupAudit},
+		{http.MethodGet, "/v1/backup", []pki.Role{admin}, "backup", s.backup},
 		{http.MethodGet, "/healthz", nil, "healthz", s.healthz},
 		{http.MethodGet, "/readyz", nil, "readyz", s.readyz},
 	} {

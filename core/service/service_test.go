@@ -73,6 +73,7 @@ func TestRoleRouteMatrix(t *testing.T) {
 		{req{"GET", "/v1/groups/default", "", nil}, map[string]int{"admin": 200}},
 		{req{"PATCH", "/v1/groups/default/data", `{"set":{}}`, ifm}, map[string]int{"admin": 412}},
 		{req{"GET", "/v1/groups/default/audit", "", nil}, map[string]int{"admin": 200}},
+		{req{"GET", "/v1/backup", "", nil}, map[string]int{"admin": 200}},
 		{req{"POST", "/v1/devices/" + victim.Serial + "/revoke", `{"reason":"matrix"}`, nil}, map[string]int{"admin": 200}},
 		{req{"GET", "/healthz", "", nil}, map[string]int{"none": 200, "device": 200, "proxy": 200, "admin": 200, "core": 200, "device-other": 200}},
 		{req{"GET", "/readyz", "", nil}, map[string]int{"none": 200, "device": 200, "proxy": 200, "admin": 200, "core": 200, "device-other": 200}},
