@@ -12,8 +12,8 @@ import (
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/pki"
-	pkicli "github.com/fleetprov/prov/pki/cli"
 	"github.com/fleetprov/prov/pki/ca/catest"
+	pkicli "github.com/fleetprov/prov/pki/cli"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
