@@ -53,7 +53,7 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 		o.CoreHosts = []string{"localhost", "127.0.0.1", fieldHost}
 		o.Proxies = []deployment.ProxySpec{{Name: catest.Proxy, Hosts: []string{"localhost", "127.0.0.1", factoryHost}}}
 	})
-	ca := startStepCA(t, stepCA, d)
+	ca := catest.RunBinary(t, stepCA, d)
 	mqttPort := coretest.Mosquitto(t, ca, "0.0.0.0")
 	dir := t.TempDir()
 	core := coretest.RunAt(t, ca, coretest.Config(t, d, dir,
@@ -204,41 +204,6 @@ func newNetns(t *testing.T, ipTool, name, hostIP, devIP string) *netns {
 // process is the command itself, so signals reach it).
 func (n *netns) command(args ...string) *exec.Cmd {
 	return exec.Command(n.ip, append([]string{"netns", "exec", n.name}, args...)...) //nolint:gosec // a test
-}
-
-func startStepCA(t *testing.T, bin string, d *deployment.Deployment) *catest.CA {
-	t.Helper()
-	pw := filepath.Join(t.TempDir(), "password")
-	if err := os.WriteFile(pw, catest.Password, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	var out bytes.Buffer
-	cmd := exec.Command(bin, d.CAConfig(), "--password-file", pw) //nolint:gosec // a test
-	cmd.Stdout, cmd.Stderr = &out, &out
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case err := <-exited:
-			if err != nil {
-				t.Logf("step-ca exit after SIGTERM: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			_ = cmd.Process.Kill()
-		}
-		if t.Failed() {
-			t.Logf("step-ca:\n%s", out.String())
-		}
-	})
-	client, err := catest.WaitHealthy(d, exited, 30*time.Second)
-	if err != nil {
-		t.Fatalf("step-ca binary: %v\n%s", err, out.String())
-	}
-	return &catest.CA{Deployment: d, Client: client}
 }
 
 type boardFiles struct{ cpuinfo, dt string }

@@ -9,6 +9,7 @@
 package catest
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -20,9 +21,11 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -275,4 +278,42 @@ func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 		serials = append(serials, e.SerialNumber.String())
 	}
 	return false, serials
+}
+
+// RunBinary runs the real step-ca binary bin on d's unchanged
+// configuration until the test ends; it must stop cleanly on SIGTERM.
+func RunBinary(t testing.TB, bin string, d *deployment.Deployment) *CA {
+	t.Helper()
+	pw := filepath.Join(t.TempDir(), "password")
+	if err := os.WriteFile(pw, Password, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(bin, d.CAConfig(), "--password-file", pw) //nolint:gosec // a test tool
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case err := <-exited:
+			if err != nil {
+				t.Errorf("step-ca exit after SIGTERM: %v", err)
+			}
+		case <-time.After(10 * time.Second):
+			_ = cmd.Process.Kill()
+			t.Error("step-ca did not stop on SIGTERM")
+		}
+		if t.Failed() {
+			t.Logf("step-ca output:\n%s", out.String())
+		}
+	})
+	client, err := WaitHealthy(d, exited, 30*time.Second)
+	if err != nil {
+		t.Fatalf("step-ca binary: %v\n%s", err, out.String())
+	}
+	return &CA{Deployment: d, Client: client}
 }
