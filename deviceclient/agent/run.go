@@ -72,7 +72,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			switch {
 			case err == nil:
 				renewBackoff = time.Minute
-				renew.Reset(max(time.Until(a.RenewDue()), time.Second))
+				// step-ca backdates certificates; with a small --renew-at the
+				// next due time may already be past: never renew more often
+				// than every twentieth of a certificate's life.
+				leaf := a.kp.Leaf()
+				renew.Reset(max(time.Until(a.RenewDue()), leaf.NotAfter.Sub(leaf.NotBefore)/20, time.Second))
 			case errors.Is(err, ErrCertExpired):
 				a.log.Error("certificate expired: this device needs to be enrolled again at a factory proxy", "err", err)
 				renew.Reset(time.Hour) // the clock may have been wrong

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -125,8 +126,8 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	// The daemon in the field: MQTT through Mosquitto, renewal at the
 	// step-ca binary.
 	daemon := dev(field, "run", "--no-mount", "--renew-at", "0.01", "--poll", "1h", "--log-level", "debug")
-	var log bytes.Buffer
-	daemon.Stdout, daemon.Stderr = &log, &log
+	log := &lockedBuffer{}
+	daemon.Stdout, daemon.Stderr = log, log
 	if err := daemon.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -256,4 +257,23 @@ func waitFor(t *testing.T, what string, ok func() bool) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// lockedBuffer is a log written by a process's output goroutine and read
+// by the test.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
