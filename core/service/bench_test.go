@@ -1,10 +1,13 @@
 package service_test
 
 import (
+	"bufio"
 	"crypto/tls"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,6 +15,7 @@ import (
 	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
 )
 
 const benchLimits = "limits: {device: {rate: 1000000, burst: 1000000}, proxy: {rate: 1000000, burst: 1000000}}\n"
@@ -109,4 +113,121 @@ func BenchmarkRegister(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "registrations/s")
+}
+
+// BenchmarkReprovision measures a group-wide change of mutable data for
+// 100,000 devices (2,000 with -short): from the admin's request until core
+// has built and signed every new bundle and published every notification.
+// Meanwhile a device outside the group keeps fetching its own bundle; its
+// latency is reported beside the same fetches with core idle.
+func BenchmarkReprovision(b *testing.B) {
+	n := 100000
+	if testing.Short() {
+		n = 2000
+	}
+	c := catest.Shared(b)
+	dir := b.TempDir()
+	cfgPath := coretest.Config(b, c.Deployment, dir, benchLimits)
+	coretest.Populate(b, cfgPath, "default", 0, n)
+	bystander := coretest.Populate(b, cfgPath, "line-b", n, 1)[0]
+	core := coretest.Run(b, c, cfgPath, dir)
+	cert := coretest.DeviceCert(b, c, bystander, 0)
+	hc := core.HTTP(b, cert)
+	bundleURL := core.URL + "/v1/devices/" + bystander + "/bundle"
+	fetch := func() (time.Duration, error) {
+		t0 := time.Now()
+		resp, err := hc.Get(bundleURL)
+		if err != nil {
+			return 0, err
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return 0, fmt.Errorf("fetch: HTTP %d", resp.StatusCode)
+		}
+		return time.Since(t0), nil
+	}
+	// fetchWhile samples the bystander's fetch latency until done closes.
+	fetchWhile := func(done <-chan struct{}) ([]time.Duration, error) {
+		var lat []time.Duration
+		for {
+			select {
+			case <-done:
+				return lat, nil
+			default:
+			}
+			d, err := fetch()
+			if err != nil {
+				return lat, err
+			}
+			lat = append(lat, d)
+			time.Sleep(2 * time.Millisecond)
+		}
+	}
+	idleDone := make(chan struct{})
+	time.AfterFunc(2*time.Second, func() { close(idleDone) })
+	idle, err := fetchWhile(idleDone)
+	if err != nil {
+		b.Fatal(err)
+	}
+	admin := core.Client(b, core.Admin(b))
+	anon := core.HTTP(b, nil)
+	var busy []time.Duration
+	var elapsed time.Duration
+	b.ResetTimer()
+	for i := range b.N {
+		base := published(b, anon, core.URL)
+		g, err := admin.Group(ctx, "default")
+		if err != nil {
+			b.Fatal(err)
+		}
+		done := make(chan struct{})
+		sampled := make(chan []time.Duration, 1)
+		go func() {
+			lat, err := fetchWhile(done)
+			if err != nil {
+				b.Error(err)
+			}
+			sampled <- lat
+		}()
+		t0 := time.Now()
+		if _, err := admin.SetGroupData(ctx, "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/site": fmt.Sprintf("hall-%d\n", i)}}); err != nil {
+			b.Fatal(err)
+		}
+		for published(b, anon, core.URL) < base+float64(n) {
+			time.Sleep(20 * time.Millisecond)
+		}
+		elapsed += time.Since(t0)
+		close(done)
+		busy = append(busy, <-sampled...)
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(n*b.N)/elapsed.Seconds(), "devices/s")
+	ip50, ip99 := coretest.Percentiles(idle)
+	bp50, bp99 := coretest.Percentiles(busy)
+	b.ReportMetric(float64(ip50.Microseconds())/1000, "idle-p50-ms")
+	b.ReportMetric(float64(ip99.Microseconds())/1000, "idle-p99-ms")
+	b.ReportMetric(float64(bp50.Microseconds())/1000, "busy-p50-ms")
+	b.ReportMetric(float64(bp99.Microseconds())/1000, "busy-p99-ms")
+}
+
+// published reads core's count of published notifications from /metrics.
+func published(b *testing.B, hc *http.Client, coreURL string) float64 {
+	b.Helper()
+	resp, err := hc.Get(coreURL + "/metrics") //nolint:noctx // a benchmark
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), `prov_core_notifications_total{result="published"} `); ok {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return f
+		}
+	}
+	return 0
 }

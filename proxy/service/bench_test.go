@@ -6,57 +6,15 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"fmt"
-	"slices"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/cmdline"
 	"github.com/fleetprov/prov/pki/token"
 )
-
-// load runs n operations with c workers and reports the rate and the
-// latency percentiles.
-func load(b *testing.B, c int, op func(i int) error) {
-	b.Helper()
-	var next atomic.Int64
-	lat := make([]time.Duration, b.N)
-	var wg sync.WaitGroup
-	b.ResetTimer()
-	cpu0 := cpuTime(b)
-	start := time.Now()
-	for range c {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1)) - 1
-				if i >= b.N {
-					return
-				}
-				t0 := time.Now()
-				if err := op(i); err != nil {
-					b.Error(err)
-					return
-				}
-				lat[i] = time.Since(t0)
-			}
-		}()
-	}
-	wg.Wait()
-	elapsed := time.Since(start)
-	cpu := cpuTime(b) - cpu0
-	b.StopTimer()
-	slices.Sort(lat)
-	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "ops/s")
-	b.ReportMetric(float64(cpu.Microseconds())/1000/float64(b.N), "cpu-ms/op")
-	b.ReportMetric(float64(cpu)/float64(elapsed)*100, "cpu-%")
-	b.ReportMetric(float64(lat[b.N/2].Microseconds())/1000, "p50-ms")
-	b.ReportMetric(float64(lat[min(b.N-1, b.N*99/100)].Microseconds())/1000, "p99-ms")
-}
 
 var benchRun atomic.Int64
 
@@ -85,7 +43,7 @@ func BenchmarkEnroll(b *testing.B) {
 	}()
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("stepca-sign/c=%d", conc), func(b *testing.B) {
-			load(b, conc, func(int) error {
+			coretest.Load(b, conc, func(int) error {
 				csr := <-csrs
 				serial := fmt.Sprintf("%010x", benchRun.Add(1))
 				tok, err := prov.SignToken(token.SignRequest{Audience: c.Client.SignAudience(), Subject: serial,
@@ -103,7 +61,7 @@ func BenchmarkEnroll(b *testing.B) {
 				devs[i] = newDevice(b)
 			}
 			base := benchRun.Add(int64(b.N)) - int64(b.N) // IDs base .. base+N-1
-			load(b, conc, func(i int) error {
+			coretest.Load(b, conc, func(i int) error {
 				code, _, ae := e.enroll(b, req("bbb", fmt.Sprintf("BENCH%011d", base+int64(i)), devs[i]))
 				if code != 200 {
 					return fmt.Errorf("enroll %d of %d (BENCH%011d): %d %+v", i, b.N, base+int64(i), code, ae)
@@ -112,14 +70,4 @@ func BenchmarkEnroll(b *testing.B) {
 			})
 		})
 	}
-}
-
-// cpuTime is the process's user and system CPU time so far: the whole
-// system under test runs in this process, so it is the cost of the run.
-func cpuTime(b *testing.B) time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		b.Fatal(err)
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
