@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/fleetprov/prov/core/api"
@@ -30,7 +31,10 @@ func dialMQTT(t *testing.T, addr string, tlsCfg *tls.Config, clientID string) (*
 		return nil, err
 	}
 	m := &mqttClient{msgs: make(chan *paho.Publish, 16)}
-	m.c = paho.NewClient(paho.ClientConfig{Conn: conn, OnPublishReceived: []func(paho.PublishReceived) (bool, error){
+	// paho writes a packet in several Write calls; without a lock, a PUBACK
+	// from the reader goroutine can interleave with a SUBSCRIBE and the
+	// broker drops us for a malformed packet (autopaho wraps its own).
+	m.c = paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) { m.msgs <- pr.Packet; return true, nil },
 	}})
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
