@@ -20,8 +20,9 @@ help: ## list the targets
 build: ## build prov-pki, prov-core, prov-proxy and prov-device into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(CMDS)
 
-test: ## run every test with the race detector (as root also the kernel tests)
+test: ## run every test with the race detector (as root also the kernel tests), then every benchmark once, small
 	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -short -run '^$$' -bench . -benchtime 1x -timeout 10m ./...
 
 lint: $(GOLANGCI_LINT) ## run the pinned golangci-lint
 	$(GOLANGCI_LINT) run ./...
@@ -31,8 +32,8 @@ $(GOLANGCI_LINT):
 	GOBIN=$(TOOLS) $(GO) install github.com/golangci/golangci-lint/v2/cmd/golangci-lint@$(GOLANGCI_LINT_VERSION)
 	mv $(TOOLS)/golangci-lint $@
 
-bench: ## run the benchmarks (speed is measured here, never asserted in tests)
-	$(GO) test -run '^$$' -bench . -benchmem ./...
+bench: ## measure every hot path beside its baseline; prints a table, writes BENCHMARKS.md (BENCHFLAGS=-quick: a minute)
+	$(GO) run ./scripts/benchreport $(BENCHFLAGS)
 
 demo: build ## the whole system end to end: PKI, CA, core, proxy, three devices, an update over MQTT
 	./scripts/demo

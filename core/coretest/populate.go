@@ -1,10 +1,16 @@
 package coretest
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
 	"fmt"
+	"math"
+	"math/big"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/core/hwid"
@@ -13,11 +19,17 @@ import (
 	"github.com/fleetprov/prov/core/store"
 )
 
-// Populate registers n Raspberry Pis (hardware IDs from first on) in group
-// straight into the store of the core configured at configPath, through
-// the store's own registration path (the group committer, up to 1,000 at a time),
-// as a proxy would register them. Core must not be running. It returns the
-// serials.
+// Populate puts n Raspberry Pis (hardware IDs from first on) in group
+// straight into the store of the core configured at configPath, as they
+// are in service: registered by a proxy, their enrollment certificate
+// recorded, and seen by core with it. It goes through the store's own
+// paths (the group committer, up to 1,000 writes at a time). Core must not
+// be running. It returns the serials.
+//
+// Serials are 40 bits of a hash, so a large fleet has collisions (about a
+// third of fleets of a million have one); a hardware ID whose serial is
+// taken is refused by core, and is replaced here by one from the top of
+// the range, as a factory would set that board aside.
 func Populate(t testing.TB, configPath, group string, first, n int) []string {
 	t.Helper()
 	cfg, err := config.Load(configPath)
@@ -28,6 +40,9 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// As many writers as a commit takes (core's default batch): the store
+	// grows as it does in service (larger commits leave more free pages).
+	const writers = 1000
 	st, err := store.Open(cfg.Store.Path, store.Options{CacheDevices: -1})
 	if err != nil {
 		t.Fatal(err)
@@ -43,32 +58,25 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 		}
 	}
 	serials := make([]string, n)
-	var next atomic.Int64
+	var next, collisions atomic.Int64
 	var wg sync.WaitGroup
-	errs := make(chan error, 1024)
-	for range 1024 {
+	errs := make(chan error, writers)
+	for range writers {
 		wg.Go(func() {
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= n {
 					return
 				}
-				id, err := hwid.Parse("rpi4", RPi4(first+i))
+				serial, err := populateOne(st, pol, group, RPi4(first+i))
+				for errors.Is(err, store.ErrCollision) {
+					serial, err = populateOne(st, pol, group, RPi4(math.MaxUint32-int(collisions.Add(1))))
+				}
 				if err != nil {
-					errs <- err
+					errs <- fmt.Errorf("device %d: %w", i, err)
 					return
 				}
-				imm, err := pol.Immutable(group, id.Serial(), id.Board)
-				if err != nil {
-					errs <- err
-					return
-				}
-				v, _, err := st.Register(store.Registration{ID: id, Group: group, Immutable: imm, Actor: "spiffe://fleet.test/proxy/bench"})
-				if err != nil {
-					errs <- fmt.Errorf("register %d: %w", i, err)
-					return
-				}
-				serials[i] = v.Serial
+				serials[i] = serial
 			}
 		})
 	}
@@ -78,4 +86,33 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 		t.Fatal(err)
 	}
 	return serials
+}
+
+// populateOne registers, enrolls and sees one device; the certificate
+// values are what step-ca would have issued.
+func populateOne(st *store.Store, pol *policy.Policy, group, raw string) (string, error) {
+	id, err := hwid.Parse("rpi4", raw)
+	if err != nil {
+		return "", err
+	}
+	imm, err := pol.Immutable(group, id.Serial(), id.Board)
+	if err != nil {
+		return "", err
+	}
+	v, _, err := st.Register(store.Registration{ID: id, Group: group, Immutable: imm, Actor: "spiffe://fleet.test/proxy/bench"})
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256([]byte(raw))
+	certSerial := new(big.Int).SetBytes(sum[:16]).String()
+	now := time.Now().UTC().Truncate(time.Second)
+	if _, err := st.RecordIssued(v.Serial, store.Issued{Serial: certSerial, KeySHA256: hex.EncodeToString(sum[:]),
+		NotBefore: now, NotAfter: now.Add(24 * time.Hour), IssuedBy: "spiffe://fleet.test/proxy/bench"}); err != nil {
+		return "", err
+	}
+	fp := sha256.Sum256(sum[:])
+	if err := st.SeenCertificate(v.Serial, store.Certificate{Fingerprint: hex.EncodeToString(fp[:]), Serial: certSerial, NotAfter: now.Add(24 * time.Hour)}); err != nil {
+		return "", err
+	}
+	return v.Serial, nil
 }

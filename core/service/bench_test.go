@@ -3,27 +3,54 @@ package service_test
 import (
 	"bufio"
 	"crypto/tls"
+	"flag"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 )
+
+// Fleet sizes; the defaults are the issue's, -short makes them tiny and
+// these flags make them larger (go test -bench Store -args -store-devices=N).
+var (
+	reprovisionDevices = flag.Int("reprovision-devices", 100000, "devices in the re-provisioned group (BenchmarkReprovision)")
+	storeDevices       = flag.Int("store-devices", 1000000, "devices in the store (BenchmarkStore)")
+)
+
+// benchFleet is a fleet benchmark's size (short with -short), CA, core
+// directory and configuration.
+func benchFleet(b *testing.B, size, short int, extraYAML string) (n int, c *catest.CA, dir, cfgPath string) {
+	b.Helper()
+	n = size
+	if testing.Short() {
+		n = short
+	}
+	c = catest.Shared(b)
+	dir = b.TempDir()
+	return n, c, dir, coretest.Config(b, c.Deployment, dir, extraYAML)
+}
 
 const benchLimits = "limits: {device: {rate: 1000000, burst: 1000000}, proxy: {rate: 1000000, burst: 1000000}}\n"
 
 // BenchmarkFetch measures image fetches from core over mTLS, with a new
 // connection (full handshake) per fetch and with keep-alive, beside a bare
 // Go mTLS server that returns the same bytes, with the same client and
-// certificates, in one run. Compare ns/op of core/* with bare/*.
+// certificates and 8 concurrent clients, in one run: ops/s and p50/p99 of
+// core/* beside bare/*.
 func BenchmarkFetch(b *testing.B) {
 	core := coretest.Start(b, benchLimits)
 	d := core.Register(b, "rpi4", coretest.RPi4(900))
@@ -74,22 +101,17 @@ func BenchmarkFetch(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			c := client(tc.keepAlive)
 			b.SetBytes(int64(len(bundle)))
-			b.SetParallelism(8)
-			b.ResetTimer()
-			b.RunParallel(func(pb *testing.PB) {
-				for pb.Next() {
-					resp, err := c.Get(tc.url)
-					if err != nil {
-						b.Error(err)
-						return
-					}
-					n, _ := io.Copy(io.Discard, resp.Body)
-					_ = resp.Body.Close()
-					if resp.StatusCode != http.StatusOK || n != int64(len(bundle)) {
-						b.Errorf("status %d, %d bytes", resp.StatusCode, n)
-						return
-					}
+			coretest.Load(b, 8, func(int) error {
+				resp, err := c.Get(tc.url)
+				if err != nil {
+					return err
 				}
+				n, _ := io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+				if resp.StatusCode != http.StatusOK || n != int64(len(bundle)) {
+					return fmt.Errorf("status %d, %d bytes", resp.StatusCode, n)
+				}
+				return nil
 			})
 		})
 	}
@@ -121,13 +143,7 @@ func BenchmarkRegister(b *testing.B) {
 // Meanwhile a device outside the group keeps fetching its own bundle; its
 // latency is reported beside the same fetches with core idle.
 func BenchmarkReprovision(b *testing.B) {
-	n := 100000
-	if testing.Short() {
-		n = 2000
-	}
-	c := catest.Shared(b)
-	dir := b.TempDir()
-	cfgPath := coretest.Config(b, c.Deployment, dir, benchLimits)
+	n, c, dir, cfgPath := benchFleet(b, *reprovisionDevices, 2000, benchLimits)
 	coretest.Populate(b, cfgPath, "default", 0, n)
 	bystander := coretest.Populate(b, cfgPath, "line-b", n, 1)[0]
 	core := coretest.Run(b, c, cfgPath, dir)
@@ -203,6 +219,7 @@ func BenchmarkReprovision(b *testing.B) {
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(n*b.N)/elapsed.Seconds(), "devices/s")
+	b.ReportMetric(float64(n), "devices")
 	ip50, ip99 := coretest.Percentiles(idle)
 	bp50, bp99 := coretest.Percentiles(busy)
 	b.ReportMetric(float64(ip50.Microseconds())/1000, "idle-p50-ms")
@@ -230,4 +247,59 @@ func published(b *testing.B, hc *http.Client, coreURL string) float64 {
 		}
 	}
 	return 0
+}
+
+// BenchmarkStore measures the registry at 1,000,000 devices (5,000 with
+// -short; -store-devices for more), each as it is in service: registered,
+// its enrollment certificate recorded and seen once (three audit events).
+// It reports bytes per device on disk, lookups per second by serial with the
+// decoded-record cache off (2 goroutines, random serials), and how long
+// core takes from start to serving.
+func BenchmarkStore(b *testing.B) {
+	n, c, dir, cfgPath := benchFleet(b, *storeDevices, 5000, "")
+	t0 := time.Now()
+	serials := coretest.Populate(b, cfgPath, "default", 0, n)
+	load := time.Since(t0)
+	fi, err := os.Stat(filepath.Join(dir, "registry.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	st, err := store.Open(filepath.Join(dir, "registry.db"), store.Options{CacheDevices: -1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	const lookups = 200000
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	t0 = time.Now()
+	for w := range 2 {
+		wg.Go(func() {
+			r := rand.New(rand.NewPCG(uint64(w), 1)) //nolint:gosec // which serial to look up
+			for next.Add(1) <= lookups {
+				if _, err := st.Device(serials[r.IntN(n)]); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	lookupRate := lookups / time.Since(t0).Seconds()
+	if err := st.Close(); err != nil {
+		b.Fatal(err)
+	}
+	var start time.Duration
+	b.ResetTimer()
+	for range b.N {
+		t0 := time.Now()
+		core := coretest.Run(b, c, cfgPath, dir)
+		start += time.Since(t0)
+		core.Stop()
+	}
+	b.StopTimer()
+	b.ReportMetric(float64(fi.Size())/float64(n), "bytes/device")
+	b.ReportMetric(lookupRate, "lookups/s")
+	b.ReportMetric(start.Seconds()/float64(b.N), "start-s")
+	b.ReportMetric(float64(n)/load.Seconds(), "loads/s")
+	b.ReportMetric(float64(n), "devices")
 }

@@ -4,9 +4,11 @@
 //
 // Every write is one bbolt transaction, fsynced before it returns, so what
 // a caller acknowledges is durable and a crash leaves the previous or the
-// next consistent state. Registrations go through a group committer
-// (group.go) so a burst of them shares commits instead of paying one fsync
-// each, without making a lone registration wait for a timer.
+// next consistent state. Registrations and certificate records go through
+// a group committer (group.go) so a burst of them shares commits instead of
+// paying one fsync each, without making a lone registration wait for a
+// timer, and are prepared outside the single writer (prepare.go). Records
+// are stored compressed (codec.go).
 //
 // A device's generation is its own version plus its group's version. Both
 // only grow, so the sum does; a change to a group's data is one write, not
@@ -14,8 +16,8 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -150,10 +152,10 @@ func (v *View) EffectiveData() map[string]string {
 
 // Event is one audit record.
 type Event struct {
-	Seq        uint64            `json:"seq"`
+	Seq        uint64            `json:"seq,omitempty"` // stored in the key, not the value
 	At         time.Time         `json:"at"`
 	Actor      string            `json:"actor"`
-	Subject    string            `json:"subject"` // device/<serial> or group/<name>
+	Subject    string            `json:"subject,omitempty"` // device/<serial> or group/<name>; in the key
 	Action     string            `json:"action"`
 	Generation uint64            `json:"generation,omitempty"`
 	Detail     map[string]string `json:"detail,omitempty"`
@@ -199,7 +201,9 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = time.Second
 	}
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout})
+	// The hashmap freelist: the array one scans every free page on each
+	// allocation, which at a million devices costs more than the writes.
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s: another prov-core (or a backup tool) holds it", ErrLocked, path)
 	}
@@ -300,38 +304,23 @@ func classify(op string, err, fnErr error) error {
 	}
 }
 
-func getJSON(b *bolt.Bucket, key string, v any) (bool, error) {
+func getRecord(b *bolt.Bucket, key string, v any) (bool, error) {
 	raw := b.Get([]byte(key))
 	if raw == nil {
 		return false, nil
 	}
-	if err := json.Unmarshal(raw, v); err != nil {
+	if err := decode(raw, v); err != nil {
 		return true, fmt.Errorf("%w: record %q is corrupt: %w", ErrUnavailable, key, err)
 	}
 	return true, nil
 }
 
-func putJSON(b *bolt.Bucket, key string, v any) error {
-	raw, err := json.Marshal(v)
+func putRecord(b *bolt.Bucket, key string, v any) error {
+	raw, err := encode(v)
 	if err != nil {
 		return err
 	}
 	return b.Put([]byte(key), raw)
-}
-
-func audit(tx *bolt.Tx, e Event) error {
-	b := tx.Bucket(bucketAudit)
-	seq, err := b.NextSequence()
-	if err != nil {
-		return err
-	}
-	e.Seq = seq
-	key := append([]byte(e.Subject+"\x00"), binary.BigEndian.AppendUint64(nil, seq)...)
-	raw, err := json.Marshal(e)
-	if err != nil {
-		return err
-	}
-	return b.Put(key, raw)
 }
 
 // EnsureGroup creates a group with its initial data if it does not exist;
@@ -341,14 +330,14 @@ func (s *Store) EnsureGroup(name string, data map[string]string, actor string) (
 	err = s.update("ensure group", func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
 		g = &Group{}
-		found, err := getJSON(b, name, g)
+		found, err := getRecord(b, name, g)
 		if err != nil || found {
 			return err
 		}
 		now := s.stamp()
 		g = &Group{Name: name, Data: maps.Clone(data), Version: 0, VersionAt: now, CreatedAt: now}
 		created = true
-		if err := putJSON(b, name, g); err != nil {
+		if err := putRecord(b, name, g); err != nil {
 			return err
 		}
 		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "create", Detail: keysOf(data)})
@@ -368,75 +357,173 @@ type Registration struct {
 // unchanged (idempotent: immutable data is never recomputed). A different
 // hardware ID with the same serial is ErrCollision and changes nothing.
 func (s *Store) Register(r Registration) (v *View, created bool, err error) {
-	serial := r.ID.Serial()
+	for range maxOptimistic {
+		v, created, err = s.registerPrepared(r)
+		if !errors.Is(err, errStale) {
+			return v, created, err
+		}
+	}
+	// Contended (the group keeps changing): do it all in the writer.
 	txid := 0
-	err = s.batch("register", func(tx *bolt.Tx) error {
-		created, txid = false, tx.ID()
-		devices, hwids := tx.Bucket(bucketDevices), tx.Bucket(bucketHWIDs)
-		if existing := hwids.Get([]byte(r.ID.Key())); existing != nil {
-			var err error
-			v, err = view(tx, string(existing))
-			return err
-		}
-		if devices.Get([]byte(serial)) != nil {
-			return fmt.Errorf("%w: serial %s (hardware ID %s)", ErrCollision, serial, r.ID.Key())
-		}
+	err = s.update("register", func(tx *bolt.Tx) error {
+		txid = tx.ID()
 		var g Group
-		found, err := getJSON(tx.Bucket(bucketGroups), r.Group, &g)
-		if err != nil {
+		existing, err := registrationState(tx, r, &g)
+		if err != nil || existing != "" {
+			created = false
+			v, err = viewOr(tx, existing, err)
 			return err
 		}
-		if !found {
-			return fmt.Errorf("%w %q", ErrUnknownGroup, r.Group)
-		}
-		now := s.stamp()
-		d := Device{
-			Serial: serial, Board: r.ID.Board, HardwareID: r.ID.Canonical, Group: r.Group,
-			Immutable: r.Immutable, Version: 1, VersionAt: now, Status: Active,
-			RegisteredBy: r.Actor, CreatedAt: now, UpdatedAt: now,
-		}
-		if err := putJSON(devices, serial, &d); err != nil {
+		d, ev := s.newDevice(r, &g)
+		if err := putRecord(tx.Bucket(bucketDevices), d.Serial, d); err != nil {
 			return err
 		}
-		if err := hwids.Put([]byte(r.ID.Key()), []byte(serial)); err != nil {
+		if err := putIndexes(tx, r, d.Serial); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketMembers).Put([]byte(r.Group+"\x00"+serial), nil); err != nil {
-			return err
-		}
-		v = &View{Device: d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}
-		created = true
-		return audit(tx, Event{At: now, Actor: r.Actor, Subject: "device/" + serial, Action: "register", Generation: v.Generation(),
-			Detail: map[string]string{"board": r.ID.Board, "group": r.Group, "hostname": r.Immutable.Hostname}})
+		v, created = &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, true
+		return audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, false, err
 	}
 	if created {
 		d := v.Device
-		s.devices.put(serial, txid, &d)
+		s.devices.put(v.Serial, txid, &d)
 	}
 	return v, created, nil
 }
 
-func view(tx *bolt.Tx, serial string) (*View, error) {
+// registerPrepared is Register with the record prepared outside the
+// writer (prepare.go); errStale when the group changed meanwhile or the
+// hardware ID was registered by another call.
+func (s *Store) registerPrepared(r Registration) (*View, bool, error) {
+	var g Group
+	var groupBase []byte
+	var existing string
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if existing, err = registrationState(tx, r, &g); err != nil || existing != "" {
+			return err
+		}
+		groupBase = bytes.Clone(tx.Bucket(bucketGroups).Get([]byte(r.Group)))
+		return nil
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	if existing != "" {
+		v, err := s.Device(existing)
+		return v, false, err
+	}
+	d, ev := s.newDevice(r, &g)
+	record, err := encode(d)
+	if err != nil {
+		return nil, false, err
+	}
+	event, err := encodeEvent(*ev)
+	if err != nil {
+		return nil, false, err
+	}
+	txid := 0
+	err = s.batch("register", func(tx *bolt.Tx) error {
+		txid = tx.ID()
+		if tx.Bucket(bucketHWIDs).Get([]byte(r.ID.Key())) != nil || !bytes.Equal(tx.Bucket(bucketGroups).Get([]byte(r.Group)), groupBase) {
+			return errStale
+		}
+		if tx.Bucket(bucketDevices).Get([]byte(d.Serial)) != nil {
+			return fmt.Errorf("%w: serial %s (hardware ID %s)", ErrCollision, d.Serial, r.ID.Key())
+		}
+		if err := tx.Bucket(bucketDevices).Put([]byte(d.Serial), record); err != nil {
+			return err
+		}
+		if err := putIndexes(tx, r, d.Serial); err != nil {
+			return err
+		}
+		return putEvent(tx, ev.Subject, event)
+	})
+	if err != nil {
+		return nil, false, err
+	}
+	stored := *d
+	s.devices.put(d.Serial, txid, &stored)
+	return &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, true, nil
+}
+
+// registrationState reads what a registration depends on: the serial the
+// hardware ID already has (if any), else its group into g; a serial taken
+// by another hardware ID is ErrCollision.
+func registrationState(tx *bolt.Tx, r Registration, g *Group) (existing string, err error) {
+	if e := tx.Bucket(bucketHWIDs).Get([]byte(r.ID.Key())); e != nil {
+		return string(e), nil
+	}
+	serial := r.ID.Serial()
+	if tx.Bucket(bucketDevices).Get([]byte(serial)) != nil {
+		return "", fmt.Errorf("%w: serial %s (hardware ID %s)", ErrCollision, serial, r.ID.Key())
+	}
+	found, err := getRecord(tx.Bucket(bucketGroups), r.Group, g)
+	if err != nil {
+		return "", err
+	}
+	if !found {
+		return "", fmt.Errorf("%w %q", ErrUnknownGroup, r.Group)
+	}
+	return "", nil
+}
+
+func viewOr(tx *bolt.Tx, serial string, err error) (*View, error) {
+	if err != nil {
+		return nil, err
+	}
+	return view(tx, serial)
+}
+
+// newDevice is a registration's new record and its audit event.
+func (s *Store) newDevice(r Registration, g *Group) (*Device, *Event) {
+	now := s.stamp()
+	serial := r.ID.Serial()
+	d := &Device{
+		Serial: serial, Board: r.ID.Board, HardwareID: r.ID.Canonical, Group: r.Group,
+		Immutable: r.Immutable, Version: 1, VersionAt: now, Status: Active,
+		RegisteredBy: r.Actor, CreatedAt: now, UpdatedAt: now,
+	}
+	return d, &Event{At: now, Actor: r.Actor, Subject: "device/" + serial, Action: "register", Generation: d.Version + g.Version,
+		Detail: map[string]string{"board": r.ID.Board, "group": r.Group, "hostname": r.Immutable.Hostname}}
+}
+
+func putIndexes(tx *bolt.Tx, r Registration, serial string) error {
+	if err := tx.Bucket(bucketHWIDs).Put([]byte(r.ID.Key()), []byte(serial)); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketMembers).Put([]byte(r.Group+"\x00"+serial), nil)
+}
+
+func device(tx *bolt.Tx, serial string) (*Device, error) {
 	var d Device
-	found, err := getJSON(tx.Bucket(bucketDevices), serial, &d)
+	found, err := getRecord(tx.Bucket(bucketDevices), serial, &d)
 	if err != nil {
 		return nil, err
 	}
 	if !found {
 		return nil, fmt.Errorf("device %s: %w", serial, ErrNotFound)
 	}
+	return &d, nil
+}
+
+func view(tx *bolt.Tx, serial string) (*View, error) {
+	d, err := device(tx, serial)
+	if err != nil {
+		return nil, err
+	}
 	var g Group
-	found, err = getJSON(tx.Bucket(bucketGroups), d.Group, &g)
+	found, err := getRecord(tx.Bucket(bucketGroups), d.Group, &g)
 	if err != nil {
 		return nil, err
 	}
 	if !found {
 		return nil, fmt.Errorf("%w: device %s names group %q, which is missing", ErrUnavailable, serial, d.Group)
 	}
-	return &View{Device: d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
+	return &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
 }
 
 // Device returns a device and its group.
@@ -452,7 +539,7 @@ func (s *Store) Device(serial string) (*View, error) {
 	var d Device
 	var g *Group
 	err := s.db.View(func(tx *bolt.Tx) error {
-		found, err := getJSON(tx.Bucket(bucketDevices), serial, &d)
+		found, err := getRecord(tx.Bucket(bucketDevices), serial, &d)
 		if err != nil {
 			return err
 		}
@@ -468,7 +555,7 @@ func (s *Store) Device(serial string) (*View, error) {
 			return nil
 		}
 		g = &Group{}
-		found, err = getJSON(tx.Bucket(bucketGroups), d.Group, g)
+		found, err = getRecord(tx.Bucket(bucketGroups), d.Group, g)
 		if err != nil {
 			return err
 		}
@@ -484,6 +571,20 @@ func (s *Store) Device(serial string) (*View, error) {
 	return &View{Device: d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
 }
 
+// withGroup is a device's view with its group as it is now.
+func (s *Store) withGroup(d *Device) (*View, error) {
+	s.groupsMu.RLock()
+	g := s.groups[d.Group]
+	s.groupsMu.RUnlock()
+	if g == nil {
+		var err error
+		if g, err = s.Group(d.Group); err != nil {
+			return nil, fmt.Errorf("device %s: %w", d.Serial, err)
+		}
+	}
+	return &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}, nil
+}
+
 // cacheGroup keeps the newest version of a group.
 func (s *Store) cacheGroup(g *Group) {
 	s.groupsMu.Lock()
@@ -497,7 +598,7 @@ func (s *Store) cacheGroup(g *Group) {
 func (s *Store) Group(name string) (*Group, error) {
 	var g Group
 	err := s.db.View(func(tx *bolt.Tx) error {
-		found, err := getJSON(tx.Bucket(bucketGroups), name, &g)
+		found, err := getRecord(tx.Bucket(bucketGroups), name, &g)
 		if err == nil && !found {
 			err = fmt.Errorf("group %s: %w", name, ErrNotFound)
 		}
@@ -619,7 +720,7 @@ func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[s
 		now := s.stamp()
 		v.Version++
 		v.VersionAt, v.UpdatedAt = now, now
-		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
+		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return err
 		}
 		return audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: action, Generation: v.Generation(), Detail: detail})
@@ -638,7 +739,7 @@ func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[s
 func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor string, check func(*Group) error) (*Group, error) {
 	var g Group
 	err := s.update("set group data", func(tx *bolt.Tx) error {
-		found, err := getJSON(tx.Bucket(bucketGroups), name, &g)
+		found, err := getRecord(tx.Bucket(bucketGroups), name, &g)
 		if err != nil {
 			return err
 		}
@@ -655,7 +756,7 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor stri
 		now := s.stamp()
 		g.Version++
 		g.VersionAt = now
-		if err := putJSON(tx.Bucket(bucketGroups), name, &g); err != nil {
+		if err := putRecord(tx.Bucket(bucketGroups), name, &g); err != nil {
 			return err
 		}
 		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.detail()})
@@ -682,7 +783,7 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 		}
 		now := s.stamp()
 		v.Status, v.UpdatedAt = Revoked, now
-		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
+		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return err
 		}
 		return audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: "revoke", Detail: map[string]string{"reason": reason}})
@@ -699,69 +800,43 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 // that hold the device check HasCertificate first; this checks again
 // inside its transaction.
 func (s *Store) SeenCertificate(serial string, c Certificate) error {
-	var saved *Device
-	txid := 0
-	err := s.update("certificate seen", func(tx *bolt.Tx) error {
-		txid = tx.ID()
-		v, err := view(tx, serial)
-		if err != nil {
-			return err
-		}
-		if slices.ContainsFunc(v.Certificates, func(x Certificate) bool { return x.Fingerprint == c.Fingerprint }) {
-			return nil
+	_, err := s.modifyDevice("certificate seen", serial, func(d *Device) (*Event, error) {
+		if d.HasCertificate(c.Fingerprint) {
+			return nil, nil
 		}
 		now := s.stamp()
 		c.FirstSeen = now
-		v.Certificates = append(v.Certificates, c)
-		if len(v.Certificates) > MaxCertificates {
-			v.Certificates = v.Certificates[len(v.Certificates)-MaxCertificates:]
+		d.Certificates = append(d.Certificates, c)
+		if len(d.Certificates) > MaxCertificates {
+			d.Certificates = d.Certificates[len(d.Certificates)-MaxCertificates:]
 		}
-		v.UpdatedAt = now
-		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
-			return err
-		}
-		saved = &v.Device
-		return audit(tx, Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
-			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}})
+		d.UpdatedAt = now
+		return &Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
+			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}}, nil
 	})
-	if err == nil && saved != nil {
-		s.devices.put(serial, txid, saved)
-	}
 	return err
 }
 
 // RecordIssued remembers a certificate a proxy had issued for the device
 // (the last MaxCertificates of them), for the re-enrollment policy.
 func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
-	var v *View
-	txid := 0
-	err := s.update("certificate issued", func(tx *bolt.Tx) error {
-		txid = tx.ID()
-		var err error
-		if v, err = view(tx, serial); err != nil {
-			return err
-		}
-		if slices.ContainsFunc(v.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
-			return nil
+	d, err := s.modifyDevice("certificate issued", serial, func(d *Device) (*Event, error) {
+		if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
+			return nil, nil
 		}
 		now := s.stamp()
-		v.Issued = append(v.Issued, c)
-		if len(v.Issued) > MaxCertificates {
-			v.Issued = v.Issued[len(v.Issued)-MaxCertificates:]
+		d.Issued = append(d.Issued, c)
+		if len(d.Issued) > MaxCertificates {
+			d.Issued = d.Issued[len(d.Issued)-MaxCertificates:]
 		}
-		v.UpdatedAt = now
-		if err := putJSON(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
-			return err
-		}
-		return audit(tx, Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}})
+		d.UpdatedAt = now
+		return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
+			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}, nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	d := v.Device
-	s.devices.put(serial, txid, &d)
-	return v, nil
+	return s.withGroup(d)
 }
 
 // HasCertificate reports whether the device was already seen with a
@@ -780,9 +855,11 @@ func (s *Store) Audit(subject string, after uint64, limit int) ([]Event, error) 
 		start := append(append([]byte{}, prefix...), binary.BigEndian.AppendUint64(nil, after+1)...)
 		for k, raw := c.Seek(start); k != nil && len(k) == len(prefix)+8 && string(k[:len(prefix)]) == string(prefix); k, raw = c.Next() {
 			var e Event
-			if err := json.Unmarshal(raw, &e); err != nil {
-				return fmt.Errorf("%w: audit record corrupt: %w", ErrUnavailable, err)
+			seq := binary.BigEndian.Uint64(k[len(prefix):])
+			if err := decode(raw, &e); err != nil {
+				return fmt.Errorf("%w: audit record %d of %s is corrupt: %w", ErrUnavailable, seq, subject, err)
 			}
+			e.Seq, e.Subject = seq, subject
 			out = append(out, e)
 			if len(out) == limit {
 				return nil

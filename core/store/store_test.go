@@ -321,3 +321,53 @@ func TestListPages(t *testing.T) {
 		t.Fatalf("listed %d of 25", len(seen))
 	}
 }
+
+// Changes prepared outside the writer (certificates issued and seen) and
+// changes made inside it (re-provisions), all at once on one device: none
+// is lost, none applies twice, each has its audit event.
+func TestConcurrentChangesOfOneDevice(t *testing.T) {
+	s, _ := open(t, store.Options{})
+	v, _, err := s.Register(reg(t, "10000000abcdef12"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12 // under MaxCertificates, so every certificate is kept
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			if err := s.SeenCertificate(v.Serial, store.Certificate{Fingerprint: fmt.Sprintf("fp%d", i), Serial: fmt.Sprint(i)}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := s.RecordIssued(v.Serial, store.Issued{Serial: fmt.Sprint(i), IssuedBy: "spiffe://fleet.test/proxy/p1"}); err != nil {
+				t.Error(err)
+			}
+		})
+		wg.Go(func() {
+			if _, err := s.Reprovision(v.Serial, "spiffe://fleet.test/admin/a"); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	wg.Wait()
+	got, err := s.Device(v.Serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Certificates) != n || len(got.Issued) != n || got.Version != 1+n {
+		t.Fatalf("%d certificates, %d issued, version %d; want %d, %d, %d", len(got.Certificates), len(got.Issued), got.Version, n, n, 1+n)
+	}
+	events, err := s.Audit("device/"+v.Serial, 0, 1000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(events) != 1+3*n {
+		t.Fatalf("%d audit events, want %d", len(events), 1+3*n)
+	}
+	for i, e := range events {
+		if e.Subject != "device/"+v.Serial || (i > 0 && e.Seq <= events[i-1].Seq) {
+			t.Fatalf("event %d: %+v", i, e)
+		}
+	}
+}

@@ -28,7 +28,7 @@ func opts(f *devicetest.Fleet) install.Options {
 	return install.Options{Roots: f.Roots, Serial: serial, Rules: imagespec.DefaultRules()}
 }
 
-func open(t *testing.T, dir string) *state.Dir {
+func open(t testing.TB, dir string) *state.Dir {
 	t.Helper()
 	st, err := state.Open(dir)
 	if err != nil {

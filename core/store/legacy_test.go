@@ -1,0 +1,113 @@
+package store
+
+import (
+	"encoding/json"
+	"errors"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/fleetprov/prov/core/hwid"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A store written before records were compressed (plain JSON values) is
+// read as it is, and a damaged record is an error naming it, never data.
+func TestPlainJSONRecordsAndDamagedOnes(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "registry.db")
+	s, err := Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.EnsureGroup("default", map[string]string{"/etc/prov/data/a": "1"}, "config"); err != nil {
+		t.Fatal(err)
+	}
+	id, err := hwid.Parse("rpi4", "10000000abcdef12")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, _, err := s.Register(Registration{ID: id, Group: "default", Actor: "spiffe://fleet.test/proxy/p1", Immutable: Immutable{Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := v.Serial
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Rewrite every record as plain JSON, as the first stores held them.
+	rewrite(t, path, func(tx *bolt.Tx) error {
+		for _, name := range [][]byte{bucketDevices, bucketGroups, bucketAudit} {
+			b := tx.Bucket(name)
+			plain := map[string][]byte{}
+			if err := b.ForEach(func(k, stored []byte) error {
+				var m map[string]any
+				if err := decode(stored, &m); err != nil {
+					return err
+				}
+				raw, err := json.Marshal(m)
+				plain[string(k)] = raw
+				return err
+			}); err != nil {
+				return err
+			}
+			for k, raw := range plain {
+				if err := b.Put([]byte(k), raw); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	})
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Device(serial)
+	if err != nil || got.Immutable.Hostname != "h" || got.GroupData["/etc/prov/data/a"] != "1" {
+		t.Fatalf("plain record: %+v %v", got, err)
+	}
+	if ev, err := s.Audit("device/"+serial, 0, 10); err != nil || len(ev) != 1 || ev[0].Action != "register" {
+		t.Fatalf("plain audit: %+v %v", ev, err)
+	}
+	// Writes after that are compressed, and both kinds live side by side.
+	if _, err := s.SetDeviceData(serial, got.Generation(), Change{Set: map[string]string{"/etc/prov/data/b": "2"}}, "admin", func(*View) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if ev, err := s.Audit("device/"+serial, 0, 10); err != nil || len(ev) != 2 {
+		t.Fatalf("mixed audit: %+v %v", ev, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	// Damage the device record on disk.
+	rewrite(t, path, func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketDevices)
+		stored := append([]byte(nil), b.Get([]byte(serial))...)
+		stored[len(stored)/2] ^= 0x10
+		return b.Put([]byte(serial), stored)
+	})
+	s, err = Open(path, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	_, err = s.Device(serial)
+	if !errors.Is(err, ErrUnavailable) || !strings.Contains(err.Error(), serial) {
+		t.Fatalf("damaged record: %v", err)
+	}
+}
+
+// rewrite changes a closed store's file directly.
+func rewrite(t *testing.T, path string, fn func(tx *bolt.Tx) error) {
+	t.Helper()
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(fn); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+}

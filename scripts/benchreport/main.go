@@ -1,0 +1,244 @@
+// Command benchreport is `make bench`: it runs every hot path's benchmark
+// beside its baseline, in one run each (absolute times drift on shared
+// machines; ratios measured side by side do not), prints one table and
+// writes BENCHMARKS.md with the machine, the date and the commands.
+//
+//	go run ./scripts/benchreport [-quick] [-enroll N] [-reprovision N] [-store N] [-out FILE]
+//
+// -quick runs the benchmarks at their -short sizes (2,000 devices for the
+// re-provision, 5,000 in the store) and fewer iterations: a minute or two.
+// -reprovision and -store make those fleets larger than the issue's
+// 100,000 and 1,000,000.
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// run is one `go test -bench` invocation.
+type run struct {
+	pkg, bench, benchtime string
+	args                  []string // after -args: the benchmark's own flags
+}
+
+// result is a benchmark line's metrics by unit (ns/op, ops/s, ...).
+type result map[string]float64
+
+func main() {
+	quick := flag.Bool("quick", false, "small sizes and few iterations (about a minute)")
+	enrollN := flag.Int("enroll", 1500, "enrollments per concurrency level")
+	out := flag.String("out", "BENCHMARKS.md", "the report to write")
+	reprovision := flag.Int("reprovision", 100000, "devices in the re-provisioned group")
+	storeN := flag.Int("store", 1000000, "devices in the store")
+	flag.Parse()
+	if *quick {
+		*enrollN = 200
+	}
+	runs := []run{
+		{"./core/image/", "BenchmarkImage", "2s", nil},
+		{"./core/service/", "BenchmarkFetch", "3000x", nil},
+		{"./proxy/service/", "BenchmarkEnroll", fmt.Sprintf("%dx", *enrollN), nil},
+		{"./core/service/", "BenchmarkReprovision", "1x", []string{fmt.Sprintf("-reprovision-devices=%d", *reprovision)}},
+		{"./core/service/", "BenchmarkStore", "3x", []string{fmt.Sprintf("-store-devices=%d", *storeN)}},
+		{"./deviceclient/cmd/prov-device/", "BenchmarkFootprint", "3x", nil},
+		{"./deviceclient/install/", "BenchmarkInstall", "200x", nil},
+	}
+	if *quick {
+		runs[0].benchtime, runs[1].benchtime, runs[6].benchtime = "300ms", "500x", "20x"
+	}
+	results := map[string]result{}
+	var commands, raw []string
+	started := time.Now()
+	for _, r := range runs {
+		args := []string{"test", "-run", "^$", "-bench", "^" + r.bench + "$", "-benchtime", r.benchtime, "-timeout", "30m"}
+		if *quick {
+			args = append(args, "-short")
+		}
+		args = append(args, r.pkg)
+		if len(r.args) > 0 && !*quick {
+			args = append(append(args, "-args"), r.args...)
+		}
+		cmdline := "go " + strings.Join(args, " ")
+		commands = append(commands, cmdline)
+		fmt.Fprintf(os.Stderr, "bench: %s\n", cmdline)
+		cmd := exec.Command("go", args...) //nolint:gosec // our own fixed list of go test invocations
+		var buf bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &buf, &buf
+		if err := cmd.Run(); err != nil {
+			fmt.Fprintf(os.Stderr, "%s\nbench: %s: %v\n", lastLines(buf.String(), 40), r.bench, err)
+			os.Exit(1)
+		}
+		for name, res := range parse(&buf) {
+			results[name] = res
+			raw = append(raw, name+" "+format(res))
+		}
+	}
+	rows := table(results)
+	var md bytes.Buffer
+	fmt.Fprintf(&md, "# Benchmarks\n\n%s, %s, on %s. Every row is measured side by side in one run; ",
+		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.Version(), machine())
+	fmt.Fprintf(&md, "the whole run took %s.\n\n", time.Since(started).Round(time.Second))
+	md.WriteString(tableText(rows))
+	fmt.Fprintf(&md, "\n## Commands\n\n```sh\n%s\n```\n\n## Raw results\n\n```\n%s\n```\n", strings.Join(commands, "\n"), strings.Join(raw, "\n"))
+	fmt.Print(tableText(rows))
+	if err := os.WriteFile(*out, md.Bytes(), 0o644); err != nil { //nolint:gosec // a report
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Printf("\nwritten to %s\n", *out)
+}
+
+// parse reads "BenchmarkX/sub-2  N  v unit  v unit ..." lines.
+func parse(r io.Reader) map[string]result {
+	out := map[string]result{}
+	sc := bufio.NewScanner(r)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 4 || !strings.HasPrefix(f[0], "Benchmark") {
+			continue
+		}
+		name := f[0]
+		if i := strings.LastIndex(name, "-"); i > 0 {
+			name = name[:i] // the GOMAXPROCS suffix
+		}
+		res := result{}
+		for i := 2; i+1 < len(f); i += 2 {
+			if v, err := strconv.ParseFloat(f[i], 64); err == nil {
+				res[f[i+1]] = v
+			}
+		}
+		out[name] = res
+	}
+	return out
+}
+
+func format(r result) string {
+	var parts []string
+	for k, v := range r {
+		parts = append(parts, fmt.Sprintf("%g %s", v, k))
+	}
+	return strings.Join(parts, ", ")
+}
+
+// row is a line of the table.
+type row struct {
+	what, measured, baseline, ratio, goal string
+	met                                   string // "yes", "no", "n/a"
+}
+
+func get(results map[string]result, name, unit string) float64 {
+	return results[name][unit]
+}
+
+func verdict(ok bool) string {
+	if ok {
+		return "yes"
+	}
+	return "**no**"
+}
+
+func table(r map[string]result) []row {
+	var rows []row
+	// 1. image build+sign
+	buildSign := 1e9 / get(r, "BenchmarkImage/build+sign", "ns/op")
+	mksq := 1e9 / get(r, "BenchmarkImage/mksquashfs+sign", "ns/op")
+	bare := 1e9 / get(r, "BenchmarkImage/bare-ed25519-sign/jws-input", "ns/op")
+	rows = append(rows,
+		row{"image build+sign vs mksquashfs+sign", fmt.Sprintf("%.0f/s", buildSign), fmt.Sprintf("%.0f/s", mksq),
+			fmt.Sprintf("%.0f×", buildSign/mksq), "≥ 100×", verdict(buildSign/mksq >= 100)},
+		row{"image build+sign vs bare Ed25519 signature", fmt.Sprintf("%.0f/s", buildSign), fmt.Sprintf("%.0f/s", bare),
+			fmt.Sprintf("%.2f", buildSign/bare), "≥ 0.5", verdict(buildSign/bare >= 0.5)})
+	// 2. fetch
+	for _, mode := range []struct{ name, goal string }{{"new-connection", "0.9"}, {"keep-alive", "0.8"}} {
+		c, b := r["BenchmarkFetch/core/"+mode.name], r["BenchmarkFetch/bare/"+mode.name]
+		g, _ := strconv.ParseFloat(mode.goal, 64)
+		rows = append(rows, row{"fetch over mTLS, " + mode.name + " (8 clients)",
+			fmt.Sprintf("%.0f/s, p50 %.2f p99 %.2f ms", c["ops/s"], c["p50-ms"], c["p99-ms"]),
+			fmt.Sprintf("bare Go mTLS %.0f/s, p50 %.2f p99 %.2f ms", b["ops/s"], b["p50-ms"], b["p99-ms"]),
+			fmt.Sprintf("%.2f", c["ops/s"]/b["ops/s"]), "≥ " + mode.goal, verdict(c["ops/s"]/b["ops/s"] >= g)})
+	}
+	// 3. enrollment
+	for _, c := range []string{"1", "16", "64"} {
+		e, s := r["BenchmarkEnroll/enroll/c="+c], r["BenchmarkEnroll/stepca-sign/c="+c]
+		ratio := e["ops/s"] / s["ops/s"]
+		rows = append(rows, row{"enrollment end to end, concurrency " + c,
+			fmt.Sprintf("%.0f/s, p50 %.1f p99 %.1f ms", e["ops/s"], e["p50-ms"], e["p99-ms"]),
+			fmt.Sprintf("step-ca /1.0/sign %.0f/s, p50 %.1f p99 %.1f ms", s["ops/s"], s["p50-ms"], s["p99-ms"]),
+			fmt.Sprintf("%.2f", ratio), "≥ 300/s and ≥ 0.5", verdict(e["ops/s"] >= 300 && ratio >= 0.5)})
+	}
+	// 4. re-provision
+	rp := r["BenchmarkReprovision"]
+	rows = append(rows,
+		row{fmt.Sprintf("group-wide change for %.0f devices: bundles built+signed, notifications published", rp["devices"]), fmt.Sprintf("%.0f devices/s", rp["devices/s"]), "", "", "≥ 10,000/s", verdict(rp["devices/s"] >= 10000)},
+		row{"fetch latency of another device meanwhile", fmt.Sprintf("p50 %.2f p99 %.2f ms", rp["busy-p50-ms"], rp["busy-p99-ms"]),
+			fmt.Sprintf("idle p50 %.2f p99 %.2f ms", rp["idle-p50-ms"], rp["idle-p99-ms"]),
+			fmt.Sprintf("p50 %.2f, p99 %.2f", rp["busy-p50-ms"]/rp["idle-p50-ms"], rp["busy-p99-ms"]/rp["idle-p99-ms"]), "unchanged",
+			verdict(rp["busy-p50-ms"] <= 1.5*rp["idle-p50-ms"] && rp["busy-p99-ms"] <= 1.5*rp["idle-p99-ms"])})
+	// 5. store
+	st := r["BenchmarkStore"]
+	rows = append(rows,
+		row{fmt.Sprintf("store of %.0f in-service devices: bytes per device", st["devices"]), fmt.Sprintf("%.0f B", st["bytes/device"]), "", "", "≤ 2 KiB", verdict(st["bytes/device"] <= 2048)},
+		row{"store: lookups by serial (cache off, 2 goroutines)", fmt.Sprintf("%.0f/s", st["lookups/s"]), "", "", "", "n/a"},
+		row{"core start with the full store", fmt.Sprintf("%.2f s", st["start-s"]), "", "", "≤ 2 s", verdict(st["start-s"] <= 2)})
+	// 6. device
+	fp := r["BenchmarkFootprint"]
+	rows = append(rows,
+		row{"prov-device stripped binary (amd64 / arm64 / armv7)", fmt.Sprintf("%.2f / %.2f / %.2f MiB", fp["MiB-amd64"], fp["MiB-arm64"], fp["MiB-armv7"]), "", "", "≤ 12 MiB",
+			verdict(max(fp["MiB-amd64"], fp["MiB-arm64"], fp["MiB-armv7"]) <= 12)},
+		row{"prov-device update, peak RSS (~1 MiB image)", fmt.Sprintf("%.1f MiB", fp["peak-RSS-MiB"]), "", "", "≤ 30 MiB", verdict(fp["peak-RSS-MiB"] <= 30)},
+		row{"verify+install (small / ~1 MiB image)", fmt.Sprintf("%.1f / %.1f ms", get(r, "BenchmarkInstall/small", "ns/op")/1e6, get(r, "BenchmarkInstall/1MiB", "ns/op")/1e6), "", "", "", "n/a"})
+	return rows
+}
+
+func tableText(rows []row) string {
+	var b strings.Builder
+	b.WriteString("| benchmark | measured | baseline | ratio | goal | met |\n|---|---|---|---|---|---|\n")
+	for _, r := range rows {
+		b.WriteString("| " + strings.Join([]string{r.what, r.measured, r.baseline, r.ratio, r.goal, r.met}, " | ") + " |\n")
+	}
+	return b.String()
+}
+
+// machine describes this machine: CPU model, cores, memory, kernel.
+func machine() string {
+	model := "unknown CPU"
+	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(data), "\n") {
+			if k, v, ok := strings.Cut(l, ":"); ok && strings.TrimSpace(k) == "model name" {
+				model = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	mem := ""
+	if data, err := os.ReadFile("/proc/meminfo"); err == nil {
+		if f := strings.Fields(strings.SplitN(string(data), "\n", 2)[0]); len(f) >= 2 {
+			if kb, err := strconv.ParseFloat(f[1], 64); err == nil {
+				mem = fmt.Sprintf(", %.0f GiB", kb/(1<<20))
+			}
+		}
+	}
+	kernel := ""
+	if data, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = ", Linux " + strings.TrimSpace(string(data))
+	}
+	return fmt.Sprintf("%s, %d cores%s%s", model, runtime.NumCPU(), mem, kernel)
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
