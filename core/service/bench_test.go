@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/trace"
 	"strconv"
 	"strings"
 	"sync"
@@ -206,6 +207,7 @@ func BenchmarkReprovision(b *testing.B) {
 			}
 			sampled <- lat
 		}()
+		stopTrace := traceTo(b, os.Getenv("PROV_BENCH_TRACE"))
 		t0 := time.Now()
 		if _, err := admin.SetGroupData(ctx, "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/site": fmt.Sprintf("hall-%d\n", i)}}); err != nil {
 			b.Fatal(err)
@@ -214,6 +216,7 @@ func BenchmarkReprovision(b *testing.B) {
 			time.Sleep(20 * time.Millisecond)
 		}
 		elapsed += time.Since(t0)
+		stopTrace()
 		close(done)
 		busy = append(busy, <-sampled...)
 	}
@@ -226,6 +229,29 @@ func BenchmarkReprovision(b *testing.B) {
 	b.ReportMetric(float64(ip99.Microseconds())/1000, "idle-p99-ms")
 	b.ReportMetric(float64(bp50.Microseconds())/1000, "busy-p50-ms")
 	b.ReportMetric(float64(bp99.Microseconds())/1000, "busy-p99-ms")
+}
+
+// traceTo writes an execution trace to path (if not empty) until the
+// returned function is called: `go tool trace -pprof=sched` on it shows
+// what made a goroutine wait for a CPU in the busy window alone.
+func traceTo(b *testing.B, path string) func() {
+	b.Helper()
+	if path == "" {
+		return func() {}
+	}
+	f, err := os.Create(path) //nolint:gosec // a path the developer gave
+	if err != nil {
+		b.Fatal(err)
+	}
+	if err := trace.Start(f); err != nil {
+		b.Fatal(err)
+	}
+	return func() {
+		trace.Stop()
+		if err := f.Close(); err != nil {
+			b.Error(err)
+		}
+	}
 }
 
 // published reads core's count of published notifications from /metrics.
@@ -288,18 +314,21 @@ func BenchmarkStore(b *testing.B) {
 	if err := st.Close(); err != nil {
 		b.Fatal(err)
 	}
+	// b.Loop: the function runs once however many starts are asked for
+	// (with a b.N loop, the testing package would call it, and fill the
+	// store, once more first).
 	var start time.Duration
-	b.ResetTimer()
-	for range b.N {
+	starts := 0
+	for b.Loop() {
 		t0 := time.Now()
 		core := coretest.Run(b, c, cfgPath, dir)
 		start += time.Since(t0)
+		starts++
 		core.Stop()
 	}
-	b.StopTimer()
 	b.ReportMetric(float64(fi.Size())/float64(n), "bytes/device")
 	b.ReportMetric(lookupRate, "lookups/s")
-	b.ReportMetric(start.Seconds()/float64(b.N), "start-s")
+	b.ReportMetric(start.Seconds()/float64(starts), "start-s")
 	b.ReportMetric(float64(n)/load.Seconds(), "loads/s")
 	b.ReportMetric(float64(n), "devices")
 }

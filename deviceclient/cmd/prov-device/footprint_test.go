@@ -54,8 +54,9 @@ func BenchmarkFootprint(b *testing.B) {
 		b.Fatalf("list: %v", err)
 	}
 	var peak int64
-	b.ResetTimer()
-	for i := range b.N {
+	i := 0
+	for b.Loop() { // runs this function once, not again for each b.N
+		i++
 		b.StopTimer()
 		d, err := admin.Device(context.Background(), serial)
 		if err != nil {
