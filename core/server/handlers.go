@@ -342,8 +342,7 @@ func (s *Server) group(w http.ResponseWriter, r *http.Request, _ pki.Identity) e
 	if err != nil {
 		return err
 	}
-	w.Header().Set("ETag", api.IfMatch(g.Version))
-	return writeJSON(w, http.StatusOK, api.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
+	return writeGroup(w, g)
 }
 
 func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
@@ -366,6 +365,11 @@ func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Ide
 		return err
 	}
 	s.enqueue(job{group: name})
+	return writeGroup(w, g)
+}
+
+// writeGroup answers with a group and its version as the ETag.
+func writeGroup(w http.ResponseWriter, g *store.Group) error {
 	w.Header().Set("ETag", api.IfMatch(g.Version))
 	return writeJSON(w, http.StatusOK, api.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
 }

@@ -40,6 +40,9 @@ func benchFleet(b *testing.B, size, short int, extraYAML string) (n int, c *cate
 	if testing.Short() {
 		n = short
 	}
+	if n < 1 {
+		b.Fatalf("a fleet of %d devices: want at least 1 (-reprovision-devices, -store-devices)", n)
+	}
 	c = catest.Shared(b)
 	dir = b.TempDir()
 	return n, c, dir, coretest.Config(b, c.Deployment, dir, extraYAML)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
-	"fmt"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -34,26 +33,22 @@ const maxOptimistic = 4
 func (s *Store) modifyDevice(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
 	for range maxOptimistic {
 		var base []byte
-		var d Device
+		var d *Device
 		err := s.db.View(func(tx *bolt.Tx) error {
-			raw := tx.Bucket(bucketDevices).Get([]byte(serial))
-			if raw == nil {
-				return fmt.Errorf("device %s: %w", serial, ErrNotFound)
+			var err error
+			if d, err = device(tx, serial); err == nil {
+				base = bytes.Clone(tx.Bucket(bucketDevices).Get([]byte(serial)))
 			}
-			base = bytes.Clone(raw)
-			if err := decode(raw, &d); err != nil {
-				return fmt.Errorf("%w: record %q is corrupt: %w", ErrUnavailable, serial, err)
-			}
-			return nil
+			return err
 		})
 		if err != nil {
 			return nil, err
 		}
-		ev, err := fn(&d)
+		ev, err := fn(d)
 		if err != nil || ev == nil {
-			return &d, err
+			return d, err
 		}
-		record, err := encode(&d)
+		record, err := encode(d)
 		if err != nil {
 			return nil, err
 		}
@@ -79,9 +74,9 @@ func (s *Store) modifyDevice(op, serial string, fn func(d *Device) (*Event, erro
 		if err != nil {
 			return nil, err
 		}
-		stored := d
+		stored := *d
 		s.devices.put(serial, txid, &stored)
-		return &d, nil
+		return d, nil
 	}
 	// Contended: do it all in the writer.
 	var d *Device

@@ -43,6 +43,12 @@ func main() {
 	reprovision := flag.Int("reprovision", 100000, "devices in the re-provisioned group")
 	storeN := flag.Int("store", 1000000, "devices in the store")
 	flag.Parse()
+	for name, n := range map[string]int{"enroll": *enrollN, "reprovision": *reprovision, "store": *storeN} {
+		if n < 1 {
+			fmt.Fprintf(os.Stderr, "bench: -%s %d: want at least 1\n", name, n)
+			os.Exit(2)
+		}
+	}
 	if *quick {
 		*enrollN = 200
 	}
@@ -85,7 +91,11 @@ func main() {
 			raw = append(raw, name+" "+format(res))
 		}
 	}
-	rows := table(results)
+	rows, err := table(results)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: %v\n", err)
+		os.Exit(1)
+	}
 	var md bytes.Buffer
 	fmt.Fprintf(&md, "# Benchmarks\n\n%s, %s, on %s. Every row is measured side by side in one run; ",
 		time.Now().UTC().Format("2006-01-02 15:04 UTC"), runtime.Version(), machine())
@@ -147,8 +157,27 @@ type row struct {
 	met                                   string // "yes", "no", "n/a"
 }
 
-func get(results map[string]result, name, unit string) float64 {
-	return results[name][unit]
+// report reads results for the table and remembers what it looked for
+// and did not find: a benchmark that failed to report is an error, never a
+// row of zeros.
+type report struct {
+	r       map[string]result
+	missing []string
+}
+
+// of returns a benchmark's result, noting it (or any of units) missing.
+func (p *report) of(name string, units ...string) result {
+	res, ok := p.r[name]
+	if !ok {
+		p.missing = append(p.missing, name)
+		return result{}
+	}
+	for _, u := range units {
+		if _, ok := res[u]; !ok {
+			p.missing = append(p.missing, name+" "+u)
+		}
+	}
+	return res
 }
 
 func verdict(ok bool) string {
@@ -158,20 +187,23 @@ func verdict(ok bool) string {
 	return "**no**"
 }
 
-func table(r map[string]result) []row {
+// table makes the rows; it fails naming every result it needed and did not find.
+func table(results map[string]result) ([]row, error) {
+	p := &report{r: results}
 	var rows []row
 	// 1. image build+sign
-	buildSign := 1e9 / get(r, "BenchmarkImage/build+sign", "ns/op")
-	mksq := 1e9 / get(r, "BenchmarkImage/mksquashfs+sign", "ns/op")
-	bare := 1e9 / get(r, "BenchmarkImage/bare-ed25519-sign/jws-input", "ns/op")
+	buildSign := 1e9 / p.of("BenchmarkImage/build+sign", "ns/op")["ns/op"]
+	mksq := 1e9 / p.of("BenchmarkImage/mksquashfs+sign", "ns/op")["ns/op"]
+	bare := 1e9 / p.of("BenchmarkImage/bare-ed25519-sign/jws-input", "ns/op")["ns/op"]
 	rows = append(rows,
 		row{"image build+sign vs mksquashfs+sign", fmt.Sprintf("%.0f/s", buildSign), fmt.Sprintf("%.0f/s", mksq),
 			fmt.Sprintf("%.0f×", buildSign/mksq), "≥ 100×", verdict(buildSign/mksq >= 100)},
 		row{"image build+sign vs bare Ed25519 signature", fmt.Sprintf("%.0f/s", buildSign), fmt.Sprintf("%.0f/s", bare),
 			fmt.Sprintf("%.2f", buildSign/bare), "≥ 0.5", verdict(buildSign/bare >= 0.5)})
 	// 2. fetch
+	latency := []string{"ops/s", "p50-ms", "p99-ms"}
 	for _, mode := range []struct{ name, goal string }{{"new-connection", "0.9"}, {"keep-alive", "0.8"}} {
-		c, b := r["BenchmarkFetch/core/"+mode.name], r["BenchmarkFetch/bare/"+mode.name]
+		c, b := p.of("BenchmarkFetch/core/"+mode.name, latency...), p.of("BenchmarkFetch/bare/"+mode.name, latency...)
 		g, _ := strconv.ParseFloat(mode.goal, 64)
 		rows = append(rows, row{"fetch over mTLS, " + mode.name + " (8 clients)",
 			fmt.Sprintf("%.0f/s, p50 %.2f p99 %.2f ms", c["ops/s"], c["p50-ms"], c["p99-ms"]),
@@ -180,7 +212,7 @@ func table(r map[string]result) []row {
 	}
 	// 3. enrollment
 	for _, c := range []string{"1", "16", "64"} {
-		e, s := r["BenchmarkEnroll/enroll/c="+c], r["BenchmarkEnroll/stepca-sign/c="+c]
+		e, s := p.of("BenchmarkEnroll/enroll/c="+c, append(latency, "cpu-ms/op")...), p.of("BenchmarkEnroll/stepca-sign/c="+c, append(latency, "cpu-ms/op")...)
 		ratio := e["ops/s"] / s["ops/s"]
 		rows = append(rows, row{"enrollment end to end, concurrency " + c,
 			fmt.Sprintf("%.0f/s, p50 %.1f p99 %.1f ms, CPU %.1f ms each", e["ops/s"], e["p50-ms"], e["p99-ms"], e["cpu-ms/op"]),
@@ -188,7 +220,7 @@ func table(r map[string]result) []row {
 			fmt.Sprintf("%.2f", ratio), "≥ 300/s and ≥ 0.5", verdict(e["ops/s"] >= 300 && ratio >= 0.5)})
 	}
 	// 4. re-provision
-	rp := r["BenchmarkReprovision"]
+	rp := p.of("BenchmarkReprovision", "devices", "devices/s", "busy-p50-ms", "busy-p99-ms", "idle-p50-ms", "idle-p99-ms")
 	rows = append(rows,
 		row{fmt.Sprintf("group-wide change for %.0f devices: bundles built+signed, notifications published", rp["devices"]), fmt.Sprintf("%.0f devices/s", rp["devices/s"]), "", "", "≥ 10,000/s", verdict(rp["devices/s"] >= 10000)},
 		row{"fetch latency of another device meanwhile", fmt.Sprintf("p50 %.2f p99 %.2f ms", rp["busy-p50-ms"], rp["busy-p99-ms"]),
@@ -196,19 +228,23 @@ func table(r map[string]result) []row {
 			fmt.Sprintf("p50 %.2f, p99 %.2f", rp["busy-p50-ms"]/rp["idle-p50-ms"], rp["busy-p99-ms"]/rp["idle-p99-ms"]), "unchanged",
 			verdict(rp["busy-p50-ms"] <= 1.5*rp["idle-p50-ms"] && rp["busy-p99-ms"] <= 1.5*rp["idle-p99-ms"])})
 	// 5. store
-	st := r["BenchmarkStore"]
+	st := p.of("BenchmarkStore", "devices", "bytes/device", "lookups/s", "start-s")
 	rows = append(rows,
 		row{fmt.Sprintf("store of %.0f in-service devices: bytes per device", st["devices"]), fmt.Sprintf("%.0f B", st["bytes/device"]), "", "", "≤ 2 KiB", verdict(st["bytes/device"] <= 2048)},
 		row{"store: lookups by serial (cache off, 2 goroutines)", fmt.Sprintf("%.0f/s", st["lookups/s"]), "", "", "", "n/a"},
 		row{"core start with the full store", fmt.Sprintf("%.2f s", st["start-s"]), "", "", "≤ 2 s", verdict(st["start-s"] <= 2)})
 	// 6. device
-	fp := r["BenchmarkFootprint"]
+	fp := p.of("BenchmarkFootprint", "MiB-amd64", "MiB-arm64", "MiB-armv7", "peak-RSS-MiB")
+	small, big := p.of("BenchmarkInstall/small", "ns/op")["ns/op"], p.of("BenchmarkInstall/1MiB", "ns/op")["ns/op"]
 	rows = append(rows,
 		row{"prov-device stripped binary (amd64 / arm64 / armv7)", fmt.Sprintf("%.2f / %.2f / %.2f MiB", fp["MiB-amd64"], fp["MiB-arm64"], fp["MiB-armv7"]), "", "", "≤ 12 MiB",
 			verdict(max(fp["MiB-amd64"], fp["MiB-arm64"], fp["MiB-armv7"]) <= 12)},
 		row{"prov-device update, peak RSS (~1 MiB image)", fmt.Sprintf("%.1f MiB", fp["peak-RSS-MiB"]), "", "", "≤ 30 MiB", verdict(fp["peak-RSS-MiB"] <= 30)},
-		row{"verify+install (small / ~1 MiB image)", fmt.Sprintf("%.1f / %.1f ms", get(r, "BenchmarkInstall/small", "ns/op")/1e6, get(r, "BenchmarkInstall/1MiB", "ns/op")/1e6), "", "", "", "n/a"})
-	return rows
+		row{"verify+install (small / ~1 MiB image)", fmt.Sprintf("%.1f / %.1f ms", small/1e6, big/1e6), "", "", "", "n/a"})
+	if len(p.missing) > 0 {
+		return nil, fmt.Errorf("results missing (did a benchmark skip or change its metrics?): %s", strings.Join(p.missing, "; "))
+	}
+	return rows, nil
 }
 
 func tableText(rows []row) string {
