@@ -16,9 +16,9 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/cmdline"
 )
 
 const adminUsage = `usage: prov-core admin --core URL --identity DIR COMMAND [--json]
@@ -87,7 +87,7 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch cmd {
 	case "list":
-		var all []api.Device
+		var all []coreapi.Device
 		after := ""
 		for {
 			page, err := client.List(ctx, after, 1000)
@@ -184,7 +184,7 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-func adminClient(coreURL, dir string) (*api.Client, error) {
+func adminClient(coreURL, dir string) (*coreapi.Client, error) {
 	u, err := url.Parse(coreURL)
 	if err != nil || u.Host == "" {
 		return nil, fmt.Errorf("%w: --core %q: want https://host:port", cmdline.ErrUsage, coreURL)
@@ -203,12 +203,12 @@ func adminClient(coreURL, dir string) (*api.Client, error) {
 		return nil, errors.New("--identity: no identity")
 	}
 	tlsCfg := pki.ClientTLSConfig(kp, bundle, pki.ClientOptions{ServerName: u.Hostname(), ServerRoles: []pki.Role{pki.RoleCore}})
-	return api.NewClient(coreURL, &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}})
+	return coreapi.NewClient(coreURL, &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: tlsCfg, ForceAttemptHTTP2: true}})
 }
 
 // change reads PATH=VALUE arguments, --unset paths and --from PATH=FILE.
-func change(assignments, unset, from []string) (api.DataChange, error) {
-	ch := api.DataChange{Set: map[string]string{}, Unset: unset}
+func change(assignments, unset, from []string) (coreapi.DataChange, error) {
+	ch := coreapi.DataChange{Set: map[string]string{}, Unset: unset}
 	for _, a := range assignments {
 		p, v, ok := strings.Cut(a, "=")
 		if !ok || p == "" {
@@ -248,7 +248,7 @@ func (p printer) value(v any, text string) error {
 	return err
 }
 
-func (p printer) devices(ds []api.Device) error {
+func (p printer) devices(ds []coreapi.Device) error {
 	if p.json {
 		return p.value(ds, "")
 	}
@@ -264,7 +264,7 @@ func (p printer) devices(ds []api.Device) error {
 	return tw.Flush()
 }
 
-func (p printer) device(d *api.Device) error {
+func (p printer) device(d *coreapi.Device) error {
 	if p.json {
 		return p.value(d, "")
 	}
@@ -292,7 +292,7 @@ func (p printer) device(d *api.Device) error {
 	return tw.Flush()
 }
 
-func (p printer) events(ev []api.Event) error {
+func (p printer) events(ev []coreapi.Event) error {
 	if p.json {
 		return p.value(ev, "")
 	}
@@ -316,7 +316,7 @@ func (p printer) events(ev []api.Event) error {
 // backup writes core's store to path: a temporary file beside it, fsync,
 // then rename, so path is either the old file or a complete copy (its
 // length is checked against core's; TLS guards its bytes).
-func backup(ctx context.Context, client *api.Client, path string, stdout io.Writer) error {
+func backup(ctx context.Context, client *coreapi.Client, path string, stdout io.Writer) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("--out: %w", err)

@@ -7,8 +7,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/cli"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -33,7 +33,7 @@ func TestAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errs = admin("set", d.Serial, "/etc/prov/data/site=lab-1", "--from", "/etc/prov/data/motd="+motd, "--json")
-	var got api.Device
+	var got coreapi.Device
 	if code != cli.ExitOK || json.Unmarshal([]byte(out), &got) != nil || got.Generation != d.Generation+1 || got.Data["/etc/prov/data/motd"] != "welcome\n" {
 		t.Fatalf("set: %d %+v\n%s%s", code, got, out, errs)
 	}

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/cli"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -43,7 +43,7 @@ func TestBackupAndRestore(t *testing.T) {
 	}
 	// Only an admin gets the store.
 	proxy := core.Client(t, core.Proxy(t))
-	var se *api.StatusError
+	var se *coreapi.StatusError
 	if _, err := proxy.Backup(context.Background(), io.Discard); !errors.As(err, &se) || se.Status != http.StatusForbidden {
 		t.Fatalf("backup as the proxy: %v", err)
 	}
@@ -66,7 +66,7 @@ func TestBackupAndRestore(t *testing.T) {
 		}
 	}
 	code, out, _ = admin(again.URL, "show", serials[0], "--json")
-	var d api.Device
+	var d coreapi.Device
 	if code != cli.ExitOK || json.Unmarshal([]byte(out), &d) != nil || d.Generation != 2 || d.Data["/etc/prov/data/site"] != "lab-9" {
 		t.Fatalf("show after restore: %d\n%s", code, out)
 	}

@@ -9,10 +9,10 @@ import (
 	"os"
 
 	"github.com/fleetprov/prov/core/config"
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/service"
-	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
@@ -80,7 +80,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("--record: %w", err)
 	}
-	rec, err := image.ParseRecord(data)
+	rec, err := imagebuild.ParseRecord(data)
 	if err != nil {
 		return fmt.Errorf("--record %s: %w", *recordFile, err)
 	}
@@ -88,7 +88,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	bundle, img, err := image.BuildBundle(rec, rules, signer)
+	bundle, img, err := imagebuild.BuildBundle(rec, rules, signer)
 	if err != nil {
 		return fmt.Errorf("--record %s: %w", *recordFile, err)
 	}

@@ -17,8 +17,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
 	"github.com/fleetprov/prov/core/config"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
@@ -190,9 +190,9 @@ func (c *Core) HTTP(t testing.TB, cert *tls.Certificate) *http.Client {
 }
 
 // Client returns an API client presenting cert.
-func (c *Core) Client(t testing.TB, cert *tls.Certificate) *api.Client {
+func (c *Core) Client(t testing.TB, cert *tls.Certificate) *coreapi.Client {
 	t.Helper()
-	cl, err := api.NewClient(c.URL, c.HTTP(t, cert))
+	cl, err := coreapi.NewClient(c.URL, c.HTTP(t, cert))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -247,9 +247,9 @@ func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duratio
 
 // Register registers a hardware ID through the proxy's API and returns the
 // device.
-func (c *Core) Register(t testing.TB, board, hwid string) *api.Device {
+func (c *Core) Register(t testing.TB, board, hwid string) *coreapi.Device {
 	t.Helper()
-	d, _, err := c.Client(t, c.Proxy(t)).Register(context.Background(), api.RegisterRequest{Board: board, HardwareID: hwid})
+	d, _, err := c.Client(t, c.Proxy(t)).Register(context.Background(), coreapi.RegisterRequest{Board: board, HardwareID: hwid})
 	if err != nil {
 		t.Fatalf("register %s %s: %v", board, hwid, err)
 	}

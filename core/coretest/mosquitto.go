@@ -10,10 +10,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
-	"github.com/fleetprov/prov/pki/testenv"
 )
 
 // Mosquitto runs Debian's mosquitto as core's external broker until the

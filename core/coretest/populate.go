@@ -13,8 +13,8 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/config"
-	"github.com/fleetprov/prov/core/hwid"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/store"
 )

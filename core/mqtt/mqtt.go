@@ -23,7 +23,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/pki"
 )
 
@@ -80,13 +80,13 @@ func (b *Broker) Ready() error {
 
 // Notify publishes a notification on the device's topic, retained, QoS 1,
 // so a device that subscribes later still learns of it.
-func (b *Broker) Notify(_ context.Context, n api.Notification) error {
+func (b *Broker) Notify(_ context.Context, n coreapi.Notification) error {
 	payload, err := json.Marshal(n)
 	if err != nil {
 		return err
 	}
-	if err := b.srv.Publish(api.DeviceTopic(n.Serial), payload, true, 1); err != nil {
-		return fmt.Errorf("publish to %s: %w", api.DeviceTopic(n.Serial), err)
+	if err := b.srv.Publish(coreapi.DeviceTopic(n.Serial), payload, true, 1); err != nil {
+		return fmt.Errorf("publish to %s: %w", coreapi.DeviceTopic(n.Serial), err)
 	}
 	return nil
 }
@@ -138,9 +138,9 @@ func (h *aclHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
 	}
 	switch id.Role {
 	case pki.RoleDevice:
-		return !write && topic == api.DeviceTopic(id.Name)
+		return !write && topic == coreapi.DeviceTopic(id.Name)
 	case pki.RoleCore:
-		return write && strings.HasPrefix(topic, api.TopicPrefix) && !strings.ContainsAny(topic, "+#")
+		return write && strings.HasPrefix(topic, coreapi.TopicPrefix) && !strings.ContainsAny(topic, "+#")
 	default:
 		return false
 	}
@@ -183,7 +183,7 @@ func NewExternal(ctx context.Context, brokerURL, clientID string, tlsCfg *tls.Co
 
 // Notify publishes a notification, retained, QoS 1, and waits for the
 // broker's acknowledgement.
-func (e *External) Notify(ctx context.Context, n api.Notification) error {
+func (e *External) Notify(ctx context.Context, n coreapi.Notification) error {
 	payload, err := json.Marshal(n)
 	if err != nil {
 		return err
@@ -193,8 +193,8 @@ func (e *External) Notify(ctx context.Context, n api.Notification) error {
 	if err := e.cm.AwaitConnection(ctx); err != nil {
 		return fmt.Errorf("external broker not connected: %w", err)
 	}
-	if _, err := e.cm.Publish(ctx, &paho.Publish{QoS: 1, Retain: true, Topic: api.DeviceTopic(n.Serial), Payload: payload}); err != nil {
-		return fmt.Errorf("publish to %s: %w", api.DeviceTopic(n.Serial), err)
+	if _, err := e.cm.Publish(ctx, &paho.Publish{QoS: 1, Retain: true, Topic: coreapi.DeviceTopic(n.Serial), Payload: payload}); err != nil {
+		return fmt.Errorf("publish to %s: %w", coreapi.DeviceTopic(n.Serial), err)
 	}
 	return nil
 }

@@ -16,9 +16,9 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/fleetprov/prov/core/hwid"
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/store"
 )
 
@@ -188,13 +188,13 @@ func (p *Policy) MachineID(serial string) string {
 
 // CheckData validates mutable data as part of an image.
 func (p *Policy) CheckData(data map[string]string) error {
-	r := image.Record{Serial: "0123456789", Generation: 1, IssuedAt: time.Unix(1, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g", Data: data}
+	r := imagebuild.Record{Serial: "0123456789", Generation: 1, IssuedAt: time.Unix(1, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g", Data: data}
 	return r.Validate(p.rules)
 }
 
 // Record is the image record of a device view.
-func Record(v *store.View) *image.Record {
-	return &image.Record{
+func Record(v *store.View) *imagebuild.Record {
+	return &imagebuild.Record{
 		Serial:       v.Serial,
 		Generation:   v.Generation(),
 		IssuedAt:     v.IssuedAt(),

@@ -8,10 +8,10 @@ import (
 	"net/http"
 	"strconv"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/hwid"
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/store"
 )
 
@@ -59,7 +59,7 @@ func fromStore(err error) *Error {
 	case errors.Is(err, store.ErrRevoked):
 		return newError(http.StatusConflict, "revoked", "the device is revoked", err)
 	case errors.Is(err, hwid.ErrBadBoard), errors.Is(err, hwid.ErrBadHardwareID),
-		errors.Is(err, image.ErrBadRecord), errors.Is(err, imagespec.ErrBadPath), errors.Is(err, imagespec.ErrTooLarge),
+		errors.Is(err, imagebuild.ErrBadRecord), errors.Is(err, imagespec.ErrBadPath), errors.Is(err, imagespec.ErrTooLarge),
 		errors.Is(err, imagespec.ErrBadValue):
 		return newError(http.StatusBadRequest, "bad_request", err.Error(), err)
 	case errors.Is(err, store.ErrUnavailable):
@@ -88,8 +88,8 @@ func writeError(w http.ResponseWriter, r *http.Request, log *slog.Logger, e *Err
 	if e.RetryAfter > 0 {
 		w.Header().Set("Retry-After", strconv.Itoa(e.RetryAfter))
 	}
-	w.Header().Set("Content-Type", api.MediaTypeJSON)
+	w.Header().Set("Content-Type", coreapi.MediaTypeJSON)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(e.Status)
-	_ = json.NewEncoder(w).Encode(api.Error{Code: e.Code, Message: e.Message})
+	_ = json.NewEncoder(w).Encode(coreapi.Error{Code: e.Code, Message: e.Message})
 }

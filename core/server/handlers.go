@@ -12,8 +12,8 @@ import (
 
 	"github.com/gorilla/mux"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
@@ -25,7 +25,7 @@ func decode(r *http.Request, v any) error {
 	if err := dec.Decode(v); err != nil {
 		var tooBig *http.MaxBytesError
 		if errors.As(err, &tooBig) {
-			return newError(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body over %d bytes", api.MaxRequestBody), err)
+			return newError(http.StatusRequestEntityTooLarge, "too_large", fmt.Sprintf("request body over %d bytes", coreapi.MaxRequestBody), err)
 		}
 		return newError(http.StatusBadRequest, "bad_request", "request body is not the expected JSON: "+err.Error(), err)
 	}
@@ -40,7 +40,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 	if err := json.NewEncoder(&b).Encode(v); err != nil {
 		return err
 	}
-	w.Header().Set("Content-Type", api.MediaTypeJSON)
+	w.Header().Set("Content-Type", coreapi.MediaTypeJSON)
 	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(status)
 	_, err := w.Write(b.Bytes())
@@ -48,7 +48,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) error {
 }
 
 func (s *Server) register(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	var req api.RegisterRequest
+	var req coreapi.RegisterRequest
 	if err := decode(r, &req); err != nil {
 		s.metrics.registrations.WithLabelValues("invalid").Inc()
 		return err
@@ -96,7 +96,7 @@ func (s *Server) register(w http.ResponseWriter, r *http.Request, id pki.Identit
 }
 
 func (s *Server) recordIssued(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	var ic api.IssuedCertificate
+	var ic coreapi.IssuedCertificate
 	if err := decode(r, &ic); err != nil {
 		return err
 	}
@@ -139,7 +139,7 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, _ pki.Identity) er
 	if err != nil {
 		return err
 	}
-	out := api.DeviceList{Devices: make([]api.Device, 0, len(views)), Next: next}
+	out := coreapi.DeviceList{Devices: make([]coreapi.Device, 0, len(views)), Next: next}
 	for i := range views {
 		out.Devices = append(out.Devices, adminView(&views[i]))
 	}
@@ -188,8 +188,8 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request, id pki.Identity)
 		return err
 	}
 	if id.Role == pki.RoleDevice {
-		return writeJSON(w, http.StatusOK, api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status),
-			IssuedAt: v.IssuedAt(), Topic: api.DeviceTopic(v.Serial)})
+		return writeJSON(w, http.StatusOK, coreapi.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status),
+			IssuedAt: v.IssuedAt(), Topic: coreapi.DeviceTopic(v.Serial)})
 	}
 	return writeJSON(w, http.StatusOK, adminView(v))
 }
@@ -208,13 +208,13 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	}
 	h := w.Header()
 	h.Set("ETag", b.ETag)
-	h.Set(api.HeaderGeneration, strconv.FormatUint(b.Generation, 10))
+	h.Set(coreapi.HeaderGeneration, strconv.FormatUint(b.Generation, 10))
 	h.Set("Cache-Control", "private, no-cache")
 	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == b.ETag {
 		w.WriteHeader(http.StatusNotModified)
 		return nil
 	}
-	h.Set("Content-Type", api.MediaTypeBundle)
+	h.Set("Content-Type", coreapi.MediaTypeBundle)
 	h.Set("X-Content-Type-Options", "nosniff")
 	h.Set("Content-Length", strconv.Itoa(len(b.Bytes)))
 	w.WriteHeader(http.StatusOK)
@@ -227,7 +227,7 @@ func ifMatch(r *http.Request) (uint64, error) {
 	if h == "" {
 		return 0, newError(http.StatusPreconditionRequired, "if_match_required", `send If-Match: "<generation>" (or the group's version) of what you changed`, nil)
 	}
-	v, ok := api.ParseIfMatch(h)
+	v, ok := coreapi.ParseIfMatch(h)
 	if !ok {
 		return 0, newError(http.StatusBadRequest, "bad_request", `If-Match: want "<number>"`, nil)
 	}
@@ -239,7 +239,7 @@ func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Id
 	if err != nil {
 		return err
 	}
-	var c api.DataChange
+	var c coreapi.DataChange
 	if err := decode(r, &c); err != nil {
 		return err
 	}
@@ -254,7 +254,7 @@ func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Id
 		return err
 	}
 	s.enqueue(job{serial: serial})
-	w.Header().Set("ETag", api.IfMatch(v.Generation()))
+	w.Header().Set("ETag", coreapi.IfMatch(v.Generation()))
 	return writeJSON(w, http.StatusOK, adminView(v))
 }
 
@@ -272,7 +272,7 @@ func (s *Server) reprovision(w http.ResponseWriter, r *http.Request, id pki.Iden
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	var req api.RevokeRequest
+	var req coreapi.RevokeRequest
 	if err := decode(r, &req); err != nil {
 		return err
 	}
@@ -310,9 +310,9 @@ func (s *Server) audit(w http.ResponseWriter, r *http.Request, subject string) e
 	if err != nil {
 		return err
 	}
-	out := make([]api.Event, 0, len(events))
+	out := make([]coreapi.Event, 0, len(events))
 	for _, e := range events {
-		out = append(out, api.Event(e))
+		out = append(out, coreapi.Event(e))
 	}
 	return writeJSON(w, http.StatusOK, out)
 }
@@ -354,7 +354,7 @@ func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Ide
 	if err != nil {
 		return err
 	}
-	var c api.DataChange
+	var c coreapi.DataChange
 	if err := decode(r, &c); err != nil {
 		return err
 	}
@@ -370,8 +370,8 @@ func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Ide
 
 // writeGroup answers with a group and its version as the ETag.
 func writeGroup(w http.ResponseWriter, g *store.Group) error {
-	w.Header().Set("ETag", api.IfMatch(g.Version))
-	return writeJSON(w, http.StatusOK, api.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
+	w.Header().Set("ETag", coreapi.IfMatch(g.Version))
+	return writeJSON(w, http.StatusOK, coreapi.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
 }
 
 func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
@@ -398,17 +398,17 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) 
 	return writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-func proxyView(v *store.View) api.Device {
-	d := api.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status), IssuedAt: v.IssuedAt(),
-		Topic: api.DeviceTopic(v.Serial), Board: v.Board, Group: v.Group, Hostname: v.Immutable.Hostname,
+func proxyView(v *store.View) coreapi.Device {
+	d := coreapi.Device{Serial: v.Serial, Generation: v.Generation(), Status: string(v.Status), IssuedAt: v.IssuedAt(),
+		Topic: coreapi.DeviceTopic(v.Serial), Board: v.Board, Group: v.Group, Hostname: v.Immutable.Hostname,
 		MQTTClientID: v.Immutable.MQTTClientID, MQTTGroupID: v.Immutable.MQTTGroupID}
 	for _, c := range v.Issued {
-		d.Issued = append(d.Issued, api.IssuedCertificate(c))
+		d.Issued = append(d.Issued, coreapi.IssuedCertificate(c))
 	}
 	return d
 }
 
-func adminView(v *store.View) api.Device {
+func adminView(v *store.View) coreapi.Device {
 	d := proxyView(v)
 	d.Data = v.EffectiveData()
 	d.OwnData = v.Data
@@ -416,7 +416,7 @@ func adminView(v *store.View) api.Device {
 	created := v.CreatedAt
 	d.CreatedAt = &created
 	for _, c := range v.Certificates {
-		d.Certificates = append(d.Certificates, api.Certificate(c))
+		d.Certificates = append(d.Certificates, coreapi.Certificate(c))
 	}
 	return d
 }
@@ -435,8 +435,8 @@ func (s *Server) backup(w http.ResponseWriter, _ *http.Request, id pki.Identity)
 	err := s.store.Backup(w, func(info store.BackupInfo) {
 		w.Header().Set("Content-Type", "application/octet-stream")
 		w.Header().Set("Content-Length", strconv.FormatInt(info.Size, 10))
-		w.Header().Set(api.HeaderBackupDevices, strconv.Itoa(info.Devices))
-		w.Header().Set(api.HeaderBackupGroups, strconv.Itoa(info.Groups))
+		w.Header().Set(coreapi.HeaderBackupDevices, strconv.Itoa(info.Devices))
+		w.Header().Set(coreapi.HeaderBackupGroups, strconv.Itoa(info.Groups))
 		w.Header().Set("Content-Disposition", `attachment; filename="registry.db"`)
 		w.WriteHeader(http.StatusOK)
 		started = true

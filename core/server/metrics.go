@@ -4,7 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
-	"github.com/fleetprov/prov/core/images"
+	"github.com/fleetprov/prov/core/bundlecache"
 )
 
 type metrics struct {
@@ -16,7 +16,7 @@ type metrics struct {
 	notifications *prometheus.CounterVec
 }
 
-func newMetrics(reg *prometheus.Registry, cache *images.Cache) *metrics {
+func newMetrics(reg *prometheus.Registry, cache *bundlecache.Cache) *metrics {
 	m := &metrics{
 		reg: reg,
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -6,7 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/policy"
 )
 
@@ -91,7 +91,7 @@ func (s *Server) process(ctx context.Context, serial string) {
 	if s.notifier == nil {
 		return
 	}
-	if err := s.notifier.Notify(ctx, api.Notification{Serial: serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
+	if err := s.notifier.Notify(ctx, coreapi.Notification{Serial: serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
 		s.metrics.notifications.WithLabelValues("failed").Inc()
 		s.log.Warn("notify: publish failed; the device will find the change by polling", "serial", serial, "err", err)
 		return

@@ -20,8 +20,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/images"
+	"github.com/fleetprov/prov/core/bundlecache"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
@@ -29,7 +29,7 @@ import (
 
 // Notifier publishes a device's new generation.
 type Notifier interface {
-	Notify(ctx context.Context, n api.Notification) error
+	Notify(ctx context.Context, n coreapi.Notification) error
 }
 
 // Revoker revokes a certificate at the CA (optional).
@@ -67,7 +67,7 @@ type Server struct {
 	cfg      Config
 	store    *store.Store
 	policy   *policy.Policy
-	images   *images.Cache
+	images   *bundlecache.Cache
 	notifier Notifier
 	revoker  Revoker
 	log      *slog.Logger
@@ -93,7 +93,7 @@ func WithRegistry(reg *prometheus.Registry) Option {
 }
 
 // New makes a server. Every dependency is explicit.
-func New(cfg Config, st *store.Store, pol *policy.Policy, cache *images.Cache, n Notifier, log *slog.Logger, opts ...Option) *Server {
+func New(cfg Config, st *store.Store, pol *policy.Policy, cache *bundlecache.Cache, n Notifier, log *slog.Logger, opts ...Option) *Server {
 	if cfg.Limits == nil {
 		cfg.Limits = DefaultLimits
 	}
@@ -185,7 +185,7 @@ func (s *Server) wrap(rr route) http.Handler {
 			s.metrics.requests.WithLabelValues(rr.name, statusClass(rec.status)).Inc()
 			s.metrics.duration.WithLabelValues(rr.name).Observe(time.Since(start).Seconds())
 		}()
-		r.Body = http.MaxBytesReader(rec, r.Body, api.MaxRequestBody)
+		r.Body = http.MaxBytesReader(rec, r.Body, coreapi.MaxRequestBody)
 
 		var id pki.Identity
 		if len(rr.roles) > 0 {

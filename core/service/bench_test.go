@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
@@ -80,7 +80,7 @@ func BenchmarkFetch(b *testing.B) {
 		b.Fatal(err)
 	}
 	bare := &http.Server{ReadHeaderTimeout: 5 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", api.MediaTypeBundle)
+		w.Header().Set("Content-Type", coreapi.MediaTypeBundle)
 		_, _ = w.Write(bundle)
 	})}
 	go func() { _ = bare.Serve(ln) }()
@@ -132,7 +132,7 @@ func BenchmarkRegister(b *testing.B) {
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
 			hw := fmt.Sprintf("BENCH%011d", n.Add(1))
-			if _, _, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: hw}); err != nil {
+			if _, _, err := proxy.Register(ctx, coreapi.RegisterRequest{Board: "bbb", HardwareID: hw}); err != nil {
 				b.Error(err)
 				return
 			}
@@ -212,7 +212,7 @@ func BenchmarkReprovision(b *testing.B) {
 		}()
 		stopTrace := traceTo(b, os.Getenv("PROV_BENCH_TRACE"))
 		t0 := time.Now()
-		if _, err := admin.SetGroupData(ctx, "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/site": fmt.Sprintf("hall-%d\n", i)}}); err != nil {
+		if _, err := admin.SetGroupData(ctx, "default", g.Version, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/site": fmt.Sprintf("hall-%d\n", i)}}); err != nil {
 			b.Fatal(err)
 		}
 		for published(b, anon, core.URL) < base+float64(n) {

@@ -14,12 +14,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/hwid"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki/ca/catest"
-	"github.com/fleetprov/prov/pki/testenv"
 )
 
 func buildCore(t *testing.T) string {
@@ -71,7 +71,7 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 						}
 						hw := coretest.RPi4(round<<24 | w<<16 | i)
 						cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-						d, _, err := proxy.Register(cctx, api.RegisterRequest{Board: "rpi4", HardwareID: hw})
+						d, _, err := proxy.Register(cctx, coreapi.RegisterRequest{Board: "rpi4", HardwareID: hw})
 						cancel()
 						if err != nil {
 							return // the process is gone
@@ -156,10 +156,10 @@ func TestFullDisk(t *testing.T) {
 	if err := fill(filler, 2<<20); err != nil {
 		t.Fatal(err)
 	}
-	var se *api.StatusError
+	var se *coreapi.StatusError
 	refused := -1
 	for i := range 2000 {
-		_, _, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", i)})
+		_, _, err := proxy.Register(ctx, coreapi.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", i)})
 		if errors.As(err, &se) && se.Status == http.StatusServiceUnavailable {
 			refused = i
 			break
@@ -184,7 +184,7 @@ func TestFullDisk(t *testing.T) {
 	if err := os.Remove(filler); err != nil {
 		t.Fatal(err)
 	}
-	if _, created, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", refused)}); err != nil || !created {
+	if _, created, err := proxy.Register(ctx, coreapi.RegisterRequest{Board: "bbb", HardwareID: fmt.Sprintf("FULLDISK%06d", refused)}); err != nil || !created {
 		t.Fatalf("after freeing space: %v %v", created, err)
 	}
 	t.Logf("%d registrations fit before the disk was full", refused)

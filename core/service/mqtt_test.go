@@ -12,7 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -63,11 +63,11 @@ func (m *mqttClient) subscribe(t *testing.T, topic string) byte {
 	return sa.Reasons[0]
 }
 
-func (m *mqttClient) next(t *testing.T, within time.Duration) *api.Notification {
+func (m *mqttClient) next(t *testing.T, within time.Duration) *coreapi.Notification {
 	t.Helper()
 	select {
 	case p := <-m.msgs:
-		var n api.Notification
+		var n coreapi.Notification
 		if err := json.Unmarshal(p.Payload, &n); err != nil {
 			t.Fatalf("notification %q: %v", p.Payload, err)
 		}
@@ -99,10 +99,10 @@ func TestEmbeddedBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if code := m.subscribe(t, api.DeviceTopic(d.Serial)); code > 2 {
+	if code := m.subscribe(t, coreapi.DeviceTopic(d.Serial)); code > 2 {
 		t.Fatalf("subscribing to its own topic: reason %#x", code)
 	}
-	for _, topic := range []string{api.DeviceTopic(other.Serial), api.TopicPrefix + "+", "#", "$SYS/#"} {
+	for _, topic := range []string{coreapi.DeviceTopic(other.Serial), coreapi.TopicPrefix + "+", "#", "$SYS/#"} {
 		if code := m.subscribe(t, topic); code < 0x80 {
 			t.Errorf("subscribed to %s (reason %#x)", topic, code)
 		}
@@ -111,7 +111,7 @@ func TestEmbeddedBroker(t *testing.T) {
 	for m.next(t, 2*time.Second) != nil {
 	}
 	admin := core.Client(t, core.Admin(t))
-	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
 		t.Fatal(err)
 	}
 	n := m.next(t, 10*time.Second)
@@ -123,7 +123,7 @@ func TestEmbeddedBroker(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.SetGroupData(ctx, "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/y": "2"}}); err != nil {
+	if _, err := admin.SetGroupData(ctx, "default", g.Version, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/y": "2"}}); err != nil {
 		t.Fatal(err)
 	}
 	if n := m.next(t, 10*time.Second); n == nil || n.Generation != d.Generation+2 {
@@ -132,7 +132,7 @@ func TestEmbeddedBroker(t *testing.T) {
 	// A device may not publish, not even to its own topic.
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
-	pr, err := m.c.Publish(pctx, &paho.Publish{QoS: 1, Topic: api.DeviceTopic(d.Serial), Payload: []byte(`{"serial":"x","generation":99}`)})
+	pr, err := m.c.Publish(pctx, &paho.Publish{QoS: 1, Topic: coreapi.DeviceTopic(d.Serial), Payload: []byte(`{"serial":"x","generation":99}`)})
 	if err == nil && pr.ReasonCode < 0x80 {
 		t.Fatalf("a device published (reason %#x)", pr.ReasonCode)
 	}
@@ -164,15 +164,15 @@ func TestMosquittoExternalBroker(t *testing.T) {
 	if err != nil {
 		t.Fatalf("device to mosquitto: %v", err)
 	}
-	m.subscribe(t, api.DeviceTopic(d.Serial))
-	m.subscribe(t, api.DeviceTopic(other.Serial)) // mosquitto grants, then filters by the ACL
+	m.subscribe(t, coreapi.DeviceTopic(d.Serial))
+	m.subscribe(t, coreapi.DeviceTopic(other.Serial)) // mosquitto grants, then filters by the ACL
 	for m.next(t, 2*time.Second) != nil {
 	}
 	admin := cr.Client(t, cr.Admin(t))
-	if _, err := admin.SetDeviceData(ctx, other.Serial, other.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+	if _, err := admin.SetDeviceData(ctx, other.Serial, other.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
+	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
 		t.Fatal(err)
 	}
 	n := m.next(t, 15*time.Second)

@@ -6,8 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -49,7 +49,7 @@ func TestCARevocationReachesCore(t *testing.T) {
 		// A new connection each time: the revoked certificate must fail the
 		// handshake.
 		_, err := core.Client(t, bobCert).List(ctx, "", 1)
-		var se *api.StatusError
+		var se *coreapi.StatusError
 		if err != nil && !errors.As(err, &se) {
 			break
 		}

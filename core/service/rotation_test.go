@@ -9,8 +9,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	pkicli "github.com/fleetprov/prov/pki/cli"

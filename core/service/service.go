@@ -19,9 +19,9 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
+	"github.com/fleetprov/prov/core/bundlecache"
 	"github.com/fleetprov/prov/core/config"
-	"github.com/fleetprov/prov/core/images"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/mqtt"
 	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/revocation"
@@ -103,7 +103,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 				"group", name)
 		}
 	}
-	cache := images.New(signer, rules, cfg.Images.CacheBytes)
+	cache := bundlecache.New(signer, rules, cfg.Images.CacheBytes)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()

@@ -17,9 +17,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/deviceclient/inspect"
@@ -107,7 +107,7 @@ func TestRoleRouteMatrix(t *testing.T) {
 					t.Fatalf("status %d, want %d: %s", resp.StatusCode, want, body)
 				}
 				if resp.StatusCode >= 400 {
-					var e api.Error
+					var e coreapi.Error
 					if err := json.Unmarshal(body, &e); err != nil || e.Code == "" || e.Message == "" {
 						t.Fatalf("error body is not the JSON error: %s", body)
 					}
@@ -129,7 +129,7 @@ func TestClientsCoreRefuses(t *testing.T) {
 			if err == nil {
 				t.Fatal("accepted")
 			}
-			var se *api.StatusError
+			var se *coreapi.StatusError
 			if errors.As(err, &se) {
 				t.Fatalf("got an HTTP answer (%v); the handshake should have failed", err)
 			}
@@ -149,7 +149,7 @@ func TestRegistration(t *testing.T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				d, c, err := proxy.Register(ctx, api.RegisterRequest{Board: "bbb", HardwareID: "1813BBBK0123"})
+				d, c, err := proxy.Register(ctx, coreapi.RegisterRequest{Board: "bbb", HardwareID: "1813BBBK0123"})
 				if err != nil {
 					t.Error(err)
 					return
@@ -176,12 +176,12 @@ func TestRegistration(t *testing.T) {
 		}
 	})
 	t.Run("collision", func(t *testing.T) {
-		first, _, err := proxy.Register(ctx, api.RegisterRequest{Board: "rpi4", HardwareID: "0000000000070c6b"})
+		first, _, err := proxy.Register(ctx, coreapi.RegisterRequest{Board: "rpi4", HardwareID: "0000000000070c6b"})
 		if err != nil {
 			t.Fatal(err)
 		}
-		_, _, err = proxy.Register(ctx, api.RegisterRequest{Board: "rpi4", HardwareID: "000000000014d65c"})
-		var se *api.StatusError
+		_, _, err = proxy.Register(ctx, coreapi.RegisterRequest{Board: "rpi4", HardwareID: "000000000014d65c"})
+		var se *coreapi.StatusError
 		if !errors.As(err, &se) || se.Status != http.StatusConflict {
 			t.Fatalf("colliding ID: %v", err)
 		}
@@ -271,12 +271,12 @@ func TestBundleServing(t *testing.T) {
 	if _, err := inspect.Inspect(bytes.NewReader(img), int64(len(img)), inspect.Expect{Rules: imagespec.DefaultRules(), Serial: d.Serial, Generation: v.Generation}); err != nil {
 		t.Fatalf("inspection: %v", err)
 	}
-	if _, _, err := dev.Bundle(ctx, d.Serial, etag); !errors.Is(err, api.ErrNotModified) {
+	if _, _, err := dev.Bundle(ctx, d.Serial, etag); !errors.Is(err, coreapi.ErrNotModified) {
 		t.Fatalf("If-None-Match with the current ETag: %v", err)
 	}
 	// A change gives a new generation and a new ETag.
 	admin := core.Client(t, core.Admin(t))
-	if _, err := admin.SetDeviceData(ctx, d.Serial, v.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/motd": "hi\n"}}); err != nil {
+	if _, err := admin.SetDeviceData(ctx, d.Serial, v.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/motd": "hi\n"}}); err != nil {
 		t.Fatal(err)
 	}
 	body, etag2, err := dev.Bundle(ctx, d.Serial, etag)
@@ -290,18 +290,18 @@ func TestIfMatchAndRevocation(t *testing.T) {
 	core := coretest.Start(t, "")
 	d := core.Register(t, "rpi4", coretest.RPi4(9))
 	admin := core.Client(t, core.Admin(t))
-	change := api.DataChange{Set: map[string]string{"/etc/prov/data/a": "1"}}
+	change := coreapi.DataChange{Set: map[string]string{"/etc/prov/data/a": "1"}}
 	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, change); err != nil {
 		t.Fatal(err)
 	}
 	// A second admin still working from the old generation gets 412.
-	_, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/a": "2"}})
-	var se *api.StatusError
+	_, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/a": "2"}})
+	var se *coreapi.StatusError
 	if !errors.As(err, &se) || se.Status != http.StatusPreconditionFailed {
 		t.Fatalf("stale If-Match: %v", err)
 	}
 	// Immutable data cannot be set as data.
-	_, err = admin.SetDeviceData(ctx, d.Serial, d.Generation+1, api.DataChange{Set: map[string]string{"/etc/hostname": "evil"}})
+	_, err = admin.SetDeviceData(ctx, d.Serial, d.Generation+1, coreapi.DataChange{Set: map[string]string{"/etc/hostname": "evil"}})
 	if !errors.As(err, &se) || se.Status != http.StatusBadRequest {
 		t.Fatalf("setting /etc/hostname: %v", err)
 	}
@@ -329,7 +329,7 @@ func TestImmutableFreezeAndRestart(t *testing.T) {
 	core := coretest.Run(t, c, cfg, dir)
 	before := core.Register(t, "rpi4", coretest.RPi4(11))
 	admin := core.Client(t, core.Admin(t))
-	if _, err := admin.SetDeviceData(ctx, before.Serial, before.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/k": "v"}}); err != nil {
+	if _, err := admin.SetDeviceData(ctx, before.Serial, before.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/k": "v"}}); err != nil {
 		t.Fatal(err)
 	}
 	core.Stop()
@@ -368,8 +368,8 @@ func TestFailingStoreAnswers503(t *testing.T) {
 		return nil
 	}}))
 	fail.Store(true)
-	_, _, err := core.Client(t, core.Proxy(t)).Register(ctx, api.RegisterRequest{Board: "rpi4", HardwareID: coretest.RPi4(21)})
-	var se *api.StatusError
+	_, _, err := core.Client(t, core.Proxy(t)).Register(ctx, coreapi.RegisterRequest{Board: "rpi4", HardwareID: coretest.RPi4(21)})
+	var se *coreapi.StatusError
 	if !errors.As(err, &se) || se.Status != http.StatusServiceUnavailable || se.RetryAfter == "" {
 		t.Fatalf("register on a failing store: %v", err)
 	}
@@ -377,7 +377,7 @@ func TestFailingStoreAnswers503(t *testing.T) {
 	if n := count(t, core); n != 0 {
 		t.Fatalf("%d records after the failed write", n)
 	}
-	if _, created, err := core.Client(t, core.Proxy(t)).Register(ctx, api.RegisterRequest{Board: "rpi4", HardwareID: coretest.RPi4(21)}); err != nil || !created {
+	if _, created, err := core.Client(t, core.Proxy(t)).Register(ctx, coreapi.RegisterRequest{Board: "rpi4", HardwareID: coretest.RPi4(21)}); err != nil || !created {
 		t.Fatalf("after recovery: %v %v", created, err)
 	}
 }
@@ -386,7 +386,7 @@ func TestRateLimit(t *testing.T) {
 	core := coretest.Start(t, "limits: {device: {rate: 1, burst: 3}}\n")
 	d := core.Register(t, "rpi4", coretest.RPi4(31))
 	dev := core.Client(t, coretest.DeviceCert(t, core.CA, d.Serial, 0))
-	var se *api.StatusError
+	var se *coreapi.StatusError
 	limited := false
 	for range 6 {
 		if _, err := dev.Device(ctx, d.Serial); errors.As(err, &se) && se.Status == http.StatusTooManyRequests {

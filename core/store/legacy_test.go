@@ -7,8 +7,9 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/hwid"
 	bolt "go.etcd.io/bbolt"
+
+	"github.com/fleetprov/prov/core/contract/hwid"
 )
 
 // A store written before records were compressed (plain JSON values) is

@@ -29,7 +29,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 	berrors "go.etcd.io/bbolt/errors"
 
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/hwid"
 )
 
 // Errors.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/store"
 )
 

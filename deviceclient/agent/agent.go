@@ -11,7 +11,7 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
@@ -49,7 +49,7 @@ type Agent struct {
 	kp    *pki.KeyPair
 	roots *pki.TrustBundle
 	o     Options
-	core  *api.Client
+	core  *coreapi.Client
 	log   *slog.Logger
 }
 
@@ -88,7 +88,7 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 		TLSClientConfig:   pki.ClientTLSConfig(kp, roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}, ClockFloor: a.clockFloor, Now: o.Install.Now}),
 		ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
 	}}
-	if a.core, err = api.NewClient(dev.CoreURL, hc); err != nil {
+	if a.core, err = coreapi.NewClient(dev.CoreURL, hc); err != nil {
 		return nil, fmt.Errorf("%s: %w", st.File(state.DeviceFile), err)
 	}
 	return a, nil

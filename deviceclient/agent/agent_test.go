@@ -17,11 +17,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	mochi "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/hwid"
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/deviceclient/agent"
 	"github.com/fleetprov/prov/deviceclient/enroll"
 	"github.com/fleetprov/prov/deviceclient/install"
@@ -31,9 +35,6 @@ import (
 	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/signedimage"
 	"github.com/fleetprov/prov/proxy/proxytest"
-	mochi "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
@@ -105,7 +106,7 @@ func (f *fleet) change(t *testing.T, serial, value string) uint64 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d, err = cl.SetDeviceData(ctx, serial, d.Generation, api.DataChange{Set: map[string]string{"/etc/prov/data/site": value + "\n"}})
+	d, err = cl.SetDeviceData(ctx, serial, d.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/site": value + "\n"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -194,7 +195,7 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	bundle := func(serial string, gen uint64) []byte {
-		b, _, err := image.BuildBundle(&image.Record{Serial: serial, Generation: gen, IssuedAt: time.Now().UTC().Truncate(time.Second),
+		b, _, err := imagebuild.BuildBundle(&imagebuild.Record{Serial: serial, Generation: gen, IssuedAt: time.Now().UTC().Truncate(time.Second),
 			Hostname: "h-" + serial, MQTTClientID: serial, MQTTGroupID: "g"}, imagespec.DefaultRules(), signer)
 		if err != nil {
 			t.Fatal(err)
@@ -447,7 +448,7 @@ func TestForgedMQTTMessageOnlyChecks(t *testing.T) {
 		"\x00\xff not a notification",
 	} {
 		t0 := time.Now().UTC()
-		if err := broker.Publish(api.DeviceTopic(dev.Serial), []byte(payload), false, 1); err != nil {
+		if err := broker.Publish(coreapi.DeviceTopic(dev.Serial), []byte(payload), false, 1); err != nil {
 			t.Fatal(err)
 		}
 		waitCheckAfter(t0)

@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
@@ -27,7 +27,7 @@ func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
 	defer cancel()
 	body, tag, err := a.core.Bundle(ctx, a.dev.Serial, etag)
 	now := a.now().UTC()
-	if errors.Is(err, api.ErrNotModified) {
+	if errors.Is(err, coreapi.ErrNotModified) {
 		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.LastError = now, "" })
 	}
 	if err != nil {

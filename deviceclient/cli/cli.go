@@ -13,10 +13,10 @@ import (
 	"os"
 	"time"
 
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/cmdline"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 

@@ -10,8 +10,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/deviceclient/cli"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -31,9 +31,9 @@ func TestVerifyAndInspect(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rec := &image.Record{Serial: "1a2b3c4d5e", Generation: 5, IssuedAt: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
+	rec := &imagebuild.Record{Serial: "1a2b3c4d5e", Generation: 5, IssuedAt: time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC),
 		Hostname: "h1", MQTTClientID: "c1", MQTTGroupID: "g1", Data: map[string]string{"/etc/prov/data/x": "y\n"}}
-	bundle, _, err := image.BuildBundle(rec, imagespec.DefaultRules(), s)
+	bundle, _, err := imagebuild.BuildBundle(rec, imagespec.DefaultRules(), s)
 	if err != nil {
 		t.Fatal(err)
 	}

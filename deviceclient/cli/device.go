@@ -13,14 +13,14 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/deviceclient/agent"
 	"github.com/fleetprov/prov/deviceclient/enroll"
 	"github.com/fleetprov/prov/deviceclient/hwinfo"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
-	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 

@@ -8,11 +8,11 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/cli"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki/ca/catest"
-	"github.com/fleetprov/prov/pki/testenv"
 	"github.com/fleetprov/prov/proxy/proxytest"
 )
 
@@ -64,7 +64,7 @@ func TestDeviceCommands(t *testing.T) {
 
 	// An admin changes the device's data; update fetches generation 2.
 	admin := core.Client(t, core.Admin(t))
-	if _, err := admin.SetDeviceData(context.Background(), st.Serial, 1, api.DataChange{Set: map[string]string{"/etc/prov/data/site": "lab-3\n"}}); err != nil {
+	if _, err := admin.SetDeviceData(context.Background(), st.Serial, 1, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/site": "lab-3\n"}}); err != nil {
 		t.Fatal(err)
 	}
 	mnt := []string{"--target", filepath.Join(dir, "etc"), "--run-dir", filepath.Join(dir, "run")}
@@ -104,7 +104,7 @@ func TestDeviceCommands(t *testing.T) {
 		t.Fatalf("through the overlay: site %q, os-release %q", site, osr)
 	}
 	// An update while mounted mounts the new image.
-	if _, err := admin.SetDeviceData(context.Background(), st.Serial, 2, api.DataChange{Set: map[string]string{"/etc/prov/data/site": "lab-4\n"}}); err != nil {
+	if _, err := admin.SetDeviceData(context.Background(), st.Serial, 2, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/site": "lab-4\n"}}); err != nil {
 		t.Fatal(err)
 	}
 	if code, out, errOut = run(append(append([]string{"update"}, hw...), mnt...)...); code != 0 || !strings.Contains(out, "installed generation 3") {

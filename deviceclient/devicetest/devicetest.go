@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -55,17 +55,17 @@ func New(t testing.TB) *Fleet {
 
 // Record is a device record for serial at generation, its hostname
 // naming the generation so a mounted image can be told apart.
-func Record(serial string, generation uint64) *image.Record {
-	return &image.Record{Serial: serial, Generation: generation, IssuedAt: time.Now().UTC().Truncate(time.Second),
+func Record(serial string, generation uint64) *imagebuild.Record {
+	return &imagebuild.Record{Serial: serial, Generation: generation, IssuedAt: time.Now().UTC().Truncate(time.Second),
 		Hostname: fmt.Sprintf("dev-%s-g%d", serial, generation), MachineID: "5f1e0c9a7b3d4e2f8a6c0b1d3e5f7a9c",
 		MQTTClientID: serial, MQTTGroupID: "fleet",
 		Data: map[string]string{"/etc/prov/data/generation": fmt.Sprintf("%d\n", generation)}}
 }
 
 // Bundle signs the record.
-func (f *Fleet) Bundle(t testing.TB, rec *image.Record) []byte {
+func (f *Fleet) Bundle(t testing.TB, rec *imagebuild.Record) []byte {
 	t.Helper()
-	b, _, err := image.BuildBundle(rec, imagespec.DefaultRules(), f.Signer)
+	b, _, err := imagebuild.BuildBundle(rec, imagespec.DefaultRules(), f.Signer)
 	if err != nil {
 		t.Fatal(err)
 	}

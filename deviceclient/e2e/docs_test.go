@@ -14,8 +14,8 @@ import (
 	corecli "github.com/fleetprov/prov/core/cli"
 	devicecli "github.com/fleetprov/prov/deviceclient/cli"
 	pkicli "github.com/fleetprov/prov/pki/cli"
-	proxyapi "github.com/fleetprov/prov/proxy/api"
 	proxycli "github.com/fleetprov/prov/proxy/cli"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
 var mains = map[string]func(context.Context, []string, io.Writer, io.Writer) int{
@@ -147,7 +147,7 @@ func TestDocumentedRoutes(t *testing.T) {
 			routes = append(routes, strings.ToUpper(m[1])+" "+strings.TrimSuffix(m[2], "{$}"))
 		}
 	}
-	routes = append(routes, "GET /metrics", "POST "+proxyapi.PathEnroll)
+	routes = append(routes, "GET /metrics", "POST "+enrollapi.PathEnroll)
 	if len(routes) < 18 {
 		t.Fatalf("found %d routes: %v", len(routes), routes)
 	}

@@ -14,13 +14,13 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/pkitest"
-	"github.com/fleetprov/prov/pki/testenv"
 	"github.com/fleetprov/prov/proxy/proxytest"
 )
 
@@ -236,14 +236,14 @@ func foreignDevice(t *testing.T, serial string) (string, string) {
 
 // changeGroup sets a data file for the default group: every member moves
 // to a new generation.
-func changeGroup(t *testing.T, admin *api.Client, kv string) {
+func changeGroup(t *testing.T, admin *coreapi.Client, kv string) {
 	t.Helper()
 	k, v, _ := strings.Cut(kv, "=")
 	g, err := admin.Group(context.Background(), "default")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := admin.SetGroupData(context.Background(), "default", g.Version, api.DataChange{Set: map[string]string{"/etc/prov/data/" + k: v + "\n"}}); err != nil {
+	if _, err := admin.SetGroupData(context.Background(), "default", g.Version, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/" + k: v + "\n"}}); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/pki/testenv"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
 // The four binaries, built once for the package's tests.

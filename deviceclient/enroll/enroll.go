@@ -26,11 +26,11 @@ import (
 	"os"
 	"time"
 
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/proxy/api"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
 // Errors a caller tells apart.
@@ -89,7 +89,7 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 	if err != nil {
 		return nil, nil, err
 	}
-	body, err := json.Marshal(api.EnrollRequest{Board: o.ID.Board, HardwareID: o.ID.Canonical,
+	body, err := json.Marshal(enrollapi.EnrollRequest{Board: o.ID.Board, HardwareID: o.ID.Canonical,
 		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
 	if err != nil {
 		return nil, nil, err
@@ -184,8 +184,8 @@ func deviceKey(st *state.Dir) (crypto.Signer, error) {
 	return k, nil
 }
 
-func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*api.EnrollResponse, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+api.PathEnroll, bytes.NewReader(body))
+func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*enrollapi.EnrollResponse, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+enrollapi.PathEnroll, bytes.NewReader(body))
 	if err != nil {
 		return nil, err
 	}
@@ -203,7 +203,7 @@ func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*api
 		return nil, fmt.Errorf("%w: over %d bytes", ErrBadAnswer, maxAnswer)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e api.Error
+		var e enrollapi.Error
 		if json.Unmarshal(data, &e) == nil && e.Code != "" {
 			if ra := resp.Header.Get("Retry-After"); ra != "" {
 				e.Reason += " (retry after " + ra + " s)"
@@ -212,7 +212,7 @@ func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*api
 		}
 		return nil, fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
 	}
-	var ans api.EnrollResponse
+	var ans enrollapi.EnrollResponse
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&ans); err != nil {
@@ -223,7 +223,7 @@ func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*api
 
 // checkAnswer accepts only a certificate chain from the pinned root, for
 // this device's serial (computed here by the same rule), for this key.
-func checkAnswer(ans *api.EnrollResponse, roots *pki.TrustBundle, serial string, pub crypto.PublicKey, o install.Options) ([]*x509.Certificate, error) {
+func checkAnswer(ans *enrollapi.EnrollResponse, roots *pki.TrustBundle, serial string, pub crypto.PublicKey, o install.Options) ([]*x509.Certificate, error) {
 	if ans.Serial != serial {
 		return nil, fmt.Errorf("%w: serial %q, the rule gives %s", ErrBadAnswer, ans.Serial, serial)
 	}

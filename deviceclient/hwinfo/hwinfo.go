@@ -1,7 +1,7 @@
 // Package hwinfo reads what a board says about itself: its type (from the
 // devicetree model) and its raw hardware ID (the Raspberry Pi's
 // /proc/cpuinfo Serial, a BeagleBone's devicetree serial-number), and
-// checks it with the serial rule's own validation (core/hwid). Every
+// checks it with the serial rule's own validation (core/contract/hwid). Every
 // source can be overridden, for tests and for boards whose firmware hides
 // the usual files.
 package hwinfo
@@ -16,7 +16,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/hwid"
 )
 
 // Sources says where to read from; empty fields mean the board's own files.

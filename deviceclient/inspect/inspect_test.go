@@ -15,15 +15,15 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/image/squashfs"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs"
 	"github.com/fleetprov/prov/deviceclient/inspect"
-	"github.com/fleetprov/prov/pki/testenv"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
-func record() *image.Record {
-	return &image.Record{
+func record() *imagebuild.Record {
+	return &imagebuild.Record{
 		Serial: "1a2b3c4d5e", Generation: 4, IssuedAt: time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC),
 		Hostname: "dev-1a2b3c4d5e", MachineID: "7f3c9a0e5d2b4c8e9a1f0b3d5c7e9a1b",
 		MQTTClientID: "dev-1a2b3c4d5e", MQTTGroupID: "line-a",
@@ -35,9 +35,9 @@ func expect() inspect.Expect {
 	return inspect.Expect{Rules: imagespec.DefaultRules(), Serial: "1a2b3c4d5e", Generation: 4}
 }
 
-func build(t testing.TB, r *image.Record) []byte {
+func build(t testing.TB, r *imagebuild.Record) []byte {
 	t.Helper()
-	img, err := image.Build(r, imagespec.DefaultRules())
+	img, err := imagebuild.Build(r, imagespec.DefaultRules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -88,7 +88,7 @@ func TestAcceptsRandomRecords(t *testing.T) {
 			}
 			rec.Data[p] = strings.Repeat("v", r.IntN(5000))
 		}
-		img, err := image.Build(rec, rules)
+		img, err := imagebuild.Build(rec, rules)
 		if err != nil {
 			continue // a random file/directory clash; Build said so
 		}
@@ -100,7 +100,7 @@ func TestAcceptsRandomRecords(t *testing.T) {
 
 // entries is a record's image as squashfs entries, for building images
 // core would refuse to build.
-func entries(t testing.TB, r *image.Record) []squashfs.Entry {
+func entries(t testing.TB, r *imagebuild.Record) []squashfs.Entry {
 	t.Helper()
 	files, err := r.Files(imagespec.DefaultRules())
 	if err != nil {

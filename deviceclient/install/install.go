@@ -19,7 +19,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"

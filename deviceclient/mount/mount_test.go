@@ -8,12 +8,12 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/deviceclient/devicetest"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
-	"github.com/fleetprov/prov/pki/testenv"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
 const serial = "1a2b3c4d5e"

@@ -10,7 +10,7 @@ import (
 	"io"
 	"log/slog"
 
-	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/internal/cmdline"
 )
 
 // Exit codes.

@@ -5,9 +5,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
-	"github.com/fleetprov/prov/pki/testenv"
 )
 
 // The configuration init writes runs the real step-ca binary unchanged, and

@@ -10,7 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"github.com/fleetprov/prov/pki/cmdline"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
 	"github.com/fleetprov/prov/proxy/service"

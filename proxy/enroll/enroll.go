@@ -30,18 +30,18 @@ import (
 	"sync"
 	"time"
 
-	coreapi "github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/hwid"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
 	"github.com/fleetprov/prov/pki/token"
-	"github.com/fleetprov/prov/proxy/api"
 	"github.com/fleetprov/prov/proxy/auditlog"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
-// Core is what the proxy needs of core (core/api.Client).
+// Core is what the proxy needs of core (coreapi.Client).
 type Core interface {
 	Register(ctx context.Context, r coreapi.RegisterRequest) (*coreapi.Device, bool, error)
 	RecordIssued(ctx context.Context, serial string, c coreapi.IssuedCertificate) (*coreapi.Device, error)
@@ -140,7 +140,7 @@ type attempt struct {
 }
 
 // Enroll enrolls the device that sent req from source.
-func (e *Enroller) Enroll(ctx context.Context, req api.EnrollRequest, source netip.Addr) (*api.EnrollResponse, error) {
+func (e *Enroller) Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error) {
 	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String(), Board: printable(req.Board), HardwareID: printable(req.HardwareID)}}
 	resp, err := e.enroll(ctx, req, source, a)
 	return e.finish(a, resp, err)
@@ -161,7 +161,7 @@ func (e *Enroller) Reject(source netip.Addr, reason string) error {
 	return err
 }
 
-func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source netip.Addr, a *attempt) (*api.EnrollResponse, error) {
+func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr, a *attempt) (*enrollapi.EnrollResponse, error) {
 	now := e.now()
 	if err := e.policy.Allow(source, now); err != nil {
 		return nil, err
@@ -258,7 +258,7 @@ func (e *Enroller) enroll(ctx context.Context, req api.EnrollRequest, source net
 		_ = pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
 	enrolled = true
-	return &api.EnrollResponse{
+	return &enrollapi.EnrollResponse{
 		Serial: serial, Certificate: certPEM.String(), Root: e.rootPEM,
 		CoreURL: e.field.CoreURL, CAURL: e.field.CAURL, MQTTURL: e.field.MQTTURL, MQTTTopic: dev.Topic,
 		Bundle: base64.StdEncoding.EncodeToString(first.data), Generation: first.generation,
@@ -361,7 +361,7 @@ func (e *Enroller) lock(serial string) func() {
 
 // finish records the attempt, durably, before anyone hears its result; if
 // the record cannot be written, the answer is an error.
-func (e *Enroller) finish(a *attempt, resp *api.EnrollResponse, err error) (*api.EnrollResponse, error) {
+func (e *Enroller) finish(a *attempt, resp *enrollapi.EnrollResponse, err error) (*enrollapi.EnrollResponse, error) {
 	var refusal *vouch.Refusal
 	var bad *BadRequest
 	switch {

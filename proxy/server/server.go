@@ -19,14 +19,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
-	"github.com/fleetprov/prov/proxy/api"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/enroll"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
 // Enroller is what the server needs of enroll.Enroller.
 type Enroller interface {
-	Enroll(ctx context.Context, req api.EnrollRequest, source netip.Addr) (*api.EnrollResponse, error)
+	Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error)
 	Reject(source netip.Addr, reason string) error
 	Status() enroll.Status
 }
@@ -73,12 +73,12 @@ type Server struct {
 // step-ca.
 func New(e Enroller, m *Metrics, log *slog.Logger, ready func() error, timeout time.Duration) *Server {
 	s := &Server{enroller: e, metrics: m, log: log.With("component", "http"), ready: ready, timeout: timeout, mux: http.NewServeMux()}
-	s.mux.HandleFunc("POST "+api.PathEnroll, s.enroll)
+	s.mux.HandleFunc("POST "+enrollapi.PathEnroll, s.enroll)
 	s.mux.HandleFunc("GET /{$}", s.status)
 	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
 	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
 		if err := s.ready(); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, api.Error{Code: "not_ready", Reason: err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, enrollapi.Error{Code: "not_ready", Reason: err.Error()})
 			return
 		}
 		writeJSON(w, 200, map[string]string{"status": "ready"})
@@ -100,11 +100,11 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, api.Error{Code: "bad_request", Reason: "unknown source address"})
+		writeJSON(w, http.StatusBadRequest, enrollapi.Error{Code: "bad_request", Reason: "unknown source address"})
 		return
 	}
-	var req api.EnrollRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, api.MaxRequestBody))
+	var req enrollapi.EnrollRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, enrollapi.MaxRequestBody))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&req); err != nil || dec.More() {
 		// Recorded too, and the network and rate rules still come first.
@@ -135,14 +135,14 @@ func (s *Server) answer(w http.ResponseWriter, err error) {
 			status = http.StatusTooManyRequests
 			w.Header().Set("Retry-After", strconv.Itoa(refusal.RetryAfter))
 		}
-		writeJSON(w, status, api.Error{Code: "refused_" + refusal.Rule, Reason: refusal.Reason})
+		writeJSON(w, status, enrollapi.Error{Code: "refused_" + refusal.Rule, Reason: refusal.Reason})
 	case errors.As(err, &bad):
-		writeJSON(w, http.StatusBadRequest, api.Error{Code: "bad_request", Reason: bad.Reason})
+		writeJSON(w, http.StatusBadRequest, enrollapi.Error{Code: "bad_request", Reason: bad.Reason})
 	case errors.As(err, &up):
 		w.Header().Set("Retry-After", "5")
-		writeJSON(w, http.StatusBadGateway, api.Error{Code: "upstream", Reason: "could not " + up.Step + "; try again"})
+		writeJSON(w, http.StatusBadGateway, enrollapi.Error{Code: "upstream", Reason: "could not " + up.Step + "; try again"})
 	default:
-		writeJSON(w, http.StatusInternalServerError, api.Error{Code: "internal", Reason: "internal error; try again"})
+		writeJSON(w, http.StatusInternalServerError, enrollapi.Error{Code: "internal", Reason: "internal error; try again"})
 	}
 }
 

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki/ca/catest"
-	"github.com/fleetprov/prov/pki/cmdline"
 	"github.com/fleetprov/prov/pki/token"
 )
 

@@ -16,7 +16,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 
-	coreapi "github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"

@@ -27,16 +27,16 @@ import (
 	"testing"
 	"time"
 
-	coreapi "github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
-	"github.com/fleetprov/prov/core/imagespec"
 	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/signedimage"
-	"github.com/fleetprov/prov/proxy/api"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/enroll"
 	"github.com/fleetprov/prov/proxy/proxytest"
 	"github.com/fleetprov/prov/proxy/service"
@@ -88,7 +88,7 @@ func newDevice(t testing.TB) *device {
 
 // enroll posts an enrollment the way a device does: it trusts only the
 // root, and wants a proxy at the other end.
-func (e *env) enroll(t testing.TB, body any) (int, *api.EnrollResponse, *api.Error) {
+func (e *env) enroll(t testing.TB, body any) (int, *enrollapi.EnrollResponse, *enrollapi.Error) {
 	t.Helper()
 	var raw []byte
 	switch b := body.(type) {
@@ -102,26 +102,26 @@ func (e *env) enroll(t testing.TB, body any) (int, *api.EnrollResponse, *api.Err
 	}
 	cfg := pki.ClientTLSConfig(nil, e.roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleProxy}})
 	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
-	resp, err := hc.Post(e.url+api.PathEnroll, "application/json", bytes.NewReader(raw))
+	resp, err := hc.Post(e.url+enrollapi.PathEnroll, "application/json", bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode == http.StatusOK {
-		var r api.EnrollResponse
+		var r enrollapi.EnrollResponse
 		if err := json.Unmarshal(b, &r); err != nil {
 			t.Fatal(err)
 		}
 		return resp.StatusCode, &r, nil
 	}
-	var ae api.Error
+	var ae enrollapi.Error
 	_ = json.Unmarshal(b, &ae)
 	return resp.StatusCode, nil, &ae
 }
 
-func req(board, hw string, d *device) api.EnrollRequest {
-	return api.EnrollRequest{Board: board, HardwareID: hw, CSR: d.csr}
+func req(board, hw string, d *device) enrollapi.EnrollRequest {
+	return enrollapi.EnrollRequest{Board: board, HardwareID: hw, CSR: d.csr}
 }
 
 func TestGoodEnrollment(t *testing.T) {
@@ -223,7 +223,7 @@ func TestVouchingRules(t *testing.T) {
 		})
 	}
 	// A re-enrollment of a device already counted does not use quota.
-	if code, _, ae := e.enroll(t, api.EnrollRequest{Board: "rpi4", HardwareID: "10000000000000a1", CSR: newDevice(t).csr}); code != http.StatusForbidden || ae.Code != "refused_reenrollment" {
+	if code, _, ae := e.enroll(t, enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000000000a1", CSR: newDevice(t).csr}); code != http.StatusForbidden || ae.Code != "refused_reenrollment" {
 		t.Fatalf("re-enrollment with another key under deny: %d %+v", code, ae)
 	}
 }
@@ -349,15 +349,15 @@ func TestHostileInput(t *testing.T) {
 		req("rpi4", "١٠٠٠٠٠٠٠abcdef12", d),
 		req("bbb", "1813BBBK\u200f0001", d),
 		req("rpi5", "10000000abcdef12", d),
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: ""},
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: string(tampered)},
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin/eve"}})},
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{DNSNames: []string{"core.fleet.test"}})},
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: d.csr + d.csr},
-		api.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: rsaCSR(t)},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: ""},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: string(tampered)},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{Subject: pkix.Name{CommonName: "admin/eve"}})},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: named(&x509.CertificateRequest{DNSNames: []string{"core.fleet.test"}})},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: d.csr + d.csr},
+		enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000abcdef12", CSR: rsaCSR(t)},
 		req("rpi4", "10000000abcdef12\x00\x00", d),
 		"",
-		`{"board":"rpi4","hardwareId":"10000000abcdef12","csr":"` + strings.Repeat("A", api.MaxRequestBody) + `"}`,
+		`{"board":"rpi4","hardwareId":"10000000abcdef12","csr":"` + strings.Repeat("A", enrollapi.MaxRequestBody) + `"}`,
 	} {
 		code, _, ae := e.enroll(t, body)
 		if code != http.StatusBadRequest {

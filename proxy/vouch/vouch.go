@@ -21,8 +21,8 @@ import (
 
 	"golang.org/x/time/rate"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
 )
 
 // Reenrollment is the policy for a serial that already has a certificate.
@@ -339,7 +339,7 @@ func (p *Policy) markUsed(batch, serial string) {
 
 // Reenroll decides on a serial that may already have certificates: it
 // returns the serials of certificates to revoke (Allow), or a refusal.
-func (p *Policy) Reenroll(issued []api.IssuedCertificate, keySHA256 string, now time.Time) ([]string, error) {
+func (p *Policy) Reenroll(issued []coreapi.IssuedCertificate, keySHA256 string, now time.Time) ([]string, error) {
 	if len(issued) == 0 {
 		return nil, nil
 	}

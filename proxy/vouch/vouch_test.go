@@ -9,8 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/hwid"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
 )
 
 var t0 = time.Date(2026, 11, 28, 12, 0, 0, 0, time.UTC)
@@ -219,25 +219,25 @@ func TestRate(t *testing.T) {
 }
 
 func TestReenrollmentPolicies(t *testing.T) {
-	old := api.IssuedCertificate{Serial: "111", KeySHA256: "k1", NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(24 * time.Hour)}
-	expired := api.IssuedCertificate{Serial: "100", KeySHA256: "k0", NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour)}
+	old := coreapi.IssuedCertificate{Serial: "111", KeySHA256: "k1", NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(24 * time.Hour)}
+	expired := coreapi.IssuedCertificate{Serial: "100", KeySHA256: "k0", NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour)}
 	stale := old
 	stale.NotBefore = t0.Add(-2 * time.Hour)
 	for _, tc := range []struct {
 		policy Reenrollment
-		issued []api.IssuedCertificate
+		issued []coreapi.IssuedCertificate
 		key    string
 		refuse bool
 		revoke []string
 	}{
 		{Deny, nil, "k1", false, nil},
-		{Deny, []api.IssuedCertificate{old}, "k1", false, nil},  // a retry within the window
-		{Deny, []api.IssuedCertificate{stale}, "k1", true, nil}, // the same key, long after
-		{Deny, []api.IssuedCertificate{old}, "k2", true, nil},   // a reflashed card
-		{SameKeyOnly, []api.IssuedCertificate{stale}, "k1", false, nil},
-		{SameKeyOnly, []api.IssuedCertificate{old}, "k2", true, nil},
-		{Allow, []api.IssuedCertificate{old, expired}, "k2", false, []string{"111"}}, // expired ones need no revocation
-		{Allow, []api.IssuedCertificate{old}, "k1", false, nil},
+		{Deny, []coreapi.IssuedCertificate{old}, "k1", false, nil},  // a retry within the window
+		{Deny, []coreapi.IssuedCertificate{stale}, "k1", true, nil}, // the same key, long after
+		{Deny, []coreapi.IssuedCertificate{old}, "k2", true, nil},   // a reflashed card
+		{SameKeyOnly, []coreapi.IssuedCertificate{stale}, "k1", false, nil},
+		{SameKeyOnly, []coreapi.IssuedCertificate{old}, "k2", true, nil},
+		{Allow, []coreapi.IssuedCertificate{old, expired}, "k2", false, []string{"111"}}, // expired ones need no revocation
+		{Allow, []coreapi.IssuedCertificate{old}, "k1", false, nil},
 	} {
 		p, err := Load(Config{Networks: []string{"10.0.0.0/8"}, Reenrollment: tc.policy, RetryWindow: 15 * time.Minute})
 		if err != nil {

@@ -53,7 +53,7 @@ func main() {
 		*enrollN = 200
 	}
 	runs := []run{
-		{"./core/image/", "BenchmarkImage", "2s", nil},
+		{"./core/imagebuild/", "BenchmarkImage", "2s", nil},
 		{"./core/service/", "BenchmarkFetch", "3000x", nil},
 		{"./proxy/service/", "BenchmarkEnroll", fmt.Sprintf("%dx", *enrollN), nil},
 		{"./core/service/", "BenchmarkReprovision", "1x", []string{fmt.Sprintf("-reprovision-devices=%d", *reprovision)}},

@@ -9,7 +9,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/api"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/proxy/proxytest"
@@ -67,7 +67,7 @@ func BenchmarkFootprint(b *testing.B) {
 		for j := range 16 {
 			set["/etc/prov/data/f"+string(rune('a'+j))] = strings.Repeat(string(rune('a'+(i+j)%26)), 60<<10)
 		}
-		if _, err := admin.SetDeviceData(context.Background(), serial, d.Generation, api.DataChange{Set: set}); err != nil {
+		if _, err := admin.SetDeviceData(context.Background(), serial, d.Generation, coreapi.DataChange{Set: set}); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()

@@ -11,7 +11,7 @@ import (
 	"testing"
 
 	"github.com/fleetprov/prov/deviceclient/cli"
-	"github.com/fleetprov/prov/pki/testenv"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
 var units = []string{"prov-device-mount.service", "prov-device.service"}

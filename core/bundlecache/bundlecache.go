@@ -4,7 +4,7 @@
 // cache is bounded in bytes and evicts the least recently used. A bundle
 // is a pure function of the record, so an evicted one is rebuilt
 // byte-identical.
-package images
+package bundlecache
 
 import (
 	"container/list"
@@ -14,9 +14,9 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/fleetprov/prov/core/api"
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
@@ -70,7 +70,7 @@ func key(serial string, gen uint64) string { return serial + "/" + strconv.Forma
 
 // Get returns the bundle of rec (by its serial and generation), building
 // and signing it if no one has yet.
-func (c *Cache) Get(rec *image.Record) (*Bundle, error) {
+func (c *Cache) Get(rec *imagebuild.Record) (*Bundle, error) {
 	k := key(rec.Serial, rec.Generation)
 	c.mu.Lock()
 	if el, ok := c.byKey[k]; ok {
@@ -102,14 +102,14 @@ func (c *Cache) Get(rec *image.Record) (*Bundle, error) {
 	return cl.b, cl.err
 }
 
-func (c *Cache) build(rec *image.Record) (*Bundle, error) {
-	bundle, img, err := image.BuildBundle(rec, c.rules, c.signer)
+func (c *Cache) build(rec *imagebuild.Record) (*Bundle, error) {
+	bundle, img, err := imagebuild.BuildBundle(rec, c.rules, c.signer)
 	if err != nil {
 		return nil, fmt.Errorf("bundle of %s generation %d: %w", rec.Serial, rec.Generation, err)
 	}
 	sum := sha256.Sum256(img)
 	digest := hex.EncodeToString(sum[:])
-	return &Bundle{Serial: rec.Serial, Generation: rec.Generation, Bytes: bundle, SHA256: digest, ETag: api.ETag(rec.Generation, digest)}, nil
+	return &Bundle{Serial: rec.Serial, Generation: rec.Generation, Bytes: bundle, SHA256: digest, ETag: coreapi.ETag(rec.Generation, digest)}, nil
 }
 
 func (c *Cache) add(k string, b *Bundle) {

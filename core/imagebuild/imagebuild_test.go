@@ -1,4 +1,4 @@
-package image_test
+package imagebuild_test
 
 import (
 	"bytes"
@@ -13,18 +13,18 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/image/squashfs"
-	"github.com/fleetprov/prov/core/image/squashfs/sqfstest"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs/sqfstest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
-func record() *image.Record {
-	return &image.Record{
+func record() *imagebuild.Record {
+	return &imagebuild.Record{
 		Serial:       "1a2b3c4d5e",
 		Generation:   1,
 		IssuedAt:     time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC),
@@ -40,7 +40,7 @@ func record() *image.Record {
 }
 
 // want is the tree a record's image must hold.
-func want(t *testing.T, r *image.Record) sqfstest.Tree {
+func want(t *testing.T, r *imagebuild.Record) sqfstest.Tree {
 	t.Helper()
 	files, err := r.Files(imagespec.DefaultRules())
 	if err != nil {
@@ -55,7 +55,7 @@ func want(t *testing.T, r *image.Record) sqfstest.Tree {
 
 func TestImageContents(t *testing.T) {
 	r := record()
-	img, err := image.Build(r, imagespec.DefaultRules())
+	img, err := imagebuild.Build(r, imagespec.DefaultRules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +93,7 @@ func TestImageContents(t *testing.T) {
 // TestGoldenRecord pins the image of one record: a change is a deliberate,
 // versioned change of the image format (imagespec.FormatVersion).
 func TestGoldenRecord(t *testing.T) {
-	img, err := image.Build(record(), imagespec.DefaultRules())
+	img, err := imagebuild.Build(record(), imagespec.DefaultRules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -107,7 +107,7 @@ func TestGoldenRecord(t *testing.T) {
 // process: no process state (map order, addresses, time) leaks in.
 func TestReproducibleAcrossProcesses(t *testing.T) {
 	if os.Getenv("IMAGE_BUILD_CHILD") == "1" {
-		img, err := image.Build(record(), imagespec.DefaultRules())
+		img, err := imagebuild.Build(record(), imagespec.DefaultRules())
 		if err != nil {
 			fmt.Println("error:", err)
 			os.Exit(1)
@@ -115,7 +115,7 @@ func TestReproducibleAcrossProcesses(t *testing.T) {
 		fmt.Print(hex.EncodeToString(img))
 		os.Exit(0)
 	}
-	img, err := image.Build(record(), imagespec.DefaultRules())
+	img, err := imagebuild.Build(record(), imagespec.DefaultRules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -144,39 +144,39 @@ func TestRecordRefusals(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name   string
-		mutate func(*image.Record)
+		mutate func(*imagebuild.Record)
 		names  string // the error must name this
 		err    error
 	}{
-		{"bad serial", func(r *image.Record) { r.Serial = "1A2B3C4D5E" }, "serial", image.ErrBadRecord},
-		{"zero generation", func(r *image.Record) { r.Generation = 0 }, "generation", image.ErrBadRecord},
-		{"no issue time", func(r *image.Record) { r.IssuedAt = time.Time{} }, "issuedAt", image.ErrBadRecord},
-		{"hostname with a dot", func(r *image.Record) { r.Hostname = "a.b" }, "hostname", image.ErrBadRecord},
-		{"hostname too long", func(r *image.Record) { r.Hostname = strings.Repeat("h", 64) }, "hostname", image.ErrBadRecord},
-		{"machine-id upper case", func(r *image.Record) { r.MachineID = strings.ToUpper(r.MachineID) }, "machineId", image.ErrBadRecord},
-		{"machine-id zero", func(r *image.Record) { r.MachineID = strings.Repeat("0", 32) }, "machineId", image.ErrBadRecord},
-		{"mqtt client id with a space", func(r *image.Record) { r.MQTTClientID = "a b" }, "mqttClientId", image.ErrBadRecord},
-		{"mqtt group id with a slash", func(r *image.Record) { r.MQTTGroupID = "a/b" }, "mqttGroupId", image.ErrBadRecord},
-		{"data outside the prefix", func(r *image.Record) { r.Data = map[string]string{"/etc/shadow": "root::0:0"} }, "/etc/shadow", imagespec.ErrBadPath},
-		{"data with ..", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/../../shadow": "x"} }, "..", imagespec.ErrBadPath},
-		{"data hidden", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/.x": "x"} }, ".x", imagespec.ErrBadPath},
-		{"data relative", func(r *image.Record) { r.Data = map[string]string{"etc/prov/data/x": "x"} }, "etc/prov/data/x", imagespec.ErrBadPath},
-		{"data empty name", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data//x": "x"} }, "//x", imagespec.ErrBadPath},
-		{"data is the prefix", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/": "x"} }, "/etc/prov/data/", imagespec.ErrBadPath},
-		{"data with a space", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/a b": "x"} }, "a b", imagespec.ErrBadPath},
-		{"data with a look-alike", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/\u0430": "x"} }, "/etc/prov/data/", imagespec.ErrBadPath},
-		{"data over a fixed file", func(r *image.Record) { r.Data = map[string]string{imagespec.Hostname: "x"} }, imagespec.Hostname, imagespec.ErrBadPath},
-		{"data file over a data dir", func(r *image.Record) {
+		{"bad serial", func(r *imagebuild.Record) { r.Serial = "1A2B3C4D5E" }, "serial", imagebuild.ErrBadRecord},
+		{"zero generation", func(r *imagebuild.Record) { r.Generation = 0 }, "generation", imagebuild.ErrBadRecord},
+		{"no issue time", func(r *imagebuild.Record) { r.IssuedAt = time.Time{} }, "issuedAt", imagebuild.ErrBadRecord},
+		{"hostname with a dot", func(r *imagebuild.Record) { r.Hostname = "a.b" }, "hostname", imagebuild.ErrBadRecord},
+		{"hostname too long", func(r *imagebuild.Record) { r.Hostname = strings.Repeat("h", 64) }, "hostname", imagebuild.ErrBadRecord},
+		{"machine-id upper case", func(r *imagebuild.Record) { r.MachineID = strings.ToUpper(r.MachineID) }, "machineId", imagebuild.ErrBadRecord},
+		{"machine-id zero", func(r *imagebuild.Record) { r.MachineID = strings.Repeat("0", 32) }, "machineId", imagebuild.ErrBadRecord},
+		{"mqtt client id with a space", func(r *imagebuild.Record) { r.MQTTClientID = "a b" }, "mqttClientId", imagebuild.ErrBadRecord},
+		{"mqtt group id with a slash", func(r *imagebuild.Record) { r.MQTTGroupID = "a/b" }, "mqttGroupId", imagebuild.ErrBadRecord},
+		{"data outside the prefix", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/shadow": "root::0:0"} }, "/etc/shadow", imagespec.ErrBadPath},
+		{"data with ..", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/../../shadow": "x"} }, "..", imagespec.ErrBadPath},
+		{"data hidden", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/.x": "x"} }, ".x", imagespec.ErrBadPath},
+		{"data relative", func(r *imagebuild.Record) { r.Data = map[string]string{"etc/prov/data/x": "x"} }, "etc/prov/data/x", imagespec.ErrBadPath},
+		{"data empty name", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data//x": "x"} }, "//x", imagespec.ErrBadPath},
+		{"data is the prefix", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/": "x"} }, "/etc/prov/data/", imagespec.ErrBadPath},
+		{"data with a space", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/a b": "x"} }, "a b", imagespec.ErrBadPath},
+		{"data with a look-alike", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/\u0430": "x"} }, "/etc/prov/data/", imagespec.ErrBadPath},
+		{"data over a fixed file", func(r *imagebuild.Record) { r.Data = map[string]string{imagespec.Hostname: "x"} }, imagespec.Hostname, imagespec.ErrBadPath},
+		{"data file over a data dir", func(r *imagebuild.Record) {
 			r.Data = map[string]string{"/etc/prov/data/a": "x", "/etc/prov/data/a/b": "y"}
-		}, "/etc/prov/data/a", image.ErrBadRecord},
-		{"data file too large", func(r *image.Record) { r.Data = map[string]string{"/etc/prov/data/big": big} }, "/etc/prov/data/big", imagespec.ErrTooLarge},
-		{"too many data files", func(r *image.Record) { r.Data = many }, "files", imagespec.ErrTooLarge},
-		{"data too large in all", func(r *image.Record) { r.Data = total }, "in all", imagespec.ErrTooLarge},
+		}, "/etc/prov/data/a", imagebuild.ErrBadRecord},
+		{"data file too large", func(r *imagebuild.Record) { r.Data = map[string]string{"/etc/prov/data/big": big} }, "/etc/prov/data/big", imagespec.ErrTooLarge},
+		{"too many data files", func(r *imagebuild.Record) { r.Data = many }, "files", imagespec.ErrTooLarge},
+		{"data too large in all", func(r *imagebuild.Record) { r.Data = total }, "in all", imagespec.ErrTooLarge},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := record()
 			tc.mutate(r)
-			_, err := image.Build(r, imagespec.DefaultRules())
+			_, err := imagebuild.Build(r, imagespec.DefaultRules())
 			if !errors.Is(err, tc.err) || !strings.Contains(err.Error(), tc.names) {
 				t.Fatalf("Build: %v; want %v naming %q", err, tc.err, tc.names)
 			}
@@ -192,22 +192,22 @@ func TestRules(t *testing.T) {
 	}
 	r := record()
 	r.Data = map[string]string{"/etc/mosquitto/conf.d/fleet.conf": "x"}
-	if _, err := image.Build(r, imagespec.DefaultRules()); err == nil {
+	if _, err := imagebuild.Build(r, imagespec.DefaultRules()); err == nil {
 		t.Fatal("a path outside the default prefix was built")
 	}
-	if _, err := image.Build(r, imagespec.Rules{AllowedPrefixes: []string{imagespec.DataDir, "/etc/mosquitto/conf.d/"}}); err != nil {
+	if _, err := imagebuild.Build(r, imagespec.Rules{AllowedPrefixes: []string{imagespec.DataDir, "/etc/mosquitto/conf.d/"}}); err != nil {
 		t.Fatalf("an allowed extra prefix was refused: %v", err)
 	}
 }
 
 func TestParseRecord(t *testing.T) {
 	good := `{"serial":"1a2b3c4d5e","generation":2,"issuedAt":"2026-11-01T12:00:00Z","hostname":"h","mqttClientId":"c","mqttGroupId":"g","data":{"/etc/prov/data/a":"b"}}`
-	r, err := image.ParseRecord([]byte(good))
+	r, err := imagebuild.ParseRecord([]byte(good))
 	if err != nil || r.Generation != 2 || r.Data["/etc/prov/data/a"] != "b" {
 		t.Fatalf("ParseRecord: %+v %v", r, err)
 	}
 	for _, bad := range []string{"", "{", `{"serial":"1a2b3c4d5e","hostnam":"typo"}`, good + good} {
-		if _, err := image.ParseRecord([]byte(bad)); !errors.Is(err, image.ErrBadRecord) {
+		if _, err := imagebuild.ParseRecord([]byte(bad)); !errors.Is(err, imagebuild.ErrBadRecord) {
 			t.Errorf("ParseRecord(%.30q): %v", bad, err)
 		}
 	}
@@ -221,7 +221,7 @@ func TestBundleWithTheDeploymentSigner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, err := image.BuildBundle(record(), imagespec.DefaultRules(), s)
+	b, _, err := imagebuild.BuildBundle(record(), imagespec.DefaultRules(), s)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func TestBundleWithTheDeploymentSigner(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	direct, err := image.Build(record(), imagespec.DefaultRules())
+	direct, err := imagebuild.Build(record(), imagespec.DefaultRules())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -286,7 +286,7 @@ func TestRandomRecords(t *testing.T) {
 			rec.Data[p] = string(data)
 		}
 		t.Run(fmt.Sprintf("seed%d", seed), func(t *testing.T) {
-			img, err := image.Build(rec, rules)
+			img, err := imagebuild.Build(rec, rules)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -22,7 +22,7 @@
 //
 // A device asking about another serial gets 404, the same answer as for a
 // serial that does not exist.
-package api
+package coreapi
 
 import (
 	"strconv"

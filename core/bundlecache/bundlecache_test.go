@@ -1,4 +1,4 @@
-package images_test
+package bundlecache_test
 
 import (
 	"crypto/ed25519"
@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/images"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/bundlecache"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
@@ -26,14 +26,14 @@ func signer(t *testing.T) *signedimage.Signer {
 	return s
 }
 
-func rec(serial string, gen uint64) *image.Record {
-	return &image.Record{Serial: serial, Generation: gen, IssuedAt: time.Unix(1_800_000_000, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}
+func rec(serial string, gen uint64) *imagebuild.Record {
+	return &imagebuild.Record{Serial: serial, Generation: gen, IssuedAt: time.Unix(1_800_000_000, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}
 }
 
 func TestOneBuildPerGeneration(t *testing.T) {
-	c := images.New(signer(t), imagespec.DefaultRules(), 64<<20)
+	c := bundlecache.New(signer(t), imagespec.DefaultRules(), 64<<20)
 	var wg sync.WaitGroup
-	results := make([]*images.Bundle, 50)
+	results := make([]*bundlecache.Bundle, 50)
 	for i := range results {
 		wg.Add(1)
 		go func() {
@@ -62,7 +62,7 @@ func TestOneBuildPerGeneration(t *testing.T) {
 }
 
 func TestEvictsToItsBound(t *testing.T) {
-	c := images.New(signer(t), imagespec.DefaultRules(), 1<<20)
+	c := bundlecache.New(signer(t), imagespec.DefaultRules(), 1<<20)
 	first, err := c.Get(rec("1a2b3c4d5e", 1))
 	if err != nil {
 		t.Fatal(err)

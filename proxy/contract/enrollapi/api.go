@@ -1,7 +1,7 @@
 // Package api is the wire contract between a new device and the factory
 // proxy: POST /v1/enroll. The device client links it; standard library
 // only.
-package api
+package enrollapi
 
 // PathEnroll is the enrollment route.
 const PathEnroll = "/v1/enroll"

@@ -2,7 +2,7 @@
 // files of the imagespec contract, packed by the deterministic squashfs
 // writer, and signed into a bundle (pki/signedimage). The same record gives
 // the same bytes on every core instance, at any time.
-package image
+package imagebuild
 
 import (
 	"encoding/json"
@@ -12,8 +12,8 @@ import (
 	"strings"
 	"time"
 
-	"github.com/fleetprov/prov/core/image/squashfs"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
 )

@@ -11,8 +11,8 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/fleetprov/prov/core/image/squashfs"
-	"github.com/fleetprov/prov/core/image/squashfs/sqfstest"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs"
+	"github.com/fleetprov/prov/core/imagebuild/squashfs/sqfstest"
 )
 
 func file(p, data string) squashfs.Entry {

@@ -1,4 +1,4 @@
-package image_test
+package imagebuild_test
 
 import (
 	"bytes"
@@ -11,8 +11,8 @@ import (
 	"path/filepath"
 	"testing"
 
-	"github.com/fleetprov/prov/core/image"
-	"github.com/fleetprov/prov/core/imagespec"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
@@ -42,7 +42,7 @@ func BenchmarkImage(b *testing.B) {
 	// chain (~1.9 KiB in all); Ed25519 hashes its message twice, so this is
 	// the bare cost of signing what a bundle signs.
 	b.Run("bare-ed25519-sign/jws-input", func(b *testing.B) {
-		bundle, _, err := image.BuildBundle(rec, rules, s)
+		bundle, _, err := imagebuild.BuildBundle(rec, rules, s)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -56,7 +56,7 @@ func BenchmarkImage(b *testing.B) {
 	b.Run("build", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, err := image.Build(rec, rules); err != nil {
+			if _, err := imagebuild.Build(rec, rules); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -64,7 +64,7 @@ func BenchmarkImage(b *testing.B) {
 	b.Run("build+sign", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			if _, _, err := image.BuildBundle(rec, rules, s); err != nil {
+			if _, _, err := imagebuild.BuildBundle(rec, rules, s); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -21,8 +21,8 @@ import (
 
 	"github.com/CalebQ42/squashfs"
 
-	sq "github.com/fleetprov/prov/core/image/squashfs"
-	"github.com/fleetprov/prov/pki/testenv"
+	sq "github.com/fleetprov/prov/core/imagebuild/squashfs"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
 // Node is what one path of the tree should be.
