@@ -84,12 +84,26 @@ func readKeyPair(certFile, keyFile string) (*tls.Certificate, error) {
 	return &c, nil
 }
 
+// ClientCerts is what a server asks of its clients' certificates.
+type ClientCerts int
+
+const (
+	// RequireClientCert: every client presents a certificate of the
+	// deployment (the default).
+	RequireClientCert ClientCerts = iota
+	// OptionalClientCert: a client may come without one (health checks);
+	// one it presents is verified, and the server checks PeerIdentity per
+	// route.
+	OptionalClientCert
+	// NoClientCert: the server asks for none (the proxy's factory side,
+	// where new devices have no certificate yet).
+	NoClientCert
+)
+
 // ServerOptions tune ServerTLSConfig.
 type ServerOptions struct {
-	// ClientAuth defaults to tls.RequireAndVerifyClientCert. A server that
-	// also answers unauthenticated health checks uses
-	// tls.VerifyClientCertIfGiven and checks PeerIdentity per route.
-	ClientAuth tls.ClientAuthType
+	// ClientCerts defaults to RequireClientCert.
+	ClientCerts ClientCerts
 	// ClientRoles, if set, are the only roles that may complete a handshake.
 	ClientRoles []Role
 	// CheckRevoked, if set, is asked about every client leaf; an error ends
@@ -102,31 +116,34 @@ type ServerOptions struct {
 // A client certificate with an ambiguous or foreign identity fails the
 // handshake.
 func ServerTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ServerOptions) *tls.Config {
-	auth := opts.ClientAuth
-	if auth == tls.NoClientCert {
-		auth = tls.RequireAndVerifyClientCert
-	}
-	return &tls.Config{
+	cfg := &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return kp.Certificate(), nil
 		},
-		ClientAuth: auth,
-		ClientCAs:  bundle.Pool(),
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			if len(cs.VerifiedChains) == 0 {
-				return nil // no client certificate; ClientAuth said that is allowed
-			}
-			leaf := cs.VerifiedChains[0][0]
-			if _, err := bundle.identify(leaf, opts.ClientRoles); err != nil {
-				return err
-			}
-			if opts.CheckRevoked != nil {
-				return opts.CheckRevoked(leaf)
-			}
-			return nil
-		},
 	}
+	if opts.ClientCerts == NoClientCert {
+		return cfg
+	}
+	cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	if opts.ClientCerts == OptionalClientCert {
+		cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	cfg.ClientCAs = bundle.Pool()
+	cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.VerifiedChains) == 0 {
+			return nil // no client certificate; ClientAuth said that is allowed
+		}
+		leaf := cs.VerifiedChains[0][0]
+		if _, err := bundle.identify(leaf, opts.ClientRoles); err != nil {
+			return err
+		}
+		if opts.CheckRevoked != nil {
+			return opts.CheckRevoked(leaf)
+		}
+		return nil
+	}
+	return cfg
 }
 
 // ClientOptions tune ClientTLSConfig.

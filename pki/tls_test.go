@@ -128,6 +128,34 @@ func TestMutualTLS(t *testing.T) {
 		})
 	}
 
+	t.Run("client certificate policies", func(t *testing.T) {
+		anon := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com", ServerRoles: []pki.Role{pki.RoleCore}})
+		foreign := device(pkitest.LeafSpec{URIs: []string{"spiffe://other.test/device/1a2b3c4d5e"}, EKU: devEKU})
+		for _, tc := range []struct {
+			name   string
+			policy pki.ClientCerts
+			client *tls.Config
+			ok     bool
+			asked  bool // the client's certificate reached the server
+		}{
+			{"required, none", pki.RequireClientCert, anon, false, false},
+			{"optional, none", pki.OptionalClientCert, anon, true, false},
+			{"optional, foreign identity", pki.OptionalClientCert, foreign, false, false},
+			{"optional, device", pki.OptionalClientCert, device(pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{dev}, EKU: devEKU}), true, true},
+			{"none asked, none", pki.NoClientCert, anon, true, false},
+			{"none asked, foreign identity not even read", pki.NoClientCert, foreign, true, false},
+		} {
+			st, serr, cerr := handshake(t, serverFor(pki.ServerOptions{ClientCerts: tc.policy}), tc.client)
+			if ok := serr == nil && cerr == nil; ok != tc.ok {
+				t.Errorf("%s: server %v, client %v", tc.name, serr, cerr)
+				continue
+			}
+			if tc.ok && (len(st.PeerCertificates) > 0) != tc.asked {
+				t.Errorf("%s: server saw %d client certificates", tc.name, len(st.PeerCertificates))
+			}
+		}
+	})
+
 	t.Run("client clock in 1970", func(t *testing.T) {
 		c := ca.TLSCert(t, pkitest.LeafSpec{CN: "1a2b3c4d5e", URIs: []string{dev}, EKU: devEKU})
 		epoch := func() time.Time { return time.Unix(0, 0) }

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"sync"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/imagebuild"
@@ -132,4 +134,16 @@ func (c *Cache) Stats() Stats {
 	s := c.stats
 	s.Entries = c.lru.Len()
 	return s
+}
+
+// Collectors are the cache's metrics: builds, hits and bytes held.
+func (c *Cache) Collectors() []prometheus.Collector {
+	return []prometheus.Collector{
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "prov_core_bundle_builds_total", Help: "Bundles built and signed."},
+			func() float64 { return float64(c.Stats().Builds) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "prov_core_bundle_cache_hits_total", Help: "Bundles served from the cache."},
+			func() float64 { return float64(c.Stats().Hits) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "prov_core_bundle_cache_bytes", Help: "Bytes of bundles in the cache."},
+			func() float64 { return float64(c.Stats().Bytes) }),
+	}
 }

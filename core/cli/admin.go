@@ -270,7 +270,7 @@ func (p printer) device(d *coreapi.Device) error {
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
 	for _, kv := range [][2]string{{"serial", d.Serial}, {"board", d.Board}, {"group", d.Group}, {"generation", fmt.Sprint(d.Generation)},
-		{"status", d.Status}, {"issued", d.IssuedAt.UTC().Format(time.RFC3339)}, {"hostname", d.Hostname}, {"mqtt client id", d.MQTTClientID},
+		{"status", string(d.Status)}, {"issued", d.IssuedAt.UTC().Format(time.RFC3339)}, {"hostname", d.Hostname}, {"mqtt client id", d.MQTTClientID},
 		{"mqtt group id", d.MQTTGroupID}, {"topic", d.Topic}, {"registered by", d.RegisteredBy}} {
 		_, _ = fmt.Fprintf(tw, "%s\t%s\n", kv[0], kv[1])
 	}

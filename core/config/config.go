@@ -4,38 +4,26 @@
 package config
 
 import (
-	"bytes"
-	"errors"
-	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/fleetprov/prov/core/policy"
+	"github.com/fleetprov/prov/internal/serve"
 )
 
 // ErrBadConfig wraps every configuration error.
-var ErrBadConfig = errors.New("bad configuration")
-
-// Files is a certificate chain and its key.
-type Files struct {
-	Cert string `yaml:"cert"`
-	Key  string `yaml:"key"`
-}
+var ErrBadConfig = serve.ErrBadConfig
 
 // Config is prov-core's configuration.
 type Config struct {
 	// Listen is the API's TLS address.
 	Listen string `yaml:"listen"`
-	// TrustBundle is the deployment's root certificate file.
-	TrustBundle string `yaml:"trustBundle"`
-	// TLS is core's own certificate (server, and client towards brokers).
-	TLS Files `yaml:"tls"`
+	// Identity is the deployment's root (trustBundle) and core's own
+	// certificate (tls: server, and client towards brokers).
+	serve.Identity `yaml:",inline"`
 	// Signer is the image signer's certificate and Ed25519 key.
-	Signer Files `yaml:"signer"`
+	Signer serve.KeyPairFiles `yaml:"signer"`
 	Store  struct {
 		Path        string        `yaml:"path"`
 		LockTimeout time.Duration `yaml:"lockTimeout"`
@@ -76,18 +64,20 @@ type Config struct {
 		Rate  float64 `yaml:"rate"`
 		Burst int     `yaml:"burst"`
 	} `yaml:"limits"`
-	HTTP struct {
-		ReadHeaderTimeout time.Duration `yaml:"readHeaderTimeout"`
-		ReadTimeout       time.Duration `yaml:"readTimeout"`
-		WriteTimeout      time.Duration `yaml:"writeTimeout"`
-		IdleTimeout       time.Duration `yaml:"idleTimeout"`
-		MaxHeaderBytes    int           `yaml:"maxHeaderBytes"`
-		MaxConnections    int           `yaml:"maxConnections"`
-		ShutdownTimeout   time.Duration `yaml:"shutdownTimeout"`
-	} `yaml:"http"`
-	Log struct {
-		Level string `yaml:"level"`
-	} `yaml:"log"`
+	HTTP serve.HTTPConfig `yaml:"http"`
+	Log  serve.LogConfig  `yaml:"log"`
+}
+
+// httpDefaults are core's HTTP limits: devices on slow links fetch
+// bundles of up to a few MiB, and keep their connection between polls.
+var httpDefaults = serve.HTTPConfig{
+	ReadHeaderTimeout: 5 * time.Second,
+	ReadTimeout:       30 * time.Second,
+	WriteTimeout:      60 * time.Second,
+	IdleTimeout:       120 * time.Second,
+	ShutdownTimeout:   15 * time.Second,
+	MaxHeaderBytes:    16 << 10,
+	MaxConnections:    10000,
 }
 
 // Defaults fills every unset value; all defaults live here.
@@ -117,45 +107,23 @@ func (c *Config) Defaults() {
 		c.MQTT.External.ClientID = "prov-core"
 	}
 	set(&c.CA.CRLInterval, time.Minute)
-	set(&c.HTTP.ReadHeaderTimeout, 5*time.Second)
-	set(&c.HTTP.ReadTimeout, 30*time.Second)
-	set(&c.HTTP.WriteTimeout, 60*time.Second)
-	set(&c.HTTP.IdleTimeout, 120*time.Second)
-	set(&c.HTTP.ShutdownTimeout, 15*time.Second)
-	if c.HTTP.MaxHeaderBytes == 0 {
-		c.HTTP.MaxHeaderBytes = 16 << 10
-	}
-	if c.HTTP.MaxConnections == 0 {
-		c.HTTP.MaxConnections = 10000
-	}
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
-	}
+	c.HTTP.Default(httpDefaults)
+	c.Log.Default()
 }
 
 // Load reads, defaults and validates a configuration file.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path) //nolint:gosec // the operator names it
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
+	var c Config
+	if err := serve.LoadYAML(path, &c); err != nil {
+		return nil, err
 	}
-	c, err := Parse(data)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return c, nil
+	return &c, nil
 }
 
 // Parse decodes, defaults and validates a configuration.
 func Parse(data []byte) (*Config, error) {
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
-	}
-	c.Defaults()
-	if err := c.Validate(); err != nil {
+	if err := serve.ParseYAML(data, &c); err != nil {
 		return nil, err
 	}
 	return &c, nil
@@ -164,16 +132,16 @@ func Parse(data []byte) (*Config, error) {
 // Validate checks what can be checked without opening files; missing or
 // unreadable files are found, and refused, at start.
 func (c *Config) Validate() error {
-	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrBadConfig, key, fmt.Sprintf(format, args...))
-	}
+	bad := serve.Bad
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return bad("listen", "%q is not host:port", c.Listen)
 	}
-	for key, v := range map[string]string{"trustBundle": c.TrustBundle, "tls.cert": c.TLS.Cert, "tls.key": c.TLS.Key,
-		"signer.cert": c.Signer.Cert, "signer.key": c.Signer.Key, "store.path": c.Store.Path} {
-		if v == "" {
-			return bad(key, "required")
+	if err := c.Identity.Validate(); err != nil {
+		return err
+	}
+	for _, f := range []struct{ key, v string }{{"signer.cert", c.Signer.Cert}, {"signer.key", c.Signer.Key}, {"store.path", c.Store.Path}} {
+		if f.v == "" {
+			return bad(f.key, "required")
 		}
 	}
 	if len(c.Policy.Groups) == 0 {
@@ -212,10 +180,11 @@ func (c *Config) Validate() error {
 			return bad("limits."+role, "rate and burst must be positive")
 		}
 	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	if err := c.Log.Validate(); err != nil {
+		return err
 	}
 	if c.Images.CacheBytes < 1<<20 {
 		return bad("images.cacheBytes", "at least 1 MiB")

@@ -1,8 +1,9 @@
-// Package service is prov-core serve: it builds every part from the
-// configuration, refusing to start when a key, the CA bundle, the signer,
-// the machine-id secret or the store is missing or unreadable (fail
-// closed), runs the API, the broker and the notification queue together,
-// and shuts down in order: stop accepting, finish requests, close the store.
+// Package service is prov-core serve, core's composition root: it builds
+// every part from the configuration with one named constructor each,
+// refusing to start when a key, the CA bundle, the signer, the machine-id
+// secret or the store is missing or unreadable (fail closed); runs the API,
+// the broker, the CRL poller and the change worker together; and shuts
+// down in order: stop accepting, finish requests, close the store.
 package service
 
 import (
@@ -13,25 +14,24 @@ import (
 	"log/slog"
 	"maps"
 	"net"
-	"net/http"
-	"sync"
-	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
 	"github.com/fleetprov/prov/core/bundlecache"
 	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/mqtt"
+	"github.com/fleetprov/prov/core/notify"
 	"github.com/fleetprov/prov/core/policy"
+	"github.com/fleetprov/prov/core/registry"
 	"github.com/fleetprov/prov/core/revocation"
 	"github.com/fleetprov/prov/core/server"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
-	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/signedimage"
-	"github.com/fleetprov/prov/pki/token"
 )
 
 type options struct {
@@ -54,205 +54,198 @@ func WithStarted(f func(apiAddr, mqttAddr string)) Option { return func(o *optio
 
 // Run runs core until ctx ends.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (err error) {
-	var o options
+	c := &core{cfg: cfg, log: log, metrics: prometheus.NewRegistry()}
 	for _, f := range opts {
-		f(&o)
+		f(&c.o)
 	}
-	bundle, err := pki.LoadTrustBundle(cfg.TrustBundle)
-	if err != nil {
-		return fmt.Errorf("trustBundle: %w", err)
+	defer func() {
+		if cerr := c.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for _, step := range []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation} {
+		if err := step(); err != nil {
+			return err
+		}
 	}
-	kp, err := pki.LoadKeyPair(cfg.TLS.Cert, cfg.TLS.Key)
-	if err != nil {
-		return fmt.Errorf("tls: %w", err)
-	}
-	self, err := bundle.Verify(kp.Chain(), pki.VerifyOptions{KeyUsage: pki.RoleCore.ExtKeyUsage(), Roles: []pki.Role{pki.RoleCore}})
-	if err != nil {
-		return fmt.Errorf("tls: core's certificate: %w", err)
-	}
-	signer, err := signedimage.LoadSigner(cfg.Signer.Cert, cfg.Signer.Key)
+	return c.run(ctx)
+}
+
+// core is the service being built, then run.
+type core struct {
+	cfg     *config.Config
+	log     *slog.Logger
+	o       options
+	metrics *prometheus.Registry
+
+	self     *serve.Self
+	signer   *signedimage.Signer
+	rules    imagespec.Rules
+	policy   *policy.Policy
+	store    *store.Store
+	bundles  *bundlecache.Cache
+	worker   *notify.Worker
+	registry *registry.Registry
+	crl      *revocation.Checker
+	revoker  registry.Revoker
+}
+
+// newIdentity loads core's certificate, which must be core's.
+func (c *core) newIdentity() (err error) {
+	c.self, err = c.cfg.Identity.Load(pki.RoleCore)
+	return err
+}
+
+// newSigner loads the image signer, whose certificate must chain to the
+// same root through core's intermediate.
+func (c *core) newSigner() error {
+	signer, err := signedimage.LoadSigner(c.cfg.Signer.Cert, c.cfg.Signer.Key)
 	if err != nil {
 		return fmt.Errorf("signer: %w", err)
 	}
-	if _, err := bundle.Verify(append([]*x509.Certificate{signer.Certificate()}, kp.Chain()[1:]...), pki.VerifyOptions{KeyUsage: pki.RoleSigner.ExtKeyUsage(), Roles: []pki.Role{pki.RoleSigner}}); err != nil {
+	chain := append([]*x509.Certificate{signer.Certificate()}, c.self.KeyPair.Chain()[1:]...)
+	if _, err := c.self.Roots.Verify(chain, pki.VerifyOptions{KeyUsage: pki.RoleSigner.ExtKeyUsage(), Roles: []pki.Role{pki.RoleSigner}}); err != nil {
 		return fmt.Errorf("signer: its certificate does not verify under the trust bundle: %w", err)
 	}
-	rules := imagespec.Rules{AllowedPrefixes: cfg.Policy.AllowedPrefixes}
-	pol, err := policy.New(cfg.Policy.Groups, rules, cfg.Policy.MachineIDSecretFile)
-	if err != nil {
-		return err
-	}
-	so := o.storeOpts
-	so.LockTimeout = cfg.Store.LockTimeout
-	st, err := store.Open(cfg.Store.Path, so)
-	if err != nil {
+	c.signer = signer
+	return nil
+}
+
+// newPolicy reads the groups' templates and the machine-id secret.
+func (c *core) newPolicy() (err error) {
+	c.rules = imagespec.Rules{AllowedPrefixes: c.cfg.Policy.AllowedPrefixes}
+	c.policy, err = policy.New(c.cfg.Policy.Groups, c.rules, c.cfg.Policy.MachineIDSecretFile)
+	return err
+}
+
+// openStore opens the registry's database; close releases it.
+func (c *core) openStore() (err error) {
+	so := c.o.storeOpts
+	so.LockTimeout = c.cfg.Store.LockTimeout
+	if c.store, err = store.Open(c.cfg.Store.Path, so); err != nil {
 		return fmt.Errorf("store.path: %w", err)
 	}
-	defer func() {
-		if cerr := st.Close(); cerr != nil && err == nil {
-			err = fmt.Errorf("close store: %w", cerr)
-		}
-	}()
-	for name, data := range pol.Groups() {
-		g, created, err := st.EnsureGroup(name, data, "config")
+	return nil
+}
+
+// seedGroups creates the configured groups the store does not have yet;
+// after that the registry's data wins over the file's.
+func (c *core) seedGroups() error {
+	for name, data := range c.policy.Groups() {
+		g, created, err := c.store.EnsureGroup(name, data, "config")
 		if err != nil {
 			return fmt.Errorf("group %s: %w", name, err)
 		}
 		if !created && g.Version == 0 && !maps.Equal(g.Data, data) {
-			log.Warn("the configured data of a group differs from the registry's; the registry wins. Change it with prov-core admin set --group",
+			c.log.Warn("the configured data of a group differs from the registry's; the registry wins. Change it with prov-core admin set --group",
 				"group", name)
 		}
 	}
-	cache := bundlecache.New(signer, rules, cfg.Images.CacheBytes)
+	return nil
+}
 
+// newBundles makes the cache of signed bundles, and the process metrics.
+func (c *core) newBundles() error {
+	c.metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	c.bundles = bundlecache.New(c.signer, c.rules, c.cfg.Images.CacheBytes)
+	c.metrics.MustRegister(c.bundles.Collectors()...)
+	return nil
+}
+
+// newRegistry makes the change worker, publishing with notifier, and the
+// registry that tells it of changes.
+func (c *core) newRegistry(notifier notify.Notifier) {
+	c.worker = notify.New(c.store, c.bundles, notifier, 0, c.log, c.metrics)
+	c.registry = registry.New(c.store, c.policy, c.bundles, c.worker, registry.Options{
+		DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, Metrics: c.metrics, Log: c.log})
+}
+
+// newRevocation sets up the CA's CRL (checked at every handshake) and,
+// with a revoker key, core's revocations at the CA.
+func (c *core) newRevocation() error {
+	if c.cfg.CA.URL == "" {
+		return nil
+	}
+	chain := c.self.KeyPair.Chain()[1:]
+	if len(chain) == 0 {
+		return errors.New("ca: core's certificate file holds no intermediate to check the CRL with")
+	}
+	c.crl = revocation.New(c.cfg.CA.URL, chain[0], c.self.Roots, c.cfg.CA.CRLInterval, c.log)
+	if c.cfg.CA.RevokerKey != "" {
+		r, err := newRevoker(c.cfg)
+		if err != nil {
+			return err
+		}
+		c.revoker = r
+	}
+	return nil
+}
+
+// newBroker starts the embedded broker, or connects to the external one;
+// it returns the notifier, its readiness and its address, and adds the
+// broker's task to g.
+func (c *core) newBroker(ctx context.Context, g *errgroup.Group) (notify.Notifier, func() error, string, error) {
+	if ext := c.cfg.MQTT.External; ext.URL != "" {
+		e, err := mqtt.NewExternal(ctx, ext.URL, ext.ClientID, pki.ClientTLSConfig(c.self.KeyPair, c.self.Roots, pki.ClientOptions{}), c.log)
+		if err != nil {
+			return nil, nil, "", err
+		}
+		return e, e.Ready, ext.URL, nil
+	}
+	tlsCfg := pki.ServerTLSConfig(c.self.KeyPair, c.self.Roots, pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice, pki.RoleCore}})
+	b, err := mqtt.NewBroker(c.cfg.MQTT.Embedded.Listen, tlsCfg, c.log)
+	if err != nil {
+		return nil, nil, "", err
+	}
+	g.Go(func() error { return b.Run(ctx) })
+	return b, b.Ready, c.cfg.MQTT.Embedded.Listen, nil
+}
+
+// run serves until ctx ends or a part fails.
+func (c *core) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
-
-	var notifier server.Notifier
-	var ready func() error
-	mqttAddr := ""
-	if cfg.MQTT.External.URL != "" {
-		ext, err := mqtt.NewExternal(gctx, cfg.MQTT.External.URL, cfg.MQTT.External.ClientID,
-			pki.ClientTLSConfig(kp, bundle, pki.ClientOptions{}), log)
-		if err != nil {
-			return err
-		}
-		notifier, ready, mqttAddr = ext, ext.Ready, cfg.MQTT.External.URL
-	} else {
-		brokerTLS := pki.ServerTLSConfig(kp, bundle, pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice, pki.RoleCore}})
-		b, err := mqtt.NewBroker(cfg.MQTT.Embedded.Listen, brokerTLS, log)
-		if err != nil {
-			return err
-		}
-		g.Go(func() error { return b.Run(gctx) })
-		notifier, ready, mqttAddr = b, b.Ready, cfg.MQTT.Embedded.Listen
+	notifier, ready, mqttAddr, err := c.newBroker(gctx, g)
+	if err != nil {
+		cancel()
+		return errors.Join(err, g.Wait())
 	}
-
-	var checkRevoked func(*x509.Certificate) error
-	var srvOpts []server.Option
-	if cfg.CA.URL != "" {
-		chain := kp.Chain()[1:]
-		if len(chain) == 0 {
-			return errors.New("ca: core's certificate file holds no intermediate to check the CRL with")
-		}
-		crl := revocation.New(cfg.CA.URL, chain[0], bundle, cfg.CA.CRLInterval, log)
-		checkRevoked = crl.Check
-		g.Go(func() error { return crl.Run(gctx) })
-		if cfg.CA.RevokerKey != "" {
-			r, err := newRevoker(cfg)
-			if err != nil {
-				return err
-			}
-			srvOpts = append(srvOpts, server.WithRevoker(r))
-		}
-	}
+	c.newRegistry(notifier)
 	limits := map[pki.Role]server.Limit{}
-	maps.Copy(limits, server.DefaultLimits)
-	for role, l := range cfg.Limits {
+	for role, l := range c.cfg.Limits {
 		limits[pki.Role(role)] = server.Limit{Rate: l.Rate, Burst: l.Burst}
 	}
-	srv := server.New(server.Config{TrustDomain: bundle.TrustDomain(), Limits: limits, DefaultGroup: cfg.Policy.DefaultGroup},
-		st, pol, cache, notifier, log, append(srvOpts, server.WithReadiness(ready))...)
-
-	ln := o.listener
-	if ln == nil {
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("listen: %w", err)
-		}
+	api := server.New(c.registry, server.Options{Limits: limits, Ready: ready, Metrics: c.metrics, Log: c.log})
+	ln, err := serve.Listen(c.cfg.Listen, c.o.listener)
+	if err != nil {
+		cancel()
+		return errors.Join(err, g.Wait())
 	}
-	ln = limitListener(ln, cfg.HTTP.MaxConnections)
-	httpSrv := &http.Server{
-		Handler:           srv,
-		TLSConfig:         server.TLSConfig(kp, bundle, checkRevoked),
-		ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout,
-		ReadTimeout:       cfg.HTTP.ReadTimeout,
-		WriteTimeout:      cfg.HTTP.WriteTimeout,
-		IdleTimeout:       cfg.HTTP.IdleTimeout,
-		MaxHeaderBytes:    cfg.HTTP.MaxHeaderBytes,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	var checkRevoked func(*x509.Certificate) error
+	if c.crl != nil {
+		checkRevoked = c.crl.Check
+		g.Go(func() error { return c.crl.Run(gctx) })
 	}
-	g.Go(func() error { return srv.Run(gctx) })
+	g.Go(func() error { return c.worker.Run(gctx) })
 	g.Go(func() error {
-		if err := httpSrv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("API: %w", err)
-		}
-		return nil
+		return serve.HTTPS(gctx, ln, api, server.TLSConfig(c.self.KeyPair, c.self.Roots, checkRevoked), c.cfg.HTTP, c.log)
 	})
-	g.Go(func() error {
-		<-gctx.Done()
-		// Shutdown gets its own context: the parent one has ended.
-		sctx, scancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
-		defer scancel()
-		return httpSrv.Shutdown(sctx)
-	})
-	log.Info("prov-core serving", "api", ln.Addr().String(), "mqtt", mqttAddr, "identity", self.String(),
-		"signer", signer.Identity().String(), "store", cfg.Store.Path, "groups", len(pol.Groups()))
-	if o.started != nil {
-		o.started(ln.Addr().String(), mqttAddr)
+	c.log.Info("prov-core serving", "api", ln.Addr().String(), "mqtt", mqttAddr, "identity", c.self.ID.String(),
+		"signer", c.signer.Identity().String(), "store", c.cfg.Store.Path, "groups", len(c.policy.Groups()))
+	if c.o.started != nil {
+		c.o.started(ln.Addr().String(), mqttAddr)
 	}
 	return g.Wait()
 }
 
-// caRevoker revokes at step-ca with core's revoke-only provisioner.
-type caRevoker struct {
-	prov   *token.Provisioner
-	client *ca.Client
-}
-
-func newRevoker(cfg *config.Config) (*caRevoker, error) {
-	pw, err := pki.ReadPasswordFile(cfg.CA.RevokerPasswordFile)
-	if err != nil {
-		return nil, fmt.Errorf("ca.revokerPasswordFile: %w", err)
+// close releases what was opened.
+func (c *core) close() error {
+	if c.store == nil {
+		return nil
 	}
-	prov, err := token.Load(deployment.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
-	if err != nil {
-		return nil, fmt.Errorf("ca.revokerKey: %w", err)
+	if err := c.store.Close(); err != nil {
+		return fmt.Errorf("close store: %w", err)
 	}
-	client, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
-	if err != nil {
-		return nil, fmt.Errorf("ca.url: %w", err)
-	}
-	return &caRevoker{prov: prov, client: client}, nil
-}
-
-func (r *caRevoker) Revoke(ctx context.Context, certSerial, reason string) error {
-	tok, err := r.prov.RevokeToken(r.client.RevokeAudience(), certSerial, time.Now())
-	if err != nil {
-		return err
-	}
-	return r.client.Revoke(ctx, certSerial, tok, reason)
-}
-
-// limitListener accepts at most n connections at once, so a flood of
-// handshakes cannot grow goroutines and memory without bound.
-func limitListener(ln net.Listener, n int) net.Listener {
-	return &limited{Listener: ln, sem: make(chan struct{}, n)}
-}
-
-type limited struct {
-	net.Listener
-	sem chan struct{}
-}
-
-func (l *limited) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.sem
-		return nil, err
-	}
-	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
-}
-
-type limitedConn struct {
-	net.Conn
-	once    sync.Once
-	release func()
-}
-
-func (c *limitedConn) Close() error {
-	err := c.Conn.Close()
-	c.once.Do(c.release)
-	return err
+	return nil
 }

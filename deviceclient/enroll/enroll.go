@@ -184,6 +184,23 @@ func deviceKey(st *state.Dir) (crypto.Signer, error) {
 	return k, nil
 }
 
+// refusal reads a proxy's error body. Proxies before the one error shape
+// of both services sent the text as "reason"; this release reads both, the
+// next reads only "message".
+func refusal(data []byte) (enrollapi.Error, bool) {
+	var e struct {
+		enrollapi.Error
+		Reason string `json:"reason"`
+	}
+	if json.Unmarshal(data, &e) != nil || e.Code == "" {
+		return enrollapi.Error{}, false
+	}
+	if e.Message == "" {
+		e.Message = e.Reason
+	}
+	return e.Error, true
+}
+
 func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*enrollapi.EnrollResponse, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+enrollapi.PathEnroll, bytes.NewReader(body))
 	if err != nil {
@@ -203,12 +220,11 @@ func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*enr
 		return nil, fmt.Errorf("%w: over %d bytes", ErrBadAnswer, maxAnswer)
 	}
 	if resp.StatusCode != http.StatusOK {
-		var e enrollapi.Error
-		if json.Unmarshal(data, &e) == nil && e.Code != "" {
+		if e, ok := refusal(data); ok {
 			if ra := resp.Header.Get("Retry-After"); ra != "" {
-				e.Reason += " (retry after " + ra + " s)"
+				e.Message += " (retry after " + ra + " s)"
 			}
-			return nil, fmt.Errorf("%w: HTTP %d %s: %s", ErrRefused, resp.StatusCode, e.Code, e.Reason)
+			return nil, fmt.Errorf("%w: HTTP %d %s: %s", ErrRefused, resp.StatusCode, e.Code, e.Message)
 		}
 		return nil, fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
 	}

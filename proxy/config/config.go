@@ -3,33 +3,24 @@
 package config
 
 import (
-	"bytes"
-	"errors"
-	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
+	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
 // ErrBadConfig wraps every configuration error.
-var ErrBadConfig = errors.New("bad configuration")
+var ErrBadConfig = serve.ErrBadConfig
 
 // Config is prov-proxy's configuration.
 type Config struct {
 	// Listen is the factory-side TLS address devices enroll at.
-	Listen      string `yaml:"listen"`
-	TrustBundle string `yaml:"trustBundle"`
-	// TLS is the proxy's identity: server towards devices, client towards
-	// core.
-	TLS struct {
-		Cert string `yaml:"cert"`
-		Key  string `yaml:"key"`
-	} `yaml:"tls"`
+	Listen string `yaml:"listen"`
+	// Identity is the deployment's root (trustBundle) and the proxy's own
+	// certificate (tls: server towards devices, client towards core).
+	serve.Identity `yaml:",inline"`
 	// Provisioner is the proxy's step-ca provisioner key (as prov-pki init
 	// wrote it).
 	Provisioner struct {
@@ -57,25 +48,27 @@ type Config struct {
 		Path string `yaml:"path"`
 	} `yaml:"record"`
 	HTTP struct {
-		ReadHeaderTimeout time.Duration `yaml:"readHeaderTimeout"`
-		ReadTimeout       time.Duration `yaml:"readTimeout"`
-		WriteTimeout      time.Duration `yaml:"writeTimeout"`
-		IdleTimeout       time.Duration `yaml:"idleTimeout"`
-		ShutdownTimeout   time.Duration `yaml:"shutdownTimeout"`
-		UpstreamTimeout   time.Duration `yaml:"upstreamTimeout"`
+		serve.HTTPConfig `yaml:",inline"`
+		// UpstreamTimeout bounds one enrollment's calls to core and step-ca.
+		UpstreamTimeout time.Duration `yaml:"upstreamTimeout"`
 	} `yaml:"http"`
-	Log struct {
-		Level string `yaml:"level"`
-	} `yaml:"log"`
+	Log serve.LogConfig `yaml:"log"`
+}
+
+// httpDefaults are the proxy's HTTP limits: an enrollment is one small
+// request and answer on the factory network; the connection cap is core's.
+var httpDefaults = serve.HTTPConfig{
+	ReadHeaderTimeout: 5 * time.Second,
+	ReadTimeout:       10 * time.Second,
+	WriteTimeout:      60 * time.Second,
+	IdleTimeout:       30 * time.Second,
+	ShutdownTimeout:   15 * time.Second,
+	MaxHeaderBytes:    16 << 10,
+	MaxConnections:    10000,
 }
 
 // Defaults fills every unset value; all defaults live here.
 func (c *Config) Defaults() {
-	set := func(p *time.Duration, d time.Duration) {
-		if *p == 0 {
-			*p = d
-		}
-	}
 	if c.Listen == "" {
 		c.Listen = ":9443"
 	}
@@ -85,63 +78,50 @@ func (c *Config) Defaults() {
 	if c.Field.CAURL == "" {
 		c.Field.CAURL = c.CA.URL
 	}
-	set(&c.HTTP.ReadHeaderTimeout, 5*time.Second)
-	set(&c.HTTP.ReadTimeout, 10*time.Second)
-	set(&c.HTTP.WriteTimeout, 60*time.Second)
-	set(&c.HTTP.IdleTimeout, 30*time.Second)
-	set(&c.HTTP.ShutdownTimeout, 15*time.Second)
-	set(&c.HTTP.UpstreamTimeout, 30*time.Second)
-	if c.Log.Level == "" {
-		c.Log.Level = "info"
+	c.HTTP.Default(httpDefaults)
+	if c.HTTP.UpstreamTimeout == 0 {
+		c.HTTP.UpstreamTimeout = 30 * time.Second
 	}
+	c.Log.Default()
 }
 
 // Load reads, defaults and validates a configuration file.
 func Load(path string) (*Config, error) {
-	data, err := os.ReadFile(path) //nolint:gosec // the operator names it
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadConfig, err)
-	}
-	dec := yaml.NewDecoder(bytes.NewReader(data))
-	dec.KnownFields(true)
 	var c Config
-	if err := dec.Decode(&c); err != nil {
-		return nil, fmt.Errorf("%s: %w: %w", path, ErrBadConfig, err)
-	}
-	c.Defaults()
-	if err := c.Validate(); err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+	if err := serve.LoadYAML(path, &c); err != nil {
+		return nil, err
 	}
 	return &c, nil
 }
 
 // Validate checks what can be checked without opening files.
 func (c *Config) Validate() error {
-	bad := func(key, format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrBadConfig, key, fmt.Sprintf(format, args...))
-	}
+	bad := serve.Bad
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return bad("listen", "%q is not host:port", c.Listen)
 	}
-	for key, v := range map[string]string{"trustBundle": c.TrustBundle, "tls.cert": c.TLS.Cert, "tls.key": c.TLS.Key,
-		"provisioner.key": c.Provisioner.Key, "provisioner.passwordFile": c.Provisioner.PasswordFile, "record.path": c.Record.Path,
-		"field.mqttUrl": c.Field.MQTTURL} {
-		if v == "" {
-			return bad(key, "required")
+	if err := c.Identity.Validate(); err != nil {
+		return err
+	}
+	for _, f := range []struct{ key, v string }{{"provisioner.key", c.Provisioner.Key}, {"provisioner.passwordFile", c.Provisioner.PasswordFile},
+		{"record.path", c.Record.Path}, {"field.mqttUrl", c.Field.MQTTURL}} {
+		if f.v == "" {
+			return bad(f.key, "required")
 		}
 	}
-	for key, v := range map[string]string{"core.url": c.Core.URL, "ca.url": c.CA.URL, "field.coreUrl": c.Field.CoreURL, "field.caUrl": c.Field.CAURL} {
-		if u, err := url.Parse(v); err != nil || u.Scheme != "https" || u.Host == "" {
-			return bad(key, "%q is not https://host:port", v)
+	for _, f := range []struct{ key, v string }{{"core.url", c.Core.URL}, {"ca.url", c.CA.URL}, {"field.coreUrl", c.Field.CoreURL}, {"field.caUrl", c.Field.CAURL}} {
+		if u, err := url.Parse(f.v); err != nil || u.Scheme != "https" || u.Host == "" {
+			return bad(f.key, "%q is not https://host:port", f.v)
 		}
 	}
 	if u, err := url.Parse(c.Field.MQTTURL); err != nil || (u.Scheme != "tls" && u.Scheme != "mqtts") || u.Host == "" {
 		return bad("field.mqttUrl", "%q is not tls://host:port", c.Field.MQTTURL)
 	}
-	switch c.Log.Level {
-	case "debug", "info", "warn", "error":
-	default:
-		return bad("log.level", "%q is not debug, info, warn or error", c.Log.Level)
+	if c.HTTP.UpstreamTimeout <= 0 {
+		return bad("http.upstreamTimeout", "must be positive, got %s", c.HTTP.UpstreamTimeout)
 	}
-	return nil
+	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	return c.Log.Validate()
 }

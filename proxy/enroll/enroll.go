@@ -33,6 +33,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/internal/untrusted"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
 	"github.com/fleetprov/prov/pki/token"
@@ -77,25 +78,22 @@ func (e *Upstream) Unwrap() error { return e.Err }
 
 // Enroller enrolls devices.
 type Enroller struct {
-	name      string // this proxy's identity
-	core      Core
-	ca        CA
-	prov      *token.Provisioner
-	policy    *vouch.Policy
-	record    *auditlog.Log
-	roots     *pki.TrustBundle
-	rootPEM   string
-	field     Field
-	log       *slog.Logger
-	now       func() time.Time
-	observe   func(result string, d time.Duration)
-	certLife  time.Duration
-	locksMu   sync.Mutex
-	locks     map[string]*serialLock
-	statusMu  sync.Mutex
-	recent    []auditlog.Record // newest last
-	counts    map[string]int    // today's, by result
-	countsDay string
+	name     string // this proxy's identity
+	core     Core
+	ca       CA
+	prov     *token.Provisioner
+	policy   *vouch.Policy
+	record   *auditlog.Log
+	roots    *pki.TrustBundle
+	rootPEM  string
+	field    Field
+	log      *slog.Logger
+	now      func() time.Time
+	observe  func(result string, d time.Duration)
+	certLife time.Duration
+	recorded func(auditlog.Record)
+	locksMu  sync.Mutex
+	locks    map[string]*serialLock
 }
 
 type serialLock struct {
@@ -105,18 +103,21 @@ type serialLock struct {
 
 // Options are the enroller's dependencies.
 type Options struct {
-	Name     string // the proxy's identity, for records
-	Core     Core
-	CA       CA
-	Prov     *token.Provisioner
-	Policy   *vouch.Policy
-	Record   *auditlog.Log
-	Roots    *pki.TrustBundle
-	RootPEM  []byte
-	Field    Field
-	Log      *slog.Logger
-	Now      func() time.Time
-	Observe  func(result string, d time.Duration)
+	Name    string // the proxy's identity, for records
+	Core    Core
+	CA      CA
+	Prov    *token.Provisioner
+	Policy  *vouch.Policy
+	Record  *auditlog.Log
+	Roots   *pki.TrustBundle
+	RootPEM []byte
+	Field   Field
+	Log     *slog.Logger
+	Now     func() time.Time
+	Observe func(result string, d time.Duration)
+	// Recorded, if set, is given every attempt once it is in the factory
+	// record (the status page follows it).
+	Recorded func(auditlog.Record)
 	CertLife time.Duration // zero: the provisioner's default
 }
 
@@ -128,9 +129,12 @@ func New(o Options) *Enroller {
 	if o.Observe == nil {
 		o.Observe = func(string, time.Duration) {}
 	}
+	if o.Recorded == nil {
+		o.Recorded = func(auditlog.Record) {}
+	}
 	return &Enroller{name: o.Name, core: o.Core, ca: o.CA, prov: o.Prov, policy: o.Policy, record: o.Record, roots: o.Roots,
 		rootPEM: string(o.RootPEM), field: o.Field, log: o.Log.With("component", "enroll"), now: o.Now, observe: o.Observe,
-		certLife: o.CertLife, locks: map[string]*serialLock{}, counts: map[string]int{}}
+		certLife: o.CertLife, recorded: o.Recorded, locks: map[string]*serialLock{}}
 }
 
 // attempt is what is known of an attempt, for its record.
@@ -141,7 +145,7 @@ type attempt struct {
 
 // Enroll enrolls the device that sent req from source.
 func (e *Enroller) Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error) {
-	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String(), Board: printable(req.Board), HardwareID: printable(req.HardwareID)}}
+	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String(), Board: untrusted.Short(req.Board), HardwareID: untrusted.Short(req.HardwareID)}}
 	resp, err := e.enroll(ctx, req, source, a)
 	return e.finish(a, resp, err)
 }
@@ -203,8 +207,8 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	if dev.Serial != serial {
 		return nil, &Upstream{Step: "register with core", Err: fmt.Errorf("core gave serial %s, the rule gives %s: core and proxy disagree on the serial rule", dev.Serial, serial)}
 	}
-	if dev.Status != "active" {
-		return nil, &vouch.Refusal{Rule: "reenrollment", Reason: "core has this device " + dev.Status}
+	if dev.Status != coreapi.StatusActive {
+		return nil, &vouch.Refusal{Rule: enrollapi.RuleReenrollment, Reason: "core has this device " + string(dev.Status)}
 	}
 	revoke, err := e.policy.Reenroll(dev.Issued, keySHA, now)
 	if err != nil {
@@ -378,7 +382,7 @@ func (e *Enroller) finish(a *attempt, resp *enrollapi.EnrollResponse, err error)
 		e.observe(auditlog.Failed, e.now().Sub(a.start))
 		return nil, &Upstream{Step: "write the factory record", Err: werr}
 	}
-	e.remember(rec)
+	e.recorded(rec)
 	e.observe(rec.Result, e.now().Sub(a.start))
 	attrs := []any{"result", rec.Result, "source", rec.Source, "board", rec.Board, "serial", rec.Serial, "seq", rec.Seq}
 	switch rec.Result {
@@ -390,59 +394,4 @@ func (e *Enroller) finish(a *attempt, resp *enrollapi.EnrollResponse, err error)
 		e.log.Warn("enrollment failed", append(attrs, "reason", rec.Reason)...)
 	}
 	return resp, err
-}
-
-// printable keeps what hostile input looks like in the record short; JSON
-// encoding escapes the rest.
-func printable(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
-
-// maxRecent is how many attempts the status page shows.
-const maxRecent = 50
-
-// remember keeps an attempt for the status page (also called at start for
-// the factory record's past attempts).
-func (e *Enroller) remember(r auditlog.Record) {
-	e.statusMu.Lock()
-	defer e.statusMu.Unlock()
-	day := r.Time.Local().Format(time.DateOnly)
-	if day != e.countsDay {
-		if day < e.countsDay {
-			return // older than today's counts
-		}
-		e.countsDay, e.counts = day, map[string]int{}
-	}
-	e.counts[r.Result]++
-	e.recent = append(e.recent, r)
-	if len(e.recent) > maxRecent {
-		e.recent = e.recent[len(e.recent)-maxRecent:]
-	}
-}
-
-// Replay takes a past attempt from the factory record at start.
-func (e *Enroller) Replay(r auditlog.Record) { e.remember(r) }
-
-// Status is what the factory line's status page shows.
-type Status struct {
-	Day    string
-	Counts map[string]int
-	Recent []auditlog.Record // newest first
-}
-
-// Status returns today's counts and the last attempts.
-func (e *Enroller) Status() Status {
-	e.statusMu.Lock()
-	defer e.statusMu.Unlock()
-	s := Status{Day: e.countsDay, Counts: map[string]int{}}
-	for k, v := range e.counts {
-		s.Counts[k] = v
-	}
-	for i := len(e.recent) - 1; i >= 0; i-- {
-		s.Recent = append(s.Recent, e.recent[i])
-	}
-	return s
 }

@@ -1,26 +1,30 @@
-// Package server is the factory side of the proxy: POST /v1/enroll for new
-// devices (TLS with the proxy's certificate; devices have none yet), a
-// read-only status page at / for the factory line, /healthz, /readyz and
-// Prometheus /metrics.
+// Package server is the factory side of the proxy: the routes of
+// enrollapi's table on gorilla/mux (POST /v1/enroll for new devices, on TLS
+// with the proxy's certificate; devices have none yet), a read-only status
+// page at / for the factory line, /healthz, /readyz and Prometheus
+// /metrics. Errors are core's one JSON error body.
 package server
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
+	"fmt"
 	"html/template"
 	"log/slog"
 	"net/http"
 	"net/netip"
-	"strconv"
 	"time"
 
+	"github.com/gorilla/mux"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/httpapi"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/enroll"
+	"github.com/fleetprov/prov/proxy/status"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
@@ -28,7 +32,11 @@ import (
 type Enroller interface {
 	Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error)
 	Reject(source netip.Addr, reason string) error
-	Status() enroll.Status
+}
+
+// Line is what the status page shows (status.Line).
+type Line interface {
+	Snapshot() status.Snapshot
 }
 
 // Metrics counts enrollments; Observe is the enroller's hook.
@@ -62,88 +70,99 @@ func (m *Metrics) Observe(result string, d time.Duration) {
 // Server is the factory-side HTTP handler.
 type Server struct {
 	enroller Enroller
-	metrics  *Metrics
+	line     Line
 	log      *slog.Logger
 	ready    func() error
 	timeout  time.Duration
-	mux      *http.ServeMux
+	edge     *httpapi.Edge
+	router   *mux.Router
 }
 
 // New makes the handler. timeout bounds one enrollment's calls to core and
-// step-ca.
-func New(e Enroller, m *Metrics, log *slog.Logger, ready func() error, timeout time.Duration) *Server {
-	s := &Server{enroller: e, metrics: m, log: log.With("component", "http"), ready: ready, timeout: timeout, mux: http.NewServeMux()}
-	s.mux.HandleFunc("POST "+enrollapi.PathEnroll, s.enroll)
-	s.mux.HandleFunc("GET /{$}", s.status)
-	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { writeJSON(w, 200, map[string]string{"status": "ok"}) })
-	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
-		if err := s.ready(); err != nil {
-			writeJSON(w, http.StatusServiceUnavailable, enrollapi.Error{Code: "not_ready", Reason: err.Error()})
-			return
+// step-ca; ready says whether the upstreams answer.
+func New(e Enroller, line Line, m *Metrics, log *slog.Logger, ready func() error, timeout time.Duration) *Server {
+	log = log.With("component", "http")
+	s := &Server{enroller: e, line: line, log: log, ready: ready, timeout: timeout,
+		edge: httpapi.NewEdge(log, m.reg, "prov_proxy", httpapi.EdgeOptions{Classify: classify})}
+	metrics := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	handlers := map[string]httpapi.HandlerFunc{
+		enrollapi.RouteEnroll.Name:     s.enroll,
+		enrollapi.RouteStatusPage.Name: s.status,
+		enrollapi.RouteHealthz.Name: func(w http.ResponseWriter, _ *http.Request) error {
+			return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		},
+		enrollapi.RouteReadyz.Name: s.readyz,
+		enrollapi.RouteMetrics.Name: func(w http.ResponseWriter, r *http.Request) error {
+			metrics.ServeHTTP(w, r)
+			return nil
+		},
+	}
+	s.router = s.edge.Router()
+	for _, route := range enrollapi.Routes {
+		h, ok := handlers[route.Name]
+		if !ok {
+			panic(fmt.Sprintf("proxy/server: no handler for route %s", route.Name))
 		}
-		writeJSON(w, 200, map[string]string{"status": "ready"})
-	})
-	s.mux.Handle("GET /metrics", promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{}))
+		s.router.Handle(route.Path, s.edge.Handle(route.Name, h)).Methods(route.Method)
+	}
 	return s
 }
 
 // ServeHTTP serves the factory side.
-func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
-func writeJSON(w http.ResponseWriter, status int, v any) {
-	w.Header().Set("Content-Type", "application/json")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(v)
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
+	if err := s.ready(); err != nil {
+		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, err.Error(), nil)
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
-func (s *Server) enroll(w http.ResponseWriter, r *http.Request) {
+func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	ap, err := netip.ParseAddrPort(r.RemoteAddr)
 	if err != nil {
-		writeJSON(w, http.StatusBadRequest, enrollapi.Error{Code: "bad_request", Reason: "unknown source address"})
-		return
+		return httpapi.BadRequest("unknown source address", err)
 	}
+	source := ap.Addr().Unmap()
 	var req enrollapi.EnrollRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, enrollapi.MaxRequestBody))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil || dec.More() {
+	if err := httpapi.DecodeJSON(w, r, &req, enrollapi.MaxRequestBody); err != nil {
 		// Recorded too, and the network and rate rules still come first.
-		s.answer(w, s.enroller.Reject(ap.Addr().Unmap(), "the body is not an enrollment request (JSON with board, hardwareId and csr)"))
-		return
+		return s.enroller.Reject(source, "the body is not an enrollment request (JSON with board, hardwareId and csr)")
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
 	defer cancel()
-	resp, err := s.enroller.Enroll(ctx, req, ap.Addr().Unmap())
+	resp, err := s.enroller.Enroll(ctx, req, source)
 	if err != nil {
-		s.answer(w, err)
-		return
+		return err
 	}
-	writeJSON(w, http.StatusOK, resp)
+	return httpapi.WriteJSON(w, http.StatusOK, resp)
 }
 
-// answer maps an enrollment error to a status and a reason a factory
+// classify maps an enrollment error to a status and a message a factory
 // operator can act on; internal details of core and step-ca stay in the
 // proxy's log.
-func (s *Server) answer(w http.ResponseWriter, err error) {
+func classify(err error) *httpapi.Error {
 	var refusal *vouch.Refusal
 	var bad *enroll.BadRequest
 	var up *enroll.Upstream
 	switch {
 	case errors.As(err, &refusal):
-		status := http.StatusForbidden
-		if refusal.Rule == "rate" {
-			status = http.StatusTooManyRequests
-			w.Header().Set("Retry-After", strconv.Itoa(refusal.RetryAfter))
+		e := httpapi.NewError(http.StatusForbidden, refusal.Rule.Code(), refusal.Reason, nil)
+		if refusal.Rule == enrollapi.RuleRate {
+			e.Status, e.RetryAfter = http.StatusTooManyRequests, refusal.RetryAfter
 		}
-		writeJSON(w, status, enrollapi.Error{Code: "refused_" + refusal.Rule, Reason: refusal.Reason})
+		return e
 	case errors.As(err, &bad):
-		writeJSON(w, http.StatusBadRequest, enrollapi.Error{Code: "bad_request", Reason: bad.Reason})
+		return httpapi.BadRequest(bad.Reason, nil)
 	case errors.As(err, &up):
-		w.Header().Set("Retry-After", "5")
-		writeJSON(w, http.StatusBadGateway, enrollapi.Error{Code: "upstream", Reason: "could not " + up.Step + "; try again"})
-	default:
-		writeJSON(w, http.StatusInternalServerError, enrollapi.Error{Code: "internal", Reason: "internal error; try again"})
+		// The enroller has logged the cause with the attempt.
+		e := httpapi.NewError(http.StatusBadGateway, enrollapi.CodeUpstream, "could not "+up.Step+"; try again", nil)
+		e.RetryAfter = 5
+		return e
 	}
+	e := httpapi.Internal(err)
+	e.Message = "internal error; try again"
+	return e
 }
 
 var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
@@ -157,10 +176,11 @@ var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
 {{end}}</table></body></html>
 `))
 
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) {
+func (s *Server) status(w http.ResponseWriter, _ *http.Request) error {
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
 	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-	if err := statusPage.Execute(w, s.enroller.Status()); err != nil {
+	if err := statusPage.Execute(w, s.line.Snapshot()); err != nil {
 		s.log.Warn("status page", "err", err)
 	}
+	return nil
 }

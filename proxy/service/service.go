@@ -1,7 +1,8 @@
-// Package service is prov-proxy serve: it builds the proxy from its
-// configuration, refusing to start without its provisioner key, its client
-// certificate or the root (fail closed), replays the factory record (quotas,
-// status page), and serves the factory side until the context ends.
+// Package service is prov-proxy serve, the proxy's composition root: it
+// builds the proxy from its configuration with one named constructor each,
+// refusing to start without its provisioner key, its client certificate or
+// the root (fail closed), replays the factory record (quotas, status page),
+// and serves the factory side until the context ends.
 package service
 
 import (
@@ -11,12 +12,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"time"
 
-	"golang.org/x/sync/errgroup"
-
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -25,6 +24,7 @@ import (
 	"github.com/fleetprov/prov/proxy/config"
 	"github.com/fleetprov/prov/proxy/enroll"
 	"github.com/fleetprov/prov/proxy/server"
+	"github.com/fleetprov/prov/proxy/status"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
@@ -50,115 +50,143 @@ func WithUpstreams(f func(enroll.Core, enroll.CA) (enroll.Core, enroll.CA)) Opti
 
 // Run runs the proxy until ctx ends.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (err error) {
-	var o options
+	p := &proxy{cfg: cfg, log: log, line: status.New()}
 	for _, f := range opts {
-		f(&o)
+		f(&p.o)
 	}
-	roots, err := pki.LoadTrustBundle(cfg.TrustBundle)
-	if err != nil {
-		return fmt.Errorf("trustBundle: %w", err)
+	defer func() {
+		if cerr := p.close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for _, step := range []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller} {
+		if err := step(); err != nil {
+			return err
+		}
 	}
-	rootPEM, err := os.ReadFile(cfg.TrustBundle)
-	if err != nil {
-		return fmt.Errorf("trustBundle: %w", err)
-	}
-	kp, err := pki.LoadKeyPair(cfg.TLS.Cert, cfg.TLS.Key)
-	if err != nil {
-		return fmt.Errorf("tls: %w", err)
-	}
-	self, err := roots.Verify(kp.Chain(), pki.VerifyOptions{KeyUsage: pki.RoleProxy.ExtKeyUsage(), Roles: []pki.Role{pki.RoleProxy}})
-	if err != nil {
-		return fmt.Errorf("tls: the proxy's certificate: %w", err)
-	}
-	pw, err := pki.ReadPasswordFile(cfg.Provisioner.PasswordFile)
+	return p.run(ctx)
+}
+
+// proxy is the service being built, then run.
+type proxy struct {
+	cfg  *config.Config
+	log  *slog.Logger
+	o    options
+	line *status.Line
+
+	self     *serve.Self
+	prov     *token.Provisioner
+	policy   *vouch.Policy
+	core     enroll.Core
+	ca       enroll.CA
+	caHealth func(context.Context) error
+	record   *auditlog.Log
+	metrics  *server.Metrics
+	enroller *enroll.Enroller
+}
+
+// newIdentity loads the proxy's certificate, which must be a proxy's.
+func (p *proxy) newIdentity() (err error) {
+	p.self, err = p.cfg.Identity.Load(pki.RoleProxy)
+	return err
+}
+
+// newProvisioner loads the proxy's own step-ca provisioner key.
+func (p *proxy) newProvisioner() error {
+	pw, err := pki.ReadPasswordFile(p.cfg.Provisioner.PasswordFile)
 	if err != nil {
 		return fmt.Errorf("provisioner.passwordFile: %w", err)
 	}
-	prov, err := token.Load(deployment.ProxyProvisionerName(self.Name), cfg.Provisioner.Key, pw)
-	if err != nil {
+	if p.prov, err = token.Load(deployment.ProxyProvisionerName(p.self.ID.Name), p.cfg.Provisioner.Key, pw); err != nil {
 		return fmt.Errorf("provisioner.key: %w", err)
 	}
-	policy, err := vouch.Load(cfg.Vouching)
-	if err != nil {
-		return err
-	}
-	coreTLS := pki.ClientTLSConfig(kp, roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}})
-	coreClient, err := coreapi.NewClient(cfg.Core.URL, &http.Client{Timeout: cfg.HTTP.UpstreamTimeout,
+	return nil
+}
+
+// newPolicy reads the vouching policy and its batch manifests.
+func (p *proxy) newPolicy() (err error) {
+	p.policy, err = vouch.Load(p.cfg.Vouching)
+	return err
+}
+
+// newUpstreams makes the clients of core (mTLS, core's role checked) and
+// of step-ca.
+func (p *proxy) newUpstreams() error {
+	coreTLS := pki.ClientTLSConfig(p.self.KeyPair, p.self.Roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}})
+	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout,
 		Transport: &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}})
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
 	}
-	caClient, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
+	caClient, err := ca.NewClient(p.cfg.CA.URL, p.cfg.TrustBundle)
 	if err != nil {
 		return fmt.Errorf("ca.url: %w", err)
 	}
-	var core enroll.Core = coreClient
-	var caUp enroll.CA = caClient
-	if o.wrap != nil {
-		core, caUp = o.wrap(core, caUp)
+	p.core, p.ca, p.caHealth = coreClient, caClient, caClient.Health
+	if p.o.wrap != nil {
+		p.core, p.ca = p.o.wrap(p.core, p.ca)
 	}
+	return nil
+}
 
-	var replayed []auditlog.Record
-	record, err := auditlog.Open(cfg.Record.Path, func(r auditlog.Record) {
+// openRecord opens the factory record, replaying it into the batch quotas
+// and the status page.
+func (p *proxy) openRecord() (err error) {
+	p.record, err = auditlog.Open(p.cfg.Record.Path, func(r auditlog.Record) {
 		if r.Result == auditlog.Enrolled && r.Batch != "" {
-			policy.Replay(r.Batch, r.Serial)
+			p.policy.Replay(r.Batch, r.Serial)
 		}
-		replayed = append(replayed, r)
+		p.line.Observe(r)
 	})
 	if err != nil {
 		return fmt.Errorf("record.path: %w", err)
 	}
-	defer func() {
-		if cerr := record.Close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	metrics := server.NewMetrics()
-	e := enroll.New(enroll.Options{Name: self.String(), Core: core, CA: caUp, Prov: prov, Policy: policy, Record: record,
-		Roots: roots, RootPEM: rootPEM, Field: enroll.Field{CoreURL: cfg.Field.CoreURL, CAURL: cfg.Field.CAURL, MQTTURL: cfg.Field.MQTTURL},
-		Log: log, Observe: metrics.Observe, CertLife: cfg.CertificateLifetime})
-	for _, r := range replayed {
-		e.Replay(r)
-	}
-	ready := func() error {
-		rctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		if err := caClient.Health(rctx); err != nil {
-			return errors.New("step-ca does not answer")
-		}
-		return nil
-	}
-	srv := server.New(e, metrics, log, ready, cfg.HTTP.UpstreamTimeout)
-	tlsCfg := pki.ServerTLSConfig(kp, roots, pki.ServerOptions{})
-	tlsCfg.ClientAuth, tlsCfg.ClientCAs, tlsCfg.VerifyConnection = 0, nil, nil // new devices have no certificate yet
+	return nil
+}
 
-	ln := o.listener
-	if ln == nil {
-		if ln, err = net.Listen("tcp", cfg.Listen); err != nil {
-			return fmt.Errorf("listen: %w", err)
-		}
+// newEnroller makes the enroller and the metrics it reports to.
+func (p *proxy) newEnroller() error {
+	p.metrics = server.NewMetrics()
+	f := p.cfg.Field
+	p.enroller = enroll.New(enroll.Options{Name: p.self.ID.String(), Core: p.core, CA: p.ca, Prov: p.prov, Policy: p.policy,
+		Record: p.record, Roots: p.self.Roots, RootPEM: p.self.RootPEM, Field: enroll.Field{CoreURL: f.CoreURL, CAURL: f.CAURL, MQTTURL: f.MQTTURL},
+		Log: p.log, Observe: p.metrics.Observe, Recorded: p.line.Observe, CertLife: p.cfg.CertificateLifetime})
+	return nil
+}
+
+// ready says whether step-ca answers.
+func (p *proxy) ready() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := p.caHealth(ctx); err != nil {
+		return errors.New("step-ca does not answer")
 	}
-	httpSrv := &http.Server{Handler: srv, TLSConfig: tlsCfg, ReadHeaderTimeout: cfg.HTTP.ReadHeaderTimeout, ReadTimeout: cfg.HTTP.ReadTimeout,
-		WriteTimeout: cfg.HTTP.WriteTimeout, IdleTimeout: cfg.HTTP.IdleTimeout, MaxHeaderBytes: 16 << 10,
-		ErrorLog: slog.NewLogLogger(log.Handler(), slog.LevelDebug)}
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		if err := httpSrv.ServeTLS(ln, "", ""); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("serve: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.HTTP.ShutdownTimeout)
-		defer cancel()
-		return httpSrv.Shutdown(sctx)
-	})
-	seq, head := record.Head()
-	log.Info("prov-proxy serving", "address", ln.Addr().String(), "identity", self.String(), "core", cfg.Core.URL, "ca", cfg.CA.URL,
+	return nil
+}
+
+// run serves the factory side until ctx ends.
+func (p *proxy) run(ctx context.Context) error {
+	ln, err := serve.Listen(p.cfg.Listen, p.o.listener)
+	if err != nil {
+		return err
+	}
+	h := server.New(p.enroller, p.line, p.metrics, p.log, p.ready, p.cfg.HTTP.UpstreamTimeout)
+	// New devices have no certificate yet: the factory network policy,
+	// not TLS, decides who may enroll.
+	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})
+	seq, head := p.record.Head()
+	p.log.Info("prov-proxy serving", "address", ln.Addr().String(), "identity", p.self.ID.String(), "core", p.cfg.Core.URL, "ca", p.cfg.CA.URL,
 		"record_seq", seq, "record_head", head)
-	if o.started != nil {
-		o.started(ln.Addr().String())
+	if p.o.started != nil {
+		p.o.started(ln.Addr().String())
 	}
-	return g.Wait()
+	return serve.HTTPS(ctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
+}
+
+// close releases the factory record.
+func (p *proxy) close() error {
+	if p.record == nil {
+		return nil
+	}
+	return p.record.Close()
 }

@@ -217,7 +217,7 @@ func TestVouchingRules(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, ae := e.enroll(t, req(tc.board, tc.hw, newDevice(t)))
-			if code != tc.code || (tc.rule != "" && ae.Code != "refused_"+tc.rule) {
+			if code != tc.code || (tc.rule != "" && ae.Code != enrollapi.RefusalRule(tc.rule).Code()) {
 				t.Fatalf("%d %+v", code, ae)
 			}
 		})

@@ -23,6 +23,7 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
 // Reenrollment is the policy for a serial that already has a certificate.
@@ -43,15 +44,15 @@ const (
 
 // Refusal is a policy refusal.
 type Refusal struct {
-	Rule   string // network, manifest, window, quota, reenrollment, rate
+	Rule   enrollapi.RefusalRule
 	Reason string
 	// RetryAfter is set for the rate rule, in seconds.
 	RetryAfter int
 }
 
-func (r *Refusal) Error() string { return r.Rule + ": " + r.Reason }
+func (r *Refusal) Error() string { return string(r.Rule) + ": " + r.Reason }
 
-func refuse(rule, format string, args ...any) *Refusal {
+func refuse(rule enrollapi.RefusalRule, format string, args ...any) *Refusal {
 	return &Refusal{Rule: rule, Reason: fmt.Sprintf(format, args...)}
 }
 
@@ -226,7 +227,7 @@ func (p *Policy) CheckSource(a netip.Addr) error {
 			return nil
 		}
 	}
-	return refuse("network", "%s is not on an allowed factory network", a)
+	return refuse(enrollapi.RuleNetwork, "%s is not on an allowed factory network", a)
 }
 
 // Allow takes a token for the source address.
@@ -244,7 +245,7 @@ func (p *Policy) Allow(a netip.Addr, now time.Time) error {
 	res := l.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)
-		r := refuse("rate", "more than %g enrollments a second from %s", float64(p.rate), a)
+		r := refuse(enrollapi.RuleRate, "more than %g enrollments a second from %s", float64(p.rate), a)
 		r.RetryAfter = int(d/time.Second) + 1
 		return r
 	}
@@ -282,19 +283,19 @@ func (p *Policy) Admit(id hwid.ID, serial string, now time.Time) (*Admission, er
 		}
 	}
 	if b == nil {
-		return nil, refuse("manifest", "hardware ID %s is in no batch manifest", id.Key())
+		return nil, refuse(enrollapi.RuleManifest, "hardware ID %s is in no batch manifest", id.Key())
 	}
 	if !b.NotBefore.IsZero() && now.Before(b.NotBefore) {
-		return nil, refuse("window", "batch %s opens at %s", b.Name, b.NotBefore.UTC().Format(time.RFC3339))
+		return nil, refuse(enrollapi.RuleWindow, "batch %s opens at %s", b.Name, b.NotBefore.UTC().Format(time.RFC3339))
 	}
 	if !b.NotAfter.IsZero() && !now.Before(b.NotAfter) {
-		return nil, refuse("window", "batch %s closed at %s", b.Name, b.NotAfter.UTC().Format(time.RFC3339))
+		return nil, refuse(enrollapi.RuleWindow, "batch %s closed at %s", b.Name, b.NotAfter.UTC().Format(time.RFC3339))
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if !p.used[b.Name][serial] && p.reserved[b.Name][serial] == 0 {
 		if n := len(p.used[b.Name]) + len(p.reserved[b.Name]); n >= b.Quota {
-			return nil, refuse("quota", "batch %s has used its quota of %d devices", b.Name, b.Quota)
+			return nil, refuse(enrollapi.RuleQuota, "batch %s has used its quota of %d devices", b.Name, b.Quota)
 		}
 	}
 	if p.reserved[b.Name] == nil {
@@ -365,11 +366,11 @@ func (p *Policy) Reenroll(issued []coreapi.IssuedCertificate, keySHA256 string, 
 		if sameKey {
 			return nil, nil
 		}
-		return nil, refuse("reenrollment", "the device is enrolled with another key; policy same-key-only")
+		return nil, refuse(enrollapi.RuleReenrollment, "the device is enrolled with another key; policy same-key-only")
 	default:
 		if sameKey && recent {
 			return nil, nil // a retry of an unfinished enrollment
 		}
-		return nil, refuse("reenrollment", "the device is already enrolled; policy deny")
+		return nil, refuse(enrollapi.RuleReenrollment, "the device is already enrolled; policy deny")
 	}
 }

@@ -42,7 +42,7 @@ func rule(t *testing.T, err error) string {
 	if !errors.As(err, &r) {
 		t.Fatalf("not a refusal: %v", err)
 	}
-	return r.Rule
+	return string(r.Rule)
 }
 
 func TestManifestFormats(t *testing.T) {

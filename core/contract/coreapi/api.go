@@ -1,27 +1,13 @@
-// Package api is the wire contract of core's HTTP API and of its MQTT
-// notifications: paths, headers, request and response bodies, the error
-// body, and a small client. The proxy, the admin CLI and the device client
-// use it; it links the standard library only.
-//
-// Identity comes only from the verified client certificate; roles:
-//
-//	POST  /v1/devices                        proxy   register (idempotent)
-//	POST  /v1/devices/{serial}/certificates  proxy   record a certificate issued at enrollment
-//	GET   /v1/devices                        admin   list (?after=SERIAL&limit=N)
-//	GET   /v1/devices/{serial}               admin (full), device (its own status)
-//	GET   /v1/devices/{serial}/bundle        device (its own), proxy (enrollment)
-//	PATCH /v1/devices/{serial}/data          admin   If-Match: "<generation>"
-//	POST  /v1/devices/{serial}/reprovision   admin
-//	POST  /v1/devices/{serial}/revoke        admin
-//	GET   /v1/devices/{serial}/audit         admin
-//	GET   /v1/groups/{group}                 admin
-//	PATCH /v1/groups/{group}/data            admin   If-Match: "<version>"
-//	GET   /v1/groups/{group}/audit           admin
-//	GET   /v1/backup                         admin   a consistent copy of the store (bbolt file)
-//	GET   /healthz, /readyz, /metrics        anyone, no certificate needed
-//
-// A device asking about another serial gets 404, the same answer as for a
+// Package coreapi is the wire contract of core's HTTP API and of its MQTT
+// notifications: the route table (routes.go: method, path, roles), headers,
+// request and response bodies, status and error codes, the error body, and
+// a small client. Identity comes only from the verified client certificate;
+// a device asking about another serial gets 404, the same answer as for a
 // serial that does not exist.
+//
+// Contract: linked by prov-core, prov-proxy and prov-device. A change here
+// reaches boards in the field, which keep the client they were built with:
+// add, never rename or remove.
 package coreapi
 
 import (
@@ -71,7 +57,7 @@ type IssuedCertificate struct {
 type Device struct {
 	Serial       string            `json:"serial"`
 	Generation   uint64            `json:"generation"`
-	Status       string            `json:"status"`
+	Status       DeviceStatus      `json:"status"`
 	IssuedAt     time.Time         `json:"issuedAt"`
 	Topic        string            `json:"topic"`
 	Board        string            `json:"board,omitempty"`
@@ -126,11 +112,12 @@ type Event struct {
 	Detail     map[string]string `json:"detail,omitempty"`
 }
 
-// Error is the body of every error response. Message is safe to show; it
+// Error is the body of every JSON error of core's API and of the proxy's.
+// Message is safe to show and names the field or rule that refused; it
 // never holds internal errors, keys or tokens.
 type Error struct {
-	Code    string `json:"error"`
-	Message string `json:"message"`
+	Code    ErrorCode `json:"error"`
+	Message string    `json:"message"`
 }
 
 // Notification is what core publishes on a device's topic when it has a

@@ -14,6 +14,11 @@
 // (40 bits: about 0.5% for a fleet of 100,000); the registry detects that
 // and refuses the second device. A raw ID never becomes a file name, store
 // key, topic or hostname; only its canonical form is stored.
+//
+// Contract: linked by prov-core, prov-proxy and prov-device. A change here
+// reaches boards in the field: a board derives its own serial with this rule
+// and refuses an enrollment answer that disagrees, so the rule never
+// changes in place; a new rule is a new RuleVersion beside the old.
 package hwid
 
 import (

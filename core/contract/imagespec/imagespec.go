@@ -6,6 +6,11 @@
 // The image root holds etc/ and nothing else; the device overlays the
 // image's etc/ over /etc, so the paths below are where files appear on the
 // device. The image is also a valid systemd-confext image named "prov".
+//
+// Contract: linked by prov-core, prov-proxy and prov-device. A change here
+// reaches boards in the field: a board refuses an image its own copy of
+// these rules does not accept, so loosen on the device first, tighten on
+// core first.
 package imagespec
 
 import (

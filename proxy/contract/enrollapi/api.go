@@ -1,9 +1,32 @@
-// Package api is the wire contract between a new device and the factory
-// proxy: POST /v1/enroll. The device client links it; standard library
-// only.
+// Package enrollapi is the wire contract between a new device and the
+// factory proxy: the route table, the enrollment request and answer, and
+// the error codes and refusal rules a factory operator reads.
+//
+// Contract: linked by prov-proxy and prov-device. A change here reaches
+// boards in the field: devices enroll with the client their rootfs was built
+// with, so add, never rename or remove.
 package enrollapi
 
-// PathEnroll is the enrollment route.
+import (
+	"net/http"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
+)
+
+// The proxy's routes, on TLS with the proxy's certificate; devices have
+// none yet, so no route asks for one (the factory network policy decides).
+var (
+	RouteEnroll     = coreapi.Route{Name: "enroll", Method: http.MethodPost, Path: "/v1/enroll"}
+	RouteStatusPage = coreapi.Route{Name: "status_page", Method: http.MethodGet, Path: "/"}
+	RouteHealthz    = coreapi.Route{Name: "healthz", Method: http.MethodGet, Path: "/healthz"}
+	RouteReadyz     = coreapi.Route{Name: "readyz", Method: http.MethodGet, Path: "/readyz"}
+	RouteMetrics    = coreapi.Route{Name: "metrics", Method: http.MethodGet, Path: "/metrics"}
+)
+
+// Routes is every route of the proxy.
+var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics}
+
+// PathEnroll is the enrollment route's path.
 const PathEnroll = "/v1/enroll"
 
 // MaxRequestBody bounds an enrollment request.
@@ -38,9 +61,29 @@ type EnrollResponse struct {
 	Generation uint64 `json:"generation"`
 }
 
-// Error is the body of every error answer; Reason names the rule or the
-// field that refused.
-type Error struct {
-	Code   string `json:"error"`
-	Reason string `json:"reason"`
-}
+// Error is the body of every error answer: the same as core's, one shape
+// on both services. Message names the rule or the field that refused.
+type Error = coreapi.Error
+
+// RefusalRule is the rule of the vouching policy that refused a device.
+type RefusalRule string
+
+// Refusal rules.
+const (
+	RuleNetwork      RefusalRule = "network"      // the source is on no allowed factory network
+	RuleRate         RefusalRule = "rate"         // too many attempts from the source (429, Retry-After)
+	RuleManifest     RefusalRule = "manifest"     // the hardware ID is in no batch manifest
+	RuleWindow       RefusalRule = "window"       // its batch is not open now
+	RuleQuota        RefusalRule = "quota"        // its batch has used its quota
+	RuleReenrollment RefusalRule = "reenrollment" // the re-enrollment policy says no, or core has it revoked
+)
+
+// Code is the error code of a refusal by the rule: "refused_<rule>".
+func (r RefusalRule) Code() coreapi.ErrorCode { return coreapi.ErrorCode("refused_" + string(r)) }
+
+// Error codes of the proxy besides refusals and core's bad_request,
+// internal and not_ready.
+const (
+	// CodeUpstream: core or step-ca failed during the enrollment; retry.
+	CodeUpstream coreapi.ErrorCode = "upstream"
+)

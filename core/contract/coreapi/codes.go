@@ -1,0 +1,33 @@
+package coreapi
+
+// DeviceStatus is a device's standing in the registry.
+type DeviceStatus string
+
+// Device statuses.
+const (
+	StatusActive  DeviceStatus = "active"
+	StatusRevoked DeviceStatus = "revoked"
+)
+
+// ErrorCode is the machine-readable part of an error body: clients branch
+// on it, never on the message.
+type ErrorCode string
+
+// Error codes of core's API; the proxy's add enrollapi's.
+const (
+	CodeBadRequest       ErrorCode = "bad_request"
+	CodeTooLarge         ErrorCode = "too_large"
+	CodeUnauthenticated  ErrorCode = "unauthenticated"
+	CodeForbidden        ErrorCode = "forbidden"
+	CodeNotFound         ErrorCode = "not_found"
+	CodeMethodNotAllowed ErrorCode = "method_not_allowed"
+	CodeRateLimited      ErrorCode = "rate_limited"
+	CodeIfMatchRequired  ErrorCode = "if_match_required"
+	CodeVersionConflict  ErrorCode = "version_conflict"
+	CodeSerialCollision  ErrorCode = "serial_collision"
+	CodeUnknownGroup     ErrorCode = "unknown_group"
+	CodeRevoked          ErrorCode = "revoked"
+	CodeUnavailable      ErrorCode = "unavailable"
+	CodeNotReady         ErrorCode = "not_ready"
+	CodeInternal         ErrorCode = "internal"
+)

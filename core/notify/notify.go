@@ -1,0 +1,160 @@
+// Package notify is core's change worker: after every change that gives
+// devices a new generation, it builds each changed device's next bundle, so
+// it is ready before the device asks, and publishes the device's
+// notification. A group change fans out to every member, on every CPU.
+//
+// It never blocks a request: when its queue is full a change is dropped
+// and counted, and devices find their new generation by polling.
+package notify
+
+import (
+	"context"
+	"log/slog"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetprov/prov/core/bundlecache"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/imagebuild"
+	"github.com/fleetprov/prov/core/policy"
+	"github.com/fleetprov/prov/core/store"
+)
+
+// Notifier publishes a device's new generation (the MQTT broker).
+type Notifier interface {
+	Notify(ctx context.Context, n coreapi.Notification) error
+}
+
+// Devices is what the worker reads of the registry (*store.Store).
+type Devices interface {
+	Device(serial string) (*store.View, error)
+	GroupMembers(group string, fn func(serial string) error) error
+}
+
+// Bundles builds and keeps signed bundles (*bundlecache.Cache).
+type Bundles interface {
+	Get(rec *imagebuild.Record) (*bundlecache.Bundle, error)
+}
+
+// job is a change to act on: one device, or every device of a group.
+type job struct {
+	serial string
+	group  string
+}
+
+// Worker acts on changes.
+type Worker struct {
+	devices  Devices
+	bundles  Bundles
+	notifier Notifier
+	jobs     chan job
+	log      *slog.Logger
+	results  *prometheus.CounterVec
+}
+
+// DefaultQueue is how many changes wait at most.
+const DefaultQueue = 4096
+
+// New makes a worker with a queue of queue changes (DefaultQueue if 0).
+// notifier may be nil (bundles are still built ahead); metrics may be nil.
+func New(devices Devices, bundles Bundles, notifier Notifier, queue int, log *slog.Logger, metrics prometheus.Registerer) *Worker {
+	if queue == 0 {
+		queue = DefaultQueue
+	}
+	w := &Worker{devices: devices, bundles: bundles, notifier: notifier, jobs: make(chan job, queue), log: log.With("component", "notify"),
+		results: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prov_core_notifications_total", Help: "Update notifications by result (published, failed, dropped).",
+		}, []string{"result"})}
+	if metrics != nil {
+		metrics.MustRegister(w.results)
+	}
+	return w
+}
+
+// DeviceChanged queues a device.
+func (w *Worker) DeviceChanged(serial string) { w.enqueue(job{serial: serial}) }
+
+// GroupChanged queues every member of a group.
+func (w *Worker) GroupChanged(group string) { w.enqueue(job{group: group}) }
+
+func (w *Worker) enqueue(j job) {
+	select {
+	case w.jobs <- j:
+	default:
+		w.results.WithLabelValues("dropped").Inc()
+		w.log.Warn("notification queue full; devices will find the change by polling", "serial", j.serial, "group", j.group)
+	}
+}
+
+// Run acts on changes until ctx ends.
+func (w *Worker) Run(ctx context.Context) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case j := <-w.jobs:
+			if j.group != "" {
+				w.group(ctx, j.group)
+				continue
+			}
+			w.device(ctx, j.serial)
+		}
+	}
+}
+
+// group processes every member of a group on every CPU: the list is read
+// first (a short read transaction, not one held for the whole run), then
+// shared out. (Measured with BenchmarkReprovision on 2 cores: one worker
+// per CPU builds and publishes ~13,000 a second and leaves the median
+// fetch of other devices unchanged; one worker fewer cost a quarter of
+// that rate, and neither it nor yielding after each device brought their
+// p99 back to idle.)
+func (w *Worker) group(ctx context.Context, group string) {
+	var serials []string
+	if err := w.devices.GroupMembers(group, func(serial string) error {
+		serials = append(serials, serial)
+		return nil
+	}); err != nil {
+		w.log.Error("cannot list group members", "group", group, "err", err)
+		return
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range min(runtime.GOMAXPROCS(0), len(serials)) {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(serials) {
+					return
+				}
+				w.device(ctx, serials[i])
+			}
+		})
+	}
+	wg.Wait()
+}
+
+func (w *Worker) device(ctx context.Context, serial string) {
+	v, err := w.devices.Device(serial)
+	if err != nil {
+		w.log.Error("notify: cannot read device", "serial", serial, "err", err)
+		return
+	}
+	b, err := w.bundles.Get(policy.Record(v))
+	if err != nil {
+		w.log.Error("notify: cannot build bundle", "serial", serial, "err", err)
+		return
+	}
+	if w.notifier == nil {
+		return
+	}
+	if err := w.notifier.Notify(ctx, coreapi.Notification{Serial: serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
+		w.results.WithLabelValues("failed").Inc()
+		w.log.Warn("notify: publish failed; the device will find the change by polling", "serial", serial, "err", err)
+		return
+	}
+	w.results.WithLabelValues("published").Inc()
+}

@@ -1,0 +1,316 @@
+// Package registry is what core does when its API is called, below HTTP
+// and above the store: register a device (its hardware ID checked by the
+// serial rule, its immutable data made by the group's policy), record the
+// certificates proxies issued and devices used, change data (checked
+// against the image rules first), reprovision, revoke (at the CA too), and
+// read devices, groups, bundles and the audit trail. After every change it
+// tells the change worker, which builds the device's next bundle and
+// notifies it.
+//
+// Errors are the store's sentinels, hwid's and imagespec's, and *BadInput
+// for a request field that is wrong; the HTTP edge maps them.
+package registry
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/big"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/fleetprov/prov/core/bundlecache"
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/hwid"
+	"github.com/fleetprov/prov/core/policy"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/untrusted"
+	"github.com/fleetprov/prov/pki"
+)
+
+// BadInput is a field of a request that is wrong; its text is safe to
+// send: it echoes only validated or quoted-and-truncated input.
+type BadInput struct {
+	Field, Reason string
+	Err           error // the cause, if a lower layer refused
+}
+
+func (e *BadInput) Error() string { return e.Field + ": " + e.Reason }
+func (e *BadInput) Unwrap() error { return e.Err }
+
+// ErrNoSuchGroup is a group the configuration does not name.
+var ErrNoSuchGroup = errors.New("no such group")
+
+// Changes is told about every change that gives devices a new
+// generation (the change worker).
+type Changes interface {
+	DeviceChanged(serial string)
+	GroupChanged(group string)
+}
+
+// Revoker revokes a certificate at the CA.
+type Revoker interface {
+	Revoke(ctx context.Context, certSerial, reason string) error
+}
+
+// Options are the registry's optional parts.
+type Options struct {
+	// DefaultGroup is the group of registrations that name none
+	// ("default" if empty).
+	DefaultGroup string
+	// Revoker, if set, revokes a revoked device's certificates at the CA.
+	Revoker Revoker
+	// Metrics, if set, registers the registry's metrics.
+	Metrics prometheus.Registerer
+	Log     *slog.Logger
+}
+
+// Registry is core's registry behind its API.
+type Registry struct {
+	store   *store.Store
+	policy  *policy.Policy
+	bundles *bundlecache.Cache
+	changes Changes
+	o       Options
+	log     *slog.Logger
+
+	registrations *prometheus.CounterVec
+	collisions    prometheus.Counter
+}
+
+// New makes a registry. changes may be nil (nothing is told).
+func New(st *store.Store, pol *policy.Policy, bundles *bundlecache.Cache, changes Changes, o Options) *Registry {
+	if o.DefaultGroup == "" {
+		o.DefaultGroup = "default"
+	}
+	if o.Log == nil {
+		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if changes == nil {
+		changes = nobody{}
+	}
+	r := &Registry{store: st, policy: pol, bundles: bundles, changes: changes, o: o, log: o.Log.With("component", "registry"),
+		registrations: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prov_core_registrations_total", Help: "Device registrations by result (created, existing, collision, invalid).",
+		}, []string{"result"}),
+		collisions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prov_core_serial_collisions_total", Help: "Hardware IDs refused because another one already has their serial.",
+		}),
+	}
+	if o.Metrics != nil {
+		o.Metrics.MustRegister(r.registrations, r.collisions)
+	}
+	return r
+}
+
+type nobody struct{}
+
+func (nobody) DeviceChanged(string) {}
+func (nobody) GroupChanged(string)  {}
+
+// Register registers the device a proxy vouched for, or returns its
+// record if the hardware ID is known (created false): registration is
+// idempotent, so a proxy can retry after any failure.
+func (r *Registry) Register(req coreapi.RegisterRequest, by pki.Identity) (*store.View, bool, error) {
+	v, created, err := r.register(req, by)
+	switch {
+	case err == nil && created:
+		r.registrations.WithLabelValues("created").Inc()
+		r.log.Info("device registered", "serial", v.Serial, "board", v.Board, "group", v.Group, "proxy", by.String())
+		r.changes.DeviceChanged(v.Serial)
+	case err == nil:
+		r.registrations.WithLabelValues("existing").Inc()
+	case errors.Is(err, store.ErrCollision):
+		r.registrations.WithLabelValues("collision").Inc()
+		r.collisions.Inc()
+	case isInput(err):
+		r.registrations.WithLabelValues("invalid").Inc()
+	}
+	return v, created, err
+}
+
+func (r *Registry) register(req coreapi.RegisterRequest, by pki.Identity) (*store.View, bool, error) {
+	if req.Group == "" {
+		req.Group = r.o.DefaultGroup
+	}
+	if !r.policy.HasGroup(req.Group) {
+		return nil, false, &BadInput{Field: "group", Reason: fmt.Sprintf("%q is not a configured group", untrusted.Short(req.Group))}
+	}
+	id, err := hwid.Parse(req.Board, req.HardwareID)
+	if err != nil {
+		field := "hardwareId"
+		if errors.Is(err, hwid.ErrBadBoard) {
+			field = "board"
+		}
+		return nil, false, &BadInput{Field: field, Reason: err.Error(), Err: err}
+	}
+	imm, err := r.policy.Immutable(req.Group, id.Serial(), id.Board)
+	if err != nil {
+		return nil, false, fmt.Errorf("the data policy of group %s cannot make device %s's data: %w", req.Group, id.Serial(), err)
+	}
+	v, created, err := r.store.Register(store.Registration{ID: id, Group: req.Group, Immutable: imm, Actor: by.String()})
+	if errors.Is(err, store.ErrCollision) {
+		r.log.Warn("serial collision: hardware ID refused", "board", id.Board, "serial", id.Serial(), "proxy", by.String())
+	}
+	return v, created, err
+}
+
+func isInput(err error) bool {
+	var bad *BadInput
+	return errors.As(err, &bad)
+}
+
+// RecordIssued records a certificate a proxy had issued for a device at
+// enrollment: what the re-enrollment policy decides on, and what a revoke
+// revokes at the CA.
+func (r *Registry) RecordIssued(serial string, ic coreapi.IssuedCertificate, by pki.Identity) (*store.View, error) {
+	if n, ok := new(big.Int).SetString(ic.Serial, 10); !ok || n.Sign() <= 0 {
+		return nil, &BadInput{Field: "serial", Reason: "want the certificate's serial number in decimal"}
+	}
+	if _, err := hex.DecodeString(ic.KeySHA256); err != nil || len(ic.KeySHA256) != 64 {
+		return nil, &BadInput{Field: "keySha256", Reason: "want 64 hex digits"}
+	}
+	return r.store.RecordIssued(serial, store.Issued{Serial: ic.Serial, KeySHA256: ic.KeySHA256, NotBefore: ic.NotBefore.UTC(),
+		NotAfter: ic.NotAfter.UTC(), IssuedBy: by.String()})
+}
+
+// Device returns a device with its group.
+func (r *Registry) Device(serial string) (*store.View, error) { return r.store.Device(serial) }
+
+// List returns up to limit devices after the cursor, and the next cursor.
+func (r *Registry) List(after string, limit int) ([]store.View, string, error) {
+	return r.store.List(after, limit)
+}
+
+// SeenCertificate remembers the certificate a device called with: a write
+// only the first time it is seen. Failing to record it does not fail the
+// request; it is logged.
+func (r *Registry) SeenCertificate(v *store.View, leaf *x509.Certificate) {
+	sum := sha256.Sum256(leaf.Raw)
+	fp := hex.EncodeToString(sum[:])
+	if v.HasCertificate(fp) {
+		return
+	}
+	c := store.Certificate{Fingerprint: fp, Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter.UTC()}
+	if err := r.store.SeenCertificate(v.Serial, c); err != nil {
+		r.log.Warn("cannot record the device certificate", "serial", v.Serial, "err", err)
+	}
+}
+
+// Bundle is the signed bundle of a device's current generation, built and
+// signed if the cache does not hold it.
+func (r *Registry) Bundle(v *store.View) (*bundlecache.Bundle, error) {
+	b, err := r.bundles.Get(policy.Record(v))
+	if err != nil {
+		return nil, fmt.Errorf("bundle of %s generation %d: %w", v.Serial, v.Generation(), err)
+	}
+	return b, nil
+}
+
+// SetDeviceData changes a device's own data if it is still at generation
+// ifGeneration; the result must still make a valid image.
+func (r *Registry) SetDeviceData(serial string, ifGeneration uint64, c coreapi.DataChange, by pki.Identity) (*store.View, error) {
+	v, err := r.store.SetDeviceData(serial, ifGeneration, store.Change{Set: c.Set, Unset: c.Unset}, by.String(), func(v *store.View) error {
+		return r.policy.CheckData(v.EffectiveData())
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.changes.DeviceChanged(serial)
+	return v, nil
+}
+
+// Reprovision moves a device to a new generation with the same data.
+func (r *Registry) Reprovision(serial string, by pki.Identity) (*store.View, error) {
+	v, err := r.store.Reprovision(serial, by.String())
+	if err != nil {
+		return nil, err
+	}
+	r.changes.DeviceChanged(serial)
+	return v, nil
+}
+
+// Revoke refuses a device from now on, and revokes the certificates it
+// was seen with at the CA. Core refuses the device at once whatever the
+// CA says; the CA refusing its renewals is the second line, so a CA
+// failure is logged, not returned.
+func (r *Registry) Revoke(ctx context.Context, serial, reason string, by pki.Identity) (*store.View, error) {
+	v, err := r.store.Revoke(serial, by.String(), reason)
+	if err != nil {
+		return nil, err
+	}
+	r.log.Info("device revoked", "serial", serial, "by", by.String(), "reason", reason)
+	if r.o.Revoker != nil {
+		for _, c := range v.Certificates {
+			if err := r.o.Revoker.Revoke(ctx, c.Serial, "device revoked: "+reason); err != nil {
+				r.log.Error("CA revocation failed; core still refuses the device", "serial", serial, "cert_serial", c.Serial, "err", err)
+			}
+		}
+	}
+	return v, nil
+}
+
+// DeviceAudit is a device's audit trail after sequence number after.
+func (r *Registry) DeviceAudit(serial string, after uint64) ([]store.Event, error) {
+	return r.store.Audit("device/"+serial, after, maxAudit)
+}
+
+// GroupAudit is a group's audit trail after sequence number after.
+func (r *Registry) GroupAudit(name string, after uint64) ([]store.Event, error) {
+	if !r.policy.HasGroup(name) {
+		return nil, ErrNoSuchGroup
+	}
+	return r.store.Audit("group/"+name, after, maxAudit)
+}
+
+// maxAudit bounds one page of an audit trail.
+const maxAudit = 1000
+
+// Group returns a configured group.
+func (r *Registry) Group(name string) (*store.Group, error) {
+	if !r.policy.HasGroup(name) {
+		return nil, ErrNoSuchGroup
+	}
+	return r.store.Group(name)
+}
+
+// SetGroupData changes a group's data if it is still at version
+// ifVersion; every member moves to a new generation.
+func (r *Registry) SetGroupData(name string, ifVersion uint64, c coreapi.DataChange, by pki.Identity) (*store.Group, error) {
+	if !r.policy.HasGroup(name) {
+		return nil, ErrNoSuchGroup
+	}
+	g, err := r.store.SetGroupData(name, ifVersion, store.Change{Set: c.Set, Unset: c.Unset}, by.String(), func(g *store.Group) error {
+		return r.policy.CheckData(g.Data)
+	})
+	if err != nil {
+		return nil, err
+	}
+	r.changes.GroupChanged(name)
+	return g, nil
+}
+
+// GroupMembers calls fn with each member's serial.
+func (r *Registry) GroupMembers(group string, fn func(serial string) error) error {
+	return r.store.GroupMembers(group, fn)
+}
+
+// Ready says whether the store can be read.
+func (r *Registry) Ready() error {
+	if _, err := r.store.Group(r.o.DefaultGroup); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return fmt.Errorf("read the registry: %w", err)
+	}
+	return nil
+}
+
+// Backup writes a consistent copy of the store to w; start is called with
+// what it holds before the first byte.
+func (r *Registry) Backup(w io.Writer, start func(store.BackupInfo)) error { return r.store.Backup(w, start) }
+
+// HasGroup says whether the configuration names the group.
+func (r *Registry) HasGroup(name string) bool { return r.policy.HasGroup(name) }

@@ -1,0 +1,83 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/gorilla/mux"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/httpapi"
+	"github.com/fleetprov/prov/pki"
+)
+
+// authorize admits a request to a route: a certificate of a role the
+// route serves (unless the route is public), then the caller's rate limit.
+func (s *Server) authorize(route coreapi.Route, h handler) httpapi.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		var id pki.Identity
+		if !route.Public() {
+			var err error
+			if id, err = pki.PeerIdentity(r.TLS); err != nil {
+				return httpapi.NewError(http.StatusUnauthorized, coreapi.CodeUnauthenticated, "a client certificate of this deployment is required", err)
+			}
+			if !route.Allows(id.Role) {
+				return httpapi.NewError(http.StatusForbidden, coreapi.CodeForbidden, "this identity's role may not use this route", nil)
+			}
+		}
+		if wait, ok := s.limiter.allow(id, r); !ok {
+			e := httpapi.NewError(http.StatusTooManyRequests, coreapi.CodeRateLimited, "too many requests; slow down", nil)
+			e.RetryAfter = wait
+			return e
+		}
+		return h(w, r, id)
+	}
+}
+
+// identityAttr names the caller in the log line of a refusal.
+func identityAttr(r *http.Request) []any {
+	if id, err := pki.PeerIdentity(r.TLS); err == nil {
+		return []any{"identity", id.String()}
+	}
+	return nil
+}
+
+// errNotFound is the answer for a device that does not exist and for one
+// the caller may not see: the two are indistinguishable.
+var errNotFound = httpapi.NewError(http.StatusNotFound, coreapi.CodeNotFound, "no such device", nil)
+
+// serial is the {serial} of the request's path; a malformed one is a
+// device that does not exist.
+func serial(r *http.Request) (string, error) {
+	s := mux.Vars(r)[coreapi.VarSerial]
+	if pki.ValidateSerial(s) != nil {
+		return "", errNotFound
+	}
+	return s, nil
+}
+
+// lookup finds the device a request names. A device may only name itself:
+// any other serial, existing or not, is the same 404; a revoked device is
+// refused, and the certificate it came with is remembered.
+func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
+	sn, err := serial(r)
+	if err != nil {
+		return nil, err
+	}
+	if id.Role == pki.RoleDevice && id.Name != sn {
+		return nil, errNotFound
+	}
+	v, err := s.reg.Device(sn)
+	if err != nil {
+		return nil, err
+	}
+	if id.Role == pki.RoleDevice {
+		if v.Status == store.Revoked {
+			return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeRevoked, "this device is revoked", nil)
+		}
+		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
+			s.reg.SeenCertificate(v, r.TLS.VerifiedChains[0][0])
+		}
+	}
+	return v, nil
+}

@@ -1,0 +1,49 @@
+package server
+
+import (
+	"net/http"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/httpapi"
+)
+
+// deviceView is what a device sees of itself.
+func deviceView(v *store.View) coreapi.Device {
+	return coreapi.Device{Serial: v.Serial, Generation: v.Generation(), Status: coreapi.DeviceStatus(v.Status),
+		IssuedAt: v.IssuedAt(), Topic: coreapi.DeviceTopic(v.Serial)}
+}
+
+// proxyView adds what a proxy needs to enroll: the immutable data and the
+// certificates issued so far (the re-enrollment policy decides on them).
+func proxyView(v *store.View) coreapi.Device {
+	d := deviceView(v)
+	d.Board, d.Group = v.Board, v.Group
+	d.Hostname, d.MQTTClientID, d.MQTTGroupID = v.Immutable.Hostname, v.Immutable.MQTTClientID, v.Immutable.MQTTGroupID
+	for _, c := range v.Issued {
+		d.Issued = append(d.Issued, coreapi.IssuedCertificate(c))
+	}
+	return d
+}
+
+// adminView is everything.
+func adminView(v *store.View) coreapi.Device {
+	d := proxyView(v)
+	d.Data = v.EffectiveData()
+	d.OwnData = v.Data
+	d.RegisteredBy = v.RegisteredBy
+	created := v.CreatedAt
+	d.CreatedAt = &created
+	for _, c := range v.Certificates {
+		d.Certificates = append(d.Certificates, coreapi.Certificate(c))
+	}
+	return d
+}
+
+func writeEvents(w http.ResponseWriter, events []store.Event) error {
+	out := make([]coreapi.Event, 0, len(events))
+	for _, e := range events {
+		out = append(out, coreapi.Event(e))
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, out)
+}

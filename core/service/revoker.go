@@ -1,0 +1,43 @@
+package service
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/fleetprov/prov/core/config"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/token"
+)
+
+// caRevoker revokes at step-ca with core's revoke-only provisioner.
+type caRevoker struct {
+	prov   *token.Provisioner
+	client *ca.Client
+}
+
+func newRevoker(cfg *config.Config) (*caRevoker, error) {
+	pw, err := pki.ReadPasswordFile(cfg.CA.RevokerPasswordFile)
+	if err != nil {
+		return nil, fmt.Errorf("ca.revokerPasswordFile: %w", err)
+	}
+	prov, err := token.Load(deployment.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
+	if err != nil {
+		return nil, fmt.Errorf("ca.revokerKey: %w", err)
+	}
+	client, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
+	if err != nil {
+		return nil, fmt.Errorf("ca.url: %w", err)
+	}
+	return &caRevoker{prov: prov, client: client}, nil
+}
+
+func (r *caRevoker) Revoke(ctx context.Context, certSerial, reason string) error {
+	tok, err := r.prov.RevokeToken(r.client.RevokeAudience(), certSerial, time.Now())
+	if err != nil {
+		return err
+	}
+	return r.client.Revoke(ctx, certSerial, tok, reason)
+}
