@@ -310,7 +310,9 @@ func (r *Registry) Ready() error {
 
 // Backup writes a consistent copy of the store to w; start is called with
 // what it holds before the first byte.
-func (r *Registry) Backup(w io.Writer, start func(store.BackupInfo)) error { return r.store.Backup(w, start) }
+func (r *Registry) Backup(w io.Writer, start func(store.BackupInfo)) error {
+	return r.store.Backup(w, start)
+}
 
 // HasGroup says whether the configuration names the group.
 func (r *Registry) HasGroup(name string) bool { return r.policy.HasGroup(name) }
