@@ -160,16 +160,16 @@ func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		return out.device(d)
 	case "audit":
-		subject := ""
+		var ev []coreapi.Event
+		var err error
 		switch {
 		case *group != "":
-			subject = "groups/" + url.PathEscape(*group)
+			ev, err = client.GroupAudit(ctx, *group, 0)
 		case len(argv) == 1:
-			subject = "devices/" + url.PathEscape(argv[0])
+			ev, err = client.DeviceAudit(ctx, argv[0], 0)
 		default:
 			return fmt.Errorf("%w: audit needs a serial or --group", cmdline.ErrUsage)
 		}
-		ev, err := client.Audit(ctx, subject, 0)
 		if err != nil {
 			return err
 		}

@@ -5,14 +5,19 @@ import (
 	"bytes"
 	"context"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
+	"unicode"
 
 	corecli "github.com/fleetprov/prov/core/cli"
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	devicecli "github.com/fleetprov/prov/deviceclient/cli"
+	"github.com/fleetprov/prov/pki"
 	pkicli "github.com/fleetprov/prov/pki/cli"
 	proxycli "github.com/fleetprov/prov/proxy/cli"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
@@ -124,36 +129,70 @@ func TestDocumentedCommands(t *testing.T) {
 	}
 }
 
-// TestDocumentedRoutes: every route core and the proxy register is in
-// docs/api.md.
+// TestDocumentedRoutes: docs/api.md's tables list exactly the routes of
+// the contracts' route tables (the ones the servers register and the
+// clients call), each of core's with its roles.
 func TestDocumentedRoutes(t *testing.T) {
 	doc, err := os.ReadFile(filepath.Join(repoRoot(t), "docs", "api.md"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var routes []string
-	for file, re := range map[string]*regexp.Regexp{
-		"core/server/server.go":  regexp.MustCompile(`\{http\.Method(\w+), "([^"]+)"`),
-		"proxy/server/server.go": regexp.MustCompile(`Handle(?:Func)?\("(\w+) ([^"]*)"`),
-	} {
-		src, err := os.ReadFile(filepath.Join(repoRoot(t), file))
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
-			if m[2] == "" {
-				continue // "POST "+api.PathEnroll, added below
+	core, proxy, found := string(doc), "", false
+	if core, proxy, found = strings.Cut(core, "## Proxy"); !found {
+		t.Fatal(`docs/api.md has no "## Proxy" section`)
+	}
+	check := func(section, name string, routes []coreapi.Route, withRoles bool) {
+		documented := documentedRoutes(section)
+		for _, r := range routes {
+			key := r.Method + " " + r.Path
+			roles, ok := documented[key]
+			if !ok {
+				t.Errorf("docs/api.md (%s) does not list %s", name, key)
+				continue
 			}
-			routes = append(routes, strings.ToUpper(m[1])+" "+strings.TrimSuffix(m[2], "{$}"))
+			delete(documented, key)
+			if !withRoles {
+				continue
+			}
+			want := map[string]bool{}
+			for _, role := range r.Roles {
+				want[string(role)] = true
+			}
+			if r.Public() {
+				want["anyone"] = true
+			}
+			if !maps.Equal(roles, want) {
+				t.Errorf("docs/api.md: %s for %v, the route table says %v", key, slices.Sorted(maps.Keys(roles)), slices.Sorted(maps.Keys(want)))
+			}
+		}
+		for key := range documented {
+			t.Errorf("docs/api.md (%s) lists %s, which no route table has", name, key)
 		}
 	}
-	routes = append(routes, "GET /metrics", "POST "+enrollapi.PathEnroll)
-	if len(routes) < 18 {
-		t.Fatalf("found %d routes: %v", len(routes), routes)
-	}
-	for _, r := range routes {
-		if !bytes.Contains(doc, []byte("`"+r+"`")) && !bytes.Contains(doc, []byte("`"+r+",")) {
-			t.Errorf("docs/api.md does not list %s", r)
+	check(core, "core", coreapi.Routes, true)
+	check(proxy, "proxy", enrollapi.Routes, false)
+}
+
+// documentedRoutes reads the route tables of a section: each row's first
+// cell holds one or more `METHOD PATH`, its second the roles (words from
+// pki.Roles, or "anyone").
+func documentedRoutes(section string) map[string]map[string]bool {
+	out := map[string]map[string]bool{}
+	route := regexp.MustCompile("`([A-Z]+ /[^`]*)`")
+	for _, line := range strings.Split(section, "\n") {
+		cells := strings.Split(line, "|")
+		if len(cells) < 4 || !strings.HasPrefix(strings.TrimSpace(cells[1]), "`") {
+			continue
+		}
+		roles := map[string]bool{}
+		for _, w := range strings.FieldsFunc(cells[2], func(r rune) bool { return !unicode.IsLetter(r) }) {
+			if _, err := pki.ParseRole(w); err == nil || w == "anyone" {
+				roles[w] = true
+			}
+		}
+		for _, m := range route.FindAllStringSubmatch(cells[1], -1) {
+			out[m[1]] = roles
 		}
 	}
+	return out
 }

@@ -45,7 +45,8 @@ func NewClient(base string, hc *http.Client) (*Client, error) {
 
 // do sends a request and decodes a 2xx answer into out; it returns the
 // status code.
-func (c *Client) do(ctx context.Context, method, path string, header http.Header, body, out any) (int, error) {
+func (c *Client) do(ctx context.Context, route Route, path string, header http.Header, body, out any) (int, error) {
+	method := route.Method
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -86,7 +87,7 @@ func (c *Client) do(ctx context.Context, method, path string, header http.Header
 // ID was known.
 func (c *Client) Register(ctx context.Context, r RegisterRequest) (*Device, bool, error) {
 	var d Device
-	status, err := c.do(ctx, http.MethodPost, "/v1/devices", nil, r, &d)
+	status, err := c.do(ctx, RouteRegister, RouteRegister.URL(), nil, r, &d)
 	if err != nil {
 		return nil, false, err
 	}
@@ -96,14 +97,14 @@ func (c *Client) Register(ctx context.Context, r RegisterRequest) (*Device, bool
 // RecordIssued tells core about a certificate issued at enrollment (proxy).
 func (c *Client) RecordIssued(ctx context.Context, serial string, ic IssuedCertificate) (*Device, error) {
 	var d Device
-	_, err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(serial)+"/certificates", nil, ic, &d)
+	_, err := c.do(ctx, RouteRecordIssued, RouteRecordIssued.URL(serial), nil, ic, &d)
 	return &d, err
 }
 
 // Device describes a device.
 func (c *Client) Device(ctx context.Context, serial string) (*Device, error) {
 	var d Device
-	_, err := c.do(ctx, http.MethodGet, "/v1/devices/"+url.PathEscape(serial), nil, nil, &d)
+	_, err := c.do(ctx, RouteDevice, RouteDevice.URL(serial), nil, nil, &d)
 	return &d, err
 }
 
@@ -117,49 +118,58 @@ func (c *Client) List(ctx context.Context, after string, limit int) (*DeviceList
 	if limit > 0 {
 		q.Set("limit", strconv.Itoa(limit))
 	}
-	_, err := c.do(ctx, http.MethodGet, "/v1/devices?"+q.Encode(), nil, nil, &l)
+	_, err := c.do(ctx, RouteListDevices, RouteListDevices.URL()+"?"+q.Encode(), nil, nil, &l)
 	return &l, err
 }
 
 // SetDeviceData changes a device's data if it is still at generation.
 func (c *Client) SetDeviceData(ctx context.Context, serial string, generation uint64, ch DataChange) (*Device, error) {
 	var d Device
-	_, err := c.do(ctx, http.MethodPatch, "/v1/devices/"+url.PathEscape(serial)+"/data", http.Header{"If-Match": {IfMatch(generation)}}, ch, &d)
+	_, err := c.do(ctx, RouteSetDeviceData, RouteSetDeviceData.URL(serial), http.Header{"If-Match": {IfMatch(generation)}}, ch, &d)
 	return &d, err
 }
 
 // Group describes a group.
 func (c *Client) Group(ctx context.Context, name string) (*Group, error) {
 	var g Group
-	_, err := c.do(ctx, http.MethodGet, "/v1/groups/"+url.PathEscape(name), nil, nil, &g)
+	_, err := c.do(ctx, RouteGroup, RouteGroup.URL(name), nil, nil, &g)
 	return &g, err
 }
 
 // SetGroupData changes a group's data if it is still at version.
 func (c *Client) SetGroupData(ctx context.Context, name string, version uint64, ch DataChange) (*Group, error) {
 	var g Group
-	_, err := c.do(ctx, http.MethodPatch, "/v1/groups/"+url.PathEscape(name)+"/data", http.Header{"If-Match": {IfMatch(version)}}, ch, &g)
+	_, err := c.do(ctx, RouteSetGroupData, RouteSetGroupData.URL(name), http.Header{"If-Match": {IfMatch(version)}}, ch, &g)
 	return &g, err
 }
 
 // Reprovision moves a device to a new generation.
 func (c *Client) Reprovision(ctx context.Context, serial string) (*Device, error) {
 	var d Device
-	_, err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(serial)+"/reprovision", nil, struct{}{}, &d)
+	_, err := c.do(ctx, RouteReprovision, RouteReprovision.URL(serial), nil, struct{}{}, &d)
 	return &d, err
 }
 
 // Revoke revokes a device.
 func (c *Client) Revoke(ctx context.Context, serial, reason string) (*Device, error) {
 	var d Device
-	_, err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(serial)+"/revoke", nil, RevokeRequest{Reason: reason}, &d)
+	_, err := c.do(ctx, RouteRevoke, RouteRevoke.URL(serial), nil, RevokeRequest{Reason: reason}, &d)
 	return &d, err
 }
 
-// Audit lists the audit trail of "devices/<serial>" or "groups/<name>".
-func (c *Client) Audit(ctx context.Context, subject string, after uint64) ([]Event, error) {
+// DeviceAudit lists a device's audit trail after sequence number after.
+func (c *Client) DeviceAudit(ctx context.Context, serial string, after uint64) ([]Event, error) {
+	return c.audit(ctx, RouteDeviceAudit, serial, after)
+}
+
+// GroupAudit lists a group's audit trail after sequence number after.
+func (c *Client) GroupAudit(ctx context.Context, group string, after uint64) ([]Event, error) {
+	return c.audit(ctx, RouteGroupAudit, group, after)
+}
+
+func (c *Client) audit(ctx context.Context, route Route, name string, after uint64) ([]Event, error) {
 	var ev []Event
-	_, err := c.do(ctx, http.MethodGet, "/v1/"+subject+"/audit?after="+strconv.FormatUint(after, 10), nil, nil, &ev)
+	_, err := c.do(ctx, route, route.URL(name)+"?after="+strconv.FormatUint(after, 10), nil, nil, &ev)
 	return ev, err
 }
 
@@ -170,7 +180,7 @@ var ErrNotModified = errors.New("not modified")
 // device has it. The caller reads and closes the body (the device verifies
 // while it reads).
 func (c *Client) Bundle(ctx context.Context, serial, etag string) (io.ReadCloser, string, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/devices/"+url.PathEscape(serial)+"/bundle", nil)
+	req, err := http.NewRequestWithContext(ctx, RouteBundle.Method, c.base+RouteBundle.URL(serial), nil)
 	if err != nil {
 		return nil, "", err
 	}
@@ -204,7 +214,7 @@ type BackupInfo struct {
 // Backup copies core's store to w (GET /v1/backup); a copy shorter than
 // announced is an error.
 func (c *Client) Backup(ctx context.Context, w io.Writer) (*BackupInfo, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.base+"/v1/backup", nil)
+	req, err := http.NewRequestWithContext(ctx, RouteBackup.Method, c.base+RouteBackup.URL(), nil)
 	if err != nil {
 		return nil, err
 	}

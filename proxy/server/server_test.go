@@ -1,0 +1,166 @@
+package server_test
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/proxy/auditlog"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
+	"github.com/fleetprov/prov/proxy/enroll"
+	"github.com/fleetprov/prov/proxy/server"
+	"github.com/fleetprov/prov/proxy/status"
+	"github.com/fleetprov/prov/proxy/vouch"
+)
+
+// enroller answers what the test tells it and records what it was asked;
+// the enrollment itself is tested against core and step-ca in
+// proxy/service. Here: what each answer looks like on the wire.
+type enroller struct {
+	mu      sync.Mutex
+	err     error
+	got     []enrollapi.EnrollRequest
+	sources []netip.Addr
+	rejects []string
+}
+
+func (e *enroller) Enroll(_ context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.got, e.sources = append(e.got, req), append(e.sources, source)
+	if e.err != nil {
+		return nil, e.err
+	}
+	return &enrollapi.EnrollResponse{Serial: "1a2b3c4d5e", Generation: 1}, nil
+}
+
+func (e *enroller) Reject(source netip.Addr, reason string) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.sources, e.rejects = append(e.sources, source), append(e.rejects, reason)
+	return &enroll.BadRequest{Reason: reason}
+}
+
+func newServer(t *testing.T, e *enroller, line *status.Line, ready func() error) *server.Server {
+	t.Helper()
+	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), ready, time.Second)
+}
+
+func do(t *testing.T, s http.Handler, method, path, body string) (*httptest.ResponseRecorder, coreapi.Error) {
+	t.Helper()
+	r := httptest.NewRequest(method, path, strings.NewReader(body))
+	r.RemoteAddr = "[::ffff:10.0.0.7]:50000"
+	w := httptest.NewRecorder()
+	s.ServeHTTP(w, r)
+	var e coreapi.Error
+	if w.Code >= 400 {
+		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Code == "" || e.Message == "" {
+			t.Fatalf("%s %s: %d with a body that is not the error shape: %q", method, path, w.Code, w.Body.String())
+		}
+	}
+	return w, e
+}
+
+func TestEnrollAnswers(t *testing.T) {
+	e := &enroller{}
+	s := newServer(t, e, status.New(), func() error { return nil })
+	body := `{"board":"rpi4","hardwareId":"10000000deadbeef","csr":"-----BEGIN CERTIFICATE REQUEST-----"}`
+	w, _ := do(t, s, "POST", "/v1/enroll", body)
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"serial":"1a2b3c4d5e"`) {
+		t.Fatalf("enrolled: %d %s", w.Code, w.Body.String())
+	}
+	if len(e.got) != 1 || e.got[0].HardwareID != "10000000deadbeef" || e.sources[0] != netip.MustParseAddr("10.0.0.7") {
+		t.Fatalf("the enroller got %+v from %v (a v4-mapped source must be unmapped)", e.got, e.sources)
+	}
+	for _, tc := range []struct {
+		name       string
+		err        error
+		status     int
+		code       coreapi.ErrorCode
+		retryAfter string
+		message    string
+	}{
+		{"network", &vouch.Refusal{Rule: enrollapi.RuleNetwork, Reason: "10.0.0.7 is not on an allowed factory network"}, 403, "refused_network", "", "allowed factory network"},
+		{"rate", &vouch.Refusal{Rule: enrollapi.RuleRate, Reason: "more than 5 enrollments a second", RetryAfter: 3}, 429, "refused_rate", "3", "a second"},
+		{"quota", &vouch.Refusal{Rule: enrollapi.RuleQuota, Reason: "batch b1 has used its quota"}, 403, "refused_quota", "", "quota"},
+		{"bad request", &enroll.BadRequest{Reason: "csr: want exactly one PEM CERTIFICATE REQUEST"}, 400, coreapi.CodeBadRequest, "", "csr:"},
+		{"upstream", &enroll.Upstream{Step: "sign at step-ca", Err: errors.New("secret internal detail")}, 502, enrollapi.CodeUpstream, "5", "could not sign at step-ca"},
+		{"anything else", errors.New("secret internal detail"), 500, coreapi.CodeInternal, "", "try again"},
+	} {
+		e.err = tc.err
+		w, ae := do(t, s, "POST", "/v1/enroll", body)
+		if w.Code != tc.status || ae.Code != tc.code || w.Header().Get("Retry-After") != tc.retryAfter || !strings.Contains(ae.Message, tc.message) {
+			t.Errorf("%s: %d %+v Retry-After %q", tc.name, w.Code, ae, w.Header().Get("Retry-After"))
+		}
+		if strings.Contains(w.Body.String(), "secret") {
+			t.Errorf("%s: internal detail sent: %s", tc.name, w.Body.String())
+		}
+	}
+	// A body that is not an enrollment request goes to Reject, which
+	// records it and applies the network and rate rules first.
+	for _, bad := range []string{"", "not json", `{"board":"rpi4"}{"x":1}`, `{"board":"rpi4","extra":1}`, `{"board":"` + strings.Repeat("a", enrollapi.MaxRequestBody) + `"}`} {
+		w, ae := do(t, s, "POST", "/v1/enroll", bad)
+		if w.Code != 400 || ae.Code != coreapi.CodeBadRequest {
+			t.Errorf("body %.30q: %d %+v", bad, w.Code, ae)
+		}
+	}
+	if len(e.rejects) != 5 {
+		t.Errorf("rejects recorded: %d", len(e.rejects))
+	}
+}
+
+func TestRoutes(t *testing.T) {
+	line := status.New()
+	ready := errors.New("step-ca does not answer")
+	s := newServer(t, &enroller{}, line, func() error { return ready })
+	if w, _ := do(t, s, "GET", "/healthz", ""); w.Code != 200 {
+		t.Errorf("healthz %d", w.Code)
+	}
+	if w, ae := do(t, s, "GET", "/readyz", ""); w.Code != 503 || ae.Code != coreapi.CodeNotReady || ae.Message != ready.Error() {
+		t.Errorf("readyz with step-ca away: %d %+v", w.Code, ae)
+	}
+	ready = nil
+	if w, _ := do(t, s, "GET", "/readyz", ""); w.Code != 200 {
+		t.Errorf("readyz %d", w.Code)
+	}
+	if w, ae := do(t, s, "GET", "/v1/enroll", ""); w.Code != 405 || ae.Code != coreapi.CodeMethodNotAllowed {
+		t.Errorf("GET /v1/enroll: %d %+v", w.Code, ae)
+	}
+	if w, ae := do(t, s, "GET", "/status", ""); w.Code != 404 || ae.Code != coreapi.CodeNotFound {
+		t.Errorf("unknown route: %d %+v", w.Code, ae)
+	}
+	do(t, s, "POST", "/v1/enroll", "")
+	if w, _ := do(t, s, "GET", "/metrics", ""); w.Code != 200 || !strings.Contains(w.Body.String(), `prov_proxy_requests_total{route="enroll",status="4xx"} 1`) {
+		t.Errorf("metrics: %d %.1500s", w.Code, w.Body.String())
+	}
+}
+
+// The status page shows the factory record's attempts, device-controlled
+// strings as text.
+func TestStatusPage(t *testing.T) {
+	line := status.New()
+	now := time.Now()
+	line.Observe(auditlog.Record{Time: now, Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
+	line.Observe(auditlog.Record{Time: now, Result: auditlog.Refused, Source: "10.0.0.8", Board: `<script>alert(1)</script>`, Reason: "board: unknown"})
+	s := newServer(t, &enroller{}, line, func() error { return nil })
+	w, _ := do(t, s, "GET", "/", "")
+	page := w.Body.String()
+	if w.Code != 200 || !strings.Contains(page, "1 enrolled") || !strings.Contains(page, "1 refused") || !strings.Contains(page, "1a2b3c4d5e") {
+		t.Errorf("status page: %d\n%s", w.Code, page)
+	}
+	if strings.Contains(page, "<script>") || !strings.Contains(page, "&lt;script&gt;") {
+		t.Errorf("a device-controlled string is not escaped:\n%s", page)
+	}
+	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
+		t.Errorf("CSP %q", csp)
+	}
+}
