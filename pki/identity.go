@@ -13,6 +13,8 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+
+	"github.com/fleetprov/prov/internal/untrusted"
 )
 
 // Role is what an identity is for. Each certificate has exactly one.
@@ -174,12 +176,12 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 // ValidateSerial checks a device serial: exactly 10 lowercase hex digits.
 func ValidateSerial(s string) error {
 	if len(s) != 10 {
-		return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, truncate(s))
+		return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Short(s))
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, truncate(s))
+			return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Short(s))
 		}
 	}
 	return nil
@@ -190,7 +192,7 @@ func ValidateSerial(s string) error {
 // directory names, CNs and URI path segments, so nothing else is allowed.
 func ValidateName(s string) error {
 	if !isLabel(s) {
-		return fmt.Errorf("%w: name %q: want 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrMalformedIdentity, truncate(s))
+		return fmt.Errorf("%w: name %q: want 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrMalformedIdentity, untrusted.Short(s))
 	}
 	return nil
 }
@@ -199,11 +201,11 @@ func ValidateName(s string) error {
 // 253 characters.
 func ValidateTrustDomain(s string) error {
 	if len(s) == 0 || len(s) > 253 {
-		return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name of 1-253 characters", ErrMalformedIdentity, truncate(s))
+		return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name of 1-253 characters", ErrMalformedIdentity, untrusted.Short(s))
 	}
 	for _, label := range strings.Split(s, ".") {
 		if !isLabel(label) {
-			return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name such as fleet.example.com", ErrMalformedIdentity, truncate(s))
+			return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name such as fleet.example.com", ErrMalformedIdentity, untrusted.Short(s))
 		}
 	}
 	return nil
@@ -220,13 +222,4 @@ func isLabel(s string) bool {
 		}
 	}
 	return true
-}
-
-// truncate keeps error messages short when the input is hostile.
-func truncate(s string) string {
-	const max = 64
-	if len(s) > max {
-		return s[:max] + "..."
-	}
-	return s
 }

@@ -25,6 +25,7 @@ import (
 	"github.com/CalebQ42/squashfs/low/inode"
 
 	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/internal/untrusted"
 )
 
 // Errors, one per kind of refusal.
@@ -199,7 +200,7 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 		return imagespec.ImageMetadata{}, err
 	}
 	if string(serial) != want.Serial+"\n" {
-		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s holds %q, the statement says %s", ErrMismatch, imagespec.SerialNumber, truncate(serial), want.Serial)
+		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s holds %q, the statement says %s", ErrMismatch, imagespec.SerialNumber, untrusted.Short(string(serial)), want.Serial)
 	}
 	raw, err := read(imagespec.Metadata)
 	if err != nil {
@@ -221,11 +222,4 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: unexpected %s", ErrMismatch, imagespec.ExtensionRelease)
 	}
 	return md, nil
-}
-
-func truncate(b []byte) string {
-	if len(b) > 32 {
-		return string(b[:32]) + "..."
-	}
-	return string(b)
 }

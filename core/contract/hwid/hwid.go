@@ -28,6 +28,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+
+	"github.com/fleetprov/prov/internal/untrusted"
 )
 
 // RuleVersion is the version of the ID-to-serial rule.
@@ -104,7 +106,7 @@ func (id ID) Serial() string {
 func Parse(board, raw string) (ID, error) {
 	i := slices.IndexFunc(Boards, func(b Board) bool { return b.Name == board })
 	if i < 0 {
-		return ID{}, fmt.Errorf("%w %q (want one of %s)", ErrBadBoard, printable(board), strings.Join(BoardNames(), ", "))
+		return ID{}, fmt.Errorf("%w %q (want one of %s)", ErrBadBoard, untrusted.Short(board), strings.Join(BoardNames(), ", "))
 	}
 	if len(raw) > MaxRawLen {
 		return ID{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadHardwareID, len(raw), MaxRawLen)
@@ -115,7 +117,7 @@ func Parse(board, raw string) (ID, error) {
 	}
 	c, err := Boards[i].canonical(s)
 	if err != nil {
-		return ID{}, fmt.Errorf("%w for %s: %q: %s (%s)", ErrBadHardwareID, board, printable(s), err.Error(), Boards[i].Describe)
+		return ID{}, fmt.Errorf("%w for %s: %q: %s (%s)", ErrBadHardwareID, board, untrusted.Short(s), err.Error(), Boards[i].Describe)
 	}
 	return ID{Board: board, Canonical: c}, nil
 }
@@ -148,13 +150,4 @@ func alnum(lo, hi int) func(string) (string, error) {
 		}
 		return strings.ToUpper(s), nil
 	}
-}
-
-// printable shows hostile input safely in messages: %q escapes it, and it
-// is cut short.
-func printable(s string) string {
-	if len(s) > 40 {
-		return s[:40] + "..."
-	}
-	return s
 }

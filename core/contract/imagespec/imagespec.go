@@ -1,7 +1,7 @@
 // Package imagespec is the contract of a provisioning image's contents:
 // which paths it holds, with which modes, sizes and formats. Core's builder
 // writes images by it and the device's pre-mount inspection checks them by
-// it, so both sides read the rules from here. Standard library only.
+// it, so both sides read the rules from here. Standard library only (and internal/untrusted, which is too).
 //
 // The image root holds etc/ and nothing else; the device overlays the
 // image's etc/ over /etc, so the paths below are where files appear on the
@@ -19,6 +19,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/fleetprov/prov/internal/untrusted"
 )
 
 // FormatVersion is the version of the image contents (paths, metadata).
@@ -105,7 +107,7 @@ func (r Rules) Validate() error {
 // CheckDataPath checks the path of a mutable data file.
 func (r Rules) CheckDataPath(p string) error {
 	if err := checkComponents(p); err != nil {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, truncate(p), err)
+		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
 	}
 	if IsFixed(p) {
 		return fmt.Errorf("%w: %q is a fixed file of the image, not data", ErrBadPath, p)
@@ -121,7 +123,7 @@ func (r Rules) CheckDataPath(p string) error {
 // an allowed prefix.
 func (r Rules) CheckDir(p string) error {
 	if err := checkComponents(p); err != nil && p != "/" {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, truncate(p), err)
+		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
 	}
 	d := strings.TrimSuffix(p, "/") + "/"
 	if r.under(d) {
@@ -187,7 +189,7 @@ func checkComponents(p string) error {
 		for i := 0; i < len(name); i++ {
 			c := name[i]
 			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-				return fmt.Errorf("component %q has a character outside [A-Za-z0-9._-]", truncate(name))
+				return fmt.Errorf("component %q has a character outside [A-Za-z0-9._-]", untrusted.Short(name))
 			}
 		}
 	}
@@ -197,11 +199,11 @@ func checkComponents(p string) error {
 // CheckHostname accepts a lower-case host name label of 1 to 63 characters.
 func CheckHostname(s string) error {
 	if len(s) == 0 || len(s) > MaxHostnameLen || s[0] == '-' || s[len(s)-1] == '-' {
-		return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-', not starting or ending with '-'", ErrBadValue, truncate(s), MaxHostnameLen)
+		return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-', not starting or ending with '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
 	}
 	for i := 0; i < len(s); i++ {
 		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-'", ErrBadValue, truncate(s), MaxHostnameLen)
+			return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
 		}
 	}
 	return nil
@@ -225,12 +227,12 @@ func CheckMachineID(s string) error {
 // [A-Za-z0-9._:-] (safe in a topic, a file and a log line).
 func CheckMQTTID(what, s string) error {
 	if len(s) == 0 || len(s) > MaxMQTTIDLen {
-		return fmt.Errorf("%w: %s %q: want 1-%d characters", ErrBadValue, what, truncate(s), MaxMQTTIDLen)
+		return fmt.Errorf("%w: %s %q: want 1-%d characters", ErrBadValue, what, untrusted.Short(s), MaxMQTTIDLen)
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != ':' && c != '-' {
-			return fmt.Errorf("%w: %s %q: want only A-Z, a-z, 0-9 and . _ : -", ErrBadValue, what, truncate(s))
+			return fmt.Errorf("%w: %s %q: want only A-Z, a-z, 0-9 and . _ : -", ErrBadValue, what, untrusted.Short(s))
 		}
 	}
 	return nil
@@ -274,10 +276,3 @@ func ParseMetadata(b []byte) (ImageMetadata, error) {
 // ExtensionReleaseContent is the confext marker: any OS may merge it, as
 // configuration for the whole system.
 const ExtensionReleaseContent = "ID=_any\nCONFEXT_SCOPE=system\n"
-
-func truncate(s string) string {
-	if len(s) > 64 {
-		return s[:64] + "..."
-	}
-	return s
-}
