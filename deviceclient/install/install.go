@@ -22,6 +22,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/atomicfile"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
@@ -122,7 +123,7 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 	if err := os.Rename(tmpName, filepath.Join(images, name)); err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
-	if err := state.SyncDir(images); err != nil {
+	if err := atomicfile.SyncDir(images); err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
 	o.step("renamed")
@@ -182,7 +183,7 @@ func prune(st *state.Dir) error {
 			return err
 		}
 	}
-	return state.SyncDir(st.File(state.ImagesDir))
+	return atomicfile.SyncDir(st.File(state.ImagesDir))
 }
 
 // Installed is a verified installed bundle and where its image starts.

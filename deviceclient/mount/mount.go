@@ -30,7 +30,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/fleetprov/prov/deviceclient/install"
-	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/atomicfile"
 )
 
 // source names our overlays in /proc/self/mountinfo.
@@ -152,7 +152,7 @@ func Mount(l Layout, in *install.Installed) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := state.WriteAtomic(l.file("mounted.json"), data, 0o644); err != nil {
+	if err := atomicfile.WriteFile(l.file("mounted.json"), data, 0o644); err != nil {
 		return nil, err
 	}
 	return rec, nil

@@ -30,6 +30,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fleetprov/prov/internal/atomicfile"
 	"github.com/fleetprov/prov/pki"
 )
 
@@ -123,51 +124,7 @@ func (d *Dir) File(name string) string { return filepath.Join(d.Path, name) }
 
 // WriteFile replaces name atomically and durably.
 func (d *Dir) WriteFile(name string, data []byte, mode fs.FileMode) error {
-	return WriteAtomic(d.File(name), data, mode)
-}
-
-// WriteAtomic writes path through a temporary file in its directory:
-// write, fsync, rename, fsync the directory.
-func WriteAtomic(path string, data []byte, mode fs.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
-	if err != nil {
-		return err
-	}
-	tmp := f.Name()
-	defer func() { _ = os.Remove(tmp) }() // a no-op after the rename
-	if _, err := f.Write(data); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Chmod(mode); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	return SyncDir(dir)
-}
-
-// SyncDir makes a directory's entries (a rename, a new file) durable.
-func SyncDir(dir string) error {
-	f, err := os.Open(dir) //nolint:gosec // our directory
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }()
-	if err := f.Sync(); err != nil {
-		return fmt.Errorf("%s: %w", dir, err)
-	}
-	return nil
+	return atomicfile.WriteFile(d.File(name), data, mode)
 }
 
 func (d *Dir) readJSON(name string, v any) error {
@@ -308,7 +265,7 @@ func (d *Dir) SetPointer(which, name string) error {
 	if err := os.Rename(tmp, d.File(which)); err != nil {
 		return err
 	}
-	return SyncDir(d.Path)
+	return atomicfile.SyncDir(d.Path)
 }
 
 // ErrIDChanged is a board whose hardware ID is not the one it enrolled

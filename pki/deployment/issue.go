@@ -15,6 +15,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/fleetprov/prov/internal/atomicfile"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/token"
 )
@@ -157,7 +158,7 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 	if err := os.Rename(staging, dir); err != nil {
 		return nil, fmt.Errorf("install identity %s: %w", id, err)
 	}
-	if err := syncDir(filepath.Dir(dir)); err != nil {
+	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
 		return nil, err
 	}
 	out := &Issued{
