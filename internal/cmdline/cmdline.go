@@ -97,22 +97,3 @@ func (l *List) Set(v string) error {
 	}
 	return nil
 }
-
-// Exit prints err as "<prog> <cmd>: <err>" and returns its exit code: 0 for
-// nil, ExitUsage for -h and usage errors, ExitError otherwise.
-//
-// Deprecated: a Program's table maps errors to exit codes.
-func Exit(stderr io.Writer, prog, cmd string, err error) int {
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.Is(err, flag.ErrHelp):
-		return ExitUsage
-	case errors.Is(err, ErrUsage):
-		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
-		return ExitUsage
-	default:
-		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
-		return ExitError
-	}
-}
