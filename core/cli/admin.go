@@ -21,167 +21,206 @@ import (
 	"github.com/fleetprov/prov/pki"
 )
 
-const adminUsage = `usage: prov-core admin --core URL --identity DIR COMMAND [--json]
+// adminArgs is what every admin command starts with; its flags may also
+// come after the command and its arguments.
+const adminArgs = "--core URL --identity DIR COMMAND [--json]"
 
-  list                                 all devices
-  show SERIAL                          one device
-  set SERIAL PATH=VALUE... [--unset PATH]... [--from PATH=FILE]...
-                                       change a device's own mutable data (a new generation)
-  set-group GROUP PATH=VALUE... [--unset PATH]... [--from PATH=FILE]...
-                                       change a group's data (every member gets a new generation)
-  reprovision SERIAL                   a new generation with the same data
-  revoke SERIAL --reason TEXT          refuse the device from now on
-  audit SERIAL | audit --group GROUP   the audit trail
-  backup --out FILE                    a consistent copy of core's store, checked
-
---identity is an admin's directory from prov-pki (cert.pem, key.pem, root_ca.crt).
+const adminNote = `--identity is an admin's directory from prov-pki (cert.pem, key.pem, root_ca.crt).
 Changes name the generation they start from; if someone changed the device
 meanwhile, core answers 412 and nothing changes.
 `
 
-func admin(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-core", "admin", stderr)
-	fs.Usage = func() { _, _ = fmt.Fprint(stderr, adminUsage) }
-	coreURL := fs.String("core", "", "core's API, https://host:port")
-	identity := fs.String("identity", "", "admin identity directory (cert.pem, key.pem, root_ca.crt)")
-	asJSON := fs.Bool("json", false, "print JSON")
-	group := fs.String("group", "", "with audit: a group instead of a device")
-	reason := fs.String("reason", "", "with revoke: why")
-	outFile := fs.String("out", "", "with backup: the file to write")
-	var unset, from cmdline.List
-	fs.Var(&unset, "unset", "with set: a data path to remove (repeatable)")
-	fs.Var(&from, "from", "with set: PATH=FILE, the content of FILE (repeatable)")
-	// Flags may come before or after the command and its arguments.
-	var positional []string
-	rest := args
-	for {
-		if err := fs.Parse(rest); err != nil {
-			if errors.Is(err, flag.ErrHelp) {
-				return err
-			}
-			return fmt.Errorf("%w: %w", cmdline.ErrUsage, err)
-		}
-		if fs.NArg() == 0 {
-			break
-		}
-		positional = append(positional, fs.Arg(0))
-		rest = fs.Args()[1:]
+// admin is one run of prov-core admin: the flags its commands share, the
+// client of core's API they use and how they print.
+type admin struct {
+	coreURL, identity      string
+	group, reason, outFile string
+	unset, from            cmdline.List
+	client                 *coreapi.Client
+	out                    printer
+}
+
+// commands is the admin's command table, its commands bound to a.
+func (a *admin) commands() []cmdline.Command {
+	const change = "PATH=VALUE... [--unset PATH]... [--from PATH=FILE]..."
+	return []cmdline.Command{
+		{Name: "list", Short: "all devices", Run: a.list},
+		{Name: "show", Args: "SERIAL", Short: "one device", Run: a.show},
+		{Name: "set", Args: "SERIAL " + change, Short: "change a device's own mutable data (a new generation)", Run: a.set},
+		{Name: "set-group", Args: "GROUP " + change, Short: "change a group's data (every member gets a new generation)", Run: a.setGroup},
+		{Name: "reprovision", Args: "SERIAL", Short: "a new generation with the same data", Run: a.reprovision},
+		{Name: "revoke", Args: "SERIAL --reason TEXT", Short: "refuse the device from now on", Run: a.revoke},
+		{Name: "audit", Args: "SERIAL | audit --group GROUP", Short: "the audit trail", Run: a.audit},
+		{Name: "backup", Args: "--out FILE", Short: "a consistent copy of core's store, checked", Run: a.backup},
 	}
-	if err := cmdline.Required([2]string{"core", *coreURL}, [2]string{"identity", *identity}); err != nil {
-		return err
-	}
-	if len(positional) == 0 {
-		return fmt.Errorf("%w: no command\n%s", cmdline.ErrUsage, adminUsage)
-	}
-	client, err := adminClient(*coreURL, *identity)
+}
+
+// writeAdminUsage is admin -h: the synopsis, the command table (from an
+// unbound admin) and the note.
+func writeAdminUsage(w io.Writer, name string) {
+	_, _ = fmt.Fprintf(w, "usage: %s %s\n\n", name, adminArgs)
+	cmdline.WriteCommands(w, "", new(admin).commands())
+	_, _ = fmt.Fprint(w, "\n"+adminNote)
+}
+
+// runAdmin parses the shared flags wherever they are, finds the command,
+// connects to core and runs it.
+func runAdmin(ctx context.Context, env *cmdline.Env, args []string) error {
+	a := &admin{out: printer{w: env.Stdout}}
+	fs := env.Flags()
+	fs.Usage = func() { writeAdminUsage(env.Stderr, env.Name()) }
+	fs.StringVar(&a.coreURL, "core", "", "core's API, https://host:port")
+	fs.StringVar(&a.identity, "identity", "", "admin identity directory (cert.pem, key.pem, root_ca.crt)")
+	fs.BoolVar(&a.out.json, "json", false, "print JSON")
+	fs.StringVar(&a.group, "group", "", "with audit: a group instead of a device")
+	fs.StringVar(&a.reason, "reason", "", "with revoke: why")
+	fs.StringVar(&a.outFile, "out", "", "with backup: the file to write")
+	fs.Var(&a.unset, "unset", "with set: a data path to remove (repeatable)")
+	fs.Var(&a.from, "from", "with set: PATH=FILE, the content of FILE (repeatable)")
+	positional, err := cmdline.ParseInterleaved(fs, args)
 	if err != nil {
 		return err
 	}
-	out := printer{w: stdout, json: *asJSON}
-	cmd, argv := positional[0], positional[1:]
-	need := func(n int, what string) error {
-		if len(argv) < n {
-			return fmt.Errorf("%w: %s needs %s", cmdline.ErrUsage, cmd, what)
-		}
-		return nil
+	if err := cmdline.Required([2]string{"core", a.coreURL}, [2]string{"identity", a.identity}); err != nil {
+		return err
 	}
-	switch cmd {
-	case "list":
-		var all []coreapi.Device
-		after := ""
-		for {
-			page, err := client.List(ctx, after, 1000)
-			if err != nil {
-				return err
-			}
-			all = append(all, page.Devices...)
-			if page.Next == "" {
-				break
-			}
-			after = page.Next
-		}
-		return out.devices(all)
-	case "show":
-		if err := need(1, "a serial"); err != nil {
-			return err
-		}
-		d, err := client.Device(ctx, argv[0])
+	cmd, _, argv, err := cmdline.Find("admin", a.commands(), positional)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.Usage()
+	}
+	if err != nil {
+		return err
+	}
+	if a.client, err = adminClient(a.coreURL, a.identity); err != nil {
+		return err
+	}
+	return cmd.Run(ctx, env, argv)
+}
+
+// need is a usage error unless cmd has at least n arguments.
+func need(args []string, n int, cmd, what string) error {
+	if len(args) < n {
+		return fmt.Errorf("%w: %s needs %s", cmdline.ErrUsage, cmd, what)
+	}
+	return nil
+}
+
+func (a *admin) list(ctx context.Context, _ *cmdline.Env, _ []string) error {
+	var all []coreapi.Device
+	after := ""
+	for {
+		page, err := a.client.List(ctx, after, 1000)
 		if err != nil {
 			return err
 		}
-		return out.device(d)
-	case "set", "set-group":
-		if err := need(1, "a serial or group"); err != nil {
-			return err
+		all = append(all, page.Devices...)
+		if page.Next == "" {
+			break
 		}
-		ch, err := change(argv[1:], unset, from)
-		if err != nil {
-			return err
-		}
-		if cmd == "set" {
-			d, err := client.Device(ctx, argv[0])
-			if err != nil {
-				return err
-			}
-			d, err = client.SetDeviceData(ctx, argv[0], d.Generation, ch)
-			if err != nil {
-				return err
-			}
-			return out.device(d)
-		}
-		g, err := client.Group(ctx, argv[0])
-		if err != nil {
-			return err
-		}
-		g, err = client.SetGroupData(ctx, argv[0], g.Version, ch)
-		if err != nil {
-			return err
-		}
-		return out.value(g, fmt.Sprintf("group %s is at version %d; every member moves to a new generation\n", g.Name, g.Version))
-	case "reprovision":
-		if err := need(1, "a serial"); err != nil {
-			return err
-		}
-		d, err := client.Reprovision(ctx, argv[0])
-		if err != nil {
-			return err
-		}
-		return out.device(d)
-	case "revoke":
-		if err := need(1, "a serial"); err != nil {
-			return err
-		}
-		if *reason == "" {
-			return fmt.Errorf("%w: revoke needs --reason", cmdline.ErrUsage)
-		}
-		d, err := client.Revoke(ctx, argv[0], *reason)
-		if err != nil {
-			return err
-		}
-		return out.device(d)
-	case "audit":
-		var ev []coreapi.Event
-		var err error
-		switch {
-		case *group != "":
-			ev, err = client.GroupAudit(ctx, *group, 0)
-		case len(argv) == 1:
-			ev, err = client.DeviceAudit(ctx, argv[0], 0)
-		default:
-			return fmt.Errorf("%w: audit needs a serial or --group", cmdline.ErrUsage)
-		}
-		if err != nil {
-			return err
-		}
-		return out.events(ev)
-	case "backup":
-		if *outFile == "" {
-			return fmt.Errorf("%w: backup needs --out FILE", cmdline.ErrUsage)
-		}
-		return backup(ctx, client, *outFile, stdout)
+		after = page.Next
+	}
+	return a.out.devices(all)
+}
+
+func (a *admin) show(ctx context.Context, _ *cmdline.Env, args []string) error {
+	if err := need(args, 1, "show", "a serial"); err != nil {
+		return err
+	}
+	d, err := a.client.Device(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return a.out.device(d)
+}
+
+func (a *admin) set(ctx context.Context, _ *cmdline.Env, args []string) error {
+	ch, err := a.change("set", args)
+	if err != nil {
+		return err
+	}
+	d, err := a.client.Device(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	d, err = a.client.SetDeviceData(ctx, args[0], d.Generation, ch)
+	if err != nil {
+		return err
+	}
+	return a.out.device(d)
+}
+
+func (a *admin) setGroup(ctx context.Context, _ *cmdline.Env, args []string) error {
+	ch, err := a.change("set-group", args)
+	if err != nil {
+		return err
+	}
+	g, err := a.client.Group(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	g, err = a.client.SetGroupData(ctx, args[0], g.Version, ch)
+	if err != nil {
+		return err
+	}
+	return a.out.value(g, fmt.Sprintf("group %s is at version %d; every member moves to a new generation\n", g.Name, g.Version))
+}
+
+// change is the change set and set-group make: args are the serial or
+// group, then PATH=VALUE assignments; --unset and --from add to them.
+func (a *admin) change(cmd string, args []string) (coreapi.DataChange, error) {
+	if err := need(args, 1, cmd, "a serial or group"); err != nil {
+		return coreapi.DataChange{}, err
+	}
+	return change(args[1:], a.unset, a.from)
+}
+
+func (a *admin) reprovision(ctx context.Context, _ *cmdline.Env, args []string) error {
+	if err := need(args, 1, "reprovision", "a serial"); err != nil {
+		return err
+	}
+	d, err := a.client.Reprovision(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	return a.out.device(d)
+}
+
+func (a *admin) revoke(ctx context.Context, _ *cmdline.Env, args []string) error {
+	if err := need(args, 1, "revoke", "a serial"); err != nil {
+		return err
+	}
+	if a.reason == "" {
+		return fmt.Errorf("%w: revoke needs --reason", cmdline.ErrUsage)
+	}
+	d, err := a.client.Revoke(ctx, args[0], a.reason)
+	if err != nil {
+		return err
+	}
+	return a.out.device(d)
+}
+
+func (a *admin) audit(ctx context.Context, _ *cmdline.Env, args []string) error {
+	var ev []coreapi.Event
+	var err error
+	switch {
+	case a.group != "":
+		ev, err = a.client.GroupAudit(ctx, a.group, 0)
+	case len(args) == 1:
+		ev, err = a.client.DeviceAudit(ctx, args[0], 0)
 	default:
-		return fmt.Errorf("%w: unknown admin command %q\n%s", cmdline.ErrUsage, cmd, adminUsage)
+		return fmt.Errorf("%w: audit needs a serial or --group", cmdline.ErrUsage)
 	}
+	if err != nil {
+		return err
+	}
+	return a.out.events(ev)
+}
+
+func (a *admin) backup(ctx context.Context, env *cmdline.Env, _ []string) error {
+	if a.outFile == "" {
+		return fmt.Errorf("%w: backup needs --out FILE", cmdline.ErrUsage)
+	}
+	return writeBackup(ctx, a.client, a.outFile, env.Stdout)
 }
 
 func adminClient(coreURL, dir string) (*coreapi.Client, error) {
@@ -313,10 +352,10 @@ func (p printer) events(ev []coreapi.Event) error {
 	return tw.Flush()
 }
 
-// backup writes core's store to path: a temporary file beside it, fsync,
+// writeBackup writes core's store to path: a temporary file beside it, fsync,
 // then rename, so path is either the old file or a complete copy (its
 // length is checked against core's; TLS guards its bytes).
-func backup(ctx context.Context, client *coreapi.Client, path string, stdout io.Writer) error {
+func writeBackup(ctx context.Context, client *coreapi.Client, path string, stdout io.Writer) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
 	if err != nil {
 		return fmt.Errorf("--out: %w", err)

@@ -79,3 +79,34 @@ func TestAdmin(t *testing.T) {
 		t.Fatalf("proxy identity: %d %s", code, errs)
 	}
 }
+
+// The admin's usage lists its commands; a command line is checked before
+// the identity is read or core is contacted.
+func TestAdminUsage(t *testing.T) {
+	code, _, errs := run("admin", "-h")
+	if code != cli.ExitUsage || !strings.HasPrefix(errs, "usage: prov-core admin --core URL --identity DIR COMMAND") {
+		t.Fatalf("admin -h: %d\n%s", code, errs)
+	}
+	for _, c := range []string{"list", "show", "set", "set-group", "reprovision", "revoke", "audit", "backup"} {
+		if !strings.Contains(errs, "\n  "+c+" ") {
+			t.Errorf("admin -h does not list %s:\n%s", c, errs)
+		}
+	}
+	noIdentity := []string{"admin", "--core", "https://core.example:8443", "--identity", filepath.Join(t.TempDir(), "none")}
+	for _, tc := range []struct {
+		args []string
+		code int
+		want string
+	}{
+		{[]string{"frob"}, cli.ExitUsage, `unknown admin command "frob"`},
+		{[]string{"--json"}, cli.ExitUsage, "no command"},
+		{[]string{"list", "--frob"}, cli.ExitUsage, "not defined: -frob"},
+		{[]string{"help"}, cli.ExitUsage, "usage: prov-core admin"},
+		{[]string{"list"}, cli.ExitError, "--identity"},
+	} {
+		code, _, errs := run(append(noIdentity, tc.args...)...)
+		if code != tc.code || !strings.Contains(errs, tc.want) {
+			t.Errorf("%v: exit %d, want %d naming %q:\n%s", tc.args, code, tc.code, tc.want, errs)
+		}
+	}
+}

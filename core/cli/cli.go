@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 
 	"github.com/fleetprov/prov/core/config"
@@ -23,36 +24,28 @@ const (
 	ExitUsage = cmdline.ExitUsage
 )
 
-const usageText = `prov-core: the provisioning service (registry, signed images, mTLS API, MQTT)
-
-usage:
-  prov-core image build --record FILE --signer-cert FILE --signer-key FILE --out FILE [flags]
-                          build a device record's squashfs image and sign it into a bundle
-  prov-core serve --config FILE
-                          run the provisioning service (API, broker, registry)
-  prov-core admin --core URL --identity DIR COMMAND ...
-                          list, show, set, set-group, reprovision, revoke, audit (prov-core admin -h)
-
-Run prov-core COMMAND -h for its flags.
-`
+var program = &cmdline.Program{
+	Name:    "prov-core",
+	Summary: "the provisioning service (registry, signed images, mTLS API, MQTT)",
+	Commands: []cmdline.Command{
+		{Name: "image", Sub: []cmdline.Command{
+			{Name: "build", Args: "--record FILE --signer-cert FILE --signer-key FILE --out FILE [flags]",
+				Short: "build a device record's squashfs image and sign it into a bundle", Run: imageBuild},
+		}},
+		{Name: "serve", Args: "--config FILE", Short: "run the provisioning service (API, broker, registry)",
+			Run: cmdline.Serve(config.Load, func(c *config.Config) string { return c.Log.Level },
+				func(ctx context.Context, c *config.Config, log *slog.Logger) error { return service.Run(ctx, c, log) })},
+		{Name: "admin", Args: adminArgs, Short: "list, show, set, set-group, reprovision, revoke, audit, backup (prov-core admin -h)", Run: runAdmin},
+	},
+}
 
 // Main runs prov-core with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) >= 2 && args[0] == "image" && args[1] == "build" {
-		return cmdline.Exit(stderr, "prov-core", "image build", imageBuild(args[2:], stdout, stderr))
-	}
-	if len(args) > 0 && args[0] == "serve" {
-		return cmdline.Exit(stderr, "prov-core", "serve", serve(ctx, args[1:], stderr))
-	}
-	if len(args) > 0 && args[0] == "admin" {
-		return cmdline.Exit(stderr, "prov-core", "admin", admin(ctx, args[1:], stdout, stderr))
-	}
-	_, _ = fmt.Fprint(stderr, usageText)
-	return ExitUsage
+	return program.Main(ctx, args, stdout, stderr)
 }
 
-func imageBuild(args []string, stdout, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-core", "image build", stderr)
+func imageBuild(_ context.Context, env *cmdline.Env, args []string) error {
+	fs := env.Flags()
 	recordFile := fs.String("record", "", "device record, JSON (- for standard input)")
 	certFile := fs.String("signer-cert", "", "image signer certificate chain (PEM), as prov-pki issues it")
 	keyFile := fs.String("signer-key", "", "image signer key (PKCS#8 PEM, mode 0600)")
@@ -100,28 +93,7 @@ func imageBuild(args []string, stdout, stderr io.Writer) error {
 			return fmt.Errorf("--image-out: %w", err)
 		}
 	}
-	_, _ = fmt.Fprintf(stdout, "bundle %s: serial %s, generation %d, image %d bytes, bundle %d bytes, signed by %s\n",
+	_, _ = fmt.Fprintf(env.Stdout, "bundle %s: serial %s, generation %d, image %d bytes, bundle %d bytes, signed by %s\n",
 		*out, rec.Serial, rec.Generation, len(img), len(bundle), signer.Identity())
 	return nil
-}
-
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-core", "serve", stderr)
-	path := fs.String("config", "", "configuration file (YAML)")
-	if err := cmdline.Parse(fs, args); err != nil {
-		return err
-	}
-	if err := cmdline.Required([2]string{"config", *path}); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	log, err := cmdline.JSONLogger(cfg.Log.Level, stderr)
-	if err != nil {
-		return err
-	}
-	cmdline.TuneServerGC()
-	return service.Run(ctx, cfg, log)
 }

@@ -14,7 +14,10 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/deviceclient/agent"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/deviceclient/install"
+	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -34,62 +37,34 @@ const (
 
 var errRefused = errors.New("refused")
 
-const usageText = `prov-device: the device provisioning client
-
-usage:
-  prov-device enroll  --proxy URL [--root FILE] [--state DIR]
-                      on the factory network: make a key, enroll through the proxy,
-                      install the first image
-  prov-device update  [--state DIR]      fetch, verify and install a newer image from core
-  prov-device mount   [--state DIR] [--target /etc]
-                      mount the current image read-only over /etc (overlayfs)
-  prov-device unmount [--target /etc]
-  prov-device run     [--state DIR]      the daemon: MQTT notifications, polling, renewal
-  prov-device status  [--json]           serial, certificate, generation, mount, last check
-  prov-device verify  --bundle FILE --root FILE --serial SERIAL
-                      verify a signed bundle and inspect its image; print the verdict
-  prov-device inspect --bundle FILE --root FILE --serial SERIAL
-                      the same, and list the image's entries
-
-Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
+var program = &cmdline.Program{
+	Name:    "prov-device",
+	Summary: "the device provisioning client",
+	Commands: []cmdline.Command{
+		{Name: "enroll", Args: "--proxy URL [--root FILE] [--state DIR]", Short: "on the factory network: make a key, enroll through the proxy, install the first image", Run: enrollCmd},
+		{Name: "update", Args: "[--state DIR]", Short: "fetch, verify and install a newer image from core", Run: updateCmd},
+		{Name: "mount", Args: "[--state DIR] [--target /etc]", Short: "mount the current image read-only over /etc (overlayfs)", Run: mountCmd},
+		{Name: "unmount", Args: "[--target /etc]", Short: "unmount the image and its overlay", Run: unmountCmd},
+		{Name: "run", Args: "[--state DIR]", Short: "the daemon: MQTT notifications, polling, renewal", Run: runCmd},
+		{Name: "status", Args: "[--json]", Short: "serial, certificate, generation, mount, last check", Run: statusCmd},
+		{Name: "verify", Args: "--bundle FILE --root FILE --serial SERIAL", Short: "verify a signed bundle and inspect its image; print the verdict", Run: verifyCmd},
+		{Name: "inspect", Args: "--bundle FILE --root FILE --serial SERIAL", Short: "the same, and list the image's entries", Run: inspectCmd},
+	},
+	Footer: `Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
 4 this board is not the one that enrolled (an SD card moved between boards),
-5 the certificate expired (enroll again at a factory proxy).
-Run prov-device COMMAND -h for the flags.
-`
+5 the certificate expired (enroll again at a factory proxy).`,
+	// The device's distinct failures, so that scripts and units can tell
+	// them apart.
+	Codes: []cmdline.ExitCode{
+		{Code: ExitIDChanged, Is: []error{state.ErrIDChanged}},
+		{Code: ExitCertExpired, Is: []error{agent.ErrCertExpired}},
+		{Code: ExitRefused, Is: []error{errRefused, install.ErrRefused, signedimage.ErrRollback}},
+	},
+}
 
 // Main runs prov-device with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		_, _ = fmt.Fprint(stderr, usageText)
-		return ExitUsage
-	}
-	var err error
-	switch args[0] {
-	case "verify":
-		err = check(args[1:], false, stdout, stderr)
-	case "inspect":
-		err = check(args[1:], true, stdout, stderr)
-	case "enroll":
-		err = enrollCmd(ctx, args[1:], stdout, stderr)
-	case "update":
-		err = updateCmd(ctx, args[1:], stdout, stderr)
-	case "mount":
-		err = mountCmd(args[1:], stdout, stderr)
-	case "unmount":
-		err = unmountCmd(args[1:], stdout, stderr)
-	case "run":
-		err = runCmd(ctx, args[1:], stderr)
-	case "status":
-		err = statusCmd(args[1:], stdout, stderr)
-	default:
-		_, _ = fmt.Fprint(stderr, usageText)
-		return ExitUsage
-	}
-	if errors.Is(err, errRefused) {
-		_, _ = fmt.Fprintf(stderr, "prov-device %s: %v\n", args[0], err)
-		return ExitRefused
-	}
-	return exitCode(stderr, args[0], err)
+	return program.Main(ctx, args, stdout, stderr)
 }
 
 // report is the --json output.
@@ -102,12 +77,18 @@ type report struct {
 	Entries   []inspect.Entry          `json:"entries,omitempty"`
 }
 
-func check(args []string, list bool, stdout, stderr io.Writer) error {
-	name := "verify"
-	if list {
-		name = "inspect"
-	}
-	fs := cmdline.NewFlags("prov-device", name, stderr)
+func verifyCmd(_ context.Context, env *cmdline.Env, args []string) error {
+	return check(env, args, false)
+}
+
+func inspectCmd(_ context.Context, env *cmdline.Env, args []string) error {
+	return check(env, args, true)
+}
+
+// check verifies a bundle as the device would and inspects its image;
+// list adds the image's entries to the report.
+func check(env *cmdline.Env, args []string, list bool) error {
+	fs := env.Flags()
 	bundleFile := fs.String("bundle", "", "signed bundle to check")
 	rootFile := fs.String("root", "", "the deployment's root certificate (PEM)")
 	serial := fs.String("serial", "", "the serial the bundle must be for (10 hex digits)")
@@ -155,11 +136,11 @@ func check(args []string, list bool, stdout, stderr io.Writer) error {
 		var l *inspect.Listing
 		l, err = inspect.Inspect(bytes.NewReader(img.Bytes()), int64(img.Len()), inspect.Expect{Rules: rules, Serial: v.Serial, Generation: v.Generation})
 		if err == nil {
-			return printAccepted(stdout, *asJSON, list, v, l)
+			return printAccepted(env.Stdout, *asJSON, list, v, l)
 		}
 	}
 	if *asJSON {
-		_ = json.NewEncoder(stdout).Encode(report{Verdict: "refused", Reason: err.Error()})
+		_ = json.NewEncoder(env.Stdout).Encode(report{Verdict: "refused", Reason: err.Error()})
 	}
 	return fmt.Errorf("%w: %w", errRefused, err)
 }

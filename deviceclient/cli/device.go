@@ -6,7 +6,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"runtime/debug"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/cmdline"
-	"github.com/fleetprov/prov/pki/signedimage"
 )
 
 // buildTime is set at link time (-X) to the build's time (RFC 3339);
@@ -54,8 +52,8 @@ type common struct {
 	fs                    *flag.FlagSet
 }
 
-func newCommon(cmd string, stderr io.Writer, withHW, withMount bool) *common {
-	c := &common{fs: cmdline.NewFlags("prov-device", cmd, stderr)}
+func newCommon(env *cmdline.Env, withHW, withMount bool) *common {
+	c := &common{fs: env.Flags()}
 	c.fs.StringVar(&c.state, "state", "/var/lib/prov-device", "the state directory (key, certificate, images)")
 	c.fs.Var(&c.allow, "allow-prefix", "a directory below /etc/ where data files may be (repeatable; default "+imagespec.DataDir+")")
 	if withHW {
@@ -123,26 +121,8 @@ func (c *common) load(st *state.Dir, o agent.Options) (*agent.Agent, error) {
 	return a, a.Recover()
 }
 
-// exitCode maps the device's distinct failures to their exit codes.
-func exitCode(stderr io.Writer, cmd string, err error) int {
-	code := 0
-	switch {
-	case errors.Is(err, state.ErrIDChanged):
-		code = ExitIDChanged
-	case errors.Is(err, agent.ErrCertExpired):
-		code = ExitCertExpired
-	case errors.Is(err, install.ErrRefused), errors.Is(err, signedimage.ErrRollback):
-		code = ExitRefused
-	}
-	if code != 0 {
-		_, _ = fmt.Fprintf(stderr, "prov-device %s: %v\n", cmd, err)
-		return code
-	}
-	return cmdline.Exit(stderr, "prov-device", cmd, err)
-}
-
-func enrollCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newCommon("enroll", stderr, true, false)
+func enrollCmd(ctx context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, true, false)
 	proxy := c.fs.String("proxy", "", "the factory proxy (https://host:port)")
 	rootFile := c.fs.String("root", "/usr/share/prov/root_ca.crt", "the deployment's root certificate, as baked into the rootfs")
 	force := c.fs.Bool("force", false, "enroll again although enrolled (the proxy's re-enrollment policy decides)")
@@ -175,13 +155,13 @@ func enrollCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
-	_, _ = fmt.Fprintf(stdout, "enrolled %s %s as %s\n  certificate until %s\n  generation  %d installed\n  core        %s\n  mqtt        %s %s\n",
+	_, _ = fmt.Fprintf(env.Stdout, "enrolled %s %s as %s\n  certificate until %s\n  generation  %d installed\n  core        %s\n  mqtt        %s %s\n",
 		id.Board, id.Canonical, dev.Serial, leaf.NotAfter.UTC().Format(time.RFC3339), res.Generation, dev.CoreURL, dev.MQTTURL, dev.MQTTTopic)
 	return nil
 }
 
-func updateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	c := newCommon("update", stderr, true, true)
+func updateCmd(ctx context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, true, true)
 	if err := c.parse(args); err != nil {
 		return err
 	}
@@ -196,17 +176,17 @@ func updateCmd(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	switch {
 	case res == nil:
-		_, _ = fmt.Fprintln(stdout, "up to date (core has nothing newer)")
+		_, _ = fmt.Fprintln(env.Stdout, "up to date (core has nothing newer)")
 	case !res.Changed:
-		_, _ = fmt.Fprintf(stdout, "up to date: generation %d\n", res.Generation)
+		_, _ = fmt.Fprintf(env.Stdout, "up to date: generation %d\n", res.Generation)
 	default:
-		_, _ = fmt.Fprintf(stdout, "installed generation %d (%s)\n", res.Generation, res.Name)
+		_, _ = fmt.Fprintf(env.Stdout, "installed generation %d (%s)\n", res.Generation, res.Name)
 	}
 	return nil
 }
 
-func mountCmd(args []string, stdout, stderr io.Writer) error {
-	c := newCommon("mount", stderr, true, true)
+func mountCmd(_ context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, true, true)
 	noHostname := c.fs.Bool("no-hostname", false, "do not set the kernel's hostname from the image (it is set when --target is /etc)")
 	if err := c.parse(args); err != nil {
 		return err
@@ -232,7 +212,7 @@ func mountCmd(args []string, stdout, stderr io.Writer) error {
 			}
 		}
 	}
-	_, _ = fmt.Fprintf(stdout, "mounted generation %d over %s\n", rec.Generation, rec.Target)
+	_, _ = fmt.Fprintf(env.Stdout, "mounted generation %d over %s\n", rec.Generation, rec.Target)
 	return nil
 }
 
@@ -243,20 +223,20 @@ func trimLine(b []byte) []byte {
 	return b
 }
 
-func unmountCmd(args []string, stdout, stderr io.Writer) error {
-	c := newCommon("unmount", stderr, false, true)
+func unmountCmd(_ context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, false, true)
 	if err := c.parse(args); err != nil {
 		return err
 	}
 	if err := mount.Unmount(*c.layout()); err != nil {
 		return err
 	}
-	_, _ = fmt.Fprintf(stdout, "unmounted %s\n", c.target)
+	_, _ = fmt.Fprintf(env.Stdout, "unmounted %s\n", c.target)
 	return nil
 }
 
-func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
-	c := newCommon("run", stderr, true, true)
+func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, true, true)
 	poll := c.fs.Duration("poll", 5*time.Minute, "how often to check while MQTT is down (jittered)")
 	noMount := c.fs.Bool("no-mount", false, "do not mount new images (only install them)")
 	renewAt := c.fs.Float64("renew-at", 2.0/3, "renew the certificate after this fraction of its life (0 to 1)")
@@ -264,7 +244,7 @@ func runCmd(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	log, err := cmdline.JSONLogger(*level, stderr)
+	log, err := cmdline.JSONLogger(*level, env.Stderr)
 	if err != nil {
 		return fmt.Errorf("%w: --%w", cmdline.ErrUsage, err)
 	}
@@ -296,8 +276,8 @@ type statusReport struct {
 	state.Status
 }
 
-func statusCmd(args []string, stdout, stderr io.Writer) error {
-	c := newCommon("status", stderr, false, true)
+func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
+	c := newCommon(env, false, true)
 	asJSON := c.fs.Bool("json", false, "print JSON")
 	if err := c.parse(args); err != nil {
 		return err
@@ -332,12 +312,12 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 		r.Mounted = rec
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
+		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
 		return enc.Encode(r)
 	}
 	if !r.Enrolled {
-		_, _ = fmt.Fprintf(stdout, "not enrolled (state %s)\n", c.state)
+		_, _ = fmt.Fprintf(env.Stdout, "not enrolled (state %s)\n", c.state)
 		return nil
 	}
 	ts := func(t time.Time) string {
@@ -350,10 +330,10 @@ func statusCmd(args []string, stdout, stderr io.Writer) error {
 	if r.Mounted != nil {
 		mounted = fmt.Sprintf("generation %d over %s since %s", r.Mounted.Generation, r.Mounted.Target, ts(r.Mounted.MountedAt))
 	}
-	_, _ = fmt.Fprintf(stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\n",
+	_, _ = fmt.Fprintf(env.Stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\n",
 		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate))
 	if r.LastError != "" {
-		_, _ = fmt.Fprintf(stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
+		_, _ = fmt.Fprintf(env.Stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
 	}
 	return nil
 }

@@ -1,8 +1,9 @@
 // Package cmdline holds the command-line conventions every prov-* binary
-// follows: exit codes, usage errors, repeatable and required flags, how an
-// error becomes an exit code, and the servers' log and garbage-collector
-// settings. It lives beside pki because pki is what
-// every binary, the device's included, already links; it uses the standard
+// follows: a sub-command table and its dispatcher (command.go), exit codes
+// and how an error becomes one, usage errors, repeatable and required
+// flags, and the servers' serve command with its log and garbage-collector
+// settings (serve.go). It lives beside pki because pki is what every
+// binary, the device's included, already links; it uses the standard
 // library only.
 package cmdline
 
@@ -11,21 +12,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"os"
-	"runtime/debug"
 	"strings"
 )
 
-// Exit codes shared by every binary. A binary may add its own above these.
+// Exit codes shared by every binary. A binary may add its own above these
+// (Program.Codes, WithExitCode).
 const (
 	ExitOK    = 0
 	ExitError = 1
 	ExitUsage = 2
 )
-
-// ErrUsage marks an error in the caller's command line.
-var ErrUsage = errors.New("usage")
 
 // NewFlags makes a flag set named "<prog> <cmd>" that reports errors to
 // stderr and returns them instead of exiting.
@@ -38,14 +34,39 @@ func NewFlags(prog, cmd string, stderr io.Writer) *flag.FlagSet {
 // Parse parses args; a bad flag and any positional argument are usage
 // errors.
 func Parse(fs *flag.FlagSet, args []string) error {
+	if err := parse(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, fs.Arg(0))
+	}
+	return nil
+}
+
+// ParseInterleaved parses args whose flags may come before, between or
+// after the positional arguments, and returns the positional ones in order.
+func ParseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
+	var positional []string
+	for {
+		if err := parse(fs, args); err != nil {
+			return nil, err
+		}
+		if fs.NArg() == 0 {
+			return positional, nil
+		}
+		positional = append(positional, fs.Arg(0))
+		args = fs.Args()[1:]
+	}
+}
+
+// parse is fs.Parse with a bad flag made a usage error; -h stays
+// flag.ErrHelp (the flag set has printed its help).
+func parse(fs *flag.FlagSet, args []string) error {
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
 		}
 		return fmt.Errorf("%w: %w", ErrUsage, err)
-	}
-	if fs.NArg() > 0 {
-		return fmt.Errorf("%w: unexpected argument %q", ErrUsage, fs.Arg(0))
 	}
 	return nil
 }
@@ -75,45 +96,4 @@ func (l *List) Set(v string) error {
 		}
 	}
 	return nil
-}
-
-// Exit prints err as "<prog> <cmd>: <err>" and returns its exit code: 0 for
-// nil, ExitUsage for -h and usage errors, ExitError otherwise.
-func Exit(stderr io.Writer, prog, cmd string, err error) int {
-	switch {
-	case err == nil:
-		return ExitOK
-	case errors.Is(err, flag.ErrHelp):
-		return ExitUsage
-	case errors.Is(err, ErrUsage):
-		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
-		return ExitUsage
-	default:
-		_, _ = fmt.Fprintf(stderr, "%s %s: %v\n", prog, cmd, err)
-		return ExitError
-	}
-}
-
-// JSONLogger is the servers' log: slog JSON lines on w at the named level
-// ("debug", "info", "warn", "error"); a bad level names the config key.
-func JSONLogger(level string, w io.Writer) (*slog.Logger, error) {
-	var l slog.Level
-	if err := l.UnmarshalText([]byte(level)); err != nil {
-		return nil, fmt.Errorf("log.level: %w", err)
-	}
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l})), nil
-}
-
-// ServerGCPercent is the garbage collector's target for the long-running
-// servers (core, proxy) unless GOGC is set: their live heaps are a few
-// MiB, so the default (100) collects very often under load; measured with
-// the enrollment benchmark, 400 cuts about a sixth of the CPU an
-// enrollment costs, for a few MiB more memory.
-const ServerGCPercent = 400
-
-// TuneServerGC applies ServerGCPercent unless the operator set GOGC.
-func TuneServerGC() {
-	if _, set := os.LookupEnv("GOGC"); !set {
-		debug.SetGCPercent(ServerGCPercent)
-	}
 }

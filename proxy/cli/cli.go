@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"text/tabwriter"
 	"time"
 
@@ -24,59 +25,27 @@ const (
 	ExitBroken = 3 // audit verify: the chain is broken
 )
 
-const usageText = `prov-proxy: the factory enrollment proxy
-
-usage:
-  prov-proxy serve --config FILE          vouch for new devices and enroll them
-  prov-proxy audit verify --log FILE      check the factory record's hash chain
-  prov-proxy audit list --log FILE [--json] [--since DURATION]
-                                          print the factory record
-`
+var program = &cmdline.Program{
+	Name:    "prov-proxy",
+	Summary: "the factory enrollment proxy",
+	Commands: []cmdline.Command{
+		{Name: "serve", Args: "--config FILE", Short: "vouch for new devices and enroll them",
+			Run: cmdline.Serve(config.Load, func(c *config.Config) string { return c.Log.Level },
+				func(ctx context.Context, c *config.Config, log *slog.Logger) error { return service.Run(ctx, c, log) })},
+		{Name: "audit", Sub: []cmdline.Command{
+			{Name: "verify", Args: "--log FILE", Short: "check the factory record's hash chain", Run: verify},
+			{Name: "list", Args: "--log FILE [--json] [--since DURATION]", Short: "print the factory record", Run: list},
+		}},
+	},
+}
 
 // Main runs prov-proxy with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	switch {
-	case len(args) >= 1 && args[0] == "serve":
-		return cmdline.Exit(stderr, "prov-proxy", "serve", serve(ctx, args[1:], stderr))
-	case len(args) >= 2 && args[0] == "audit" && args[1] == "verify":
-		err := verify(args[2:], stdout, stderr)
-		if err != nil && !isUsage(err) {
-			_, _ = fmt.Fprintf(stderr, "prov-proxy audit verify: %v\n", err)
-			return ExitBroken
-		}
-		return cmdline.Exit(stderr, "prov-proxy", "audit verify", err)
-	case len(args) >= 2 && args[0] == "audit" && args[1] == "list":
-		return cmdline.Exit(stderr, "prov-proxy", "audit list", list(args[2:], stdout, stderr))
-	}
-	_, _ = fmt.Fprint(stderr, usageText)
-	return ExitUsage
+	return program.Main(ctx, args, stdout, stderr)
 }
 
-func isUsage(err error) bool { return cmdline.Exit(io.Discard, "", "", err) == ExitUsage }
-
-func serve(ctx context.Context, args []string, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-proxy", "serve", stderr)
-	path := fs.String("config", "", "configuration file (YAML)")
-	if err := cmdline.Parse(fs, args); err != nil {
-		return err
-	}
-	if err := cmdline.Required([2]string{"config", *path}); err != nil {
-		return err
-	}
-	cfg, err := config.Load(*path)
-	if err != nil {
-		return err
-	}
-	log, err := cmdline.JSONLogger(cfg.Log.Level, stderr)
-	if err != nil {
-		return err
-	}
-	cmdline.TuneServerGC()
-	return service.Run(ctx, cfg, log)
-}
-
-func verify(args []string, stdout, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-proxy", "audit verify", stderr)
+func verify(_ context.Context, env *cmdline.Env, args []string) error {
+	fs := env.Flags()
 	path := fs.String("log", "", "the factory record")
 	if err := cmdline.Parse(fs, args); err != nil {
 		return err
@@ -86,14 +55,16 @@ func verify(args []string, stdout, stderr io.Writer) error {
 	}
 	n, head, err := auditlog.Verify(*path)
 	if err != nil {
-		return err
+		// Any failure to read the record through is a broken chain, the
+		// missing file included: the record cannot be vouched for.
+		return cmdline.WithExitCode(ExitBroken, err)
 	}
-	_, _ = fmt.Fprintf(stdout, "ok: %d records, chain intact; head %s (note it elsewhere: the chain cannot show a cut tail)\n", n, head)
+	_, _ = fmt.Fprintf(env.Stdout, "ok: %d records, chain intact; head %s (note it elsewhere: the chain cannot show a cut tail)\n", n, head)
 	return nil
 }
 
-func list(args []string, stdout, stderr io.Writer) error {
-	fs := cmdline.NewFlags("prov-proxy", "audit list", stderr)
+func list(_ context.Context, env *cmdline.Env, args []string) error {
+	fs := env.Flags()
 	path := fs.String("log", "", "the factory record")
 	asJSON := fs.Bool("json", false, "print JSON lines")
 	since := fs.Duration("since", 0, "only the last DURATION (e.g. 24h)")
@@ -107,11 +78,11 @@ func list(args []string, stdout, stderr io.Writer) error {
 	if *since > 0 {
 		from = time.Now().Add(-*since)
 	}
-	tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+	tw := tabwriter.NewWriter(env.Stdout, 0, 0, 2, ' ', 0)
 	if !*asJSON {
 		_, _ = fmt.Fprintln(tw, "SEQ\tTIME\tRESULT\tSOURCE\tBOARD\tSERIAL\tCERT SERIAL\tBATCH\tREASON")
 	}
-	enc := json.NewEncoder(stdout)
+	enc := json.NewEncoder(env.Stdout)
 	err := auditlog.Read(*path, func(r auditlog.Record) error {
 		if r.Time.Before(from) {
 			return nil

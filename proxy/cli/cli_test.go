@@ -55,6 +55,9 @@ func TestAudit(t *testing.T) {
 	if code != cli.ExitBroken || !strings.Contains(errs, "line 2") {
 		t.Fatalf("verify of a tampered record: %d %s", code, errs)
 	}
+	if code, _, errs := run("audit", "verify", "--log", path+".missing"); code != cli.ExitBroken || !strings.Contains(errs, "no such file") {
+		t.Fatalf("verify of a missing record: %d %s", code, errs)
+	}
 	if code, _, errs := run("audit", "verify"); code != cli.ExitUsage || !strings.Contains(errs, "--log is required") {
 		t.Fatalf("no --log: %d %s", code, errs)
 	}
