@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/atomicfile"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
 )
@@ -356,36 +357,14 @@ func (p printer) events(ev []coreapi.Event) error {
 // then rename, so path is either the old file or a complete copy (its
 // length is checked against core's; TLS guards its bytes).
 func writeBackup(ctx context.Context, client *coreapi.Client, path string, stdout io.Writer) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*.tmp")
+	var info *coreapi.BackupInfo
+	err := atomicfile.Write(path, 0o600, func(w io.Writer) (err error) {
+		info, err = client.Backup(ctx, w)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("--out: %w", err)
 	}
-	defer func() { _ = os.Remove(tmp.Name()) }()
-	info, err := client.Backup(ctx, tmp)
-	if err == nil {
-		err = tmp.Sync()
-	}
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	if err := syncDir(filepath.Dir(path)); err != nil {
-		return err
-	}
 	_, _ = fmt.Fprintf(stdout, "backup %s: %d bytes, %d devices, %d groups\n", path, info.Size, info.Devices, info.Groups)
 	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir) //nolint:gosec // the operator's directory
-	if err != nil {
-		return err
-	}
-	defer func() { _ = f.Close() }()
-	return f.Sync()
 }
