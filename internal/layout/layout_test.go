@@ -104,9 +104,9 @@ func TestReadmeMapsEveryPackage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, table, ok := strings.Cut(string(readme), "Where things live:")
+	_, table, ok := strings.Cut(string(readme), "Where things live.")
 	if !ok {
-		t.Fatal(`README.md has no "Where things live:" table`)
+		t.Fatal(`README.md has no "Where things live." table`)
 	}
 	table, _, _ = strings.Cut(table, "\n## ")
 	mapped := map[string]bool{}
