@@ -28,9 +28,8 @@ import (
 	"github.com/fleetprov/prov/core/server"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
-	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/signedimage"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
@@ -136,11 +135,15 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 		if len(chain) == 0 {
 			return errors.New("ca: core's certificate file holds no intermediate to check the CRL with")
 		}
-		crl := revocation.New(cfg.CA.URL, chain[0], bundle, cfg.CA.CRLInterval, log)
+		caClient, err := stepca.New(cfg.CA.URL, bundle)
+		if err != nil {
+			return fmt.Errorf("ca.url: %w", err)
+		}
+		crl := revocation.New(caClient, chain[0], cfg.CA.CRLInterval, log)
 		checkRevoked = crl.Check
 		g.Go(func() error { return crl.Run(gctx) })
 		if cfg.CA.RevokerKey != "" {
-			r, err := newRevoker(cfg)
+			r, err := newRevoker(cfg, caClient)
 			if err != nil {
 				return err
 			}
@@ -197,21 +200,17 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 // caRevoker revokes at step-ca with core's revoke-only provisioner.
 type caRevoker struct {
 	prov   *token.Provisioner
-	client *ca.Client
+	client *stepca.Client
 }
 
-func newRevoker(cfg *config.Config) (*caRevoker, error) {
+func newRevoker(cfg *config.Config, client *stepca.Client) (*caRevoker, error) {
 	pw, err := pki.ReadPasswordFile(cfg.CA.RevokerPasswordFile)
 	if err != nil {
 		return nil, fmt.Errorf("ca.revokerPasswordFile: %w", err)
 	}
-	prov, err := token.Load(deployment.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
+	prov, err := token.Load(stepca.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
 	if err != nil {
 		return nil, fmt.Errorf("ca.revokerKey: %w", err)
-	}
-	client, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
-	if err != nil {
-		return nil, fmt.Errorf("ca.url: %w", err)
 	}
 	return &caRevoker{prov: prov, client: client}, nil
 }

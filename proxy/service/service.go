@@ -18,8 +18,7 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
-	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
@@ -74,7 +73,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return fmt.Errorf("provisioner.passwordFile: %w", err)
 	}
-	prov, err := token.Load(deployment.ProxyProvisionerName(self.Name), cfg.Provisioner.Key, pw)
+	prov, err := token.Load(stepca.ProxyProvisionerName(self.Name), cfg.Provisioner.Key, pw)
 	if err != nil {
 		return fmt.Errorf("provisioner.key: %w", err)
 	}
@@ -88,7 +87,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
 	}
-	caClient, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
+	caClient, err := stepca.New(cfg.CA.URL, roots)
 	if err != nil {
 		return fmt.Errorf("ca.url: %w", err)
 	}
