@@ -11,23 +11,27 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
 	"sync"
 	"time"
-
-	"github.com/fleetprov/prov/pki"
 )
 
 // ErrRevoked is the error of a revoked certificate.
 var ErrRevoked = errors.New("certificate revoked at the CA")
 
+// CRLSource fetches the CA's CRL and checks its signature against issuer
+// (stepca.Client).
+type CRLSource interface {
+	CRL(ctx context.Context, issuer *x509.Certificate) (*x509.RevocationList, error)
+}
+
+// fetchTimeout bounds one CRL fetch.
+const fetchTimeout = 10 * time.Second
+
 // Checker holds the revoked serial numbers of the last good CRL.
 type Checker struct {
-	url      string
+	src      CRLSource
 	issuer   *x509.Certificate
-	client   *http.Client
 	interval time.Duration
 	log      *slog.Logger
 
@@ -36,13 +40,10 @@ type Checker struct {
 	fetched time.Time
 }
 
-// New makes a checker of the CRL at caURL/1.0/crl, signed by issuer.
-func New(caURL string, issuer *x509.Certificate, roots *pki.TrustBundle, interval time.Duration, log *slog.Logger) *Checker {
+// New makes a checker of the CRL from src, signed by issuer.
+func New(src CRLSource, issuer *x509.Certificate, interval time.Duration, log *slog.Logger) *Checker {
 	return &Checker{
-		url: caURL + "/1.0/crl", issuer: issuer, interval: interval, log: log.With("component", "crl"),
-		client: &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
-			TLSClientConfig: pki.ClientTLSConfig(nil, roots, pki.ClientOptions{}),
-		}},
+		src: src, issuer: issuer, interval: interval, log: log.With("component", "crl"),
 		revoked: map[string]bool{},
 	}
 }
@@ -75,28 +76,11 @@ func (c *Checker) Run(ctx context.Context) error {
 
 // Refresh fetches and installs the CRL once.
 func (c *Checker) Refresh(ctx context.Context) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := c.client.Do(req)
+	ctx, cancel := context.WithTimeout(ctx, fetchTimeout)
+	defer cancel()
+	crl, err := c.src.CRL(ctx, c.issuer)
 	if err != nil {
 		return fmt.Errorf("fetch CRL: %w", err)
-	}
-	defer func() { _ = resp.Body.Close() }()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("fetch CRL: HTTP %d", resp.StatusCode)
-	}
-	der, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
-	if err != nil {
-		return fmt.Errorf("read CRL: %w", err)
-	}
-	crl, err := x509.ParseRevocationList(der)
-	if err != nil {
-		return fmt.Errorf("parse CRL: %w", err)
-	}
-	if err := crl.CheckSignatureFrom(c.issuer); err != nil {
-		return fmt.Errorf("CRL signature: %w", err)
 	}
 	revoked := make(map[string]bool, len(crl.RevokedCertificateEntries))
 	for _, e := range crl.RevokedCertificateEntries {

@@ -7,29 +7,24 @@ import (
 
 	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
-	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
 // caRevoker revokes at step-ca with core's revoke-only provisioner.
 type caRevoker struct {
 	prov   *token.Provisioner
-	client *ca.Client
+	client *stepca.Client
 }
 
-func newRevoker(cfg *config.Config) (*caRevoker, error) {
+func newRevoker(cfg *config.Config, client *stepca.Client) (*caRevoker, error) {
 	pw, err := pki.ReadPasswordFile(cfg.CA.RevokerPasswordFile)
 	if err != nil {
 		return nil, fmt.Errorf("ca.revokerPasswordFile: %w", err)
 	}
-	prov, err := token.Load(deployment.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
+	prov, err := token.Load(stepca.RevokerProvisionerName, cfg.CA.RevokerKey, pw)
 	if err != nil {
 		return nil, fmt.Errorf("ca.revokerKey: %w", err)
-	}
-	client, err := ca.NewClient(cfg.CA.URL, cfg.TrustBundle)
-	if err != nil {
-		return nil, fmt.Errorf("ca.url: %w", err)
 	}
 	return &caRevoker{prov: prov, client: client}, nil
 }

@@ -32,6 +32,7 @@ import (
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
+	"github.com/fleetprov/prov/pki/stepca"
 )
 
 type options struct {
@@ -170,9 +171,13 @@ func (c *core) newRevocation() error {
 	if len(chain) == 0 {
 		return errors.New("ca: core's certificate file holds no intermediate to check the CRL with")
 	}
-	c.crl = revocation.New(c.cfg.CA.URL, chain[0], c.self.Roots, c.cfg.CA.CRLInterval, c.log)
+	client, err := stepca.New(c.cfg.CA.URL, c.self.Roots)
+	if err != nil {
+		return fmt.Errorf("ca.url: %w", err)
+	}
+	c.crl = revocation.New(client, chain[0], c.cfg.CA.CRLInterval, c.log)
 	if c.cfg.CA.RevokerKey != "" {
-		r, err := newRevoker(c.cfg)
+		r, err := newRevoker(c.cfg, client)
 		if err != nil {
 			return err
 		}

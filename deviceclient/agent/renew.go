@@ -4,15 +4,13 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
-	"encoding/json"
 	"encoding/pem"
 	"fmt"
-	"io"
-	"net/http"
 	"time"
 
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/stepca"
 )
 
 // RenewDue is when the certificate should be renewed: after RenewAt of its
@@ -26,13 +24,6 @@ func (a *Agent) RenewDue() time.Time {
 // Expiry is the certificate's end.
 func (a *Agent) Expiry() time.Time { return a.kp.Leaf().NotAfter }
 
-// renewAnswer is step-ca's answer to /1.0/renew.
-type renewAnswer struct {
-	Crt       string   `json:"crt"`
-	CA        string   `json:"ca"`
-	CertChain []string `json:"certChain"`
-}
-
 // Renew renews the device certificate at step-ca (POST /1.0/renew, mTLS
 // with the current certificate; same key, same identity), checks the new
 // chain, and stores it.
@@ -45,39 +36,13 @@ func (a *Agent) Renew(ctx context.Context) error {
 	defer cancel()
 	// step-ca's own TLS certificate is from our root but names only its
 	// host, not a role: the host name check is what identifies it.
-	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(a.kp, a.roots,
-		pki.ClientOptions{ClockFloor: a.clockFloor, Now: a.o.Install.Now})}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, a.dev.CAURL+"/1.0/renew", http.NoBody)
+	ca, err := stepca.New(a.dev.CAURL, a.roots, stepca.WithClientCertificate(a.kp), stepca.WithClock(a.o.Install.Now, a.clockFloor))
 	if err != nil {
-		return a.fail(err)
+		return a.fail(fmt.Errorf("%s: %w", a.st.File(state.DeviceFile), err))
 	}
-	resp, err := hc.Do(req)
+	chain, err := ca.Renew(ctx)
 	if err != nil {
 		return a.fail(fmt.Errorf("renew at %s: %w", a.dev.CAURL, err))
-	}
-	defer func() { _ = resp.Body.Close() }()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-	if err != nil {
-		return a.fail(fmt.Errorf("renew at %s: %w", a.dev.CAURL, err))
-	}
-	if resp.StatusCode != http.StatusCreated && resp.StatusCode != http.StatusOK {
-		return a.fail(fmt.Errorf("renew at %s: HTTP %d: %s", a.dev.CAURL, resp.StatusCode, bytes.TrimSpace(data)))
-	}
-	var ans renewAnswer
-	if err := json.Unmarshal(data, &ans); err != nil {
-		return a.fail(fmt.Errorf("renew at %s: %w", a.dev.CAURL, err))
-	}
-	pems := ans.CertChain
-	if len(pems) == 0 {
-		pems = []string{ans.Crt, ans.CA}
-	}
-	var chain []*x509.Certificate
-	for _, p := range pems {
-		certs, err := pki.ParseCertificates([]byte(p))
-		if err != nil {
-			return a.fail(fmt.Errorf("renew: the answer's chain: %w", err))
-		}
-		chain = append(chain, certs...)
 	}
 	if err := a.checkRenewed(chain); err != nil {
 		return a.fail(err)

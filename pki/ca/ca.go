@@ -1,11 +1,11 @@
 // Package ca embeds step-ca (github.com/smallstep/certificates): the online
-// CA server that prov-pki ca runs, an in-process authority that prov-pki init
-// issues the first certificates with before any server exists, and a client
-// for a running CA (embedded or the real step-ca binary on the same
-// configuration).
+// CA server that prov-pki ca runs, and an in-process authority that prov-pki
+// init issues the first certificates with before any server exists.
 //
-// This package is heavy; only prov-pki, the proxy and tests link it. The
-// device binary must not (see the dependency guard in deviceclient).
+// This package is heavy (step-ca's authority, its databases, KMS code); only
+// prov-pki and tests link it. Every other binary talks to a running CA with
+// the light client in pki/stepca, and its dependency guard (deps_test.go
+// beside its main) fails if it links this package.
 package ca
 
 import (

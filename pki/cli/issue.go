@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
@@ -19,7 +19,7 @@ import (
 type adminSession struct {
 	d      *deployment.Deployment
 	admin  *token.Provisioner
-	client *ca.Client
+	client *stepca.Client
 }
 
 func openAdminSession(dir, pwFile, caURL string) (*adminSession, error) {
@@ -38,7 +38,11 @@ func openAdminSession(dir, pwFile, caURL string) (*adminSession, error) {
 	if caURL == "" {
 		caURL = d.CAURL
 	}
-	client, err := ca.NewClient(caURL, d.RootCert())
+	roots, err := pki.LoadTrustBundle(d.RootCert())
+	if err != nil {
+		return nil, err
+	}
+	client, err := stepca.New(caURL, roots)
 	if err != nil {
 		return nil, fmt.Errorf("--ca-url: %w", err)
 	}

@@ -27,6 +27,7 @@ import (
 
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
@@ -362,7 +363,7 @@ func (b *builder) build(ctx context.Context) error {
 		return err
 	}
 
-	admin, err := token.Generate(AdminProvisionerName)
+	admin, err := token.Generate(stepca.AdminProvisionerName)
 	if err != nil {
 		return err
 	}
@@ -379,7 +380,7 @@ func (b *builder) build(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		if proxyProvs[i], err = b.writeProvisioner(ProxyProvisionerName(p.Name), b.l.ProxyProvisionerKey(p.Name), b.l.ProxyProvisionerPassword(p.Name), "proxy provisioner key (encrypted)", HandOff(id)); err != nil {
+		if proxyProvs[i], err = b.writeProvisioner(stepca.ProxyProvisionerName(p.Name), b.l.ProxyProvisionerKey(p.Name), b.l.ProxyProvisionerPassword(p.Name), "proxy provisioner key (encrypted)", HandOff(id)); err != nil {
 			return err
 		}
 	}
@@ -387,7 +388,7 @@ func (b *builder) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	revoker, err := b.writeProvisioner(RevokerProvisionerName, b.l.CoreRevokerKey(o.CoreName), b.l.CoreRevokerPassword(o.CoreName), "core's revoke-only provisioner key (encrypted)", HandOff(coreID))
+	revoker, err := b.writeProvisioner(stepca.RevokerProvisionerName, b.l.CoreRevokerKey(o.CoreName), b.l.CoreRevokerPassword(o.CoreName), "core's revoke-only provisioner key (encrypted)", HandOff(coreID))
 	if err != nil {
 		return err
 	}
@@ -528,7 +529,7 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 	no := false
 	provs := provisioner.List{&provisioner.JWK{
 		Type: "JWK",
-		Name: AdminProvisionerName,
+		Name: stepca.AdminProvisionerName,
 		Key:  admin.PublicKey(),
 		Claims: &provisioner.Claims{
 			MinTLSDur:      dur(time.Hour),

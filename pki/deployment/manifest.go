@@ -12,23 +12,12 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
 // ManifestVersion is the version of pki.json this code writes and reads.
 const ManifestVersion = 1
-
-// Provisioner names in ca.json.
-const (
-	AdminProvisionerName = "admin"
-	// RevokerProvisionerName is core's provisioner: it can revoke, and its
-	// template refuses every signature.
-	RevokerProvisionerName = "core-revoker"
-	proxyProvisionerPfx    = "proxy-"
-)
-
-// ProxyProvisionerName is the name of a proxy's provisioner in ca.json.
-func ProxyProvisionerName(proxy string) string { return proxyProvisionerPfx + proxy }
 
 // Errors of this package.
 var (
@@ -129,7 +118,7 @@ func (d *Deployment) HasProxy(name string) bool { return slices.Contains(d.Proxi
 // AdminProvisioner decrypts the admin provisioner key with the deployment
 // password.
 func (d *Deployment) AdminProvisioner(password []byte) (*token.Provisioner, error) {
-	p, err := token.Load(AdminProvisionerName, d.AdminProvisionerKey(), password)
+	p, err := token.Load(stepca.AdminProvisionerName, d.AdminProvisionerKey(), password)
 	if err != nil {
 		return nil, fmt.Errorf("admin provisioner: %w", err)
 	}
@@ -146,7 +135,7 @@ func (d *Deployment) ProxyProvisioner(name string) (*token.Provisioner, error) {
 	if err != nil {
 		return nil, fmt.Errorf("proxy %s provisioner: %w", name, err)
 	}
-	p, err := token.Load(ProxyProvisionerName(name), d.ProxyProvisionerKey(name), pw)
+	p, err := token.Load(stepca.ProxyProvisionerName(name), d.ProxyProvisionerKey(name), pw)
 	if err != nil {
 		return nil, fmt.Errorf("proxy %s provisioner: %w", name, err)
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 )
 
@@ -98,7 +99,7 @@ func forgedToken(t *testing.T, c *catest.CA, claims map[string]any) string {
 	}
 	now := time.Now()
 	base := map[string]any{
-		"iss": deployment.ProxyProvisionerName(catest.Proxy),
+		"iss": stepca.ProxyProvisionerName(catest.Proxy),
 		"aud": c.Client.SignAudience(),
 		"iat": now.Unix(), "nbf": now.Unix(), "exp": now.Add(time.Minute).Unix(),
 		"jti": randomHex(t),
@@ -388,7 +389,7 @@ func TestRevokerProvisionerOnlyRevokes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rev, err := token.Load(deployment.RevokerProvisionerName, c.CoreRevokerKey(deployment.DefaultCoreName), pw)
+	rev, err := token.Load(stepca.RevokerProvisionerName, c.CoreRevokerKey(deployment.DefaultCoreName), pw)
 	if err != nil {
 		t.Fatal(err)
 	}

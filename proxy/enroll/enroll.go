@@ -36,6 +36,7 @@ import (
 	"github.com/fleetprov/prov/internal/untrusted"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
@@ -49,7 +50,8 @@ type Core interface {
 	Bundle(ctx context.Context, serial, etag string) (io.ReadCloser, string, error)
 }
 
-// CA is what the proxy needs of step-ca (pki/ca.Client).
+// CA is what the proxy needs of step-ca (pki/stepca.Client). Revoke's
+// error is stepca.ErrAlreadyRevoked for a certificate already revoked.
 type CA interface {
 	SignFor(ctx context.Context, csr *x509.CertificateRequest, ott string, lifetime time.Duration) ([]*x509.Certificate, error)
 	Revoke(ctx context.Context, serial, ott, reason string) error
@@ -219,7 +221,7 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 		if err != nil {
 			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
 		}
-		if err := e.ca.Revoke(ctx, old, tok, "re-enrolled by "+e.name); err != nil && !isAlreadyRevoked(err) {
+		if err := e.ca.Revoke(ctx, old, tok, "re-enrolled by "+e.name); err != nil && !errors.Is(err, stepca.ErrAlreadyRevoked) {
 			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
 		}
 		e.log.Info("re-enrollment: old certificate revoked", "serial", serial, "cert_serial", old)
@@ -296,10 +298,6 @@ func (e *Enroller) firstBundle(ctx context.Context, serial string) bundleResult 
 		return fail(fmt.Errorf("core's bundle does not verify: %w", err))
 	}
 	return bundleResult{data: data, generation: v.Generation}
-}
-
-func isAlreadyRevoked(err error) bool {
-	return err != nil && bytes.Contains([]byte(err.Error()), []byte("already revoked"))
 }
 
 // checkCSR parses one PEM CSR, checks its self-signature and key type, and

@@ -17,8 +17,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/pki/ca"
-	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
@@ -97,7 +96,7 @@ func (p *proxy) newProvisioner() error {
 	if err != nil {
 		return fmt.Errorf("provisioner.passwordFile: %w", err)
 	}
-	if p.prov, err = token.Load(deployment.ProxyProvisionerName(p.self.ID.Name), p.cfg.Provisioner.Key, pw); err != nil {
+	if p.prov, err = token.Load(stepca.ProxyProvisionerName(p.self.ID.Name), p.cfg.Provisioner.Key, pw); err != nil {
 		return fmt.Errorf("provisioner.key: %w", err)
 	}
 	return nil
@@ -118,7 +117,7 @@ func (p *proxy) newUpstreams() error {
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
 	}
-	caClient, err := ca.NewClient(p.cfg.CA.URL, p.cfg.TrustBundle)
+	caClient, err := stepca.New(p.cfg.CA.URL, p.self.Roots)
 	if err != nil {
 		return fmt.Errorf("ca.url: %w", err)
 	}

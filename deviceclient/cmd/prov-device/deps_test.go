@@ -1,77 +1,83 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/fleetprov/prov/internal/deptest"
 )
-
-// forbidden are the modules the device binary must never link: the CA, the
-// HTTP router and the store are core's and the proxy's, and would bloat a
-// binary that runs on a BeagleBone Black.
-var forbidden = []string{
-	"github.com/smallstep/certificates",
-	"github.com/smallstep/nosql",
-	"github.com/gorilla/mux",
-	"go.etcd.io/bbolt",
-}
-
-// The device links the pki package for its trust checks, so pki is held to
-// the same rule.
-var devicePackages = []string{"github.com/fleetprov/prov/deviceclient/cmd/prov-device", "github.com/fleetprov/prov/pki"}
 
 // deviceTargets are the boards' platforms (Raspberry Pi 4: arm64;
 // BeagleBone Black and AI: armv7) and the build host's.
-var deviceTargets = [][]string{
-	{"GOOS=linux", "GOARCH=arm64"},
-	{"GOOS=linux", "GOARCH=arm", "GOARM=7"},
-	{"GOOS=linux", "GOARCH=amd64"},
+var deviceTargets = []deptest.Platform{
+	{GOOS: "linux", GOARCH: "arm64"},
+	{GOOS: "linux", GOARCH: "arm", GOARM: "7"},
+	{GOOS: "linux", GOARCH: "amd64"},
 }
 
-func deps(t *testing.T, env []string, pkg string) []string {
-	t.Helper()
-	cmd := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", pkg)
-	cmd.Env = append(cmd.Environ(), env...)
-	cmd.Env = append(cmd.Env, "CGO_ENABLED=0")
-	out, err := cmd.Output()
-	if err != nil {
-		t.Fatalf("go list %s (%v): %v", pkg, env, err)
-	}
-	return strings.Fields(string(out))
-}
+// forbidden is what the device binary must never link: the CA, the HTTP
+// router and the store are core's and the proxy's, and would bloat a binary
+// that runs on a BeagleBone Black.
+var forbidden = deptest.Join(deptest.StepCA, map[string]string{
+	"github.com/gorilla/mux":              "the servers' HTTP router; the device serves nothing",
+	"go.etcd.io/bbolt":                    "core's registry store; the device's state is plain files",
+	"github.com/mochi-mqtt/server":        "core's embedded MQTT broker; the device is only a client",
+	"github.com/prometheus/client_golang": "the servers' metrics",
+	deptest.Module + "/pki/ca":            "embeds step-ca's server and authority; the device renews over HTTP with pki/stepca",
+	deptest.Module + "/pki/deployment":    "the PKI directory and step-ca's configuration (links step-ca's authority/config)",
+	deptest.Module + "/pki/token":         "mints provisioner tokens; a device holds no provisioner key",
+})
 
-func violations(list []string) []string {
-	var bad []string
-	for _, p := range list {
-		for _, f := range forbidden {
-			if p == f || strings.HasPrefix(p, f+"/") {
-				bad = append(bad, p)
-			}
-		}
-	}
-	return bad
+// deviceRules: besides its own code, the device links only the contracts
+// the other parts publish for it and the light pki packages; never core's or
+// the proxy's internals.
+var deviceRules = deptest.Rules{
+	Forbidden: forbidden,
+	Own: map[string]string{
+		"deviceclient/...":   "the device client's own code",
+		"core/contract/...":  "core's contracts, made to be shared: the API's wire types and client, the hardware-ID rule, the image spec",
+		"proxy/contract/...": "the enrollment API's wire types",
+		"pki":                "identities, the trust bundle, TLS configurations, chain verification with a clock floor",
+		"pki/signedimage":    "streaming verification of the signed bundle",
+		"pki/stepca":         "renewal at step-ca (POST /1.0/renew) with the light client",
+		"internal/cmdline":   "the commands' flag parsing",
+	},
 }
 
 func TestDeviceDependencies(t *testing.T) {
+	deptest.Check(t, "github.com/fleetprov/prov/deviceclient/cmd/prov-device", deviceTargets, deviceRules)
+}
+
+// The light pki packages the device links are held to the device's rule
+// themselves, so that one of them cannot grow a heavy import that only
+// another binary would notice: pki/stepca in particular links the standard
+// library and pki, nothing of step-ca.
+func TestLightPKIDependencies(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs go list; skipped in -short")
 	}
-	for _, env := range deviceTargets {
-		for _, pkg := range devicePackages {
-			if bad := violations(deps(t, env, pkg)); len(bad) > 0 {
-				t.Errorf("%s (%v) links forbidden packages: %v", pkg, env, bad)
+	light := deptest.Rules{Forbidden: forbidden, Own: map[string]string{
+		"pki":             "the base every binary links",
+		"pki/signedimage": "the bundle's signature and verification",
+		"pki/stepca":      "the light step-ca client",
+	}}
+	for _, pkg := range []string{"pki", "pki/stepca", "pki/signedimage"} {
+		for _, target := range deviceTargets {
+			pkgs, err := deptest.List(deptest.Module+"/"+pkg, target)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, v := range light.Violations(pkgs) {
+				t.Errorf("%s: %s", target, v)
 			}
 		}
 	}
 }
 
 // TestGuardDetects proves the guard can fail: the embedded CA package does
-// link step-ca and its database.
+// link step-ca, and an import of core's store from the device's code, which
+// nobody has written, is caught with a message that names it.
 func TestGuardDetects(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs go list; skipped in -short")
-	}
-	if bad := violations(deps(t, deviceTargets[0], "github.com/fleetprov/prov/pki/ca")); len(bad) == 0 {
-		t.Fatal("the guard found nothing forbidden in pki/ca, which embeds step-ca")
-	}
+	deptest.CatchesImport(t, deviceRules, "deviceclient/agent", "core/store")
+	deptest.CatchesImport(t, deviceRules, "deviceclient/agent", "proxy/enroll")
+	deptest.Catches(t, deptest.Module+"/pki/ca", deviceTargets[0], deviceRules, "github.com/smallstep/certificates/")
 }

@@ -17,9 +17,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -32,6 +30,7 @@ import (
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 )
 
 // Password is the deployment password of test PKIs.
@@ -46,7 +45,7 @@ const Proxy = "factory1"
 // CA is a running test CA.
 type CA struct {
 	*deployment.Deployment
-	Client *ca.Client
+	Client *stepca.Client
 }
 
 // NewPKI creates a PKI in a temporary directory. The options, if any, are
@@ -132,8 +131,12 @@ var errExited = errors.New("the CA exited")
 // WaitHealthy returns a client of d's CA once it answers /health. It gives
 // up when exited delivers (the CA, a goroutine or a process, ended) or after
 // timeout.
-func WaitHealthy(d *deployment.Deployment, exited <-chan error, timeout time.Duration) (*ca.Client, error) {
-	client, err := ca.NewClient(d.CAURL, d.RootCert())
+func WaitHealthy(d *deployment.Deployment, exited <-chan error, timeout time.Duration) (*stepca.Client, error) {
+	roots, err := pki.LoadTrustBundle(d.RootCert())
+	if err != nil {
+		return nil, err
+	}
+	client, err := stepca.New(d.CAURL, roots)
 	if err != nil {
 		return nil, err
 	}
@@ -248,25 +251,14 @@ func NewCSR(t testing.TB) (*ecdsa.PrivateKey, *x509.CertificateRequest) {
 	return key, csr
 }
 
-// Revoked reports whether the CA's current CRL lists cert, and the serials
-// it does list (for a failure message).
+// Revoked reports whether the CA's current CRL, checked against the
+// intermediate, lists cert, and the serials it does list (for a failure
+// message).
 func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 	t.Helper()
-	bundle, err := pki.LoadTrustBundle(c.RootCert())
-	if err != nil {
-		t.Fatal(err)
-	}
-	hc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{})}}
-	resp, err := hc.Get(c.CAURL + "/1.0/crl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	der, err := io.ReadAll(resp.Body)
-	_ = resp.Body.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	crl, err := x509.ParseRevocationList(der)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -278,6 +270,21 @@ func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 		serials = append(serials, e.SerialNumber.String())
 	}
 	return false, serials
+}
+
+// Intermediate is the CA's intermediate certificate, which signs its
+// certificates and its CRL.
+func (c *CA) Intermediate(t testing.TB) *x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(c.IntermediateCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pki.ParseCertificates(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return certs[0]
 }
 
 // RunBinary runs the real step-ca binary bin on d's unchanged

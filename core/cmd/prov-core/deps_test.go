@@ -1,0 +1,39 @@
+package main
+
+import (
+	"testing"
+
+	"github.com/fleetprov/prov/internal/deptest"
+)
+
+// coreRules: core talks to step-ca over HTTP (pki/stepca: revoke, CRL), so
+// it links nothing of step-ca's server, its databases or its KMS code, and
+// nothing of the PKI directory's tooling.
+var coreRules = deptest.Rules{
+	Forbidden: deptest.Join(deptest.StepCA, map[string]string{
+		deptest.Module + "/pki/ca":         "embeds step-ca's server and authority; core revokes and reads the CRL with pki/stepca",
+		deptest.Module + "/pki/deployment": "the PKI directory and step-ca's configuration (links step-ca's authority/config); provisioner names are in pki/stepca",
+	}),
+	Own: map[string]string{
+		"core/...":         "core's own code",
+		"pki":              "identities, the trust bundle, mTLS configurations",
+		"pki/signedimage":  "signs the bundles",
+		"pki/stepca":       "revokes at step-ca and fetches its CRL",
+		"pki/token":        "revoke tokens of core's revoke-only provisioner",
+		"internal/cmdline": "the commands' flag parsing",
+	},
+}
+
+func TestCoreDependencies(t *testing.T) {
+	deptest.Check(t, deptest.Module+"/core/cmd/prov-core", deptest.Host, coreRules)
+}
+
+// TestGuardDetects proves the guard can fail: pki/ca links step-ca, and
+// imports of the proxy's or the device's internals, which nobody has
+// written, are caught.
+func TestGuardDetects(t *testing.T) {
+	deptest.CatchesImport(t, coreRules, "core/service", "proxy/enroll")
+	deptest.CatchesImport(t, coreRules, "core/server", "deviceclient/state")
+	deptest.CatchesImport(t, coreRules, "core/service", "pki/deployment")
+	deptest.Catches(t, deptest.Module+"/pki/ca", deptest.Host[0], coreRules, "github.com/smallstep/certificates/")
+}
