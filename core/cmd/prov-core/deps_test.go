@@ -15,12 +15,16 @@ var coreRules = deptest.Rules{
 		deptest.Module + "/pki/deployment": "the PKI directory and step-ca's configuration (links step-ca's authority/config); provisioner names are in pki/stepca",
 	}),
 	Own: map[string]string{
-		"core/...":         "core's own code",
-		"pki":              "identities, the trust bundle, mTLS configurations",
-		"pki/signedimage":  "signs the bundles",
-		"pki/stepca":       "revokes at step-ca and fetches its CRL",
-		"pki/token":        "revoke tokens of core's revoke-only provisioner",
-		"internal/cmdline": "the commands' flag parsing",
+		"core/...":            "core's own code",
+		"pki":                 "identities, the trust bundle, mTLS configurations",
+		"pki/signedimage":     "signs the bundles",
+		"pki/stepca":          "revokes at step-ca and fetches its CRL",
+		"pki/token":           "revoke tokens of core's revoke-only provisioner",
+		"internal/cmdline":    "the commands' flag parsing",
+		"internal/serve":      "the service scaffolding shared with the proxy: config blocks, identity, the HTTPS runner",
+		"internal/httpapi":    "the HTTP edge shared with the proxy: the typed error and the one error body",
+		"internal/untrusted":  "how untrusted input appears in messages",
+		"internal/atomicfile": "the admin's backup file, written atomically",
 	},
 }
 

@@ -33,13 +33,15 @@ var forbidden = deptest.Join(deptest.StepCA, map[string]string{
 var deviceRules = deptest.Rules{
 	Forbidden: forbidden,
 	Own: map[string]string{
-		"deviceclient/...":   "the device client's own code",
-		"core/contract/...":  "core's contracts, made to be shared: the API's wire types and client, the hardware-ID rule, the image spec",
-		"proxy/contract/...": "the enrollment API's wire types",
-		"pki":                "identities, the trust bundle, TLS configurations, chain verification with a clock floor",
-		"pki/signedimage":    "streaming verification of the signed bundle",
-		"pki/stepca":         "renewal at step-ca (POST /1.0/renew) with the light client",
-		"internal/cmdline":   "the commands' flag parsing",
+		"deviceclient/...":    "the device client's own code",
+		"core/contract/...":   "core's contracts, made to be shared: the API's wire types and client, the hardware-ID rule, the image spec",
+		"proxy/contract/...":  "the enrollment API's wire types",
+		"pki":                 "identities, the trust bundle, TLS configurations, chain verification with a clock floor",
+		"pki/signedimage":     "streaming verification of the signed bundle",
+		"pki/stepca":          "renewal at step-ca (POST /1.0/renew) with the light client",
+		"internal/cmdline":    "the commands' flag parsing",
+		"internal/atomicfile": "the state directory's files are replaced atomically and durably",
+		"internal/untrusted":  "how untrusted input appears in messages (standard library only)",
 	},
 }
 
@@ -56,9 +58,10 @@ func TestLightPKIDependencies(t *testing.T) {
 		t.Skip("runs go list; skipped in -short")
 	}
 	light := deptest.Rules{Forbidden: forbidden, Own: map[string]string{
-		"pki":             "the base every binary links",
-		"pki/signedimage": "the bundle's signature and verification",
-		"pki/stepca":      "the light step-ca client",
+		"pki":                "the base every binary links",
+		"pki/signedimage":    "the bundle's signature and verification",
+		"pki/stepca":         "the light step-ca client",
+		"internal/untrusted": "how untrusted input appears in messages (standard library only)",
 	}}
 	for _, pkg := range []string{"pki", "pki/stepca", "pki/signedimage"} {
 		for _, target := range deviceTargets {

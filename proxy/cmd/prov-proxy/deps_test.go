@@ -25,6 +25,9 @@ var proxyRules = deptest.Rules{
 		"pki/stepca":              "signs and revokes at step-ca",
 		"pki/token":               "one-time tokens of the proxy's provisioner",
 		"internal/cmdline":        "the commands' flag parsing",
+		"internal/serve":          "the service scaffolding shared with core: config blocks, identity, the HTTPS runner",
+		"internal/httpapi":        "the HTTP edge shared with core: the typed error and the one error body",
+		"internal/untrusted":      "how untrusted input appears in messages and the factory record",
 	},
 }
 
