@@ -169,6 +169,60 @@ func (e *Enroller) Reject(source netip.Addr, reason string) error {
 
 func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr, a *attempt) (*enrollapi.EnrollResponse, error) {
 	now := e.now()
+	in, err := e.check(req, source, now, a)
+	if err != nil {
+		return nil, err
+	}
+	adm, err := e.policy.Admit(in.id, in.serial, now)
+	if err != nil {
+		return nil, err
+	}
+	enrolled := false
+	defer func() { adm.Done(enrolled) }()
+	if adm.Batch != nil {
+		a.rec.Batch = adm.Batch.Name
+	}
+	unlock := e.lock(in.serial)
+	defer unlock()
+
+	dev, err := e.register(ctx, in, adm.Group())
+	if err != nil {
+		return nil, err
+	}
+	if err := e.revokeOld(ctx, in, dev, now); err != nil {
+		return nil, err
+	}
+	// The first bundle does not depend on the certificate: fetch it while
+	// step-ca signs. It is dropped if the enrollment fails.
+	bctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	fetched := make(chan bundleResult, 1)
+	go func() { fetched <- e.firstBundle(bctx, in.serial) }()
+
+	chain, err := e.issue(ctx, in)
+	if err != nil {
+		return nil, err
+	}
+	a.rec.CertSerial = chain[0].SerialNumber.String()
+	first := <-fetched
+	if first.err != nil {
+		return nil, first.err
+	}
+	enrolled = true
+	return e.answer(in.serial, dev.Topic, chain, first), nil
+}
+
+// request is an enrollment request that passed the checks.
+type request struct {
+	id     hwid.ID
+	serial string
+	csr    *x509.CertificateRequest
+	keySHA string // of the CSR's public key
+}
+
+// check applies the network and rate rules first, as for any request,
+// then validates the hardware ID by the serial rule and the CSR.
+func (e *Enroller) check(req enrollapi.EnrollRequest, source netip.Addr, now time.Time, a *attempt) (*request, error) {
 	if err := e.policy.Allow(source, now); err != nil {
 		return nil, err
 	}
@@ -188,87 +242,86 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	if err != nil {
 		return nil, err
 	}
-	serial := id.Serial()
-	a.rec.Serial = serial
-	adm, err := e.policy.Admit(id, serial, now)
-	if err != nil {
-		return nil, err
-	}
-	enrolled := false
-	defer func() { adm.Done(enrolled) }()
-	if adm.Batch != nil {
-		a.rec.Batch = adm.Batch.Name
-	}
-	unlock := e.lock(serial)
-	defer unlock()
+	a.rec.Serial = id.Serial()
+	return &request{id: id, serial: id.Serial(), csr: csr, keySHA: keySHA}, nil
+}
 
-	dev, _, err := e.core.Register(ctx, coreapi.RegisterRequest{Board: id.Board, HardwareID: id.Canonical, Group: adm.Group()})
+// register registers the device at core (idempotent) and checks core's
+// answer: the same serial, and a device core has not revoked.
+func (e *Enroller) register(ctx context.Context, in *request, group string) (*coreapi.Device, error) {
+	dev, _, err := e.core.Register(ctx, coreapi.RegisterRequest{Board: in.id.Board, HardwareID: in.id.Canonical, Group: group})
 	if err != nil {
 		return nil, &Upstream{Step: "register with core", Err: err}
 	}
-	if dev.Serial != serial {
-		return nil, &Upstream{Step: "register with core", Err: fmt.Errorf("core gave serial %s, the rule gives %s: core and proxy disagree on the serial rule", dev.Serial, serial)}
+	if dev.Serial != in.serial {
+		return nil, &Upstream{Step: "register with core", Err: fmt.Errorf("core gave serial %s, the rule gives %s: core and proxy disagree on the serial rule", dev.Serial, in.serial)}
 	}
 	if dev.Status != coreapi.StatusActive {
 		return nil, &vouch.Refusal{Rule: enrollapi.RuleReenrollment, Reason: "core has this device " + string(dev.Status)}
 	}
-	revoke, err := e.policy.Reenroll(dev.Issued, keySHA, now)
+	return dev, nil
+}
+
+// revokeOld applies the re-enrollment policy to the certificates issued
+// before, revoking at step-ca those it says to (one already revoked is
+// fine: a retry).
+func (e *Enroller) revokeOld(ctx context.Context, in *request, dev *coreapi.Device, now time.Time) error {
+	revoke, err := e.policy.Reenroll(dev.Issued, in.keySHA, now)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	for _, old := range revoke {
 		tok, err := e.prov.RevokeToken(e.ca.RevokeAudience(), old, e.now())
 		if err != nil {
-			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
+			return &Upstream{Step: "revoke the old certificate", Err: err}
 		}
 		if err := e.ca.Revoke(ctx, old, tok, "re-enrolled by "+e.name); err != nil && !errors.Is(err, stepca.ErrAlreadyRevoked) {
-			return nil, &Upstream{Step: "revoke the old certificate", Err: err}
+			return &Upstream{Step: "revoke the old certificate", Err: err}
 		}
-		e.log.Info("re-enrollment: old certificate revoked", "serial", serial, "cert_serial", old)
+		e.log.Info("re-enrollment: old certificate revoked", "serial", in.serial, "cert_serial", old)
 	}
-	// The first bundle does not depend on the certificate: fetch it while
-	// step-ca signs. It is dropped if the enrollment fails.
-	bctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	fetched := make(chan bundleResult, 1)
-	go func() { fetched <- e.firstBundle(bctx, serial) }()
+	return nil
+}
 
-	identity, err := pki.DeviceIdentity(e.roots.TrustDomain(), serial)
+// issue has step-ca sign the CSR with a one-time token bound to the serial
+// and the CSR's key, checks that the certificate is exactly the device's
+// identity for that key, and records it at core.
+func (e *Enroller) issue(ctx context.Context, in *request) ([]*x509.Certificate, error) {
+	identity, err := pki.DeviceIdentity(e.roots.TrustDomain(), in.serial)
 	if err != nil {
 		return nil, err
 	}
-	tok, err := e.prov.SignToken(token.SignRequest{Audience: e.ca.SignAudience(), Subject: serial, SANs: []string{identity.String()}, CSR: csr}, e.now())
+	tok, err := e.prov.SignToken(token.SignRequest{Audience: e.ca.SignAudience(), Subject: in.serial, SANs: []string{identity.String()}, CSR: in.csr}, e.now())
 	if err != nil {
 		return nil, err
 	}
-	chain, err := e.ca.SignFor(ctx, csr, tok, e.certLife)
+	chain, err := e.ca.SignFor(ctx, in.csr, tok, e.certLife)
 	if err != nil {
 		return nil, &Upstream{Step: "sign at step-ca", Err: err}
 	}
 	got, err := e.roots.Verify(chain, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
-	if err != nil || got != identity || keyDigest(chain[0].PublicKey) != keySHA {
+	if err != nil || got != identity || keyDigest(chain[0].PublicKey) != in.keySHA {
 		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate is not %s for the CSR's key (%w)", identity, err)}
 	}
 	leaf := chain[0]
-	a.rec.CertSerial = leaf.SerialNumber.String()
-	if _, err := e.core.RecordIssued(ctx, serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: keySHA,
+	if _, err := e.core.RecordIssued(ctx, in.serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: in.keySHA,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}); err != nil {
 		return nil, &Upstream{Step: "record the certificate at core", Err: err}
 	}
-	first := <-fetched
-	if first.err != nil {
-		return nil, first.err
-	}
+	return chain, nil
+}
+
+// answer is everything the device needs in the field.
+func (e *Enroller) answer(serial, topic string, chain []*x509.Certificate, first bundleResult) *enrollapi.EnrollResponse {
 	var certPEM bytes.Buffer
 	for _, c := range chain {
 		_ = pem.Encode(&certPEM, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
-	enrolled = true
 	return &enrollapi.EnrollResponse{
 		Serial: serial, Certificate: certPEM.String(), Root: e.rootPEM,
-		CoreURL: e.field.CoreURL, CAURL: e.field.CAURL, MQTTURL: e.field.MQTTURL, MQTTTopic: dev.Topic,
+		CoreURL: e.field.CoreURL, CAURL: e.field.CAURL, MQTTURL: e.field.MQTTURL, MQTTTopic: topic,
 		Bundle: base64.StdEncoding.EncodeToString(first.data), Generation: first.generation,
-	}, nil
+	}
 }
 
 // bundleResult is the device's first signed bundle, checked as the device
