@@ -142,7 +142,7 @@ func TestDocumentedRoutes(t *testing.T) {
 		}
 		for _, m := range re.FindAllStringSubmatch(string(src), -1) {
 			if m[2] == "" {
-				continue // "POST "+api.PathEnroll, added below
+				continue // "POST "+enrollapi.PathEnroll, added below
 			}
 			routes = append(routes, strings.ToUpper(m[1])+" "+strings.TrimSuffix(m[2], "{$}"))
 		}

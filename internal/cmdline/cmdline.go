@@ -1,9 +1,9 @@
 // Package cmdline holds the command-line conventions every prov-* binary
 // follows: exit codes, usage errors, repeatable and required flags, how an
 // error becomes an exit code, and the servers' log and garbage-collector
-// settings. It lives beside pki because pki is what
-// every binary, the device's included, already links; it uses the standard
-// library only.
+// settings. Every binary, the device's included, links it, so it uses the
+// standard library only; it is plumbing that belongs to no one part, hence
+// internal/.
 package cmdline
 
 import (

@@ -1,6 +1,6 @@
-// Command prov-core is the provisioning service: device registry, image
-// build and signing, mTLS API, MQTT notifications. Today it has the offline
-// image tool; the service arrives with its issue.
+// Command prov-core is the provisioning service (serve): device registry,
+// image build and signing, mTLS API, MQTT notifications; its admin client
+// (admin) and the offline image tool (image build).
 package main
 
 import (

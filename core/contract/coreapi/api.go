@@ -1,4 +1,4 @@
-// Package api is the wire contract of core's HTTP API and of its MQTT
+// Package coreapi is the wire contract of core's HTTP API and of its MQTT
 // notifications: paths, headers, request and response bodies, the error
 // body, and a small client. The proxy, the admin CLI and the device client
 // use it; it links the standard library only.

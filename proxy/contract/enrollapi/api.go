@@ -1,4 +1,4 @@
-// Package api is the wire contract between a new device and the factory
+// Package enrollapi is the wire contract between a new device and the factory
 // proxy: POST /v1/enroll. The device client links it; standard library
 // only.
 package enrollapi
