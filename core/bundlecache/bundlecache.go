@@ -1,4 +1,4 @@
-// Package images keeps signed bundles by (serial, generation): each is
+// Package bundlecache keeps signed bundles by (serial, generation): each is
 // built and signed once, whoever asks first, and served from memory after
 // that; concurrent requests for one missing bundle wait for one build. The
 // cache is bounded in bytes and evicts the least recently used. A bundle

@@ -1,4 +1,4 @@
-// Package image turns a device record into its provisioning image: the
+// Package imagebuild turns a device record into its provisioning image: the
 // files of the imagespec contract, packed by the deterministic squashfs
 // writer, and signed into a bundle (pki/signedimage). The same record gives
 // the same bytes on every core instance, at any time.

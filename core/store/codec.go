@@ -3,7 +3,6 @@ package store
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 
 	"github.com/klauspost/compress/zstd"
@@ -68,8 +67,6 @@ func encode(v any) ([]byte, error) {
 	}
 	return encoder.EncodeAll(raw, make([]byte, 0, len(raw)/2+32)), nil
 }
-
-var errUnknownEncoding = errors.New("unknown record encoding")
 
 // decode reads a value written by encode, or a plain JSON one.
 func decode(stored []byte, v any) error {

@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 
 	bolt "go.etcd.io/bbolt"
@@ -14,13 +13,9 @@ import (
 // outside the writer, on a snapshot read in a read transaction, where it
 // runs on every core. The writer then only checks that the record it was
 // computed from is still the stored one, byte for byte, and puts the new
-// bytes; if another write changed it meanwhile, the change is prepared
-// again from the new record. Within one commit, two changes of the same
-// record therefore never both apply to the same snapshot.
-
-// errStale leaves a prepared change out of its batch: its snapshot is out
-// of date.
-var errStale = errors.New("record changed since it was read")
+// bytes; if another write changed it meanwhile (errStale), the change is
+// prepared again from the new record. Within one commit, two changes of
+// the same record therefore never both apply to the same snapshot.
 
 // maxOptimistic bounds the optimistic attempts of one change; a record
 // that keeps changing under it is then changed inside the writer.
@@ -32,103 +27,104 @@ const maxOptimistic = 4
 // device as stored.
 func (s *Store) modifyDevice(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
 	for range maxOptimistic {
-		var base []byte
-		var d *Device
-		err := s.db.View(func(tx *bolt.Tx) error {
-			var err error
-			if d, err = device(tx, serial); err == nil {
-				base = bytes.Clone(tx.Bucket(bucketDevices).Get([]byte(serial)))
-			}
-			return err
-		})
-		if err != nil {
+		d, err := s.modifyPrepared(op, serial, fn)
+		if !errors.Is(err, errStale) {
+			return d, err
+		}
+	}
+	// Contended: do it all in the writer.
+	return s.modifyInWriter(op, serial, fn)
+}
+
+// modifyPrepared is one optimistic attempt of modifyDevice; errStale when
+// the record changed between the snapshot and the commit.
+func (s *Store) modifyPrepared(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
+	var base []byte
+	var d *Device
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if d, err = device(tx, serial); err == nil {
+			base = bytes.Clone(tx.Bucket(bucketDevices).Get([]byte(serial)))
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	ev, err := fn(d)
+	if err != nil || ev == nil {
+		return d, err
+	}
+	still := func(tx *bolt.Tx) error {
+		if !bytes.Equal(tx.Bucket(bucketDevices).Get([]byte(serial)), base) {
+			return errStale
+		}
+		return nil
+	}
+	if err := s.commitPrepared(op, serial, d, ev, still, nil); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+// modifyInWriter is modifyDevice done entirely inside one write
+// transaction.
+func (s *Store) modifyInWriter(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
+	var d *Device
+	err := s.updateDevice(op, serial, func(tx *bolt.Tx) (*Device, error) {
+		var err error
+		if d, err = device(tx, serial); err != nil {
 			return nil, err
 		}
 		ev, err := fn(d)
 		if err != nil || ev == nil {
 			return d, err
 		}
-		record, err := encode(d)
-		if err != nil {
-			return nil, err
-		}
-		event, err := encodeEvent(*ev)
-		if err != nil {
-			return nil, err
-		}
-		txid := 0
-		err = s.batch(op, func(tx *bolt.Tx) error {
-			txid = tx.ID()
-			b := tx.Bucket(bucketDevices)
-			if !bytes.Equal(b.Get([]byte(serial)), base) {
-				return errStale
-			}
-			if err := b.Put([]byte(serial), record); err != nil {
-				return err
-			}
-			return putEvent(tx, ev.Subject, event)
-		})
-		if errors.Is(err, errStale) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		stored := *d
-		s.devices.put(serial, txid, &stored)
-		return d, nil
-	}
-	// Contended: do it all in the writer.
-	var d *Device
-	txid := 0
-	err := s.update(op, func(tx *bolt.Tx) error {
-		txid = tx.ID()
-		var err error
-		if d, err = device(tx, serial); err != nil {
-			return err
-		}
-		ev, err := fn(d)
-		if err != nil || ev == nil {
-			return err
-		}
 		if err := putRecord(tx.Bucket(bucketDevices), serial, d); err != nil {
-			return err
+			return nil, err
 		}
-		return audit(tx, *ev)
+		return d, audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, err
 	}
-	stored := *d
-	s.devices.put(serial, txid, &stored)
 	return d, nil
 }
 
-// putEvent stores an encoded audit event under the next sequence number.
-// Events are stored without their sequence number and subject: the key
-// holds both.
-func putEvent(tx *bolt.Tx, subject string, event []byte) error {
-	b := tx.Bucket(bucketAudit)
-	seq, err := b.NextSequence()
+// commitPrepared encodes device d and its event outside the writer, then
+// commits them through the group committer: inside the writer, still
+// checks that what d was computed from is unchanged (errStale if not),
+// and also, if set, writes what goes with the record. Once committed, d
+// is cached as stored.
+func (s *Store) commitPrepared(op, serial string, d *Device, ev *Event, still, also func(tx *bolt.Tx) error) error {
+	record, err := encode(d)
 	if err != nil {
 		return err
 	}
-	return b.Put(auditKey(subject, seq), event)
-}
-
-func auditKey(subject string, seq uint64) []byte {
-	return binary.BigEndian.AppendUint64([]byte(subject+"\x00"), seq)
-}
-
-func audit(tx *bolt.Tx, e Event) error {
-	raw, err := encodeEvent(e)
+	event, err := encodeEvent(*ev)
 	if err != nil {
 		return err
 	}
-	return putEvent(tx, e.Subject, raw)
-}
-
-func encodeEvent(e Event) ([]byte, error) {
-	e.Seq, e.Subject = 0, "" // in the key
-	return encode(e)
+	txid := 0
+	err = s.batch(op, func(tx *bolt.Tx) error {
+		txid = tx.ID()
+		if err := still(tx); err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketDevices).Put([]byte(serial), record); err != nil {
+			return err
+		}
+		if also != nil {
+			if err := also(tx); err != nil {
+				return err
+			}
+		}
+		return putEvent(tx, ev.Subject, event)
+	})
+	if err != nil {
+		return err
+	}
+	stored := *d
+	s.devices.put(serial, txid, &stored)
+	return nil
 }

@@ -2,9 +2,9 @@
 // follows: a sub-command table and its dispatcher (command.go), exit codes
 // and how an error becomes one, usage errors, repeatable and required
 // flags, and the servers' serve command with its log and garbage-collector
-// settings (serve.go). It lives beside pki because pki is what every
-// binary, the device's included, already links; it uses the standard
-// library only.
+// settings (serve.go). Every binary, the device's included, links it, so it
+// uses the standard library only; it is plumbing that belongs to no one
+// part, hence internal/.
 package cmdline
 
 import (

@@ -328,13 +328,54 @@ func (b *builder) write(path string, data []byte, mode os.FileMode, what string,
 	return nil
 }
 
+// build writes the whole PKI directory, in the order each step needs:
+// the CAs, the provisioners the CA configuration names, the configuration,
+// and last the first identities, issued by that CA.
 func (b *builder) build(ctx context.Context) error {
-	o := b.opts
+	if err := b.makeDirs(); err != nil {
+		return err
+	}
+	if err := b.writeCAs(); err != nil {
+		return err
+	}
+	provs, err := b.writeProvisioners()
+	if err != nil {
+		return err
+	}
+	if err := b.writeTemplates(); err != nil {
+		return err
+	}
+	caJSON, err := b.caConfig(provs.admin, provs.revoker, provs.proxies)
+	if err != nil {
+		return err
+	}
+	if err := b.write(b.l.CAConfig(), caJSON, secretMode, "step-ca configuration", CAHost); err != nil {
+		return err
+	}
+	m, err := json.MarshalIndent(b.manifest(), "", "  ")
+	if err != nil {
+		return fmt.Errorf("manifest: %w", err)
+	}
+	if err := b.write(b.l.ManifestFile(), append(m, '\n'), publicMode, "PKI manifest", CAHost); err != nil {
+		return err
+	}
+	return b.issueFirstIdentities(ctx, provs.admin)
+}
+
+func (b *builder) makeDirs() error {
 	for _, d := range []string{filepath.Dir(b.l.RootCert()), b.l.OfflineDir(), b.l.CADir(), filepath.Dir(b.l.CADatabase()), filepath.Dir(b.l.Template(""))} {
 		if err := mkdir(d); err != nil {
 			return err
 		}
 	}
+	return nil
+}
+
+// writeCAs makes the root and the intermediate and writes their
+// certificates and keys, the keys encrypted with the deployment password;
+// the root key goes to offline/ with a note saying what to do with it.
+func (b *builder) writeCAs() error {
+	o := b.opts
 	root, rootKey, inter, interKey, err := b.makeCAs()
 	if err != nil {
 		return err
@@ -359,39 +400,55 @@ func (b *builder) build(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := b.write(b.l.IntermediateKey(), interKeyPEM, secretMode, "intermediate key (encrypted)", CAHost); err != nil {
-		return err
-	}
+	return b.write(b.l.IntermediateKey(), interKeyPEM, secretMode, "intermediate key (encrypted)", CAHost)
+}
 
+// provisioners are the step-ca provisioners init makes.
+type provisioners struct {
+	admin   *token.Provisioner   // issues service identities; encrypted with the deployment password
+	revoker *token.Provisioner   // core's, revoke-only
+	proxies []*token.Provisioner // one per proxy, in the order of InitOptions.Proxies
+}
+
+// writeProvisioners makes the provisioners and writes their keys: the
+// admin's encrypted with the deployment password, each service's with its
+// own (writeProvisioner).
+func (b *builder) writeProvisioners() (*provisioners, error) {
+	o := b.opts
 	admin, err := token.Generate(stepca.AdminProvisionerName)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	adminJWE, err := admin.Encrypt(o.Password)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	if err := b.write(b.l.AdminProvisionerKey(), adminJWE, secretMode, "admin provisioner key (encrypted)", CAHost); err != nil {
-		return err
+		return nil, err
 	}
 	proxyProvs := make([]*token.Provisioner, len(o.Proxies))
 	for i, p := range o.Proxies {
 		id, err := pki.NewIdentity(o.TrustDomain, pki.RoleProxy, p.Name)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if proxyProvs[i], err = b.writeProvisioner(stepca.ProxyProvisionerName(p.Name), b.l.ProxyProvisionerKey(p.Name), b.l.ProxyProvisionerPassword(p.Name), "proxy provisioner key (encrypted)", HandOff(id)); err != nil {
-			return err
+			return nil, err
 		}
 	}
 	coreID, err := pki.NewIdentity(o.TrustDomain, pki.RoleCore, o.CoreName)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	revoker, err := b.writeProvisioner(stepca.RevokerProvisionerName, b.l.CoreRevokerKey(o.CoreName), b.l.CoreRevokerPassword(o.CoreName), "core's revoke-only provisioner key (encrypted)", HandOff(coreID))
 	if err != nil {
-		return err
+		return nil, err
 	}
+	return &provisioners{admin: admin, revoker: revoker, proxies: proxyProvs}, nil
+}
+
+// writeTemplates writes the certificate templates the provisioners name.
+func (b *builder) writeTemplates() error {
 	for _, name := range []string{deviceTemplate, serviceTemplate, revokeOnlyTemplate} {
 		data, err := templates.ReadFile("templates/" + name)
 		if err != nil {
@@ -401,21 +458,7 @@ func (b *builder) build(ctx context.Context) error {
 			return err
 		}
 	}
-	caJSON, err := b.caConfig(admin, revoker, proxyProvs)
-	if err != nil {
-		return err
-	}
-	if err := b.write(b.l.CAConfig(), caJSON, secretMode, "step-ca configuration", CAHost); err != nil {
-		return err
-	}
-	m, err := json.MarshalIndent(b.manifest(), "", "  ")
-	if err != nil {
-		return fmt.Errorf("manifest: %w", err)
-	}
-	if err := b.write(b.l.ManifestFile(), append(m, '\n'), publicMode, "PKI manifest", CAHost); err != nil {
-		return err
-	}
-	return b.issueFirstIdentities(ctx, admin)
+	return nil
 }
 
 // writeProvisioner makes a provisioner key for a service and writes it
@@ -525,48 +568,9 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 	if err != nil {
 		return nil, err
 	}
-	dur := func(d time.Duration) *provisioner.Duration { return &provisioner.Duration{Duration: d} }
-	no := false
-	provs := provisioner.List{&provisioner.JWK{
-		Type: "JWK",
-		Name: stepca.AdminProvisionerName,
-		Key:  admin.PublicKey(),
-		Claims: &provisioner.Claims{
-			MinTLSDur:      dur(time.Hour),
-			MaxTLSDur:      dur(maxServiceLife),
-			DefaultTLSDur:  dur(o.ServiceCertLifetime),
-			DisableRenewal: &no,
-		},
-		Options: &provisioner.Options{X509: &provisioner.X509Options{
-			TemplateFile: b.l.Template(serviceTemplate),
-			TemplateData: tdata,
-		}},
-	}}
-	provs = append(provs, &provisioner.JWK{
-		Type: "JWK",
-		Name: revoker.Name(),
-		Key:  revoker.PublicKey(),
-		Options: &provisioner.Options{X509: &provisioner.X509Options{
-			TemplateFile: b.l.Template(revokeOnlyTemplate),
-		}},
-	})
+	provs := provisioner.List{b.adminProvisioner(admin, tdata), b.revokerProvisioner(revoker)}
 	for _, p := range proxies {
-		provs = append(provs, &provisioner.JWK{
-			Type: "JWK",
-			Name: p.Name(),
-			Key:  p.PublicKey(),
-			Claims: &provisioner.Claims{
-				MinTLSDur:               dur(minDeviceLifetime),
-				MaxTLSDur:               dur(o.DeviceCertLifetime),
-				DefaultTLSDur:           dur(o.DeviceCertLifetime),
-				DisableRenewal:          &no,
-				AllowRenewalAfterExpiry: &no,
-			},
-			Options: &provisioner.Options{X509: &provisioner.X509Options{
-				TemplateFile: b.l.Template(deviceTemplate),
-				TemplateData: tdata,
-			}},
-		})
+		provs = append(provs, b.proxyProvisioner(p, tdata))
 	}
 	tlsOpts := config.DefaultTLSOptions
 	tlsOpts.MinVersion = 1.3
@@ -582,14 +586,14 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 		DB:               &db.Config{Type: "bbolt", DataSource: b.l.CADatabase()},
 		AuthorityConfig: &config.AuthConfig{
 			Provisioners: provs,
-			Backdate:     dur(time.Minute),
+			Backdate:     stepDuration(time.Minute),
 		},
 		TLS:        &tlsOpts,
 		CommonName: o.TrustDomain + " Online CA",
 		CRL: &config.CRLConfig{
 			Enabled:          true,
 			GenerateOnRevoke: true,
-			CacheDuration:    dur(time.Hour),
+			CacheDuration:    stepDuration(time.Hour),
 		},
 	}
 	data, err := json.MarshalIndent(&cfg, "", "  ") //nolint:gosec // cfg.Password stays empty: step-ca gets it from --password-file
@@ -598,6 +602,64 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 	}
 	return append(data, '\n'), nil
 }
+
+// adminProvisioner issues service identities (serviceTemplate), for an
+// hour up to maxServiceLife, renewable at step-ca.
+func (b *builder) adminProvisioner(admin *token.Provisioner, tdata json.RawMessage) *provisioner.JWK {
+	no := false
+	return &provisioner.JWK{
+		Type: "JWK",
+		Name: stepca.AdminProvisionerName,
+		Key:  admin.PublicKey(),
+		Claims: &provisioner.Claims{
+			MinTLSDur:      stepDuration(time.Hour),
+			MaxTLSDur:      stepDuration(maxServiceLife),
+			DefaultTLSDur:  stepDuration(b.opts.ServiceCertLifetime),
+			DisableRenewal: &no,
+		},
+		Options: &provisioner.Options{X509: &provisioner.X509Options{
+			TemplateFile: b.l.Template(serviceTemplate),
+			TemplateData: tdata,
+		}},
+	}
+}
+
+// revokerProvisioner is core's: its template (revokeOnlyTemplate) refuses
+// to sign anything, so all it can do is revoke.
+func (b *builder) revokerProvisioner(revoker *token.Provisioner) *provisioner.JWK {
+	return &provisioner.JWK{
+		Type: "JWK",
+		Name: revoker.Name(),
+		Key:  revoker.PublicKey(),
+		Options: &provisioner.Options{X509: &provisioner.X509Options{
+			TemplateFile: b.l.Template(revokeOnlyTemplate),
+		}},
+	}
+}
+
+// proxyProvisioner is a proxy's: device certificates only (deviceTemplate),
+// for the device lifetime, renewable at step-ca until they expire.
+func (b *builder) proxyProvisioner(p *token.Provisioner, tdata json.RawMessage) *provisioner.JWK {
+	no := false
+	return &provisioner.JWK{
+		Type: "JWK",
+		Name: p.Name(),
+		Key:  p.PublicKey(),
+		Claims: &provisioner.Claims{
+			MinTLSDur:               stepDuration(minDeviceLifetime),
+			MaxTLSDur:               stepDuration(b.opts.DeviceCertLifetime),
+			DefaultTLSDur:           stepDuration(b.opts.DeviceCertLifetime),
+			DisableRenewal:          &no,
+			AllowRenewalAfterExpiry: &no,
+		},
+		Options: &provisioner.Options{X509: &provisioner.X509Options{
+			TemplateFile: b.l.Template(deviceTemplate),
+			TemplateData: tdata,
+		}},
+	}
+}
+
+func stepDuration(d time.Duration) *provisioner.Duration { return &provisioner.Duration{Duration: d} }
 
 // issueFirstIdentities issues core, signer, admin and proxy certificates
 // through the in-process authority.

@@ -54,26 +54,9 @@ type Issued struct {
 // <role>/<name>/ (cert.pem, key.pem, root_ca.crt). The key never leaves
 // this process except into key.pem.
 func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.Provisioner, req IdentityRequest, now time.Time) (*Issued, error) {
-	id, err := pki.NewIdentity(d.TrustDomain, req.Role, req.Name)
+	id, err := d.checkIdentityRequest(req)
 	if err != nil {
 		return nil, err
-	}
-	switch req.Role {
-	case pki.RoleDevice:
-		return nil, errors.New("device certificates are issued through a proxy, not by prov-pki")
-	case pki.RoleProxy:
-		if !d.HasProxy(req.Name) {
-			return nil, fmt.Errorf("%w %q: this PKI has provisioners for %v", ErrUnknownProxy, req.Name, d.Proxies)
-		}
-	case pki.RoleAdmin, pki.RoleSigner:
-		if len(req.Hosts) > 0 {
-			return nil, fmt.Errorf("a %s certificate carries no host names (got %v)", req.Role, req.Hosts)
-		}
-	}
-	for _, h := range req.Hosts {
-		if err := validateHost(h); err != nil {
-			return nil, err
-		}
 	}
 	dir := d.IdentityDir(req.Role, req.Name)
 	stamp := now.UTC().Format("20060102T150405Z")
@@ -89,6 +72,55 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 	if err != nil {
 		return nil, err
 	}
+	chain, err := signIdentity(ctx, s, admin, id, req.Hosts, key, now)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.verifyIssued(chain, id, req.Role, now); err != nil {
+		return nil, err
+	}
+	if err := d.installIdentity(id, dir, replaced, stamp, key, chain); err != nil {
+		return nil, err
+	}
+	out := &Issued{
+		Identity: id, Dir: dir, Leaf: chain[0], Replaced: replaced,
+		CertFile: d.IdentityCert(req.Role, req.Name),
+		KeyFile:  d.IdentityKey(req.Role, req.Name),
+	}
+	return out, nil
+}
+
+// checkIdentityRequest is the identity a request asks for, if this PKI
+// issues it: prov-pki issues no device certificates, a proxy's name must
+// be one with a provisioner, and only servers carry host names.
+func (d *Deployment) checkIdentityRequest(req IdentityRequest) (pki.Identity, error) {
+	id, err := pki.NewIdentity(d.TrustDomain, req.Role, req.Name)
+	if err != nil {
+		return pki.Identity{}, err
+	}
+	switch req.Role {
+	case pki.RoleDevice:
+		return pki.Identity{}, errors.New("device certificates are issued through a proxy, not by prov-pki")
+	case pki.RoleProxy:
+		if !d.HasProxy(req.Name) {
+			return pki.Identity{}, fmt.Errorf("%w %q: this PKI has provisioners for %v", ErrUnknownProxy, req.Name, d.Proxies)
+		}
+	case pki.RoleAdmin, pki.RoleSigner:
+		if len(req.Hosts) > 0 {
+			return pki.Identity{}, fmt.Errorf("a %s certificate carries no host names (got %v)", req.Role, req.Hosts)
+		}
+	}
+	for _, h := range req.Hosts {
+		if err := validateHost(h); err != nil {
+			return pki.Identity{}, err
+		}
+	}
+	return id, nil
+}
+
+// signIdentity has the CA sign key for id: a CSR that names nothing, and a
+// token of the admin provisioner that names the identity and hosts.
+func signIdentity(ctx context.Context, s Signer, admin *token.Provisioner, id pki.Identity, hosts []string, key crypto.Signer, now time.Time) ([]*x509.Certificate, error) {
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, fmt.Errorf("CSR for %s: %w", id, err)
@@ -100,7 +132,7 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 	ott, err := admin.SignToken(token.SignRequest{
 		Audience: s.SignAudience(),
 		Subject:  id.CommonName(),
-		SANs:     append([]string{id.String()}, req.Hosts...),
+		SANs:     append([]string{id.String()}, hosts...),
 		CSR:      csr,
 	}, now)
 	if err != nil {
@@ -110,41 +142,50 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 	if err != nil {
 		return nil, fmt.Errorf("issue %s: %w", id, err)
 	}
-	// Check what came back as a relying party will: it chains to our root
-	// now, has exactly the identity asked for and the role's key usage.
+	return chain, nil
+}
+
+// verifyIssued checks what came back as a relying party will: it chains
+// to our root now, has exactly the identity asked for and the role's key
+// usage.
+func (d *Deployment) verifyIssued(chain []*x509.Certificate, id pki.Identity, role pki.Role, now time.Time) error {
 	bundle, err := pki.LoadTrustBundle(d.RootCert())
 	if err != nil {
-		return nil, err
+		return err
 	}
-	got, err := bundle.Verify(chain, pki.VerifyOptions{Time: now, KeyUsage: req.Role.ExtKeyUsage(), Roles: []pki.Role{req.Role}})
+	got, err := bundle.Verify(chain, pki.VerifyOptions{Time: now, KeyUsage: role.ExtKeyUsage(), Roles: []pki.Role{role}})
 	if err != nil {
-		return nil, fmt.Errorf("issue %s: the CA's certificate does not verify: %w", id, err)
+		return fmt.Errorf("issue %s: the CA's certificate does not verify: %w", id, err)
 	}
 	if got != id {
-		return nil, fmt.Errorf("issue %s: the CA returned a certificate for %s", id, got)
+		return fmt.Errorf("issue %s: the CA returned a certificate for %s", id, got)
 	}
+	return nil
+}
 
+// installIdentity writes id's directory dir (key, chain, root). It writes
+// the new directory beside the old one, then swaps, so a failure leaves the
+// old identity in place; an old identity is moved to replaced, if given.
+func (d *Deployment) installIdentity(id pki.Identity, dir, replaced, stamp string, key crypto.Signer, chain []*x509.Certificate) error {
 	root, err := os.ReadFile(d.RootCert())
 	if err != nil {
-		return nil, fmt.Errorf("read root: %w", err)
+		return fmt.Errorf("read root: %w", err)
 	}
-	// Write the new directory beside the old one, then swap, so a failure
-	// leaves the old identity in place.
 	staging := dir + ".new-" + stamp
 	defer func() { _ = os.RemoveAll(staging) }()
 	if err := writeKey(filepath.Join(staging, "key.pem"), key, nil); err != nil {
-		return nil, err
+		return err
 	}
 	if err := writeFile(filepath.Join(staging, "cert.pem"), certsPEM(chain...), publicMode); err != nil {
-		return nil, err
+		return err
 	}
 	if err := writeFile(filepath.Join(staging, "root_ca.crt"), root, publicMode); err != nil {
-		return nil, err
+		return err
 	}
 	if _, err := os.Stat(dir); err == nil {
 		// A proxy's directory also holds its provisioner key: keep it.
 		if err := copyOtherFiles(dir, staging); err != nil {
-			return nil, err
+			return err
 		}
 		old := replaced
 		if old == "" { // only the provisioner key was there; it is copied
@@ -152,21 +193,13 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 			defer func() { _ = os.RemoveAll(old) }()
 		}
 		if err := os.Rename(dir, old); err != nil {
-			return nil, fmt.Errorf("move old identity aside: %w", err)
+			return fmt.Errorf("move old identity aside: %w", err)
 		}
 	}
 	if err := os.Rename(staging, dir); err != nil {
-		return nil, fmt.Errorf("install identity %s: %w", id, err)
+		return fmt.Errorf("install identity %s: %w", id, err)
 	}
-	if err := atomicfile.SyncDir(filepath.Dir(dir)); err != nil {
-		return nil, err
-	}
-	out := &Issued{
-		Identity: id, Dir: dir, Leaf: chain[0], Replaced: replaced,
-		CertFile: d.IdentityCert(req.Role, req.Name),
-		KeyFile:  d.IdentityKey(req.Role, req.Name),
-	}
-	return out, nil
+	return atomicfile.SyncDir(filepath.Dir(dir))
 }
 
 // newKey makes the key of a role: Ed25519 for the image signer (small,

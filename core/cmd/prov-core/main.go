@@ -1,6 +1,6 @@
-// Command prov-core is the provisioning service: device registry, image
-// build and signing, mTLS API, MQTT notifications (serve); the admins'
-// client of its API (admin); and the offline image tool (image build).
+// Command prov-core is the provisioning service (serve): device registry,
+// image build and signing, mTLS API, MQTT notifications; its admin client
+// (admin) and the offline image tool (image build).
 package main
 
 import (

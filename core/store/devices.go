@@ -1,0 +1,223 @@
+package store
+
+import (
+	"fmt"
+	"slices"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// device reads a device's record in tx.
+func device(tx *bolt.Tx, serial string) (*Device, error) {
+	var d Device
+	found, err := getRecord(tx.Bucket(bucketDevices), serial, &d)
+	if err != nil {
+		return nil, err
+	}
+	if !found {
+		return nil, fmt.Errorf("device %s: %w", serial, ErrNotFound)
+	}
+	return &d, nil
+}
+
+// view reads a device and its group in tx.
+func view(tx *bolt.Tx, serial string) (*View, error) {
+	d, err := device(tx, serial)
+	if err != nil {
+		return nil, err
+	}
+	g, err := deviceGroup(tx, serial, d.Group)
+	if err != nil {
+		return nil, err
+	}
+	return newView(d, g), nil
+}
+
+// Device returns a device and its group.
+func (s *Store) Device(serial string) (*View, error) {
+	if d, ok := s.devices.get(serial); ok {
+		if g := s.cachedGroup(d.Group); g != nil {
+			return newView(d, g), nil
+		}
+	}
+	var d *Device
+	var g *Group
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if d, err = device(tx, serial); err != nil {
+			return err
+		}
+		dc := *d
+		s.devices.put(serial, tx.ID(), &dc)
+		if g = s.cachedGroup(d.Group); g != nil {
+			return nil
+		}
+		if g, err = deviceGroup(tx, serial, d.Group); err != nil {
+			return err
+		}
+		s.cacheGroup(g)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return newView(d, g), nil
+}
+
+// withGroup is a device's view with its group as it is now.
+func (s *Store) withGroup(d *Device) (*View, error) {
+	g := s.cachedGroup(d.Group)
+	if g == nil {
+		var err error
+		if g, err = s.Group(d.Group); err != nil {
+			return nil, fmt.Errorf("device %s: %w", d.Serial, err)
+		}
+	}
+	return newView(d, g), nil
+}
+
+// List returns up to limit devices with serials after cursor, in serial
+// order, and the cursor of the next page ("" at the end).
+func (s *Store) List(cursor string, limit int) ([]View, string, error) {
+	var out []View
+	next := ""
+	err := s.db.View(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketDevices).Cursor()
+		k, _ := c.Seek([]byte(cursor))
+		if k != nil && string(k) == cursor {
+			k, _ = c.Next()
+		}
+		for ; k != nil; k, _ = c.Next() {
+			if len(out) == limit {
+				next = out[len(out)-1].Serial
+				return nil
+			}
+			v, err := view(tx, string(k))
+			if err != nil {
+				return err
+			}
+			out = append(out, *v)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// SetDeviceData changes a device's own mutable data if its generation is
+// still ifGeneration (else ErrConflict). check validates the device as it
+// would be; an error from it aborts the change.
+func (s *Store) SetDeviceData(serial string, ifGeneration uint64, c Change, actor string, check func(*View) error) (*View, error) {
+	return s.changeDevice(serial, "set data", actor, func(v *View) (map[string]string, error) {
+		if v.Generation() != ifGeneration {
+			return nil, fmt.Errorf("device %s is at generation %d, not %d: %w", serial, v.Generation(), ifGeneration, ErrConflict)
+		}
+		v.Data = c.apply(v.Data)
+		if err := check(v); err != nil {
+			return nil, err
+		}
+		return c.detail(), nil
+	})
+}
+
+// Reprovision moves a device to a new generation with the same data.
+func (s *Store) Reprovision(serial, actor string) (*View, error) {
+	return s.changeDevice(serial, "reprovision", actor, func(*View) (map[string]string, error) { return nil, nil })
+}
+
+// changeDevice moves an active device to its next version after fn has
+// changed it; fn returns the detail of the audit event.
+func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[string]string, error)) (*View, error) {
+	var v *View
+	err := s.updateDevice(action, serial, func(tx *bolt.Tx) (*Device, error) {
+		var err error
+		if v, err = view(tx, serial); err != nil {
+			return nil, err
+		}
+		if v.Status == Revoked {
+			return nil, fmt.Errorf("device %s: %w", serial, ErrRevoked)
+		}
+		detail, err := fn(v)
+		if err != nil {
+			return nil, err
+		}
+		now := s.stamp()
+		v.Version++
+		v.VersionAt, v.UpdatedAt = now, now
+		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
+			return nil, err
+		}
+		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: action, Generation: v.Generation(), Detail: detail})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Revoke marks a device revoked: core refuses it from now on.
+func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
+	var v *View
+	err := s.updateDevice("revoke", serial, func(tx *bolt.Tx) (*Device, error) {
+		var err error
+		if v, err = view(tx, serial); err != nil {
+			return nil, err
+		}
+		if v.Status == Revoked {
+			return &v.Device, nil // idempotent
+		}
+		now := s.stamp()
+		v.Status, v.UpdatedAt = Revoked, now
+		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
+			return nil, err
+		}
+		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: "revoke", Detail: map[string]string{"reason": reason}})
+	})
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// SeenCertificate remembers a certificate a device used, once. Callers
+// that hold the device check HasCertificate first; this checks again
+// inside its transaction.
+func (s *Store) SeenCertificate(serial string, c Certificate) error {
+	_, err := s.modifyDevice("certificate seen", serial, func(d *Device) (*Event, error) {
+		if d.HasCertificate(c.Fingerprint) {
+			return nil, nil
+		}
+		now := s.stamp()
+		c.FirstSeen = now
+		d.Certificates = append(d.Certificates, c)
+		if len(d.Certificates) > MaxCertificates {
+			d.Certificates = d.Certificates[len(d.Certificates)-MaxCertificates:]
+		}
+		d.UpdatedAt = now
+		return &Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
+			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}}, nil
+	})
+	return err
+}
+
+// RecordIssued remembers a certificate a proxy had issued for the device
+// (the last MaxCertificates of them), for the re-enrollment policy.
+func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
+	d, err := s.modifyDevice("certificate issued", serial, func(d *Device) (*Event, error) {
+		if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
+			return nil, nil
+		}
+		now := s.stamp()
+		d.Issued = append(d.Issued, c)
+		if len(d.Issued) > MaxCertificates {
+			d.Issued = d.Issued[len(d.Issued)-MaxCertificates:]
+		}
+		d.UpdatedAt = now
+		return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
+			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return s.withGroup(d)
+}

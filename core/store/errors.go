@@ -1,0 +1,31 @@
+package store
+
+import "errors"
+
+// Errors callers match with errors.Is.
+var (
+	ErrNotFound     = errors.New("not found")
+	ErrCollision    = errors.New("another hardware ID already has this serial")
+	ErrConflict     = errors.New("changed since the version given")
+	ErrUnknownGroup = errors.New("unknown group")
+	ErrRevoked      = errors.New("device is revoked")
+	ErrLocked       = errors.New("store is locked by another process")
+	// ErrUnavailable wraps failures of the disk or the database itself
+	// (full disk, I/O error): the caller may retry later.
+	ErrUnavailable = errors.New("store unavailable")
+)
+
+// Errors that never leave the package.
+var (
+	// errStale leaves a prepared change out of its batch: its snapshot is
+	// out of date (prepare.go).
+	errStale = errors.New("record changed since it was read")
+
+	// errAbortWrite marks a write whose own function failed: it leaves its
+	// batch and the rest is committed without it (groupcommit.go).
+	errAbortWrite = errors.New("write failed")
+
+	// errUnknownEncoding is a stored value that is neither plain JSON nor
+	// one of our zstd frames (codec.go).
+	errUnknownEncoding = errors.New("unknown record encoding")
+)
