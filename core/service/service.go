@@ -126,7 +126,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 			return err
 		}
 		g.Go(func() error { return b.Run(gctx) })
-		notifier, ready, mqttAddr = b, b.Ready, cfg.MQTT.Embedded.Listen
+		notifier, ready, mqttAddr = b, b.Ready, b.Addr() // the bound port, also when the configuration says 0
 	}
 
 	var checkRevoked func(*x509.Certificate) error
