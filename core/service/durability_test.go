@@ -32,8 +32,9 @@ func buildCore(t *testing.T) string {
 	return bin
 }
 
-// kill -9 of a core process in the middle of a burst of registrations:
-// the store opens clean and holds every registration core acknowledged.
+// kill -9 of a core process in the middle of a burst of registrations (a
+// set delay after the first is acknowledged): the store opens clean and
+// holds every registration core acknowledged.
 func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills prov-core; skipped in -short")
@@ -50,6 +51,8 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 			acked := map[string]string{} // serial -> hardware ID
 			var wg sync.WaitGroup
 			stop := make(chan struct{})
+			firstAck := make(chan struct{})
+			var firstOnce sync.Once
 			for w := range 16 {
 				wg.Add(1)
 				go func() {
@@ -70,8 +73,17 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 						mu.Lock()
 						acked[d.Serial] = hw
 						mu.Unlock()
+						firstOnce.Do(func() { close(firstAck) })
 					}
 				}()
+			}
+			// The burst is under way once core acknowledges a registration
+			// (16 TLS handshakes first: under load that alone can take
+			// longer than the shortest delay).
+			select {
+			case <-firstAck:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no registration acknowledged in 30s\n%s", logs.String())
 			}
 			// Not a wait for anything: the kill lands at a moment chosen
 			// in advance, in the middle of whatever core is doing then.
