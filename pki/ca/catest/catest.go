@@ -304,10 +304,14 @@ func isCA(addr netip.AddrPort, host string, roots *x509.CertPool) error {
 		return err
 	}
 	defer func() { _ = conn.Close() }()
-	if id, err := pki.IdentityOf(conn.ConnectionState().PeerCertificates[0]); !errors.Is(err, pki.ErrNoIdentity) {
-		return fmt.Errorf("a service of the deployment (%s), not its CA", id)
+	id, err := pki.IdentityOf(conn.ConnectionState().PeerCertificates[0])
+	switch {
+	case errors.Is(err, pki.ErrNoIdentity):
+		return nil
+	case err != nil:
+		return fmt.Errorf("not step-ca's certificate: %w", err)
 	}
-	return nil
+	return fmt.Errorf("%s of the deployment, not its CA", id)
 }
 
 func rootPool(d *deployment.Deployment) (*x509.CertPool, error) {
@@ -428,7 +432,8 @@ func RunBinary(t testing.TB, bin string, d *deployment.Deployment) *CA {
 	if err := os.WriteFile(pw, Password, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var out testenv.Buffer                                        // read while step-ca may still write
+	// out is read while step-ca may still write.
+	var out testenv.Buffer
 	cmd := exec.Command(bin, d.CAConfig(), "--password-file", pw) //nolint:gosec // a test tool
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
