@@ -29,13 +29,14 @@ import (
 
 // Config writes a prov-core configuration for the PKI d into dir and
 // returns its path. extra is YAML whose top-level keys replace the base's.
+// The API and the embedded broker listen on 127.0.0.1:0: each binds a free
+// port, and Run reports both.
 func Config(t testing.TB, d *deployment.Deployment, dir, extra string) string {
 	t.Helper()
 	secret := filepath.Join(dir, "machine-id.secret")
 	if err := os.WriteFile(secret, []byte(strings.Repeat("s3cr3t-", 8)), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	mqttPort := catest.FreePort(t)
 	core := deployment.DefaultCoreName
 	cfg := fmt.Sprintf(`listen: "127.0.0.1:0"
 trustBundle: %q
@@ -56,11 +57,11 @@ policy:
       mqttClientId: "b-{{.Serial}}"
       mqttGroupId: "line-b"
 mqtt:
-  embedded: {listen: "127.0.0.1:%d"}
+  embedded: {listen: "127.0.0.1:0"}
 log: {level: debug}
 `, d.RootCert(), d.IdentityCert(pki.RoleCore, core), d.IdentityKey(pki.RoleCore, core),
 		d.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName), d.IdentityKey(pki.RoleSigner, deployment.DefaultSignerName),
-		filepath.Join(dir, "registry.db"), secret, mqttPort)
+		filepath.Join(dir, "registry.db"), secret)
 	path := filepath.Join(dir, "core.yaml")
 	if err := os.WriteFile(path, []byte(MergeYAML(cfg, extra)), 0o600); err != nil {
 		t.Fatal(err)
@@ -72,7 +73,7 @@ log: {level: debug}
 type Core struct {
 	*catest.CA
 	URL        string // https://127.0.0.1:port
-	MQTTAddr   string
+	MQTTAddr   string // the embedded broker's bound host:port, or the external broker's URL
 	ConfigPath string
 	Dir        string
 	stop       func()
@@ -134,31 +135,14 @@ func RunAt(t testing.TB, c *catest.CA, configPath, dir, addr string, opts ...ser
 		}
 	}
 	t.Cleanup(core.stop)
-	// The embedded broker serves shortly after the API.
-	if !strings.Contains(core.MQTTAddr, "://") {
-		waitTCP(t, core.MQTTAddr)
-	}
+	// Nothing to wait for: the embedded broker bound its port before core
+	// reported it (mqtt.NewBroker binds), so a client that connects before
+	// it serves waits in the listen queue.
 	return core
 }
 
 // Stop stops core (idempotent).
 func (c *Core) Stop() { c.stop() }
-
-func waitTCP(t testing.TB, addr string) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		conn, err := net.DialTimeout("tcp", addr, time.Second)
-		if err == nil {
-			_ = conn.Close()
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s does not accept connections: %v", addr, err)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 // testWriter sends logs to t.Log, shown only when a test fails.
 type testWriter struct{ t testing.TB }

@@ -36,7 +36,9 @@ type Broker struct {
 }
 
 // NewBroker prepares a broker listening on addr with tlsCfg, which must
-// require and verify client certificates of the deployment.
+// require and verify client certificates of the deployment. It binds addr
+// at once (port 0 takes a free port), so Addr is the bound address before
+// Run, and clients that connect meanwhile wait in the listen queue.
 func NewBroker(addr string, tlsCfg *tls.Config, log *slog.Logger) (*Broker, error) {
 	if tlsCfg == nil || tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("mqtt broker: TLS with required client certificates is mandatory")
@@ -53,7 +55,7 @@ func NewBroker(addr string, tlsCfg *tls.Config, log *slog.Logger) (*Broker, erro
 	return &Broker{srv: srv, ln: ln, log: log}, nil
 }
 
-// Addr is the address the broker listens on.
+// Addr is the address the broker listens on, with the port it bound.
 func (b *Broker) Addr() string { return b.ln.Address() }
 
 // Run serves until ctx ends.

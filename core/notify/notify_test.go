@@ -108,7 +108,7 @@ func TestDeviceAndGroupChanges(t *testing.T) {
 			t.Errorf("notification %+v for %+v (%v)", n, v, err)
 		}
 	}
-	if f.Bundles.Stats().Builds != int64(len(members)+1) {
+	if f.Bundles.Stats().Builds != uint64(len(members)+1) {
 		t.Errorf("%d bundles built, want %d", f.Bundles.Stats().Builds, len(members)+1)
 	}
 	if got := sent(t, reg, "published"); got != float64(len(members)+1) {

@@ -2,6 +2,7 @@ package service_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,8 +32,9 @@ func buildCore(t *testing.T) string {
 	return bin
 }
 
-// kill -9 of a core process in the middle of a burst of registrations:
-// the store opens clean and holds every registration core acknowledged.
+// kill -9 of a core process in the middle of a burst of registrations (a
+// set delay after the first is acknowledged): the store opens clean and
+// holds every registration core acknowledged.
 func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and kills prov-core; skipped in -short")
@@ -42,23 +44,15 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	for round, after := range []time.Duration{300 * time.Millisecond, 900 * time.Millisecond, 1700 * time.Millisecond} {
 		t.Run(fmt.Sprintf("kill after %s", after), func(t *testing.T) {
 			dir := t.TempDir()
-			port := catest.FreePort(t)
-			cfg := coretest.Config(t, c.Deployment, dir, fmt.Sprintf("listen: \"127.0.0.1:%d\"\n", port))
-			cmd := exec.Command(bin, "serve", "--config", cfg)
-			var logs strings.Builder
-			cmd.Stderr = &logs
-			if err := cmd.Start(); err != nil {
-				t.Fatal(err)
-			}
-			url := fmt.Sprintf("https://127.0.0.1:%d", port)
-			core := &coretest.Core{CA: c, URL: url}
-			waitHealthy(t, core, &logs)
+			cmd, core, logs := startCore(t, bin, c, coretest.Config(t, c.Deployment, dir, ""))
 
 			proxy := core.Client(t, core.Proxy(t))
 			var mu sync.Mutex
 			acked := map[string]string{} // serial -> hardware ID
 			var wg sync.WaitGroup
 			stop := make(chan struct{})
+			firstAck := make(chan struct{})
+			var firstOnce sync.Once
 			for w := range 16 {
 				wg.Add(1)
 				go func() {
@@ -79,9 +73,20 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 						mu.Lock()
 						acked[d.Serial] = hw
 						mu.Unlock()
+						firstOnce.Do(func() { close(firstAck) })
 					}
 				}()
 			}
+			// The burst is under way once core acknowledges a registration
+			// (16 TLS handshakes first: under load that alone can take
+			// longer than the shortest delay).
+			select {
+			case <-firstAck:
+			case <-time.After(30 * time.Second):
+				t.Fatalf("no registration acknowledged in 30s\n%s", logs.String())
+			}
+			// Not a wait for anything: the kill lands at a moment chosen
+			// in advance, in the middle of whatever core is doing then.
 			time.Sleep(after)
 			if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
 				t.Fatal(err)
@@ -114,23 +119,54 @@ func TestKill9KeepsAcknowledgedWrites(t *testing.T) {
 	}
 }
 
-func waitHealthy(t *testing.T, core *coretest.Core, logs *strings.Builder) {
+// startCore runs the prov-core binary on cfg, whose API listens on port 0,
+// and returns it once ready, at the address its start log line reports
+// (the port it bound). The process is killed at the end of the test if it
+// still runs.
+func startCore(t *testing.T, bin string, c *catest.CA, cfg string) (*exec.Cmd, *coretest.Core, *testenv.Buffer) {
 	t.Helper()
-	hc := core.HTTP(t, nil)
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := hc.Get(core.URL + "/readyz")
-		if err == nil {
-			_ = resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("prov-core not ready: %v\n%s", err, logs.String())
-		}
-		time.Sleep(50 * time.Millisecond)
+	cmd := exec.Command(bin, "serve", "--config", cfg)
+	logs := &testenv.Buffer{} // read while core still writes
+	cmd.Stderr = logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() })
+	core := &coretest.Core{CA: c}
+	var hc *http.Client
+	err := testenv.WaitFor(30*time.Second, func() error {
+		if core.URL == "" {
+			api, err := servingAt(logs.String())
+			if err != nil {
+				return err
+			}
+			core.URL, hc = "https://"+api, core.HTTP(t, nil)
+		}
+		resp, err := hc.Get(core.URL + "/readyz")
+		if err != nil {
+			return err
+		}
+		_ = resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("%s/readyz: HTTP %d", core.URL, resp.StatusCode)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("prov-core not ready: %v\n%s", err, logs.String())
+	}
+	return cmd, core, logs
+}
+
+// servingAt is the API address in prov-core's start line (JSON logs).
+func servingAt(logs string) (string, error) {
+	for line := range strings.Lines(logs) {
+		var rec struct{ Msg, API string }
+		if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "prov-core serving" && rec.API != "" {
+			return rec.API, nil
+		}
+	}
+	return "", errors.New(`no "prov-core serving" log line yet`)
 }
 
 // A really full disk (a small tmpfs): registration answers 503 and writes

@@ -14,6 +14,7 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 )
@@ -77,6 +78,31 @@ func (m *mqttClient) next(t *testing.T, within time.Duration) *coreapi.Notificat
 	}
 }
 
+// registrationsPublished waits until core has published the notifications
+// of the two devices a test registered, so the broker retains them before
+// the test's device subscribes and sends its own once, on subscribing.
+func registrationsPublished(t *testing.T, core *coretest.Core) {
+	t.Helper()
+	hc := core.HTTP(t, nil)
+	if err := testenv.WaitFor(15*time.Second, func() error {
+		if n := published(t, hc, core.URL); n < 2 {
+			return fmt.Errorf("%.0f of 2 registrations' notifications published", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// registration checks that the first message is the retained notification
+// of d's registration.
+func (m *mqttClient) registration(t *testing.T, d *coreapi.Device) {
+	t.Helper()
+	if n := m.next(t, 10*time.Second); n == nil || n.Serial != d.Serial || n.Generation != d.Generation {
+		t.Fatalf("the retained notification of %s's registration: %+v", d.Serial, n)
+	}
+}
+
 func deviceTLS(t *testing.T, c *catest.CA, cert *tls.Certificate) *tls.Config {
 	t.Helper()
 	bundle, err := pki.LoadTrustBundle(c.RootCert())
@@ -94,6 +120,7 @@ func TestEmbeddedBroker(t *testing.T) {
 	core := coretest.Start(t, "")
 	d := core.Register(t, "rpi4", coretest.RPi4(41))
 	other := core.Register(t, "rpi4", coretest.RPi4(42))
+	registrationsPublished(t, core)
 	cert := coretest.DeviceCert(t, core.CA, d.Serial, 0)
 	m, err := dialMQTT(t, core.MQTTAddr, deviceTLS(t, core.CA, cert), d.Serial)
 	if err != nil {
@@ -107,9 +134,7 @@ func TestEmbeddedBroker(t *testing.T) {
 			t.Errorf("subscribed to %s (reason %#x)", topic, code)
 		}
 	}
-	// The retained notification of registration arrives first; drain it.
-	for m.next(t, 2*time.Second) != nil {
-	}
+	m.registration(t, d)
 	admin := core.Client(t, core.Admin(t))
 	if _, err := admin.SetDeviceData(ctx, d.Serial, d.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
 		t.Fatal(err)
@@ -157,6 +182,7 @@ func TestMosquittoExternalBroker(t *testing.T) {
 	cr := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, "mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:"+fmt.Sprint(port)+"\"}}\n"), dir)
 	d := cr.Register(t, "rpi4", coretest.RPi4(51))
 	other := cr.Register(t, "rpi4", coretest.RPi4(52))
+	registrationsPublished(t, cr)
 	cert := coretest.DeviceCert(t, c, d.Serial, 0)
 	tlsCfg := deviceTLS(t, c, cert)
 	tlsCfg.ServerName = "localhost"
@@ -166,8 +192,7 @@ func TestMosquittoExternalBroker(t *testing.T) {
 	}
 	m.subscribe(t, coreapi.DeviceTopic(d.Serial))
 	m.subscribe(t, coreapi.DeviceTopic(other.Serial)) // mosquitto grants, then filters by the ACL
-	for m.next(t, 2*time.Second) != nil {
-	}
+	m.registration(t, d)
 	admin := cr.Client(t, cr.Admin(t))
 	if _, err := admin.SetDeviceData(ctx, other.Serial, other.Generation, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/x": "1"}}); err != nil {
 		t.Fatal(err)

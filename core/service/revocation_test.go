@@ -2,12 +2,14 @@ package service_test
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -44,19 +46,20 @@ func TestCARevocationReachesCore(t *testing.T) {
 	if err := c.Client.Revoke(ctx, serial, tok, "test"); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	if err := testenv.WaitFor(10*time.Second, func() error {
 		// A new connection each time: the revoked certificate must fail the
 		// handshake.
 		_, err := core.Client(t, bobCert).List(ctx, "", 1)
 		var se *coreapi.StatusError
-		if err != nil && !errors.As(err, &se) {
-			break
+		switch {
+		case err == nil:
+			return errors.New("core still accepts a certificate revoked at the CA")
+		case errors.As(err, &se):
+			return fmt.Errorf("core still accepts a certificate revoked at the CA: %w", err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("core still accepts a certificate revoked at the CA: %v", err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -203,7 +203,7 @@ func (c *core) newBroker(ctx context.Context, g *errgroup.Group) (notify.Notifie
 		return nil, nil, "", err
 	}
 	g.Go(func() error { return b.Run(ctx) })
-	return b, b.Ready, c.cfg.MQTT.Embedded.Listen, nil
+	return b, b.Ready, b.Addr(), nil
 }
 
 // run serves until ctx ends or a part fails.

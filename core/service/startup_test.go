@@ -6,9 +6,7 @@ import (
 	"errors"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -119,16 +117,7 @@ func TestSIGTERMStopsCleanly(t *testing.T) {
 	bin := buildCore(t)
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	port := catest.FreePort(t)
-	cfg := coretest.Config(t, c.Deployment, dir, "listen: \"127.0.0.1:"+strconv.Itoa(port)+"\"\n")
-	cmd := exec.Command(bin, "serve", "--config", cfg)
-	var logs strings.Builder
-	cmd.Stderr = &logs
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	core := &coretest.Core{CA: c, URL: "https://127.0.0.1:" + strconv.Itoa(port)}
-	waitHealthy(t, core, &logs)
+	cmd, core, logs := startCore(t, bin, c, coretest.Config(t, c.Deployment, dir, ""))
 	core.Register(t, "rpi4", coretest.RPi4(77))
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)

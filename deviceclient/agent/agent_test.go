@@ -3,6 +3,7 @@ package agent_test
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/enroll"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -120,6 +122,17 @@ func generation(t *testing.T, st *state.Dir) uint64 {
 		t.Fatal(err)
 	}
 	return hw.Generation
+}
+
+// installed is a condition for testenv.WaitFor: generation gen is the
+// device's.
+func installed(t *testing.T, st *state.Dir, gen uint64) func() error {
+	return func() error {
+		if got := generation(t, st); got != gen {
+			return fmt.Errorf("generation %d installed, want %d; status %+v", got, gen, st.Status())
+		}
+		return nil
+	}
 }
 
 func TestUpdateFromCore(t *testing.T) {
@@ -231,7 +244,7 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 					return
 				}
 				w.(http.Flusher).Flush()
-				time.Sleep(20 * time.Millisecond)
+				time.Sleep(20 * time.Millisecond) // the slowness under test, not a wait
 			}
 		}, context.DeadlineExceeded},
 		{"another device's", func(w http.ResponseWriter) { _, _ = w.Write(other) }, signedimage.ErrWrongDevice},
@@ -262,13 +275,9 @@ func TestMQTTNotificationUpdates(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
 	gen := f.change(t, dev.Serial, "lab-2")
-	deadline := time.Now().Add(20 * time.Second)
-	for generation(t, st) != gen {
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("generation %d not installed after the notification; status %+v", gen, st.Status())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := testenv.WaitFor(20*time.Second, installed(t, st, gen)); err != nil {
+		stop()
+		t.Fatalf("not installed after the notification: %v", err)
 	}
 	stop()
 	select {
@@ -322,25 +331,32 @@ func TestRenewal(t *testing.T) {
 	runCtx, stop := context.WithCancel(ctx)
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		leaf, err := st.Leaf()
-		if err == nil && leaf.SerialNumber.Cmp(old.SerialNumber) != 0 {
-			if leaf.NotAfter.Before(old.NotAfter) || string(leaf.RawSubjectPublicKeyInfo) != string(old.RawSubjectPublicKeyInfo) {
-				t.Fatalf("renewed certificate: until %s (was %s), same key %v", leaf.NotAfter, old.NotAfter,
-					string(leaf.RawSubjectPublicKeyInfo) == string(old.RawSubjectPublicKeyInfo))
-			}
-			break
+	var leaf *x509.Certificate
+	if err := testenv.WaitFor(20*time.Second, func() error {
+		var err error
+		if leaf, err = st.Leaf(); err != nil {
+			return err
 		}
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("not renewed; status %+v", st.Status())
+		if leaf.SerialNumber.Cmp(old.SerialNumber) == 0 {
+			return fmt.Errorf("not renewed; status %+v", st.Status())
 		}
-		time.Sleep(50 * time.Millisecond)
+		return nil
+	}); err != nil {
+		stop()
+		t.Fatal(err)
 	}
-	for !n.has("WATCHDOG=1") && time.Now().Before(deadline) {
-		time.Sleep(20 * time.Millisecond)
+	if leaf.NotAfter.Before(old.NotAfter) || string(leaf.RawSubjectPublicKeyInfo) != string(old.RawSubjectPublicKeyInfo) {
+		stop()
+		t.Fatalf("renewed certificate: until %s (was %s), same key %v", leaf.NotAfter, old.NotAfter,
+			string(leaf.RawSubjectPublicKeyInfo) == string(old.RawSubjectPublicKeyInfo))
 	}
+	// A failed wait is reported below, with every message systemd missed.
+	_ = testenv.WaitFor(20*time.Second, func() error {
+		if !n.has("WATCHDOG=1") {
+			return errors.New("no WATCHDOG=1 yet")
+		}
+		return nil
+	})
 	stop()
 	if err := <-done; err != nil {
 		t.Fatal(err)
@@ -408,20 +424,33 @@ func TestForgedMQTTMessageOnlyChecks(t *testing.T) {
 	st, dev := f.enroll(t, "1813BBBK0107")
 	c := f.core.CA
 	cert := coreCert(t, c)
-	port := catest.FreePort(t)
 	broker := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := broker.AddHook(new(allowAll), nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := broker.AddListener(listeners.NewTCP(listeners.Config{ID: "open", Address: fmt.Sprintf("127.0.0.1:%d", port),
-		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}})); err != nil {
+	// The device checks at start and again once subscribed. Holding its
+	// subscription until the first check is done keeps the two apart, so
+	// that the check after each forged message can only be that message's.
+	gate := &subscribeGate{open: make(chan struct{})}
+	var openOnce sync.Once
+	openGate := func() { openOnce.Do(func() { close(gate.open) }) }
+	if err := broker.AddHook(gate, nil); err != nil {
+		t.Fatal(err)
+	}
+	ln := listeners.NewTCP(listeners.Config{ID: "open", Address: "127.0.0.1:0",
+		TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13}})
+	if err := broker.AddListener(ln); err != nil {
 		t.Fatal(err)
 	}
 	if err := broker.Serve(); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = broker.Close() })
-	dev.MQTTURL = fmt.Sprintf("tls://localhost:%d", port)
+	// If the test ends early, the gate opens before the broker closes
+	// (cleanups run last first).
+	t.Cleanup(openGate)
+	_, port, _ := net.SplitHostPort(ln.Address()) // the port it bound
+	dev.MQTTURL = "tls://localhost:" + port
 	if err := st.SetDevice(dev); err != nil {
 		t.Fatal(err)
 	}
@@ -433,16 +462,19 @@ func TestForgedMQTTMessageOnlyChecks(t *testing.T) {
 	go func() { done <- a.Run(runCtx) }()
 	waitCheckAfter := func(t0 time.Time) {
 		t.Helper()
-		deadline := time.Now().Add(20 * time.Second)
-		for !st.Status().LastCheck.After(t0) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no check after %s; status %+v", t0, st.Status())
+		if err := testenv.WaitFor(20*time.Second, func() error {
+			if s := st.Status(); !s.LastCheck.After(t0) {
+				return fmt.Errorf("no check after %s; status %+v", t0, s)
 			}
-			time.Sleep(20 * time.Millisecond)
+			return nil
+		}); err != nil {
+			t.Fatal(err)
 		}
 	}
-	waitCheckAfter(time.Time{})        // the check at start
-	time.Sleep(500 * time.Millisecond) // and the one on subscribing
+	waitCheckAfter(time.Time{}) // the check at start
+	subscribing := time.Now().UTC()
+	openGate()
+	waitCheckAfter(subscribing) // and the one on subscribing
 	for _, payload := range []string{
 		fmt.Sprintf(`{"serial":%q,"generation":99,"sha256":"%s"}`, dev.Serial, strings.Repeat("f", 64)),
 		"\x00\xff not a notification",
@@ -473,11 +505,25 @@ func (*allowAll) Provides(b byte) bool {
 func (*allowAll) OnConnectAuthenticate(*mochi.Client, packets.Packet) bool { return true }
 func (*allowAll) OnACLCheck(*mochi.Client, string, bool) bool              { return true }
 
+// subscribeGate holds every subscription, before the broker acknowledges
+// it, until open is closed.
+type subscribeGate struct {
+	mochi.HookBase
+	open chan struct{}
+}
+
+func (*subscribeGate) ID() string           { return "subscribe-gate" }
+func (*subscribeGate) Provides(b byte) bool { return b == mochi.OnSubscribe }
+func (g *subscribeGate) OnSubscribe(_ *mochi.Client, pk packets.Packet) packets.Packet {
+	<-g.open
+	return pk
+}
+
 // With the broker away, the daemon polls (jittered) and still updates.
 func TestPollsWhileMQTTIsDown(t *testing.T) {
 	f := newFleet(t, "")
 	st, dev := f.enroll(t, "1813BBBK0108")
-	dev.MQTTURL = fmt.Sprintf("tls://localhost:%d", catest.FreePort(t)) // nothing listens
+	dev.MQTTURL = fmt.Sprintf("tls://127.0.0.1:%d", testenv.RefusingPort(t)) // nothing listens
 	if err := st.SetDevice(dev); err != nil {
 		t.Fatal(err)
 	}
@@ -486,13 +532,9 @@ func TestPollsWhileMQTTIsDown(t *testing.T) {
 	done := make(chan error, 1)
 	go func() { done <- a.Run(runCtx) }()
 	gen := f.change(t, dev.Serial, "polled")
-	deadline := time.Now().Add(20 * time.Second)
-	for generation(t, st) != gen {
-		if time.Now().After(deadline) {
-			stop()
-			t.Fatalf("not polled; status %+v", st.Status())
-		}
-		time.Sleep(50 * time.Millisecond)
+	if err := testenv.WaitFor(20*time.Second, installed(t, st, gen)); err != nil {
+		stop()
+		t.Fatalf("not polled: %v", err)
 	}
 	stop()
 	if err := <-done; err != nil {

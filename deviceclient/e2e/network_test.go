@@ -3,13 +3,14 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -46,15 +47,20 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	factory := newNetns(t, ipTool, "pvf"+id, factoryHost, factoryDevice)
 	field := newNetns(t, ipTool, "pvd"+id, fieldHost, fieldDevice)
 
-	// The PKI names the servers by the addresses the device uses.
-	caPort := catest.FreePort(t)
+	// The PKI names the servers by the addresses the device uses. step-ca
+	// binds a free port on every address; RunBinary finds out which.
 	d := catest.NewPKI(t, func(o *deployment.InitOptions) {
-		o.CAAddress = fmt.Sprintf("0.0.0.0:%d", caPort)
+		o.CAAddress = "0.0.0.0:0"
 		o.CAHosts = []string{"localhost", "127.0.0.1", fieldHost}
 		o.CoreHosts = []string{"localhost", "127.0.0.1", fieldHost}
 		o.Proxies = []deployment.ProxySpec{{Name: catest.Proxy, Hosts: []string{"localhost", "127.0.0.1", factoryHost}}}
 	})
 	ca := catest.RunBinary(t, stepCA, d)
+	caURL, err := url.Parse(ca.CAURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caPort := caURL.Port()
 	mqttPort := coretest.Mosquitto(t, ca, "0.0.0.0")
 	dir := t.TempDir()
 	core := coretest.RunAt(t, ca, coretest.Config(t, d, dir,
@@ -62,7 +68,7 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	corePort := core.URL[strings.LastIndex(core.URL, ":")+1:]
 	core.URL = "https://127.0.0.1:" + corePort
 	proxy := proxytest.StartOn(t, core, factoryHost+":0",
-		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%d\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
+		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%s\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
 			fieldHost, corePort, fieldHost, caPort, fieldHost, mqttPort),
 		"networks: [\"10.231.0.0/24\"]\n")
 
@@ -126,7 +132,7 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	// The daemon in the field: MQTT through Mosquitto, renewal at the
 	// step-ca binary.
 	daemon := dev(field, "run", "--no-mount", "--renew-at", "0.01", "--poll", "1h", "--log-level", "debug")
-	log := &lockedBuffer{}
+	log := &testenv.Buffer{}
 	daemon.Stdout, daemon.Stderr = log, log
 	if err := daemon.Start(); err != nil {
 		t.Fatal(err)
@@ -139,16 +145,39 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 			t.Logf("prov-device run:\n%s", log.String())
 		}
 	})
-	waitFor(t, "the daemon subscribed", func() bool { return strings.Contains(log.String(), "mqtt subscribed") })
+	if err := testenv.WaitFor(30*time.Second, func() error {
+		if !strings.Contains(log.String(), "mqtt subscribed") {
+			return errors.New(`no "mqtt subscribed" in its log`)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the daemon subscribed: %v", err)
+	}
 	changeGroup(t, admin, "site=hall-2")
-	waitFor(t, "generation 3 through MQTT", func() bool {
+	if err := testenv.WaitFor(30*time.Second, func() error {
 		hw, err := s.HighWater()
-		return err == nil && hw.Generation == 3
-	})
-	waitFor(t, "the certificate renewed at the step-ca binary", func() bool {
+		if err != nil {
+			return err
+		}
+		if hw.Generation != 3 {
+			return fmt.Errorf("generation %d", hw.Generation)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("generation 3 through MQTT: %v", err)
+	}
+	if err := testenv.WaitFor(30*time.Second, func() error {
 		leaf, err := s.Leaf()
-		return err == nil && leaf.SerialNumber.Cmp(firstCert.SerialNumber) != 0
-	})
+		if err != nil {
+			return err
+		}
+		if leaf.SerialNumber.Cmp(firstCert.SerialNumber) == 0 {
+			return errors.New("still the enrolled certificate")
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("the certificate renewed at the step-ca binary: %v", err)
+	}
 	if err := daemon.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -246,34 +275,4 @@ func changeGroup(t *testing.T, admin *coreapi.Client, kv string) {
 	if _, err := admin.SetGroupData(context.Background(), "default", g.Version, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/" + k: v + "\n"}}); err != nil {
 		t.Fatal(err)
 	}
-}
-
-func waitFor(t *testing.T, what string, ok func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !ok() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// lockedBuffer is a log written by a process's output goroutine and read
-// by the test.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
 }

@@ -3,6 +3,12 @@
 // skip with a clear message where one is absent. CI sets PROV_REQUIRE_ALL=1
 // (see .ci/run), which turns every such skip into a failure, so a missing
 // install step cannot hide behind a green run.
+//
+// It also holds the plumbing every such test needs: WaitFor, the one way to
+// wait for something to happen (on the condition, never a fixed sleep), and
+// ports taken the safe way: servers bind port 0 and report what they got,
+// ListeningTCP finds the port of one that does not say, and StartOnFreePort
+// is the single fallback for a server that cannot bind port 0 at all.
 package testenv
 
 import (

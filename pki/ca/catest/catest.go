@@ -1,6 +1,15 @@
 // Package catest gives tests a complete deployment PKI made by
 // deployment.Init in a temporary directory, and its step-ca running in the
-// test process on a free loopback port.
+// test process (or the step-ca binary) on a loopback port it bound itself.
+//
+// A test PKI's ca.json asks for port 0, so the CA takes whatever port is
+// free when it binds, and no other process can take it first. step-ca does
+// not say which port it got, so Run, RunBinary and WaitHealthy find it in
+// /proc (testenv.ListeningTCP), make sure it is this deployment's CA (its
+// TLS certificate chains to this PKI's root and, unlike every service
+// identity, names no identity), and point CAURL at it, in memory and in
+// pki.json. Tokens stay valid: step-ca's audience check ignores ports, and
+// its TLS certificate names hosts, not ports.
 //
 // Making a PKI costs about 0.7 s (several 600,000-round key derivations),
 // seven times that under the race detector, so tests that only read from the
@@ -9,24 +18,29 @@
 package catest
 
 import (
-	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -49,37 +63,99 @@ type CA struct {
 }
 
 // NewPKI creates a PKI in a temporary directory. The options, if any, are
-// applied to the defaults before Init.
+// applied to the defaults before Init. The CA address is 127.0.0.1:0 unless
+// an option changes it; with port 0 (on any host) the CA binds a free port
+// when it runs, and until then CAURL names port 0.
 func NewPKI(t testing.TB, opts ...func(*deployment.InitOptions)) *deployment.Deployment {
 	t.Helper()
-	port, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	d, err := newPKI(filepath.Join(t.TempDir(), "pki"), port, opts...)
+	d, err := newPKI(filepath.Join(t.TempDir(), "pki"), opts...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return d
 }
 
-func newPKI(dir string, port int, opts ...func(*deployment.InitOptions)) (*deployment.Deployment, error) {
+// initPort stands in for port 0 during Init, which rightly refuses port 0
+// from an operator (a CA URL needs a real port); newPKI then writes port 0
+// into ca.json and pki.json.
+const initPort = "1"
+
+func newPKI(dir string, opts ...func(*deployment.InitOptions)) (*deployment.Deployment, error) {
 	o := deployment.InitOptions{
 		Dir:         dir,
 		Password:    Password,
 		TrustDomain: TrustDomain,
-		CAAddress:   "127.0.0.1:" + strconv.Itoa(port),
+		CAAddress:   "127.0.0.1:0",
 		CAHosts:     []string{"localhost", "127.0.0.1"},
 		Proxies:     []deployment.ProxySpec{{Name: Proxy}},
 	}
 	for _, f := range opts {
 		f(&o)
 	}
+	host, port, err := net.SplitHostPort(o.CAAddress)
+	if err != nil {
+		return nil, fmt.Errorf("test PKI: CA address %q: %w", o.CAAddress, err)
+	}
+	if port == "0" {
+		o.CAAddress = net.JoinHostPort(host, initPort)
+	}
 	res, err := deployment.Init(context.Background(), o)
 	if err != nil {
 		return nil, fmt.Errorf("init test PKI: %w", err)
 	}
-	return res.Deployment, nil
+	d := res.Deployment
+	if port == "0" {
+		if err := listenOnPort0(d, host); err != nil {
+			return nil, err
+		}
+		if err := setCAPort(d, 0); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// listenOnPort0 makes step-ca's configuration listen on host, port 0. Only
+// the address changes (the keys' order in the file does too).
+func listenOnPort0(d *deployment.Deployment, host string) error {
+	raw, err := os.ReadFile(d.CAConfig())
+	if err != nil {
+		return fmt.Errorf("test PKI: %w", err)
+	}
+	var cfg map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &cfg); err != nil {
+		return fmt.Errorf("test PKI: %s: %w", d.CAConfig(), err)
+	}
+	if cfg["address"], err = json.Marshal(net.JoinHostPort(host, "0")); err != nil {
+		return fmt.Errorf("test PKI: %w", err)
+	}
+	out, err := json.MarshalIndent(cfg, "", "  ")
+	if err != nil {
+		return fmt.Errorf("test PKI: %s: %w", d.CAConfig(), err)
+	}
+	if err := os.WriteFile(d.CAConfig(), append(out, '\n'), 0o600); err != nil {
+		return fmt.Errorf("test PKI: %w", err)
+	}
+	return nil
+}
+
+// setCAPort points d's CA URL at port, in memory and in pki.json (which
+// prov-pki issue and revoke read).
+func setCAPort(d *deployment.Deployment, port uint16) error {
+	u, err := url.Parse(d.CAURL)
+	if err != nil {
+		return fmt.Errorf("test PKI: CA URL: %w", err)
+	}
+	u.Host = net.JoinHostPort(u.Hostname(), strconv.Itoa(int(port)))
+	d.CAURL = u.String()
+	out, err := json.MarshalIndent(&d.Manifest, "", "  ")
+	if err != nil {
+		return fmt.Errorf("test PKI: manifest: %w", err)
+	}
+	if err := os.WriteFile(d.ManifestFile(), append(out, '\n'), 0o644); err != nil { //nolint:gosec // public, as init writes it
+		return fmt.Errorf("test PKI: %w", err)
+	}
+	return nil
 }
 
 // Start creates a PKI and runs its step-ca until the test ends.
@@ -108,6 +184,13 @@ func run(d *deployment.Deployment) (*CA, func() error, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("step-ca: %w", err)
 	}
+	// In this process the CA's listener is one among the test's own: it is
+	// one that was not there before.
+	self := os.Getpid()
+	before, err := testenv.ListeningTCP(self)
+	if err != nil {
+		return nil, nil, err
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- srv.Run(ctx) }()
@@ -115,7 +198,7 @@ func run(d *deployment.Deployment) (*CA, func() error, error) {
 		cancel()
 		return <-done
 	}
-	client, err := WaitHealthy(d, done, 15*time.Second)
+	client, err := waitServing(d, self, before, done, 15*time.Second)
 	if errors.Is(err, errExited) {
 		return nil, nil, err
 	}
@@ -128,33 +211,122 @@ func run(d *deployment.Deployment) (*CA, func() error, error) {
 
 var errExited = errors.New("the CA exited")
 
-// WaitHealthy returns a client of d's CA once it answers /health. It gives
-// up when exited delivers (the CA, a goroutine or a process, ended) or after
-// timeout.
-func WaitHealthy(d *deployment.Deployment, exited <-chan error, timeout time.Duration) (*stepca.Client, error) {
-	roots, err := pki.LoadTrustBundle(d.RootCert())
+// WaitHealthy waits until process pid serves d's CA, points d's CA URL at
+// the port it bound (see the package comment) and returns a client once
+// the CA answers /health. It gives up when exited delivers (the process
+// ended) or after timeout.
+func WaitHealthy(d *deployment.Deployment, pid int, exited <-chan error, timeout time.Duration) (*stepca.Client, error) {
+	return waitServing(d, pid, nil, exited, timeout)
+}
+
+// waitServing is WaitHealthy for a process whose listeners in known are
+// not the CA's.
+func waitServing(d *deployment.Deployment, pid int, known []netip.AddrPort, exited <-chan error, timeout time.Duration) (*stepca.Client, error) {
+	roots, err := rootPool(d)
 	if err != nil {
 		return nil, err
 	}
-	client, err := stepca.New(d.CAURL, roots)
+	u, err := url.Parse(d.CAURL)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("CA URL: %w", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	for {
-		err := client.Health(ctx)
-		if err == nil {
-			return client, nil
-		}
+	bundle, err := pki.LoadTrustBundle(d.RootCert())
+	if err != nil {
+		return nil, err
+	}
+	var client *stepca.Client
+	err = testenv.WaitFor(timeout, func() error {
 		select {
 		case xerr := <-exited:
-			return nil, fmt.Errorf("%w at start: %w", errExited, xerr)
-		case <-ctx.Done():
-			return nil, fmt.Errorf("CA not healthy after %s: %w", timeout, err)
-		case <-time.After(50 * time.Millisecond):
+			return testenv.Final(fmt.Errorf("%w at start: %w", errExited, xerr))
+		default:
 		}
+		if client == nil {
+			port, err := findCA(pid, known, u.Hostname(), roots)
+			if err != nil {
+				return err
+			}
+			if err := setCAPort(d, port); err != nil {
+				return testenv.Final(err)
+			}
+			if client, err = stepca.New(d.CAURL, bundle); err != nil {
+				return testenv.Final(err)
+			}
+		}
+		return client.Health(ctx)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("CA not serving: %w", err)
 	}
+	return client, nil
+}
+
+// findCA returns the port on which process pid serves the CA whose TLS
+// certificate chains to roots and names host: of the process's listeners
+// not in known, the one whose certificate is no service identity. Every
+// identity this PKI issues names one (core, proxies, admins, signers), so
+// that certificate is step-ca's own, and only one step-ca can run on a
+// PKI's files at a time (it locks its database).
+func findCA(pid int, known []netip.AddrPort, host string, roots *x509.CertPool) (uint16, error) {
+	addrs, err := testenv.ListeningTCP(pid)
+	if err != nil {
+		return 0, err
+	}
+	var errs []error
+	for _, a := range addrs {
+		if slices.Contains(known, a) {
+			continue
+		}
+		dial := a
+		if a.Addr().IsUnspecified() { // 0.0.0.0 or ::
+			dial = netip.AddrPortFrom(netip.IPv6Loopback(), a.Port())
+			if a.Addr().Is4() {
+				dial = netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, 1}), a.Port())
+			}
+		}
+		err := isCA(dial, host, roots)
+		if err == nil {
+			return a.Port(), nil
+		}
+		errs = append(errs, fmt.Errorf("%s: %w", a, err))
+	}
+	if len(errs) == 0 {
+		return 0, fmt.Errorf("process %d listens on no new TCP port yet", pid)
+	}
+	return 0, fmt.Errorf("process %d does not serve the CA yet: %w", pid, errors.Join(errs...))
+}
+
+// isCA checks that the TLS server at addr is a CA of roots named host, not
+// a service of the deployment.
+func isCA(addr netip.AddrPort, host string, roots *x509.CertPool) error {
+	dialer := &net.Dialer{Timeout: 2 * time.Second}
+	conn, err := tls.DialWithDialer(dialer, "tcp", addr.String(), &tls.Config{RootCAs: roots, ServerName: host, MinVersion: tls.VersionTLS12})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = conn.Close() }()
+	id, err := pki.IdentityOf(conn.ConnectionState().PeerCertificates[0])
+	switch {
+	case errors.Is(err, pki.ErrNoIdentity):
+		return nil
+	case err != nil:
+		return fmt.Errorf("not step-ca's certificate: %w", err)
+	}
+	return fmt.Errorf("%s of the deployment, not its CA", id)
+}
+
+func rootPool(d *deployment.Deployment) (*x509.CertPool, error) {
+	pem, err := os.ReadFile(d.RootCert())
+	if err != nil {
+		return nil, fmt.Errorf("test PKI root: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("test PKI root %s: no certificate", d.RootCert())
+	}
+	return pool, nil
 }
 
 var shared struct {
@@ -175,12 +347,7 @@ func Shared(t testing.TB) *CA {
 		if shared.err != nil {
 			return
 		}
-		port, err := freePort()
-		if err != nil {
-			shared.err = err
-			return
-		}
-		d, err := newPKI(filepath.Join(shared.dir, "pki"), port)
+		d, err := newPKI(filepath.Join(shared.dir, "pki"))
 		if err != nil {
 			shared.err = err
 			return
@@ -207,29 +374,6 @@ func Main(m *testing.M) int {
 		_ = os.RemoveAll(shared.dir)
 	}
 	return code
-}
-
-// FreePort returns a loopback TCP port that was free a moment ago.
-func FreePort(t testing.TB) int {
-	t.Helper()
-	p, err := freePort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
-	}
-	defer func() { _ = ln.Close() }()
-	addr, ok := ln.Addr().(*net.TCPAddr)
-	if !ok {
-		return 0, errors.New("listener address is not TCP")
-	}
-	return addr.Port, nil
 }
 
 // NewCSR makes a device key and a CSR for it that names nothing, as a
@@ -295,7 +439,8 @@ func RunBinary(t testing.TB, bin string, d *deployment.Deployment) *CA {
 	if err := os.WriteFile(pw, Password, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var out bytes.Buffer
+	// out is read while step-ca may still write.
+	var out testenv.Buffer
 	cmd := exec.Command(bin, d.CAConfig(), "--password-file", pw) //nolint:gosec // a test tool
 	cmd.Stdout, cmd.Stderr = &out, &out
 	if err := cmd.Start(); err != nil {
@@ -318,7 +463,7 @@ func RunBinary(t testing.TB, bin string, d *deployment.Deployment) *CA {
 			t.Logf("step-ca output:\n%s", out.String())
 		}
 	})
-	client, err := WaitHealthy(d, exited, 30*time.Second)
+	client, err := WaitHealthy(d, cmd.Process.Pid, exited, 30*time.Second)
 	if err != nil {
 		t.Fatalf("step-ca binary: %v\n%s", err, out.String())
 	}

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -10,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki/ca/catest"
 )
 
@@ -28,7 +28,7 @@ func TestCAStopsOnSIGTERM(t *testing.T) {
 	if err := os.WriteFile(pw, catest.Password, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	var stderr bytes.Buffer
+	var stderr testenv.Buffer // read while prov-pki may still write
 	cmd := exec.Command(bin, "ca", "--dir", d.Dir, "--password-file", pw)
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -37,7 +37,7 @@ func TestCAStopsOnSIGTERM(t *testing.T) {
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
 
-	if _, err := catest.WaitHealthy(d, exited, 20*time.Second); err != nil {
+	if _, err := catest.WaitHealthy(d, cmd.Process.Pid, exited, 20*time.Second); err != nil {
 		t.Fatalf("prov-pki ca: %v\n%s", err, stderr.String())
 	}
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {

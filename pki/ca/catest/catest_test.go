@@ -1,0 +1,106 @@
+package catest
+
+import (
+	"context"
+	"crypto/tls"
+	"net"
+	"net/netip"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca"
+	"github.com/fleetprov/prov/pki/deployment"
+)
+
+// A test PKI asks for port 0; the CA binds a port itself, and CAURL, in
+// memory and in pki.json, names that port once it runs.
+func TestCABindsItsOwnPort(t *testing.T) {
+	d := NewPKI(t)
+	if port := caPort(t, d.CAURL); port != "0" {
+		t.Fatalf("before the CA runs, CAURL %s names port %s, want 0", d.CAURL, port)
+	}
+	cfg, err := ca.LoadConfig(d.CAConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Address != "127.0.0.1:0" {
+		t.Fatalf("ca.json listens on %q, want 127.0.0.1:0", cfg.Address)
+	}
+	c := Run(t, d)
+	port := caPort(t, c.CAURL)
+	if port == "0" || !strings.HasPrefix(c.CAURL, "https://localhost:") {
+		t.Fatalf("a running CA at %s", c.CAURL)
+	}
+	onDisk, err := deployment.Open(d.Dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if onDisk.CAURL != c.CAURL {
+		t.Fatalf("pki.json names %s, the CA runs at %s", onDisk.CAURL, c.CAURL)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Client.Health(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A server of the same deployment (core's certificate chains to the same
+// root and names the same hosts) is not taken for the CA.
+func TestFindCASkipsTheDeploymentsServices(t *testing.T) {
+	d := NewPKI(t)
+	cert, err := tls.LoadX509KeyPair(d.IdentityCert(pki.RoleCore, deployment.DefaultCoreName), d.IdentityKey(pki.RoleCore, deployment.DefaultCoreName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer func() { _ = conn.Close() }()
+				_ = conn.(*tls.Conn).Handshake()
+			}()
+		}
+	}()
+	roots, err := rootPool(d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	core := netip.MustParseAddrPort(ln.Addr().String())
+	if err := isCA(core, "localhost", roots); err == nil {
+		t.Fatal("core's server passed for the CA")
+	}
+	if port, err := findCA(os.Getpid(), nil, "localhost", roots); err == nil {
+		t.Fatalf("found a CA on port %d with none running", port)
+	}
+	c := Run(t, d)
+	if port := caPort(t, c.CAURL); port == "0" || port == strconv.Itoa(int(core.Port())) {
+		t.Fatalf("the CA at %s", c.CAURL)
+	}
+}
+
+func caPort(t *testing.T, caURL string) string {
+	t.Helper()
+	u, err := url.Parse(caURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, err := net.SplitHostPort(u.Host)
+	if err != nil {
+		t.Fatalf("CA URL %s: %v", caURL, err)
+	}
+	return port
+}
