@@ -40,8 +40,12 @@ func (b *broker) Notify(_ context.Context, n coreapi.Notification) error {
 func (b *broker) serials() []string {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	return b.serialsLocked()
+}
+
+// serialsLocked is serials for a caller that holds b.mu.
+func (b *broker) serialsLocked() []string {
 	var s []string
-	b.mu.Lock()
 	for _, n := range b.got {
 		s = append(s, n.Serial)
 	}
@@ -49,11 +53,11 @@ func (b *broker) serials() []string {
 	return s
 }
 
-func register(t *testing.T, f *registrytest.Fixture, n int, group string) []string {
+func register(t *testing.T, f *registrytest.Fixture, first, n int, group string) []string {
 	t.Helper()
 	proxy := registrytest.Identity(t, pki.RoleProxy, "line-1")
 	var serials []string
-	for i := range n {
+	for i := first; i < first+n; i++ {
 		v, _, err := f.Registry.Register(coreapi.RegisterRequest{Board: "rpi4", HardwareID: fmt.Sprintf("20000000%08x", i), Group: group}, proxy)
 		if err != nil {
 			t.Fatal(err)
@@ -66,8 +70,8 @@ func register(t *testing.T, f *registrytest.Fixture, n int, group string) []stri
 
 func TestDeviceAndGroupChanges(t *testing.T) {
 	f := registrytest.New(t, store.Options{})
-	members := register(t, f, 20, "line-b")
-	other := register(t, f, 1, "default")
+	members := register(t, f, 0, 20, "line-b")
+	other := register(t, f, 100, 1, "default")
 	b := &broker{}
 	reg := prometheus.NewRegistry()
 	w := notify.New(f.Store, f.Bundles, b, 0, slog.New(slog.DiscardHandler), reg)
@@ -92,8 +96,8 @@ func TestDeviceAndGroupChanges(t *testing.T) {
 	}
 	w.DeviceChanged(other[0])
 	if err := testenv.WaitFor(10*time.Second, func() error {
-		if got := b.serials(); !slices.Contains(got, other[0]) {
-			return errors.New("the device change is not published")
+		if got := sent(t, reg, "published"); got != float64(len(members)+1) {
+			return fmt.Errorf("published counter %v", got)
 		}
 		return nil
 	}); err != nil {
@@ -111,8 +115,8 @@ func TestDeviceAndGroupChanges(t *testing.T) {
 	if f.Bundles.Stats().Builds != uint64(len(members)+1) {
 		t.Errorf("%d bundles built, want %d", f.Bundles.Stats().Builds, len(members)+1)
 	}
-	if got := sent(t, reg, "published"); got != float64(len(members)+1) {
-		t.Errorf("published counter %v", got)
+	if !slices.Contains(b.serialsLocked(), other[0]) {
+		t.Errorf("the device change is not published")
 	}
 
 	b.fail = errors.New("broker away")
