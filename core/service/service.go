@@ -93,7 +93,7 @@ type core struct {
 
 // newIdentity loads core's certificate, which must be core's.
 func (c *core) newIdentity() (err error) {
-	c.self, err = c.cfg.Identity.Load(pki.RoleCore)
+	c.self, err = c.cfg.LoadSelf(pki.RoleCore)
 	return err
 }
 

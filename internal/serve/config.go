@@ -57,11 +57,11 @@ type Self struct {
 	ID      pki.Identity
 }
 
-// Load reads the root and the pair and checks that the certificate
+// LoadSelf reads the root and the pair and checks that the certificate
 // verifies under the root with the service's role and its key usage: a
 // service refuses to start as somebody else (fail closed). Errors name the
 // configuration key.
-func (c *Identity) Load(role pki.Role) (*Self, error) {
+func (c *Identity) LoadSelf(role pki.Role) (*Self, error) {
 	roots, err := pki.LoadTrustBundle(c.TrustBundle)
 	if err != nil {
 		return nil, fmt.Errorf("trustBundle: %w", err)

@@ -85,7 +85,7 @@ func TestIdentityLoad(t *testing.T) {
 	coreCert, coreKey := ca.KeyPair(t, pkitest.LeafSpec{CN: "core/main", URIs: []string{"spiffe://fleet.test/core/main"}, DNS: []string{"localhost"},
 		EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth}})
 	id := serve.Identity{TrustBundle: root, TLS: serve.KeyPairFiles{Cert: coreCert, Key: coreKey}}
-	self, err := id.Load(pki.RoleCore)
+	self, err := id.LoadSelf(pki.RoleCore)
 	if err != nil || self.ID.String() != "spiffe://fleet.test/core/main" || string(self.RootPEM) != string(ca.RootPEM) || self.KeyPair == nil {
 		t.Fatalf("core's identity: %+v %v", self, err)
 	}
@@ -101,7 +101,7 @@ func TestIdentityLoad(t *testing.T) {
 		{"no root file", serve.Identity{TrustBundle: root + ".missing", TLS: id.TLS}, pki.RoleCore, "trustBundle:"},
 		{"no key file", serve.Identity{TrustBundle: root, TLS: serve.KeyPairFiles{Cert: coreCert, Key: coreKey + ".missing"}}, pki.RoleCore, "tls:"},
 	} {
-		if _, err := tc.id.Load(tc.role); err == nil || !strings.HasPrefix(err.Error(), tc.key) {
+		if _, err := tc.id.LoadSelf(tc.role); err == nil || !strings.HasPrefix(err.Error(), tc.key) {
 			t.Errorf("%s: %v, want an error starting %q", tc.name, err, tc.key)
 		}
 	}
@@ -113,7 +113,7 @@ func TestHTTPS(t *testing.T) {
 	ca := pkitest.NewCA(t, "fleet.test")
 	cert, key := ca.KeyPair(t, pkitest.LeafSpec{CN: "core/main", URIs: []string{"spiffe://fleet.test/core/main"}, DNS: []string{"localhost"},
 		IPs: []string{"127.0.0.1"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}})
-	self, err := (&serve.Identity{TrustBundle: writeRoot(t, ca), TLS: serve.KeyPairFiles{Cert: cert, Key: key}}).Load(pki.RoleCore)
+	self, err := (&serve.Identity{TrustBundle: writeRoot(t, ca), TLS: serve.KeyPairFiles{Cert: cert, Key: key}}).LoadSelf(pki.RoleCore)
 	if err != nil {
 		t.Fatal(err)
 	}

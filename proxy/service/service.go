@@ -86,7 +86,7 @@ type proxy struct {
 
 // newIdentity loads the proxy's certificate, which must be a proxy's.
 func (p *proxy) newIdentity() (err error) {
-	p.self, err = p.cfg.Identity.Load(pki.RoleProxy)
+	p.self, err = p.cfg.LoadSelf(pki.RoleProxy)
 	return err
 }
 
