@@ -10,7 +10,7 @@ import (
 
 // deviceView is what a device sees of itself.
 func deviceView(v *store.View) coreapi.Device {
-	return coreapi.Device{Serial: v.Serial, Generation: v.Generation(), Status: coreapi.DeviceStatus(v.Status),
+	return coreapi.Device{Serial: v.Serial, Generation: v.Generation(), Status: v.Status,
 		IssuedAt: v.IssuedAt(), Topic: coreapi.DeviceTopic(v.Serial)}
 }
 

@@ -5,15 +5,17 @@ import (
 	"maps"
 	"slices"
 	"time"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
 )
 
-// Status of a device.
-type Status string
+// Status of a device: the contract's, stored as its string.
+type Status = coreapi.DeviceStatus
 
 // Statuses.
 const (
-	Active  Status = "active"
-	Revoked Status = "revoked"
+	Active  = coreapi.StatusActive
+	Revoked = coreapi.StatusRevoked
 )
 
 // Immutable is what a device gets once, at registration, and keeps.
