@@ -54,22 +54,12 @@ func WithStoreOptions(so store.Options) Option { return func(o *options) { o.sto
 func WithStarted(f func(apiAddr, mqttAddr string)) Option { return func(o *options) { o.started = f } }
 
 // Run runs core until ctx ends.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) error {
 	c := &core{cfg: cfg, log: log, metrics: prometheus.NewRegistry()}
 	for _, f := range opts {
 		f(&c.o)
 	}
-	defer func() {
-		if cerr := c.close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	for _, step := range []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation} {
-		if err := step(); err != nil {
-			return err
-		}
-	}
-	return c.run(ctx)
+	return serve.Compose(ctx, []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation}, c.run, c.close)
 }
 
 // core is the service being built, then run.

@@ -57,3 +57,21 @@ func HTTPS(ctx context.Context, ln net.Listener, h http.Handler, tlsCfg *tls.Con
 	}
 	return nil
 }
+
+// Compose is the shape of a composition root: build the service with its
+// named constructors in order, stopping at the first that fails, run it
+// until ctx ends, and close what was opened whatever happened (a close
+// error is returned if nothing failed before it).
+func Compose(ctx context.Context, build []func() error, run func(context.Context) error, close func() error) (err error) {
+	defer func() {
+		if cerr := close(); cerr != nil && err == nil {
+			err = cerr
+		}
+	}()
+	for _, step := range build {
+		if err := step(); err != nil {
+			return err
+		}
+	}
+	return run(ctx)
+}

@@ -165,3 +165,31 @@ func TestHTTPS(t *testing.T) {
 		t.Error("HTTPS on a closed listener returned nil")
 	}
 }
+
+func TestCompose(t *testing.T) {
+	var did []string
+	step := func(name string, err error) func() error {
+		return func() error { did = append(did, name); return err }
+	}
+	run := func(context.Context) error { did = append(did, "run"); return nil }
+	closeErr := errors.New("close failed")
+	for _, tc := range []struct {
+		name     string
+		build    []func() error
+		closeErr error
+		want     []string
+		err      error
+	}{
+		{"all steps, run, close", []func() error{step("a", nil), step("b", nil)}, nil, []string{"a", "b", "run", "close"}, nil},
+		{"a failing step stops the build; close still runs", []func() error{step("a", errBoom), step("b", nil)}, closeErr, []string{"a", "close"}, errBoom},
+		{"a close error after a clean run", []func() error{step("a", nil)}, closeErr, []string{"a", "run", "close"}, closeErr},
+	} {
+		did = nil
+		err := serve.Compose(context.Background(), tc.build, run, func() error { did = append(did, "close"); return tc.closeErr })
+		if !errors.Is(err, tc.err) || (tc.err == nil && err != nil) || strings.Join(did, ",") != strings.Join(tc.want, ",") {
+			t.Errorf("%s: did %v, %v", tc.name, did, err)
+		}
+	}
+}
+
+var errBoom = errors.New("boom")

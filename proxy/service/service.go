@@ -48,22 +48,12 @@ func WithUpstreams(f func(enroll.Core, enroll.CA) (enroll.Core, enroll.CA)) Opti
 }
 
 // Run runs the proxy until ctx ends.
-func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) (err error) {
+func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) error {
 	p := &proxy{cfg: cfg, log: log, line: status.New()}
 	for _, f := range opts {
 		f(&p.o)
 	}
-	defer func() {
-		if cerr := p.close(); cerr != nil && err == nil {
-			err = cerr
-		}
-	}()
-	for _, step := range []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller} {
-		if err := step(); err != nil {
-			return err
-		}
-	}
-	return p.run(ctx)
+	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller}, p.run, p.close)
 }
 
 // proxy is the service being built, then run.
