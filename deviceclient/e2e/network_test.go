@@ -3,6 +3,7 @@ package e2e_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net/url"
@@ -39,51 +40,13 @@ const (
 // run inside network namespaces.
 func TestDeviceAcrossNetworks(t *testing.T) {
 	testenv.Root(t, "network namespaces")
-	ipTool := testenv.Tool(t, "ip", "apt-get install iproute2")
-	curl := testenv.Tool(t, "curl", "apt-get install curl")
-	stepCA := testenv.Tool(t, "step-ca", "CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
-
-	id := strconv.Itoa(os.Getpid() % 100000)
-	factory := newNetns(t, ipTool, "pvf"+id, factoryHost, factoryDevice)
-	field := newNetns(t, ipTool, "pvd"+id, fieldHost, fieldDevice)
-
-	// The PKI names the servers by the addresses the device uses. step-ca
-	// binds a free port on every address; RunBinary finds out which.
-	d := catest.NewPKI(t, func(o *deployment.InitOptions) {
-		o.CAAddress = "0.0.0.0:0"
-		o.CAHosts = []string{"localhost", "127.0.0.1", fieldHost}
-		o.CoreHosts = []string{"localhost", "127.0.0.1", fieldHost}
-		o.Proxies = []deployment.ProxySpec{{Name: catest.Proxy, Hosts: []string{"localhost", "127.0.0.1", factoryHost}}}
-	})
-	ca := catest.RunBinary(t, stepCA, d)
-	caURL, err := url.Parse(ca.CAURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	caPort := caURL.Port()
-	mqttPort := coretest.Mosquitto(t, ca, "0.0.0.0")
-	dir := t.TempDir()
-	core := coretest.RunAt(t, ca, coretest.Config(t, d, dir,
-		fmt.Sprintf("mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:%d\"}}\n", mqttPort)), dir, "0.0.0.0:0")
-	corePort := core.URL[strings.LastIndex(core.URL, ":")+1:]
-	core.URL = "https://127.0.0.1:" + corePort
-	proxy := proxytest.StartOn(t, core, factoryHost+":0",
-		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%s\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
-			fieldHost, corePort, fieldHost, caPort, fieldHost, mqttPort),
-		"networks: [\"10.231.0.0/24\"]\n")
-
-	bin := filepath.Join(binaries(t), "prov-device")
-	board := rpi4Board(t, "10000000e2e00001")
-	st := filepath.Join(t.TempDir(), "state")
-	dev := func(ns *netns, args ...string) *exec.Cmd {
-		return ns.command(append([]string{bin}, append(args, "--state", st, "--cpuinfo", board.cpuinfo, "--dt-root", board.dt)...)...)
-	}
+	sys := startAcrossNetworks(t)
 
 	// Enrolled in the factory.
-	if out, err := dev(factory, "enroll", "--proxy", proxy.URL, "--root", d.RootCert()).CombinedOutput(); err != nil {
+	if out, err := sys.dev(sys.factory, "enroll", "--proxy", sys.proxy.URL, "--root", sys.d.RootCert()).CombinedOutput(); err != nil {
 		t.Fatalf("enroll on the factory network: %v\n%s", err, out)
 	}
-	s, err := state.Open(st)
+	s, err := state.Open(sys.state)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -95,43 +58,121 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	sys.checkBoundaries(t, device.Serial)
 
-	// In the field the proxy is out of reach; core is there, but only for
-	// a certificate of this deployment.
-	healthz := proxy.URL + "/healthz"
-	if out, err := factory.command(curl, "-fsS", "--max-time", "5", "--cacert", d.RootCert(), healthz).CombinedOutput(); err != nil {
+	// An update over mTLS in the field.
+	admin := sys.core.Client(t, sys.core.Admin(t))
+	changeGroup(t, admin, "site=hall-1")
+	if out, err := sys.dev(sys.field, "update", "--target", "").CombinedOutput(); err != nil || !strings.Contains(string(out), "installed generation 2") {
+		t.Fatalf("update in the field: %v\n%s", err, out)
+	}
+	sys.daemonInField(t, s, admin, firstCert)
+
+	// The renewed certificate works at core, from the field.
+	if out, err := sys.dev(sys.field, "update", "--target", "").CombinedOutput(); err != nil {
+		t.Fatalf("update with the renewed certificate: %v\n%s", err, out)
+	}
+	if out, err := exec.Command(sys.bin, "status", "--state", sys.state, "--json").Output(); err != nil || !bytes.Contains(out, []byte(`"generation": 3`)) {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// acrossNetworks is the whole system on the host, a factory network and a
+// field network, and one board's state directory.
+type acrossNetworks struct {
+	d              *deployment.Deployment
+	core           *coretest.Core
+	proxy          *proxytest.Proxy
+	factory, field *netns
+	curl, bin      string
+	caPort         string
+	corePort       string
+	state          string
+	board          boardFiles
+}
+
+// startAcrossNetworks starts the real step-ca binary, Mosquitto, core and
+// the proxy on the host, reachable from two network namespaces: the proxy
+// only from the factory one.
+func startAcrossNetworks(t *testing.T) *acrossNetworks {
+	t.Helper()
+	ipTool := testenv.Tool(t, "ip", "apt-get install iproute2")
+	curl := testenv.Tool(t, "curl", "apt-get install curl")
+	stepCA := testenv.Tool(t, "step-ca", "CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
+	id := strconv.Itoa(os.Getpid() % 100000)
+	sys := &acrossNetworks{curl: curl, factory: newNetns(t, ipTool, "pvf"+id, factoryHost, factoryDevice),
+		field: newNetns(t, ipTool, "pvd"+id, fieldHost, fieldDevice)}
+
+	// The PKI names the servers by the addresses the device uses. step-ca
+	// binds a free port on every address; RunBinary finds out which.
+	sys.d = catest.NewPKI(t, func(o *deployment.InitOptions) {
+		o.CAAddress = "0.0.0.0:0"
+		o.CAHosts = []string{"localhost", "127.0.0.1", fieldHost}
+		o.CoreHosts = []string{"localhost", "127.0.0.1", fieldHost}
+		o.Proxies = []deployment.ProxySpec{{Name: catest.Proxy, Hosts: []string{"localhost", "127.0.0.1", factoryHost}}}
+	})
+	ca := catest.RunBinary(t, stepCA, sys.d)
+	caURL, err := url.Parse(ca.CAURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sys.caPort = caURL.Port()
+	mqttPort := coretest.Mosquitto(t, ca, "0.0.0.0")
+	dir := t.TempDir()
+	sys.core = coretest.RunAt(t, ca, coretest.Config(t, sys.d, dir,
+		fmt.Sprintf("mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:%d\"}}\n", mqttPort)), dir, "0.0.0.0:0")
+	sys.corePort = sys.core.URL[strings.LastIndex(sys.core.URL, ":")+1:]
+	sys.core.URL = "https://127.0.0.1:" + sys.corePort
+	sys.proxy = proxytest.StartOn(t, sys.core, factoryHost+":0",
+		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%s\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
+			fieldHost, sys.corePort, fieldHost, sys.caPort, fieldHost, mqttPort),
+		"networks: [\"10.231.0.0/24\"]\n")
+	sys.bin = filepath.Join(binaries(t), "prov-device")
+	sys.board = rpi4Board(t, "10000000e2e00001")
+	sys.state = filepath.Join(t.TempDir(), "state")
+	return sys
+}
+
+// dev is prov-device with args, run in a network namespace as the board.
+func (sys *acrossNetworks) dev(ns *netns, args ...string) *exec.Cmd {
+	return ns.command(append([]string{sys.bin}, append(args, "--state", sys.state, "--cpuinfo", sys.board.cpuinfo, "--dt-root", sys.board.dt)...)...)
+}
+
+// checkBoundaries: in the field the proxy is out of reach; core is there,
+// but only for a certificate of this deployment.
+func (sys *acrossNetworks) checkBoundaries(t *testing.T, serial string) {
+	t.Helper()
+	root := sys.d.RootCert()
+	healthz := sys.proxy.URL + "/healthz"
+	if out, err := sys.factory.command(sys.curl, "-fsS", "--max-time", "5", "--cacert", root, healthz).CombinedOutput(); err != nil {
 		t.Fatalf("the proxy from the factory network: %v\n%s", err, out)
 	}
-	if out, err := field.command(curl, "-fsS", "--max-time", "5", "--cacert", d.RootCert(), healthz).CombinedOutput(); err == nil {
+	if out, err := sys.field.command(sys.curl, "-fsS", "--max-time", "5", "--cacert", root, healthz).CombinedOutput(); err == nil {
 		t.Fatalf("the proxy answered on the field network:\n%s", out)
 	}
-	if out, err := dev(field, "enroll", "--force", "--proxy", proxy.URL, "--root", d.RootCert()).CombinedOutput(); err == nil {
+	if out, err := sys.dev(sys.field, "enroll", "--force", "--proxy", sys.proxy.URL, "--root", root).CombinedOutput(); err == nil {
 		t.Fatalf("enrollment from the field network worked:\n%s", out)
 	}
-	bundleURL := fmt.Sprintf("https://%s:%s/v1/devices/%s/bundle", fieldHost, corePort, device.Serial)
-	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(),
-		"--cert", filepath.Join(st, state.CertFile), "--key", filepath.Join(st, state.KeyFile), bundleURL).CombinedOutput(); err != nil {
+	bundleURL := fmt.Sprintf("https://%s:%s/v1/devices/%s/bundle", fieldHost, sys.corePort, serial)
+	if out, err := sys.field.command(sys.curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", root,
+		"--cert", filepath.Join(sys.state, state.CertFile), "--key", filepath.Join(sys.state, state.KeyFile), bundleURL).CombinedOutput(); err != nil {
 		t.Fatalf("core, with the device's certificate, from the field: %v\n%s", err, out)
 	}
-	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(), bundleURL).CombinedOutput(); err == nil {
+	if out, err := sys.field.command(sys.curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", root, bundleURL).CombinedOutput(); err == nil {
 		t.Fatalf("core served a client without a certificate:\n%s", out)
 	}
-	foreignCert, foreignKey := foreignDevice(t, device.Serial)
-	if out, err := field.command(curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", d.RootCert(),
+	foreignCert, foreignKey := foreignDevice(t, serial)
+	if out, err := sys.field.command(sys.curl, "-fsS", "-o", "/dev/null", "--max-time", "5", "--cacert", root,
 		"--cert", foreignCert, "--key", foreignKey, bundleURL).CombinedOutput(); err == nil {
 		t.Fatalf("core served a certificate from another PKI:\n%s", out)
 	}
+}
 
-	// An update over mTLS in the field.
-	admin := core.Client(t, core.Admin(t))
-	changeGroup(t, admin, "site=hall-1")
-	if out, err := dev(field, "update", "--target", "").CombinedOutput(); err != nil || !strings.Contains(string(out), "installed generation 2") {
-		t.Fatalf("update in the field: %v\n%s", err, out)
-	}
-
-	// The daemon in the field: MQTT through Mosquitto, renewal at the
-	// step-ca binary.
-	daemon := dev(field, "run", "--no-mount", "--renew-at", "0.01", "--poll", "1h", "--log-level", "debug")
+// daemonInField runs the daemon in the field: a change reaches it through
+// Mosquitto, it renews at the step-ca binary, and it stops on SIGTERM.
+func (sys *acrossNetworks) daemonInField(t *testing.T, s *state.Dir, admin *coreapi.Client, firstCert *x509.Certificate) {
+	t.Helper()
+	daemon := sys.dev(sys.field, "run", "--no-mount", "--renew-at", "0.01", "--poll", "1h", "--log-level", "debug")
 	log := &testenv.Buffer{}
 	daemon.Stdout, daemon.Stderr = log, log
 	if err := daemon.Start(); err != nil {
@@ -188,13 +229,6 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 		}
 	case <-time.After(15 * time.Second):
 		t.Fatal("prov-device run did not stop on SIGTERM")
-	}
-	// The renewed certificate works at core, from the field.
-	if out, err := dev(field, "update", "--target", "").CombinedOutput(); err != nil {
-		t.Fatalf("update with the renewed certificate: %v\n%s", err, out)
-	}
-	if out, err := exec.Command(bin, "status", "--state", st, "--json").Output(); err != nil || !bytes.Contains(out, []byte(`"generation": 3`)) {
-		t.Fatalf("status: %v\n%s", err, out)
 	}
 }
 
