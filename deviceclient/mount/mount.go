@@ -6,12 +6,22 @@
 //
 // A later image is mounted and its overlay assembled beside the running one
 // first; only then is the old overlay detached and the new one moved into
-// place (two system calls apart), and the old image unmounted. The run
-// directory (on tmpfs) holds:
+// place (two system calls apart), and the old image unmounted. If the move
+// fails, the old image's overlay is assembled again and put back, so a
+// failed swap leaves the previous image mounted.
+//
+// Propagation matters: systemd makes / shared, so a mount made under a
+// shared mount is copied to its peers, and a mount cannot be moved out of a
+// shared parent. The run directory is therefore made a private mount of its
+// own, and base/ is made private after it is bound (a bind of a shared
+// mount joins its peer group; it would then receive every overlay moved
+// onto the target, and each new overlay would stack on the last). Only the
+// overlay moved onto the target propagates, as it should: to every mount
+// namespace that shares the target. The run directory (on tmpfs) holds:
 //
 //	base/           the rootfs's own target, bound before our first overlay
 //	images/<name>/  the image mounts
-//	stage/          a private mount where overlays are assembled
+//	stage/<name>/   where overlays are assembled
 //	mounted.json    which image is mounted over which target
 package mount
 
@@ -35,6 +45,10 @@ import (
 
 // source names our overlays in /proc/self/mountinfo.
 const source = "prov-device"
+
+// beforeMove runs before every move onto the target: a fault-injection
+// seam for tests (export_test.go).
+var beforeMove = func() {}
 
 // Layout says where to mount.
 type Layout struct {
@@ -95,7 +109,7 @@ func Mount(l Layout, in *install.Installed) (*Record, error) {
 	if err := l.check(); err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(l.file("images"), 0o700); err != nil {
+	if err := ensurePrivate(l.RunDir); err != nil {
 		return nil, err
 	}
 	old, err := Current(l)
@@ -108,40 +122,21 @@ func Mount(l Layout, in *install.Installed) (*Record, error) {
 	if err := ensureBase(l, old != nil); err != nil {
 		return nil, err
 	}
-	if err := ensureStage(l); err != nil {
-		return nil, err
-	}
-	imgDir := l.file("images", strings.TrimSuffix(in.Name, ".bundle"))
+	name := strings.TrimSuffix(in.Name, ".bundle")
+	imgDir := l.file("images", name)
 	if err := mountImage(in, imgDir); err != nil {
 		return nil, err
 	}
-	staged := l.file("stage", strings.TrimSuffix(in.Name, ".bundle"))
-	undo := func() {
-		_ = unix.Unmount(staged, unix.MNT_DETACH)
+	staged, err := assemble(l, name)
+	if err != nil {
 		_ = unix.Unmount(imgDir, unix.MNT_DETACH)
-	}
-	if err := os.MkdirAll(staged, 0o700); err != nil {
-		undo()
 		return nil, err
 	}
-	opts := "lowerdir=" + filepath.Join(imgDir, "etc") + ":" + l.file("base")
-	if err := unix.Mount(source, staged, "overlay", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
-		undo()
-		return nil, fmt.Errorf("mount overlay (%s): %w", opts, err)
+	if err := swap(l, staged, old); err != nil {
+		_ = unix.Unmount(staged, unix.MNT_DETACH)
+		_ = unix.Unmount(imgDir, unix.MNT_DETACH)
+		return nil, err
 	}
-	// The new overlay is complete; now retire the old one and move the
-	// new one into its place.
-	if old != nil {
-		if err := unix.Unmount(l.Target, unix.MNT_DETACH); err != nil {
-			undo()
-			return nil, fmt.Errorf("detach the old overlay from %s: %w", l.Target, err)
-		}
-	}
-	if err := unix.Mount(staged, l.Target, "", unix.MS_MOVE, ""); err != nil {
-		undo()
-		return nil, fmt.Errorf("move the overlay onto %s: %w", l.Target, err)
-	}
-	_ = os.Remove(staged)
 	if old != nil {
 		oldDir := l.file("images", strings.TrimSuffix(old.Image, ".bundle"))
 		_ = unix.Unmount(oldDir, unix.MNT_DETACH)
@@ -156,6 +151,57 @@ func Mount(l Layout, in *install.Installed) (*Record, error) {
 		return nil, err
 	}
 	return rec, nil
+}
+
+// assemble mounts the overlay of the image mounted at images/<name> over
+// base/ at stage/<name>, and returns that path.
+func assemble(l Layout, name string) (string, error) {
+	staged := l.file("stage", name)
+	if err := os.MkdirAll(staged, 0o700); err != nil {
+		return "", err
+	}
+	if m, err := topMount(staged); err != nil {
+		return "", err
+	} else if m != nil {
+		_ = unix.Unmount(staged, unix.MNT_DETACH) // left by a crash
+	}
+	opts := "lowerdir=" + filepath.Join(l.file("images", name), "etc") + ":" + l.file("base")
+	if err := unix.Mount(source, staged, "overlay", unix.MS_RDONLY|unix.MS_NOSUID|unix.MS_NODEV, opts); err != nil {
+		return "", fmt.Errorf("mount overlay (%s): %w", opts, err)
+	}
+	return staged, nil
+}
+
+// swap retires the old overlay and moves the staged one onto the target.
+// If the move fails, the old image's overlay is assembled again and put
+// back, so the target keeps the previous image.
+func swap(l Layout, staged string, old *Record) error {
+	if old != nil {
+		if err := unix.Unmount(l.Target, unix.MNT_DETACH); err != nil {
+			return fmt.Errorf("detach the old overlay from %s: %w", l.Target, err)
+		}
+	}
+	beforeMove()
+	err := unix.Mount(staged, l.Target, "", unix.MS_MOVE, "")
+	if err == nil {
+		_ = os.Remove(staged)
+		return nil
+	}
+	err = fmt.Errorf("move the overlay onto %s: %w", l.Target, err)
+	if old == nil {
+		return err
+	}
+	back, aerr := assemble(l, strings.TrimSuffix(old.Image, ".bundle"))
+	if aerr == nil {
+		beforeMove()
+		if aerr = unix.Mount(back, l.Target, "", unix.MS_MOVE, ""); aerr == nil {
+			_ = os.Remove(back)
+			return fmt.Errorf("%w; generation %d is mounted again", err, old.Generation)
+		}
+		_ = unix.Unmount(back, unix.MNT_DETACH)
+	}
+	_ = os.Remove(l.file("mounted.json"))
+	return fmt.Errorf("%w; putting generation %d back failed too, %s shows the rootfs's own files: %w", err, old.Generation, l.Target, aerr)
 }
 
 // Unmount takes our overlay off the target and releases everything under
@@ -179,7 +225,7 @@ func Unmount(l Layout) error {
 		_ = unix.Unmount(dir, unix.MNT_DETACH)
 		_ = os.Remove(dir)
 	}
-	for _, dir := range []string{l.file("stage"), l.file("base")} {
+	for _, dir := range []string{l.file("stage"), l.file("base"), l.RunDir} {
 		for {
 			m, err := topMount(dir)
 			if err != nil || m == nil {
@@ -218,6 +264,12 @@ func ensureBase(l Layout, overlaid bool) error {
 	if err := unix.Mount(l.Target, base, "", unix.MS_BIND, ""); err != nil {
 		return fmt.Errorf("bind %s to %s: %w", l.Target, base, err)
 	}
+	// The bind joined the target's peer group; out of it, or every overlay
+	// moved onto the target would appear here too.
+	if err := unix.Mount("", base, "", unix.MS_PRIVATE, ""); err != nil {
+		_ = unix.Unmount(base, unix.MNT_DETACH)
+		return fmt.Errorf("make %s private: %w", base, err)
+	}
 	if err := unix.Mount("", base, "", unix.MS_BIND|unix.MS_REMOUNT|unix.MS_RDONLY, ""); err != nil {
 		_ = unix.Unmount(base, unix.MNT_DETACH)
 		return fmt.Errorf("make %s read-only: %w", base, err)
@@ -225,21 +277,25 @@ func ensureBase(l Layout, overlaid bool) error {
 	return nil
 }
 
-// ensureStage makes stage/ a private mount: a mount can only be moved out
-// of a parent that does not propagate (systemd makes / shared).
-func ensureStage(l Layout) error {
-	stage := l.file("stage")
-	if m, err := topMount(stage); err != nil || m != nil {
+// ensurePrivate makes dir a mount of its own that does not propagate (a
+// bind of itself, if it is no mount point yet), with its images/ and
+// stage/: a mount can only be moved out of a parent that does not
+// propagate, and what is mounted there concerns nobody else.
+func ensurePrivate(dir string) error {
+	for _, d := range []string{filepath.Join(dir, "images"), filepath.Join(dir, "stage")} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			return err
+		}
+	}
+	if m, err := topMount(dir); err != nil {
 		return err
+	} else if m == nil {
+		if err := unix.Mount(dir, dir, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("bind %s: %w", dir, err)
+		}
 	}
-	if err := os.MkdirAll(stage, 0o700); err != nil {
-		return err
-	}
-	if err := unix.Mount(stage, stage, "", unix.MS_BIND, ""); err != nil {
-		return fmt.Errorf("bind %s: %w", stage, err)
-	}
-	if err := unix.Mount("", stage, "", unix.MS_PRIVATE, ""); err != nil {
-		return fmt.Errorf("make %s private: %w", stage, err)
+	if err := unix.Mount("", dir, "", unix.MS_PRIVATE, ""); err != nil {
+		return fmt.Errorf("make %s private: %w", dir, err)
 	}
 	return nil
 }

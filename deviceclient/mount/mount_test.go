@@ -1,7 +1,6 @@
 package mount_test
 
 import (
-	"bytes"
 	"errors"
 	"os"
 	"path/filepath"
@@ -58,18 +57,7 @@ func newRig(t *testing.T) *rig {
 
 func (r *rig) install(t *testing.T, gen uint64) *install.Installed {
 	t.Helper()
-	if _, err := install.Install(r.st, bytes.NewReader(r.f.Bundle(t, devicetest.Record(serial, gen))), r.opts); err != nil {
-		t.Fatal(err)
-	}
-	cur, _, err := r.st.Pointer(state.Current)
-	if err != nil {
-		t.Fatal(err)
-	}
-	in, err := install.Verify(cur, r.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return in
+	return r.installRecord(t, devicetest.Record(serial, gen))
 }
 
 func (r *rig) read(t *testing.T, name string) string {
