@@ -33,9 +33,15 @@ const (
 	ExitRefused     = 3
 	ExitIDChanged   = 4
 	ExitCertExpired = 5
+	ExitMismatch    = 6
 )
 
-var errRefused = errors.New("refused")
+var (
+	errRefused = errors.New("refused")
+	// errMismatch: what the kernel has mounted is not what the state
+	// directory says.
+	errMismatch = errors.New("the mount disagrees with the state directory")
+)
 
 var program = &cmdline.Program{
 	Name:    "prov-device",
@@ -52,13 +58,15 @@ var program = &cmdline.Program{
 	},
 	Footer: `Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
 4 this board is not the one that enrolled (an SD card moved between boards),
-5 the certificate expired (enroll again at a factory proxy).`,
+5 the certificate expired (enroll again at a factory proxy), 6 status: what the kernel
+has mounted disagrees with the state directory.`,
 	// The device's distinct failures, so that scripts and units can tell
 	// them apart.
 	Codes: []cmdline.ExitCode{
 		{Code: ExitIDChanged, Is: []error{state.ErrIDChanged}},
 		{Code: ExitCertExpired, Is: []error{agent.ErrCertExpired}},
 		{Code: ExitRefused, Is: []error{errRefused, install.ErrRefused, signedimage.ErrRollback}},
+		{Code: ExitMismatch, Is: []error{errMismatch}},
 	},
 }
 

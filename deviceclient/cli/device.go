@@ -7,7 +7,9 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -264,16 +266,58 @@ func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 
 // statusReport is `status --json`.
 type statusReport struct {
-	Enrolled          bool          `json:"enrolled"`
-	Serial            string        `json:"serial,omitempty"`
-	Board             string        `json:"board,omitempty"`
-	HardwareID        string        `json:"hardwareId,omitempty"`
-	CertificateExpiry time.Time     `json:"certificateExpiry,omitzero"`
-	CertificateState  string        `json:"certificateState,omitempty"`
-	Generation        uint64        `json:"generation"`
-	Image             string        `json:"image,omitempty"`
-	Mounted           *mount.Record `json:"mounted,omitempty"`
+	Enrolled          bool      `json:"enrolled"`
+	Serial            string    `json:"serial,omitempty"`
+	Board             string    `json:"board,omitempty"`
+	HardwareID        string    `json:"hardwareId,omitempty"`
+	CertificateExpiry time.Time `json:"certificateExpiry,omitzero"`
+	CertificateState  string    `json:"certificateState,omitempty"`
+	Generation        uint64    `json:"generation"`
+	Image             string    `json:"image,omitempty"`
+	// Mounted is what the last mount recorded; Kernel is what the kernel
+	// has mounted on the target now. Disagreements lists every way they,
+	// and the current image, differ (status then exits 6).
+	Mounted       *mount.Record   `json:"mounted,omitempty"`
+	Kernel        *mount.Observed `json:"kernel,omitempty"`
+	Disagreements []string        `json:"disagreements,omitempty"`
 	state.Status
+}
+
+// disagreements compares the kernel's view of the target with the record
+// of the last mount and with the current image.
+func disagreements(st *state.Dir, rec *mount.Record, k *mount.Observed, current string) []string {
+	var out []string
+	switch {
+	case rec != nil && (k == nil || !k.Overlay):
+		out = append(out, fmt.Sprintf("generation %d is recorded as mounted over %s, but the kernel shows %s there", rec.Generation, rec.Target, describe(k)))
+	case rec == nil && k != nil && k.Overlay:
+		out = append(out, fmt.Sprintf("the kernel shows an overlay of ours (%s) that no mount recorded", describe(k)))
+	case rec != nil && k.Image() != rec.Image:
+		out = append(out, fmt.Sprintf("generation %d (%s) is recorded as mounted, but the kernel maps %s", rec.Generation, rec.Image, describe(k)))
+	}
+	if k != nil && k.Overlay {
+		if k.Deleted {
+			out = append(out, "the mounted image's bundle file "+k.BackingFile+" was deleted")
+		} else if dir := st.File(state.ImagesDir); filepath.Dir(k.BackingFile) != dir {
+			out = append(out, "the mounted image comes from "+k.BackingFile+", not from "+dir)
+		}
+		if current != "" && k.Image() != current {
+			out = append(out, fmt.Sprintf("the kernel maps %s, but the current image is %s", describe(k), current))
+		}
+	}
+	return out
+}
+
+func describe(k *mount.Observed) string {
+	switch {
+	case k == nil:
+		return "nothing mounted"
+	case !k.Overlay:
+		return "another mount (" + k.Other + ")"
+	case k.BackingFile == "":
+		return "our overlay over an image whose loop device cannot be read"
+	}
+	return fmt.Sprintf("%s through %s", k.Image(), k.LoopDevice)
 }
 
 func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
@@ -308,17 +352,31 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	if cur, ok, err := st.Pointer(state.Current); err == nil && ok {
 		r.Image = cur.Name
 	}
-	if rec, err := mount.Current(*c.layout()); err == nil {
-		r.Mounted = rec
+	if c.target != "" {
+		l := *c.layout()
+		if r.Mounted, err = mount.ReadRecord(l); err != nil {
+			return err
+		}
+		if r.Kernel, err = mount.Observe(l); err != nil {
+			r.Disagreements = append(r.Disagreements, "reading what the kernel has mounted: "+err.Error())
+		}
+		r.Disagreements = append(r.Disagreements, disagreements(st, r.Mounted, r.Kernel, r.Image)...)
+	}
+	var mismatch error
+	if len(r.Disagreements) > 0 {
+		mismatch = fmt.Errorf("%w: %s", errMismatch, strings.Join(r.Disagreements, "; "))
 	}
 	if *asJSON {
 		enc := json.NewEncoder(env.Stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(r)
+		if err := enc.Encode(r); err != nil {
+			return err
+		}
+		return mismatch
 	}
 	if !r.Enrolled {
 		_, _ = fmt.Fprintf(env.Stdout, "not enrolled (state %s)\n", c.state)
-		return nil
+		return mismatch
 	}
 	ts := func(t time.Time) string {
 		if t.IsZero() {
@@ -327,13 +385,18 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 		return t.UTC().Format(time.RFC3339)
 	}
 	mounted := "no"
-	if r.Mounted != nil {
-		mounted = fmt.Sprintf("generation %d over %s since %s", r.Mounted.Generation, r.Mounted.Target, ts(r.Mounted.MountedAt))
+	if r.Kernel != nil && r.Kernel.Overlay && r.Mounted != nil && r.Kernel.Image() == r.Mounted.Image {
+		mounted = fmt.Sprintf("generation %d over %s since %s (%s)", r.Mounted.Generation, r.Mounted.Target, ts(r.Mounted.MountedAt), describe(r.Kernel))
+	} else if r.Kernel != nil {
+		mounted = describe(r.Kernel)
 	}
 	_, _ = fmt.Fprintf(env.Stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\n",
 		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate))
 	if r.LastError != "" {
 		_, _ = fmt.Fprintf(env.Stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
 	}
-	return nil
+	for _, d := range r.Disagreements {
+		_, _ = fmt.Fprintf(env.Stdout, "DISAGREES    %s\n", d)
+	}
+	return mismatch
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/cli"
@@ -114,8 +116,28 @@ func TestDeviceCommands(t *testing.T) {
 		t.Fatalf("after the update the overlay shows %q", site)
 	}
 	code, out, _ = run(append([]string{"status", "--state", stateDir}, mnt...)...)
-	if code != 0 || !strings.Contains(out, "generation 3 over "+filepath.Join(dir, "etc")) {
+	if code != 0 || !strings.Contains(out, "generation 3 over "+filepath.Join(dir, "etc")) || !strings.Contains(out, "through /dev/loop") {
 		t.Fatalf("status: %d\n%s", code, out)
+	}
+	// status reports what the kernel has mounted: the overlay taken off
+	// behind the device's back is a disagreement, with its own exit code.
+	if err := unix.Unmount(filepath.Join(dir, "etc"), unix.MNT_DETACH); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = run(append([]string{"status", "--state", stateDir}, mnt...)...)
+	if code != cli.ExitMismatch || !strings.Contains(out, "DISAGREES    generation 3 is recorded as mounted over") || !strings.Contains(out, "nothing mounted") {
+		t.Fatalf("status with the overlay gone: %d\n%s", code, out)
+	}
+	code, out, _ = run(append([]string{"status", "--state", stateDir, "--json"}, mnt...)...)
+	var report struct{ Disagreements []string }
+	if err := json.Unmarshal([]byte(out), &report); err != nil || code != cli.ExitMismatch || len(report.Disagreements) != 1 {
+		t.Fatalf("status --json with the overlay gone: %d %v\n%s", code, err, out)
+	}
+	if code, out, errOut = run(append(append([]string{"mount"}, hw...), mnt...)...); code != 0 {
+		t.Fatalf("mount again: %d\n%s%s", code, out, errOut)
+	}
+	if code, out, _ = run(append([]string{"status", "--state", stateDir}, mnt...)...); code != 0 || strings.Contains(out, "DISAGREES") {
+		t.Fatalf("status after mounting again: %d\n%s", code, out)
 	}
 	if code, out, errOut = run(append([]string{"unmount"}, mnt...)...); code != 0 {
 		t.Fatalf("unmount: %d\n%s%s", code, out, errOut)

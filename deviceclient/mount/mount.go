@@ -79,9 +79,9 @@ func (l Layout) check() error {
 	return nil
 }
 
-// Current reads what is mounted; nil if nothing (or if the overlay is gone,
-// as after a reboot with a persistent run directory).
-func Current(l Layout) (*Record, error) {
+// ReadRecord reads what the last mount recorded, whatever the kernel has
+// mounted since; nil if nothing is recorded.
+func ReadRecord(l Layout) (*Record, error) {
 	data, err := os.ReadFile(l.file("mounted.json"))
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -93,6 +93,16 @@ func Current(l Layout) (*Record, error) {
 	if err := json.Unmarshal(data, &r); err != nil {
 		return nil, fmt.Errorf("%s: %w", l.file("mounted.json"), err)
 	}
+	return &r, nil
+}
+
+// Current reads what is mounted; nil if nothing (or if the overlay is gone,
+// as after a reboot with a persistent run directory).
+func Current(l Layout) (*Record, error) {
+	r, err := ReadRecord(l)
+	if err != nil || r == nil {
+		return nil, err
+	}
 	top, err := topMount(l.Target)
 	if err != nil {
 		return nil, err
@@ -100,7 +110,7 @@ func Current(l Layout) (*Record, error) {
 	if top == nil || top.source != source || r.Target != l.Target {
 		return nil, nil
 	}
-	return &r, nil
+	return r, nil
 }
 
 // Mount makes in the image over the target. Mounting the image that is
@@ -323,11 +333,12 @@ func mountImage(in *install.Installed, dir string) error {
 
 // mountEntry is a line of /proc/self/mountinfo.
 type mountEntry struct {
-	id       int
-	point    string
-	fstype   string
-	source   string
-	parentID int
+	id        int
+	point     string
+	fstype    string
+	source    string
+	superOpts string
+	parentID  int
 }
 
 // topMount is the mount that path lookups at dir reach (the last one
@@ -360,6 +371,9 @@ func topMount(dir string) (*mountEntry, error) {
 		id, _ := strconv.Atoi(fields[0])
 		parent, _ := strconv.Atoi(fields[1])
 		e := &mountEntry{id: id, parentID: parent, point: dir, fstype: fields[sep+1], source: unescape(fields[sep+2])}
+		if sep+3 < len(fields) {
+			e.superOpts = unescape(fields[sep+3])
+		}
 		// Mounts stacked on one point: each later one has the earlier as
 		// parent; the top is the one no other mount there names as parent.
 		if top == nil || e.parentID == top.id {

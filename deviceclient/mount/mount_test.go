@@ -79,6 +79,7 @@ func TestMountUpdateUnmount(t *testing.T) {
 	if rec.Generation != 1 {
 		t.Fatalf("record %+v", rec)
 	}
+	observed(t, r.layout, in)
 	// Through the overlay: the image's files win, the rootfs's others stay.
 	if got := r.read(t, "hostname"); got != "dev-"+serial+"-g1" {
 		t.Fatalf("hostname through the overlay: %q", got)
@@ -109,6 +110,7 @@ func TestMountUpdateUnmount(t *testing.T) {
 	if got := r.read(t, "hostname"); got != "dev-"+serial+"-g2" {
 		t.Fatalf("hostname after the update: %q", got)
 	}
+	observed(t, r.layout, in2)
 	if got := r.read(t, "passwd"); !strings.HasPrefix(got, "root:x:0:0") {
 		t.Fatalf("the rootfs's passwd after the update: %q", got)
 	}
@@ -137,6 +139,20 @@ func TestMountUpdateUnmount(t *testing.T) {
 	}
 	if rec, err := mount.Current(r.layout); err != nil || rec != nil {
 		t.Fatalf("current after unmount: %+v %v", rec, err)
+	}
+	if o, err := mount.Observe(r.layout); err != nil || o != nil {
+		t.Fatalf("the kernel's view after unmount: %+v %v", o, err)
+	}
+}
+
+// observed checks the kernel's view of the target: our overlay, over a
+// loop device that maps exactly the verified bytes of in's bundle file.
+func observed(t *testing.T, l mount.Layout, in *install.Installed) {
+	t.Helper()
+	o, err := mount.Observe(l)
+	if err != nil || o == nil || !o.Overlay || o.BackingFile != in.Path || o.Offset != in.Offset || o.Size != in.Length || o.Deleted ||
+		o.Image() != in.Name || !strings.HasPrefix(o.LoopDevice, "/dev/loop") {
+		t.Fatalf("the kernel's view: %+v %v; want %s at %d+%d", o, err, in.Path, in.Offset, in.Length)
 	}
 }
 
