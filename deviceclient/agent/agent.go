@@ -51,6 +51,8 @@ type Agent struct {
 	o     Options
 	core  *coreapi.Client
 	log   *slog.Logger
+	// fallback is what Recover fell back from, if anything.
+	fallback *install.Fallback
 }
 
 // New loads the device's enrollment and identity from st.

@@ -88,7 +88,20 @@ func (a *Agent) VerifyCurrent() (*install.Installed, error) {
 }
 
 // Recover tidies the state directory after a crash (see install.Recover).
+// If it had to fall back to the previous image, the fallback is logged,
+// kept for FellBack, and in the status; and the ETag is forgotten, so the
+// next check fetches the current generation again at once.
 func (a *Agent) Recover() error {
-	_, err := install.Recover(a.st, a.o.Install)
-	return err
+	_, fb, err := install.Recover(a.st, a.o.Install)
+	if err != nil || fb == nil {
+		return err
+	}
+	a.fallback = fb
+	a.log.Warn("current image refused; the previous one is current until the current one is fetched again",
+		"refused", fb.Refused, "reason", fb.Reason.Error(), "generation", fb.Restored.Generation)
+	now := a.now().UTC()
+	return a.st.UpdateStatus(func(s *state.Status) { s.LastError, s.ErrorAt, s.ETag = fb.String(), now, "" })
 }
+
+// FellBack is the fallback Recover made, if any.
+func (a *Agent) FellBack() *install.Fallback { return a.fallback }

@@ -215,6 +215,11 @@ func mountCmd(_ context.Context, env *cmdline.Env, args []string) error {
 		}
 	}
 	_, _ = fmt.Fprintf(env.Stdout, "mounted generation %d over %s\n", rec.Generation, rec.Target)
+	if fb := a.FellBack(); fb != nil {
+		// The previous image is mounted, and the unit fails with the reason:
+		// a changed card is worth a look even though the device goes on.
+		return fmt.Errorf("%w: %s; the daemon fetches the current one again", errRefused, fb)
+	}
 	return nil
 }
 

@@ -13,6 +13,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/cli"
+	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/proxy/proxytest"
@@ -138,6 +139,46 @@ func TestDeviceCommands(t *testing.T) {
 	}
 	if code, out, _ = run(append([]string{"status", "--state", stateDir}, mnt...)...); code != 0 || strings.Contains(out, "DISAGREES") {
 		t.Fatalf("status after mounting again: %d\n%s", code, out)
+	}
+
+	// The current bundle changed on the card, found at boot: the previous
+	// image is mounted, the mount fails with the reason (exit 3, so the
+	// unit fails), status says so, and the next update fetches the current
+	// generation again although core's ETag has not changed.
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cur, _, err := s.Pointer(state.Current)
+	_ = s.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := os.ReadFile(cur.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	data[len(data)-100] ^= 1
+	if err := os.WriteFile(cur.Path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errOut = run(append(append([]string{"mount"}, hw...), mnt...)...)
+	if code != cli.ExitRefused || !strings.Contains(out, "mounted generation 2") || !strings.Contains(errOut, "does not verify") ||
+		!strings.Contains(errOut, "the previous one, generation 2, is current") {
+		t.Fatalf("mount with the current bundle changed: %d\n%s%s", code, out, errOut)
+	}
+	if site, _ := os.ReadFile(filepath.Join(dir, "etc", "prov", "data", "site")); string(site) != "lab-3\n" {
+		t.Fatalf("after the fallback the overlay shows %q", site)
+	}
+	code, out, _ = run(append([]string{"status", "--state", stateDir}, mnt...)...)
+	if code != 0 || !strings.Contains(out, "generation   3 (") || !strings.Contains(out, "mounted      generation 2") || !strings.Contains(out, "last error") {
+		t.Fatalf("status after the fallback: %d\n%s", code, out)
+	}
+	if code, out, errOut = run(append(append([]string{"update"}, hw...), mnt...)...); code != 0 || !strings.Contains(out, "installed generation 3") {
+		t.Fatalf("update after the fallback: %d\n%s%s", code, out, errOut)
+	}
+	if site, _ := os.ReadFile(filepath.Join(dir, "etc", "prov", "data", "site")); string(site) != "lab-4\n" {
+		t.Fatalf("after fetching generation 3 again the overlay shows %q", site)
 	}
 	if code, out, errOut = run(append([]string{"unmount"}, mnt...)...); code != 0 {
 		t.Fatalf("unmount: %d\n%s%s", code, out, errOut)

@@ -225,21 +225,37 @@ func Verify(img state.Image, o Options) (*Installed, error) {
 	return &Installed{Verified: *v, Image: img, Offset: fi.Size() - v.Length}, nil
 }
 
+// Fallback says that the image that was current no longer verifies (a
+// changed file on the card, say) and the previous one, which does, was made
+// current instead. The high-water mark is not lowered: the device fetches
+// the current generation again.
+type Fallback struct {
+	Refused  string // the bundle file that was current
+	Reason   error  // why it was refused
+	Restored *Installed
+}
+
+func (f *Fallback) String() string {
+	return fmt.Sprintf("the current image %s does not verify (%v); the previous one, generation %d, is current instead",
+		f.Refused, f.Reason, f.Restored.Generation)
+}
+
 // Recover tidies a state directory after a crash: it deletes temporary
-// files, checks the current image (falling back to the previous one if
-// the current one no longer verifies) and raises the high-water mark to
-// the current image's generation (a crash can come between the pointer
-// and the mark). It returns the current image, or nil if there is none.
-func Recover(st *state.Dir, o Options) (*Installed, error) {
+// files, checks the current image and raises the high-water mark to its
+// generation (a crash can come between the pointer and the mark). If the
+// current image no longer verifies, it makes the previous one current if
+// that one does, and says so in the Fallback. It returns the current image,
+// or nil if there is none.
+func Recover(st *state.Dir, o Options) (*Installed, *Fallback, error) {
 	unlock, err := st.Lock()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	defer unlock()
 	for _, dir := range []string{st.Path, st.File(state.ImagesDir)} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
 		for _, e := range entries {
 			if strings.HasPrefix(e.Name(), ".") && strings.HasSuffix(e.Name(), ".tmp") {
@@ -249,25 +265,25 @@ func Recover(st *state.Dir, o Options) (*Installed, error) {
 	}
 	cur, ok, err := st.Pointer(state.Current)
 	if err != nil || !ok {
-		return nil, err
+		return nil, nil, err
 	}
 	in, err := Verify(cur, o)
 	if err != nil {
 		prev, okPrev, perr := st.Pointer(state.Previous)
-		if perr != nil || !okPrev {
-			return nil, fmt.Errorf("the current image fails and there is no previous one: %w", err)
+		if perr != nil || !okPrev || prev.Name == cur.Name {
+			return nil, nil, fmt.Errorf("the current image %s does not verify and there is no previous one: %w", cur.Name, err)
 		}
 		pin, perr := Verify(prev, o)
 		if perr != nil {
-			return nil, fmt.Errorf("the current image fails (%w), and so does the previous one (%w)", err, perr)
+			return nil, nil, fmt.Errorf("the current image %s does not verify (%w), and neither does the previous one (%w)", cur.Name, err, perr)
 		}
 		if err := st.SetPointer(state.Current, prev.Name); err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		return pin, nil
+		return pin, &Fallback{Refused: cur.Name, Reason: err, Restored: pin}, nil
 	}
 	if err := st.RaiseHighWater(state.HighWater{Generation: in.Generation, IssuedAt: in.IssuedAt}); err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return in, nil
+	return in, nil, nil
 }

@@ -197,8 +197,8 @@ func TestCrashAtEveryStep(t *testing.T) {
 				t.Fatalf("helper was not killed at %s: %v\n%s", step, err, out)
 			}
 			st = open(t, dir)
-			in, err := install.Recover(st, opts(f))
-			if err != nil || in == nil {
+			in, fb, err := install.Recover(st, opts(f))
+			if err != nil || in == nil || fb != nil {
 				t.Fatalf("recover: %v", err)
 			}
 			name, hw := current(t, st)
@@ -273,3 +273,57 @@ func TestHelperInstall(t *testing.T) {
 }
 
 func parseRoots(pem []byte) (*pki.TrustBundle, error) { return pki.ParseTrustBundle(pem) }
+
+// A current bundle changed on the card: Recover makes the previous image
+// current, says so, and keeps the high-water mark; with no previous image
+// it refuses.
+func TestRecoverFallsBackToThePreviousImage(t *testing.T) {
+	f := devicetest.New(t)
+	st := open(t, t.TempDir())
+	var names []string
+	for gen := uint64(1); gen <= 2; gen++ {
+		res, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, gen))), opts(f))
+		if err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, res.Name)
+	}
+	flip := func(name string) {
+		p := filepath.Join(st.File(state.ImagesDir), name)
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data[len(data)-10] ^= 1
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	flip(names[1])
+	in, fb, err := install.Recover(st, opts(f))
+	if err != nil || in == nil || in.Generation != 1 || fb == nil || fb.Refused != names[1] || !errors.Is(fb.Reason, install.ErrRefused) {
+		t.Fatalf("recover: %+v %+v %v", in, fb, err)
+	}
+	if !strings.Contains(fb.String(), names[1]) || !strings.Contains(fb.String(), "generation 1") {
+		t.Errorf("fallback says %q", fb)
+	}
+	if name, hw := current(t, st); name != names[0] || hw != 2 {
+		t.Fatalf("after the fallback: current %s, high-water %d (the mark must stay)", name, hw)
+	}
+	// The current generation fetched again replaces the changed file.
+	res, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 2))), opts(f))
+	if err != nil || !res.Changed || res.Generation != 2 {
+		t.Fatalf("generation 2 again: %+v %v", res, err)
+	}
+	if _, fb, err := install.Recover(st, opts(f)); err != nil || fb != nil {
+		t.Fatalf("recover after the fetch: %+v %v", fb, err)
+	}
+	// Nothing to fall back to: refused.
+	flip(names[1])
+	if err := st.SetPointer(state.Previous, names[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := install.Recover(st, opts(f)); !errors.Is(err, install.ErrRefused) {
+		t.Fatalf("no good image left: %v", err)
+	}
+}
