@@ -7,6 +7,13 @@ TOOLS := $(CURDIR)/.tools
 # The four binaries, each built from <part>/cmd/prov-<name>.
 CMDS := ./pki/cmd/prov-pki ./core/cmd/prov-core ./proxy/cmd/prov-proxy ./deviceclient/cmd/prov-device
 
+# The last commit's time, stamped into every binary as its build time
+# (internal/buildinfo): the lowest clock floor of a board without a
+# real-time clock. The commit's time, not the build's, so that the same
+# commit builds the same bytes. Empty outside a git checkout.
+COMMIT_TIME := $(shell git log -1 --format=%cI 2>/dev/null)
+LDFLAGS     := -s -w -X github.com/fleetprov/prov/internal/buildinfo.CommitTime=$(COMMIT_TIME)
+
 # Pinned linter; `make lint` installs exactly this version into .tools/.
 GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
@@ -18,7 +25,7 @@ help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build prov-pki, prov-core, prov-proxy and prov-device into bin/
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(BIN)/ $(CMDS)
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(CMDS)
 
 test: ## run every test with the race detector (as root also the kernel tests), then every benchmark once, small
 	$(GO) test -race -count=1 -timeout 15m ./...

@@ -149,15 +149,16 @@ func ServerTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ServerOptions) *tls.
 // ClientOptions tune ClientTLSConfig.
 type ClientOptions struct {
 	// ServerName overrides the host name checked in the server certificate.
+	// With a Floor, set it when the server is reached by IP address.
 	ServerName string
 	// ServerRoles, if set, are the roles the server must have (a proxy's
 	// certificate must not pass for core's on the same host). Unset, any
 	// certificate from the root valid for the host name is accepted; that
 	// is right only for step-ca's own listener.
 	ServerRoles []Role
-	// ClockFloor, if set, returns the earliest time the client believes it
-	// is; see ClockFloor.
-	ClockFloor func() time.Time
+	// Floor, if set, is the earliest time the client believes it is; the
+	// server's chain may raise it (see Floor).
+	Floor *Floor
 	// Now is the clock; nil means time.Now. A test seam.
 	Now func() time.Time
 }
@@ -180,14 +181,16 @@ func ClientTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ClientOptions) *tls.
 			return err
 		},
 	}
-	now := opts.Now
-	if now == nil {
-		now = time.Now
-	}
-	if floor := opts.ClockFloor; floor != nil {
-		cfg.Time = func() time.Time { return ClockFloor(now(), floor()) }
+	if opts.Floor != nil {
+		// crypto/tls checks a chain at one time, fixed before it sees the
+		// chain; checking it at the chain's own issue time as well takes
+		// verifying it here.
+		cfg.InsecureSkipVerify = true //nolint:gosec // VerifyConnection verifies the chain against the pinned roots and the host name
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			return bundle.verifyServer(cs, opts)
+		}
 	} else if opts.Now != nil {
-		cfg.Time = now
+		cfg.Time = opts.Now
 	}
 	if kp != nil {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
@@ -195,6 +198,58 @@ func ClientTLSConfig(kp *KeyPair, bundle *TrustBundle, opts ClientOptions) *tls.
 		}
 	}
 	return cfg
+}
+
+// verifyServer is what crypto/tls does for a client, at the floor: the
+// server's chain leads to the roots, is for server authentication and
+// names the host; then its role, if asked; then the chain raises the
+// floor. The host is the name the connection sent (SNI: the
+// configuration's ServerName, as the HTTP transport or the caller set it),
+// else, for an IP address, which SNI leaves out, ClientOptions.ServerName;
+// never none.
+func (b *TrustBundle) verifyServer(cs tls.ConnectionState, opts ClientOptions) error {
+	certs := cs.PeerCertificates
+	if len(certs) == 0 {
+		return fmt.Errorf("%w: server sent no certificate", ErrUntrusted)
+	}
+	host := cs.ServerName
+	if host == "" {
+		host = opts.ServerName
+	}
+	if host == "" {
+		return fmt.Errorf("%w: no server name to check %q against", ErrUntrusted, certs[0].Subject.CommonName)
+	}
+	now := time.Now
+	if opts.Now != nil {
+		now = opts.Now
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	w, err := verifyAt(certs, now(), opts.Floor, func(at time.Time) (window, error) {
+		chains, err := certs[0].Verify(x509.VerifyOptions{
+			Roots:         b.pool,
+			Intermediates: inter,
+			DNSName:       host,
+			CurrentTime:   at,
+			KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		})
+		if err != nil {
+			return window{}, classifyVerifyError(certs[0], at, err)
+		}
+		return pathWindow(chains[0]), nil
+	})
+	if err != nil {
+		return err
+	}
+	if len(opts.ServerRoles) > 0 {
+		if _, err := b.identify(certs[0], opts.ServerRoles); err != nil {
+			return err
+		}
+	}
+	_ = opts.Floor.Raise(w.notBefore) // see Verify
+	return nil
 }
 
 // PeerIdentity returns the identity of the verified peer of a connection.

@@ -161,14 +161,14 @@ func TestMutualTLS(t *testing.T) {
 		epoch := func() time.Time { return time.Unix(0, 0) }
 		for _, tc := range []struct {
 			name  string
-			floor func() time.Time
+			floor *pki.Floor
 			ok    bool
 		}{
 			{"no floor: the server certificate is not yet valid", nil, false},
-			{"floor now: verifies", time.Now, true},
+			{"floor now: verifies", pki.NewFloor(time.Now(), nil), true},
 		} {
 			cfg := pki.ClientTLSConfig(nil, bundle, pki.ClientOptions{ServerName: "core.example.com", ServerRoles: []pki.Role{pki.RoleCore},
-				Now: epoch, ClockFloor: tc.floor})
+				Now: epoch, Floor: tc.floor})
 			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &c, nil }
 			_, serr, cerr := handshake(t, serverFor(pki.ServerOptions{}), cfg)
 			if ok := serr == nil && cerr == nil; ok != tc.ok {
@@ -176,17 +176,6 @@ func TestMutualTLS(t *testing.T) {
 			}
 		}
 	})
-}
-
-func TestClockFloor(t *testing.T) {
-	now, floor := time.Unix(0, 0), time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
-	if got := pki.ClockFloor(now, floor); !got.Equal(floor) {
-		t.Errorf("ClockFloor(1970, 2026) = %v", got)
-	}
-	later := floor.Add(time.Hour)
-	if got := pki.ClockFloor(later, floor); !got.Equal(later) {
-		t.Errorf("ClockFloor(later, floor) = %v", got)
-	}
 }
 
 func TestLoadKeyPair(t *testing.T) {

@@ -98,23 +98,13 @@ func (b *TrustBundle) Pool() *x509.CertPool { return b.pool }
 // Roots returns the root certificates.
 func (b *TrustBundle) Roots() []*x509.Certificate { return slices.Clone(b.roots) }
 
-// ClockFloor returns the later of now and floor. Devices without a real-time
-// clock boot in 1970; verifying at a floor (the binary's build time, the last
-// accepted statement) makes them neither accept what expired before the
-// floor nor refuse what is valid.
-func ClockFloor(now, floor time.Time) time.Time {
-	if now.Before(floor) {
-		return floor
-	}
-	return now
-}
-
 // VerifyOptions says what a chain must satisfy beyond leading to the root.
 type VerifyOptions struct {
 	// Time is the clock to verify at; zero means time.Now().
 	Time time.Time
-	// ClockFloor, if set, is the earliest time the verifier believes it is.
-	ClockFloor time.Time
+	// Floor, if set, is the earliest time the verifier believes it is; the
+	// chain may raise it (see Floor).
+	Floor *Floor
 	// KeyUsage is the extended key usage the leaf must allow.
 	KeyUsage x509.ExtKeyUsage
 	// Roles, if set, are the roles accepted; any other is ErrRoleNotAllowed.
@@ -124,6 +114,9 @@ type VerifyOptions struct {
 // Verify checks a certificate chain (leaf first, then intermediates) against
 // the pinned roots at the effective time, checks the leaf's key usage, and
 // returns the leaf's identity, which must be in this bundle's trust domain.
+// With a Floor, the effective time is the later of the clock and the floor,
+// or the chain's own issue time (see Floor); a chain that passes every
+// check raises the floor to its issue time.
 func (b *TrustBundle) Verify(chain []*x509.Certificate, opts VerifyOptions) (Identity, error) {
 	if len(chain) == 0 {
 		return Identity{}, fmt.Errorf("%w: empty chain", ErrUntrusted)
@@ -133,9 +126,11 @@ func (b *TrustBundle) Verify(chain []*x509.Certificate, opts VerifyOptions) (Ide
 	if now.IsZero() {
 		now = time.Now()
 	}
-	at := ClockFloor(now, opts.ClockFloor)
 	key := chainKey(chain, opts.KeyUsage)
-	if !b.verified.valid(key, at) {
+	w, err := verifyAt(chain, now, opts.Floor, func(at time.Time) (window, error) {
+		if w, ok := b.verified.lookup(key, at); ok {
+			return w, nil
+		}
 		inter := x509.NewCertPool()
 		for _, c := range chain[1:] {
 			inter.AddCert(c)
@@ -147,14 +142,24 @@ func (b *TrustBundle) Verify(chain []*x509.Certificate, opts VerifyOptions) (Ide
 			KeyUsages:     []x509.ExtKeyUsage{opts.KeyUsage},
 		})
 		if err != nil {
-			return Identity{}, classifyVerifyError(leaf, at, err)
+			return window{}, classifyVerifyError(leaf, at, err)
 		}
-		b.verified.add(key, chains[0])
+		return b.verified.add(key, chains[0]), nil
+	})
+	if err != nil {
+		return Identity{}, err
 	}
 	if leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 {
 		return Identity{}, fmt.Errorf("%w: %q lacks digitalSignature", ErrKeyUsage, leaf.Subject.CommonName)
 	}
-	return b.identify(leaf, opts.Roles)
+	id, err := b.identify(leaf, opts.Roles)
+	if err != nil {
+		return Identity{}, err
+	}
+	// Every check passed: the chain proves the time. A floor that could not
+	// be written stays raised in memory; persisting is the owner's concern.
+	_ = opts.Floor.Raise(w.notBefore)
+	return id, nil
 }
 
 func classifyVerifyError(leaf *x509.Certificate, at time.Time, err error) error {

@@ -58,13 +58,20 @@ func TestParseTrustBundle(t *testing.T) {
 
 func must[T any, U any](v T, _ U) T { return v }
 
-func TestVerify(t *testing.T) {
-	ca := pkitest.NewCA(t, "fleet.test")
-	other := pkitest.NewCA(t, "fleet.test") // same trust domain, another root
+// twoCAs are a deployment's CA with its trust bundle, and another CA of
+// the same trust domain under another root.
+func twoCAs(t *testing.T) (ca, other *pkitest.CA, bundle *pki.TrustBundle) {
+	t.Helper()
+	ca, other = pkitest.NewCA(t, "fleet.test"), pkitest.NewCA(t, "fleet.test")
 	bundle, err := pki.ParseTrustBundle(ca.RootPEM)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return ca, other, bundle
+}
+
+func TestVerify(t *testing.T) {
+	ca, other, bundle := twoCAs(t)
 	dev := "spiffe://fleet.test/device/1a2b3c4d5e"
 	now := time.Now()
 	epoch := time.Unix(0, 0) // a board without RTC
@@ -86,11 +93,11 @@ func TestVerify(t *testing.T) {
 		{"foreign trust domain under our root", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{"spiffe://other.test/device/1a2b3c4d5e"}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrForeignTrustDomain},
 		{"ambiguous", chainOf(t, ca, pkitest.LeafSpec{CN: "0000000000", URIs: []string{dev}}), pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrAmbiguousIdentity},
 		// Clock floor: a board in 1970 verifies at the floor...
-		{"clock in 1970, floor now", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
+		{"clock in 1970, floor now", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{Time: epoch, Floor: pki.NewFloor(now, nil), KeyUsage: x509.ExtKeyUsageClientAuth}, nil},
 		{"clock in 1970, no floor", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}}), pki.VerifyOptions{Time: epoch, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
 		// ...and never accepts what expired before the floor.
-		{"clock in 1970, expired before floor", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Time: epoch, ClockFloor: now, KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
-		{"floor in the past does not hide expiry", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{ClockFloor: now.Add(-90 * time.Minute), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"clock in 1970, expired before floor", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Time: epoch, Floor: pki.NewFloor(now, nil), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
+		{"floor in the past does not hide expiry", chainOf(t, ca, pkitest.LeafSpec{URIs: []string{dev}, NotBefore: now.Add(-2 * time.Hour), NotAfter: now.Add(-time.Hour)}), pki.VerifyOptions{Floor: pki.NewFloor(now.Add(-90*time.Minute), nil), KeyUsage: x509.ExtKeyUsageClientAuth}, pki.ErrExpired},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			id, err := bundle.Verify(tc.chain(), tc.opts)

@@ -18,7 +18,7 @@ const maxVerifiedChains = 4096
 // validity; so a chain accepted once is accepted again at any time inside
 // that window, and the memo answers without the two or three signature
 // checks. The proxy and devices see the same signer chain on every bundle.
-// (TLS handshakes verify with crypto/tls, not through here.) Identity and role checks still run on every call; revocation is not part
+// (TLS handshakes do not use the memo.) Identity and role checks still run on every call; revocation is not part
 // of path verification and is checked where it was before.
 type verifiedChains struct {
 	mu sync.Mutex
@@ -45,28 +45,23 @@ func chainKey(chain []*x509.Certificate, usage x509.ExtKeyUsage) [32]byte {
 	return k
 }
 
-func (v *verifiedChains) valid(key [32]byte, at time.Time) bool {
+// lookup returns the window of a remembered chain if at falls inside it.
+func (v *verifiedChains) lookup(key [32]byte, at time.Time) (window, bool) {
 	v.mu.Lock()
 	w, ok := v.m[key]
 	v.mu.Unlock()
-	return ok && !at.Before(w.notBefore) && !at.After(w.notAfter)
+	return w, ok && !at.Before(w.notBefore) && !at.After(w.notAfter)
 }
 
-// add remembers the window of path, the verified chain from leaf to root.
-func (v *verifiedChains) add(key [32]byte, path []*x509.Certificate) {
-	w := window{notBefore: path[0].NotBefore, notAfter: path[0].NotAfter}
-	for _, c := range path[1:] {
-		if c.NotBefore.After(w.notBefore) {
-			w.notBefore = c.NotBefore
-		}
-		if c.NotAfter.Before(w.notAfter) {
-			w.notAfter = c.NotAfter
-		}
-	}
+// add remembers the window of path, the verified chain from leaf to root,
+// and returns it.
+func (v *verifiedChains) add(key [32]byte, path []*x509.Certificate) window {
+	w := pathWindow(path)
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	if len(v.m) >= maxVerifiedChains {
 		clear(v.m)
 	}
 	v.m[key] = w
+	return w
 }

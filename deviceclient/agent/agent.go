@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
+	"net/url"
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
@@ -24,7 +25,10 @@ var ErrCertExpired = errors.New("device certificate expired")
 
 // Options tune the agent.
 type Options struct {
-	Install install.Options // Rules, Now, BuildTime; Roots and Serial are set by New
+	// Install is what a bundle is checked against: Rules, Now and Floor
+	// (nil: the state directory's floor without a build time; its write
+	// failures are logged); Roots and Serial are set by New.
+	Install install.Options
 	// Layout, if set, is where the image is mounted; after an update the
 	// new image is mounted if the old one was.
 	Layout *mount.Layout
@@ -84,10 +88,21 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 	if o.Notify == nil {
 		o.Notify = sdNotify
 	}
+	log := o.Log.With("serial", dev.Serial)
+	if o.Install.Floor == nil {
+		o.Install.Floor = st.ClockFloor(time.Time{}, func(err error) { log.Warn("clock floor", "err", err) })
+	}
 	o.Install.Roots, o.Install.Serial = roots, dev.Serial
-	a := &Agent{st: st, dev: dev, kp: kp, roots: roots, o: o, log: o.Log.With("serial", dev.Serial)}
+	a := &Agent{st: st, dev: dev, kp: kp, roots: roots, o: o, log: log}
+	u, err := url.Parse(dev.CoreURL)
+	if err != nil {
+		return nil, fmt.Errorf("%s: core URL: %w", st.File(state.DeviceFile), err)
+	}
+	// The host name is given, not left to the transport: a check at the
+	// floor needs it also for an IP address (pki.ClientOptions).
 	hc := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   pki.ClientTLSConfig(kp, roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}, ClockFloor: a.clockFloor, Now: o.Install.Now}),
+		TLSClientConfig: pki.ClientTLSConfig(kp, roots, pki.ClientOptions{ServerName: u.Hostname(), ServerRoles: []pki.Role{pki.RoleCore},
+			Floor: o.Install.Floor, Now: o.Install.Now}),
 		ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
 	}}
 	if a.core, err = coreapi.NewClient(dev.CoreURL, hc); err != nil {
@@ -106,18 +121,13 @@ func (a *Agent) now() time.Time {
 	return time.Now()
 }
 
-// clockFloor is the earliest the device can believe it is: its binary's
-// build time, or the issue time of the newest bundle it accepted.
-func (a *Agent) clockFloor() time.Time {
-	floor := a.o.Install.BuildTime
-	if hw, err := a.st.HighWater(); err == nil && hw.IssuedAt.After(floor) {
-		floor = hw.IssuedAt
-	}
-	return floor
-}
+// ClockFloor is the earliest time the device believes it is: its binary's
+// build time, the issue time of the newest bundle it accepted, or the
+// latest issue time of a chain it verified (pki.Floor).
+func (a *Agent) ClockFloor() time.Time { return a.o.Install.Floor.Time() }
 
 // effectiveNow is now, never before the clock floor.
-func (a *Agent) effectiveNow() time.Time { return pki.ClockFloor(a.now(), a.clockFloor()) }
+func (a *Agent) effectiveNow() time.Time { return a.o.Install.Floor.At(a.now()) }
 
 // fail records an error for `status` and returns it.
 func (a *Agent) fail(err error) error {

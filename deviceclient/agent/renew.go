@@ -36,7 +36,7 @@ func (a *Agent) Renew(ctx context.Context) error {
 	defer cancel()
 	// step-ca's own TLS certificate is from our root but names only its
 	// host, not a role: the host name check is what identifies it.
-	ca, err := stepca.New(a.dev.CAURL, a.roots, stepca.WithClientCertificate(a.kp), stepca.WithClock(a.o.Install.Now, a.clockFloor))
+	ca, err := stepca.New(a.dev.CAURL, a.roots, stepca.WithClientCertificate(a.kp), stepca.WithClock(a.o.Install.Now, a.o.Install.Floor))
 	if err != nil {
 		return a.fail(fmt.Errorf("%s: %w", a.st.File(state.DeviceFile), err))
 	}
@@ -67,7 +67,7 @@ func (a *Agent) checkRenewed(chain []*x509.Certificate) error {
 	if err != nil {
 		return err
 	}
-	got, err := a.roots.Verify(chain, pki.VerifyOptions{Time: a.now(), ClockFloor: a.clockFloor(), KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
+	got, err := a.roots.Verify(chain, pki.VerifyOptions{Time: a.now(), Floor: a.o.Install.Floor, KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
 	if err != nil {
 		return fmt.Errorf("renew: the new certificate: %w", err)
 	}

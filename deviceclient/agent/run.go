@@ -115,7 +115,7 @@ func (a *Agent) connectMQTT(ctx context.Context, trigger func(string), up *atomi
 		ServerUrls: []*url.URL{u},
 		// The broker is core's (its certificate has the core role) or an
 		// external one with a certificate from our root for its host name.
-		TlsCfg:                        pki.ClientTLSConfig(a.kp, a.roots, pki.ClientOptions{ClockFloor: a.clockFloor, Now: a.o.Install.Now}),
+		TlsCfg:                        pki.ClientTLSConfig(a.kp, a.roots, pki.ClientOptions{ServerName: u.Hostname(), Floor: a.o.Install.Floor, Now: a.o.Install.Now}),
 		KeepAlive:                     30,
 		CleanStartOnInitialConnection: true,
 		ConnectTimeout:                10 * time.Second,

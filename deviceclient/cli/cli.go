@@ -18,6 +18,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/buildinfo"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -102,6 +103,7 @@ func check(env *cmdline.Env, args []string, list bool) error {
 	serial := fs.String("serial", "", "the serial the bundle must be for (10 hex digits)")
 	minGen := fs.Uint64("min-generation", 0, "the lowest generation to accept (the device's high-water mark)")
 	floor := fs.String("clock-floor", "", "verify at no earlier than this time (RFC 3339), for a clock without RTC")
+	stateDir := fs.String("state", "", "a device's state directory: verify at no earlier than its clock floor either (read, never written)")
 	asJSON := fs.Bool("json", false, "print a JSON report")
 	var allow cmdline.List
 	fs.Var(&allow, "allow-prefix", "a directory below /etc/ where data files may be (repeatable; default "+imagespec.DataDir+")")
@@ -114,11 +116,22 @@ func check(env *cmdline.Env, args []string, list bool) error {
 	if err := pki.ValidateSerial(*serial); err != nil {
 		return fmt.Errorf("%w: --serial: %w", cmdline.ErrUsage, err)
 	}
-	var clockFloor time.Time
+	// The binary's build time is the lowest floor; a check writes down
+	// nothing that the bundle proves.
+	clockFloor := buildinfo.Time()
 	if *floor != "" {
 		t, err := time.Parse(time.RFC3339, *floor)
 		if err != nil {
 			return fmt.Errorf("%w: --clock-floor: %w", cmdline.ErrUsage, err)
+		}
+		if t.After(clockFloor) {
+			clockFloor = t
+		}
+	}
+	if *stateDir != "" {
+		t, err := deviceFloor(env, *stateDir, clockFloor)
+		if err != nil {
+			return err
 		}
 		clockFloor = t
 	}
@@ -138,7 +151,7 @@ func check(env *cmdline.Env, args []string, list bool) error {
 
 	var img bytes.Buffer
 	v, err := signedimage.Verify(f, &img, signedimage.VerifyOptions{
-		Roots: roots, Serial: *serial, MinGeneration: *minGen, ClockFloor: clockFloor, MaxImageSize: imagespec.MaxImageSize,
+		Roots: roots, Serial: *serial, MinGeneration: *minGen, Now: clock(), Floor: pki.NewFloor(clockFloor, nil), MaxImageSize: imagespec.MaxImageSize,
 	})
 	if err == nil {
 		var l *inspect.Listing
@@ -151,6 +164,23 @@ func check(env *cmdline.Env, args []string, list bool) error {
 		_ = json.NewEncoder(env.Stdout).Encode(report{Verdict: "refused", Reason: err.Error()})
 	}
 	return fmt.Errorf("%w: %w", errRefused, err)
+}
+
+// clock is what verify and inspect check at; a test seam.
+var clock = time.Now
+
+// deviceFloor is the clock floor of the device whose state directory is
+// dir, base the lowest; a floor file that cannot be read is a warning.
+func deviceFloor(env *cmdline.Env, dir string, base time.Time) (time.Time, error) {
+	if _, err := os.Stat(dir); err != nil {
+		return time.Time{}, fmt.Errorf("--state: %w", err)
+	}
+	st, err := state.Open(dir)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("--state: %w", err)
+	}
+	defer func() { _ = st.Close() }()
+	return st.ClockFloor(base, func(err error) { _, _ = fmt.Fprintf(env.Stderr, "%s: warning: %v\n", env.Name(), err) }).Time(), nil
 }
 
 func printAccepted(w io.Writer, asJSON, list bool, v *signedimage.Verified, l *inspect.Listing) error {

@@ -6,9 +6,9 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"time"
 
@@ -21,30 +21,10 @@ import (
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/buildinfo"
 	"github.com/fleetprov/prov/internal/cmdline"
+	"github.com/fleetprov/prov/pki"
 )
-
-// buildTime is set at link time (-X) to the build's time (RFC 3339);
-// without it, the commit time from the build info is used. Either is a
-// floor for the clock of a board without a real-time clock.
-var buildTime string
-
-// BuildTime is the binary's clock floor.
-func BuildTime() time.Time {
-	if t, err := time.Parse(time.RFC3339, buildTime); err == nil {
-		return t
-	}
-	if bi, ok := debug.ReadBuildInfo(); ok {
-		for _, s := range bi.Settings {
-			if s.Key == "vcs.time" {
-				if t, err := time.Parse(time.RFC3339, s.Value); err == nil {
-					return t
-				}
-			}
-		}
-	}
-	return time.Time{}
-}
 
 // common are the flags of the device commands.
 type common struct {
@@ -52,10 +32,11 @@ type common struct {
 	allow                 cmdline.List
 	hw                    hwinfo.Sources
 	fs                    *flag.FlagSet
+	log                   *slog.Logger // warnings; run logs everything
 }
 
 func newCommon(env *cmdline.Env, withHW, withMount bool) *common {
-	c := &common{fs: env.Flags()}
+	c := &common{fs: env.Flags(), log: slog.New(slog.NewTextHandler(env.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))}
 	c.fs.StringVar(&c.state, "state", "/var/lib/prov-device", "the state directory (key, certificate, images)")
 	c.fs.Var(&c.allow, "allow-prefix", "a directory below /etc/ where data files may be (repeatable; default "+imagespec.DataDir+")")
 	if withHW {
@@ -73,12 +54,17 @@ func newCommon(env *cmdline.Env, withHW, withMount bool) *common {
 
 func (c *common) parse(args []string) error { return cmdline.Parse(c.fs, args) }
 
-func (c *common) installOptions() install.Options {
+func (c *common) installOptions(st *state.Dir) install.Options {
 	rules := imagespec.DefaultRules()
 	if len(c.allow) > 0 {
 		rules.AllowedPrefixes = c.allow
 	}
-	return install.Options{Rules: rules, BuildTime: BuildTime()}
+	return install.Options{Rules: rules, Floor: c.clockFloor(st)}
+}
+
+// clockFloor is the device's clock floor, its build time the lowest.
+func (c *common) clockFloor(st *state.Dir) *pki.Floor {
+	return st.ClockFloor(buildinfo.Time(), func(err error) { c.log.Warn("clock floor", "err", err) })
 }
 
 func (c *common) layout() *mount.Layout {
@@ -115,7 +101,7 @@ func (c *common) load(st *state.Dir, o agent.Options) (*agent.Agent, error) {
 	if err := dev.CheckID(id.Board, id.Canonical); err != nil {
 		return nil, err
 	}
-	o.Install, o.Layout = c.installOptions(), c.layout()
+	o.Install, o.Layout = c.installOptions(st), c.layout()
 	a, err := agent.New(st, o)
 	if err != nil {
 		return nil, err
@@ -149,7 +135,7 @@ func enrollCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	}
 	defer func() { _ = st.Close() }()
 	dev, res, err := enroll.Enroll(ctx, st, enroll.Options{ProxyURL: *proxy, RootPEM: rootPEM, ID: id, Force: *force,
-		Install: c.installOptions(), Timeout: *timeout})
+		Install: c.installOptions(st), Timeout: *timeout})
 	if err != nil {
 		return err
 	}
@@ -261,6 +247,7 @@ func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	if *noMount {
 		c.target = ""
 	}
+	c.log = log
 	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll, RenewAt: *renewAt})
 	if err != nil {
 		return err
@@ -285,6 +272,8 @@ type statusReport struct {
 	Mounted       *mount.Record   `json:"mounted,omitempty"`
 	Kernel        *mount.Observed `json:"kernel,omitempty"`
 	Disagreements []string        `json:"disagreements,omitempty"`
+	BuildTime     time.Time       `json:"buildTime,omitzero"`
+	ClockFloor    time.Time       `json:"clockFloor,omitzero"`
 	state.Status
 }
 
@@ -336,7 +325,8 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 		return err
 	}
 	defer func() { _ = st.Close() }()
-	r := statusReport{Status: st.Status()}
+	floor := c.clockFloor(st)
+	r := statusReport{Status: st.Status(), BuildTime: buildinfo.Time(), ClockFloor: floor.Time().UTC()}
 	if dev, err := st.Device(); err == nil {
 		r.Enrolled, r.Serial, r.Board, r.HardwareID = true, dev.Serial, dev.Board, dev.HardwareID
 	} else if !errors.Is(err, state.ErrNotEnrolled) {
@@ -345,7 +335,7 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	if leaf, err := st.Leaf(); err == nil {
 		r.CertificateExpiry = leaf.NotAfter.UTC()
 		r.CertificateState = "valid"
-		if now := time.Now(); now.After(leaf.NotAfter) {
+		if now := floor.At(time.Now()); now.After(leaf.NotAfter) {
 			r.CertificateState = "expired: enroll again at a factory proxy"
 		} else if now.Add(leaf.NotAfter.Sub(leaf.NotBefore) / 3).After(leaf.NotAfter) {
 			r.CertificateState = "due for renewal"
@@ -395,8 +385,9 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	} else if r.Kernel != nil {
 		mounted = describe(r.Kernel)
 	}
-	_, _ = fmt.Fprintf(env.Stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\n",
-		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate))
+	_, _ = fmt.Fprintf(env.Stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\nclock floor  %s (built %s)\n",
+		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate),
+		ts(r.ClockFloor), ts(r.BuildTime))
 	if r.LastError != "" {
 		_, _ = fmt.Fprintf(env.Stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
 	}

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -57,8 +58,9 @@ func TestDeviceCommands(t *testing.T) {
 		Serial           string
 		Generation       uint64
 		CertificateState string
+		ClockFloor       time.Time // what enrollment's chains and bundle proved
 	}
-	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 || !st.Enrolled || st.Generation != 1 || st.CertificateState != "valid" {
+	if err := json.Unmarshal([]byte(out), &st); err != nil || code != 0 || !st.Enrolled || st.Generation != 1 || st.CertificateState != "valid" || st.ClockFloor.IsZero() {
 		t.Fatalf("status: %d %v\n%s", code, err, out)
 	}
 	if code, out, errOut = run(append([]string{"enroll", "--proxy", proxy.URL, "--root", core.RootCert()}, hw...)...); code != cli.ExitError || !strings.Contains(errOut, "already enrolled") {

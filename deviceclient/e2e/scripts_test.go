@@ -2,6 +2,7 @@ package e2e_test
 
 import (
 	"bufio"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -32,19 +33,17 @@ func TestMain(m *testing.M) {
 }
 
 // binaries returns the directory holding prov-pki, prov-core, prov-proxy
-// and prov-device, built as make build builds them.
+// and prov-device, built by make build itself (its flags stamp the build
+// time).
 func binaries(t *testing.T) string {
 	t.Helper()
 	buildOnce.Do(func() {
 		if binDir, buildErr = os.MkdirTemp("", "prov-e2e-bin-"); buildErr != nil {
 			return
 		}
-		cmd := exec.Command("go", "build", "-trimpath", "-o", binDir+"/",
-			"github.com/fleetprov/prov/pki/cmd/prov-pki", "github.com/fleetprov/prov/core/cmd/prov-core",
-			"github.com/fleetprov/prov/proxy/cmd/prov-proxy", "github.com/fleetprov/prov/deviceclient/cmd/prov-device")
-		cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
+		cmd := exec.Command("make", "--no-print-directory", "-C", repoRoot(t), "build", "BIN="+binDir)
 		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build: %w\n%s", err, out)
+			buildErr = fmt.Errorf("make build: %w\n%s", err, out)
 		}
 	})
 	if buildErr != nil {
@@ -161,4 +160,30 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// TestBuildStampsCommitTime: make build stamps the last commit's time into
+// the binaries as their build time, the device's lowest clock floor, and
+// prov-device status shows it.
+func TestBuildStampsCommitTime(t *testing.T) {
+	git := testenv.Tool(t, "git", "apt-get install git")
+	var want time.Time
+	if out, err := exec.Command(git, "-C", repoRoot(t), "log", "-1", "--format=%cI").Output(); err == nil {
+		if want, err = time.Parse(time.RFC3339, strings.TrimSpace(string(out))); err != nil {
+			t.Fatalf("git log: %v", err)
+		}
+	} // outside a git checkout make build stamps nothing
+	out, err := exec.Command(filepath.Join(binaries(t), "prov-device"), "status", "--json", "--state", t.TempDir()).Output()
+	if err != nil {
+		t.Fatalf("status: %v", err)
+	}
+	var st struct {
+		BuildTime, ClockFloor time.Time
+	}
+	if err := json.Unmarshal(out, &st); err != nil {
+		t.Fatal(err)
+	}
+	if !st.BuildTime.Equal(want) || !st.ClockFloor.Equal(want) {
+		t.Fatalf("build time %v, clock floor %v; want the last commit's, %v\n%s", st.BuildTime, st.ClockFloor, want, out)
+	}
 }

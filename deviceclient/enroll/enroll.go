@@ -50,10 +50,14 @@ type Options struct {
 	ID       hwid.ID
 	// Force enrolls again a device that is enrolled (a lost certificate);
 	// the proxy's re-enrollment policy decides.
-	Force   bool
-	Install install.Options // Roots and Serial are set here
-	Timeout time.Duration   // the whole exchange; default 2 minutes
-	Client  *http.Client    // a test seam; nil: TLS to the proxy, root pinned
+	Force bool
+	// Install is what the first bundle is checked against; Roots and
+	// Serial are set here. Its Floor (nil: the state directory's) is also
+	// the floor the proxy's certificate and the device's own are checked
+	// at.
+	Install install.Options
+	Timeout time.Duration // the whole exchange; default 2 minutes
+	Client  *http.Client  // a test seam; nil: TLS to the proxy, root pinned
 }
 
 // Enroll enrolls the device and installs its first bundle.
@@ -75,6 +79,9 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 		}
 	} else if !errors.Is(err, state.ErrNotEnrolled) {
 		return nil, nil, err
+	}
+	if o.Install.Floor == nil {
+		o.Install.Floor = st.ClockFloor(time.Time{}, nil)
 	}
 	unlock, err := st.Lock()
 	if err != nil {
@@ -102,7 +109,7 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 	hc := o.Client
 	if hc == nil {
 		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, roots,
-			pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleProxy}, ClockFloor: func() time.Time { return o.Install.BuildTime }})}}
+			pki.ClientOptions{ServerName: u.Hostname(), ServerRoles: []pki.Role{pki.RoleProxy}, Floor: o.Install.Floor, Now: o.Install.Now})}}
 	}
 	ans, err := post(ctx, hc, o.ProxyURL, body)
 	if err != nil {
@@ -255,7 +262,7 @@ func checkAnswer(ans *enrollapi.EnrollResponse, roots *pki.TrustBundle, serial s
 	if o.Now != nil {
 		now = o.Now()
 	}
-	got, err := roots.Verify(chain, pki.VerifyOptions{Time: now, ClockFloor: o.BuildTime, KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
+	got, err := roots.Verify(chain, pki.VerifyOptions{Time: now, Floor: o.Floor, KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{pki.RoleDevice}})
 	if err != nil {
 		return nil, fmt.Errorf("%w: certificate: %w", ErrBadAnswer, err)
 	}

@@ -39,10 +39,13 @@ type Options struct {
 	Roots  *pki.TrustBundle
 	Serial string
 	Rules  imagespec.Rules
-	// Now is the clock (nil: time.Now); BuildTime, the binary's build
-	// time, is a floor for it, as is the last accepted issue time.
-	Now       func() time.Time
-	BuildTime time.Time
+	// Now is the clock (nil: time.Now). Floor is the earliest time the
+	// device believes it is (state.Dir.ClockFloor with the binary's build
+	// time; nil: the state directory's own, without one). The high-water
+	// mark's issue time is a floor either way, and every accepted bundle
+	// raises it.
+	Now   func() time.Time
+	Floor *pki.Floor
 	// Failpoint, if set, is called after each step by name (a test seam:
 	// "written", "synced", "renamed", "previous", "current", "highwater",
 	// "pruned").
@@ -54,6 +57,14 @@ func (o Options) now() time.Time {
 		return o.Now()
 	}
 	return time.Now()
+}
+
+// floor is the floor to verify at: o.Floor, or the state directory's.
+func (o Options) floor(st *state.Dir) *pki.Floor {
+	if o.Floor != nil {
+		return o.Floor
+	}
+	return st.ClockFloor(time.Time{}, nil)
 }
 
 func (o Options) step(s string) {
@@ -92,10 +103,13 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 		_ = os.Remove(tmpName) // a no-op once renamed
 	}()
 
+	floor := o.floor(st)
+	_ = floor.Raise(hw.IssuedAt) // a failed write is the floor's owner's to report
+
 	var img bytes.Buffer
 	v, err := signedimage.Verify(io.TeeReader(io.LimitReader(r, MaxBundleSize+1), tmp), &img, signedimage.VerifyOptions{
 		Roots: o.Roots, Serial: o.Serial, MinGeneration: hw.Generation, Now: o.now(),
-		ClockFloor: latest(o.BuildTime, hw.IssuedAt), MaxImageSize: imagespec.MaxImageSize,
+		Floor: floor, MaxImageSize: imagespec.MaxImageSize,
 	})
 	if err != nil {
 		return nil, refused(err)
@@ -111,6 +125,7 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 		return nil, err
 	}
 	if hasCur && cur.Name == name {
+		_ = floor.Raise(v.IssuedAt)
 		return res, st.RaiseHighWater(state.HighWater{Generation: v.Generation, IssuedAt: v.IssuedAt})
 	}
 	if err := tmp.Sync(); err != nil {
@@ -140,6 +155,7 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 	if err := st.RaiseHighWater(state.HighWater{Generation: v.Generation, IssuedAt: v.IssuedAt}); err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
+	_ = floor.Raise(v.IssuedAt)
 	o.step("highwater")
 	res.Changed = true
 	if err := prune(st); err != nil {
@@ -150,13 +166,6 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 }
 
 func refused(err error) error { return fmt.Errorf("%w: %w", ErrRefused, err) }
-
-func latest(a, b time.Time) time.Time {
-	if a.After(b) {
-		return a
-	}
-	return b
-}
 
 // prune deletes every image but the current and previous ones, and any
 // temporary file left by a crash.
@@ -285,5 +294,6 @@ func Recover(st *state.Dir, o Options) (*Installed, *Fallback, error) {
 	if err := st.RaiseHighWater(state.HighWater{Generation: in.Generation, IssuedAt: in.IssuedAt}); err != nil {
 		return nil, nil, err
 	}
+	_ = o.floor(st).Raise(in.IssuedAt)
 	return in, nil, nil
 }

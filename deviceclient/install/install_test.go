@@ -147,23 +147,40 @@ func TestRefusedBundlesChangeNothing(t *testing.T) {
 }
 
 // A board without a real-time clock boots in 1970: the bundle still
-// verifies, at the binary's build time or the last accepted issue time.
+// verifies, at the binary's build time, the last accepted issue time, or
+// the signer's own issue time (its chain proves the time is at least
+// that); the floor rises and is kept in the state directory. A floor past
+// the signer's expiry refuses it, 1970 or not.
 func TestClockIn1970(t *testing.T) {
 	f := devicetest.New(t)
 	st := open(t, t.TempDir())
 	o := opts(f)
 	o.Now = func() time.Time { return time.Unix(0, 0) }
-	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), o); !errors.Is(err, install.ErrRefused) {
-		t.Fatalf("1970 without a floor: %v", err)
+	o.Floor = pki.NewFloor(time.Now().Add(48*time.Hour), nil) // built after the signer's certificate expired
+	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), o); !errors.Is(err, install.ErrRefused) || !errors.Is(err, signedimage.ErrUntrustedSigner) {
+		t.Fatalf("1970 with a floor past the signer's expiry: %v", err)
 	}
-	o.BuildTime = time.Now().Add(-time.Minute)
+	o.Floor = pki.NewFloor(time.Now().Add(-time.Minute), nil)
 	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 1))), o); err != nil {
 		t.Fatalf("1970 with the build time as floor: %v", err)
 	}
 	// From now on the last issue time is a floor too.
-	o.BuildTime = time.Time{}
-	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, devicetest.Record(serial, 2))), o); err != nil {
+	o.Floor = nil
+	rec := devicetest.Record(serial, 2)
+	if _, err := install.Install(st, bytes.NewReader(f.Bundle(t, rec)), o); err != nil {
 		t.Fatalf("1970 with the high-water mark as floor: %v", err)
+	}
+	if floor := st.ClockFloor(time.Time{}, nil).Time(); !floor.Equal(rec.IssuedAt) {
+		t.Fatalf("floor %v; want the bundle's issue time %v", floor, rec.IssuedAt)
+	}
+	// A board with no floor at all: the signer's chain is enough, and what
+	// the bundle proves is written down.
+	fresh := open(t, t.TempDir())
+	if _, err := install.Install(fresh, bytes.NewReader(f.Bundle(t, rec)), o); err != nil {
+		t.Fatalf("1970 without a floor: %v", err)
+	}
+	if floor, err := fresh.Floor(); err != nil || !floor.Equal(rec.IssuedAt) {
+		t.Fatalf("floor kept: %v %v; want %v", floor, err, rec.IssuedAt)
 	}
 }
 

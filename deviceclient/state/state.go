@@ -11,6 +11,7 @@
 //	root.pem          the deployment's root
 //	device.json       the enrollment: serial, board, hardware ID, URLs, topic
 //	highwater.json    the highest generation accepted and its issue time
+//	floor.json        the clock floor: the latest time verified chains proved
 //	status.json       the last check, update and error (for `status`)
 //	images/*.bundle   signed bundles exactly as received and verified
 //	current, previous symlinks into images/
@@ -41,15 +42,13 @@ const (
 	RootFile      = "root.pem"
 	DeviceFile    = "device.json"
 	HighWaterFile = "highwater.json"
+	FloorFile     = "floor.json"
 	StatusFile    = "status.json"
 	ImagesDir     = "images"
 	Current       = "current"
 	Previous      = "previous"
 	lockFile      = "lock"
 )
-
-// ErrNotEnrolled is a state directory without an enrollment.
-var ErrNotEnrolled = errors.New("not enrolled")
 
 // Dir is an open state directory.
 type Dir struct {
@@ -267,12 +266,6 @@ func (d *Dir) SetPointer(which, name string) error {
 	}
 	return atomicfile.SyncDir(d.Path)
 }
-
-// ErrIDChanged is a board whose hardware ID is not the one it enrolled
-// with: typically an SD card moved to another board (its u-boot
-// environment may even carry the old board's serial). The old identity
-// must not be used.
-var ErrIDChanged = errors.New("hardware ID changed since enrollment")
 
 // CheckID refuses a board other than the one that enrolled.
 func (d *Device) CheckID(board, canonical string) error {

@@ -220,9 +220,10 @@ type VerifyOptions struct {
 	MinGeneration uint64
 	// Now is the clock; zero means time.Now().
 	Now time.Time
-	// ClockFloor is the earliest time the device believes it is (its
-	// binary's build time, the last accepted statement's issue time).
-	ClockFloor time.Time
+	// Floor is the earliest time the device believes it is (its binary's
+	// build time, the last accepted statement's issue time, what verified
+	// chains proved); the signer's chain may raise it (see pki.Floor).
+	Floor *pki.Floor
 	// MaxImageSize caps the image; zero means DefaultMaxImageSize.
 	MaxImageSize int64
 	// AtIssue checks the signer's chain at the statement's issue time
@@ -355,12 +356,12 @@ func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, er
 			return nil, pki.Identity{}, fmt.Errorf("%w: x5c[%d]: %w", ErrMalformed, i, err)
 		}
 	}
-	checkChain := func(at, floor time.Time) (pki.Identity, error) {
+	checkChain := func(at time.Time, floor *pki.Floor) (pki.Identity, error) {
 		signer, err := opts.Roots.Verify(chain, pki.VerifyOptions{
-			Time:       at,
-			ClockFloor: floor,
-			KeyUsage:   x509.ExtKeyUsageCodeSigning,
-			Roles:      []pki.Role{pki.RoleSigner},
+			Time:     at,
+			Floor:    floor,
+			KeyUsage: x509.ExtKeyUsageCodeSigning,
+			Roles:    []pki.Role{pki.RoleSigner},
 		})
 		if err != nil {
 			return pki.Identity{}, fmt.Errorf("%w: %w", ErrUntrustedSigner, err)
@@ -370,7 +371,7 @@ func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, er
 	var signer pki.Identity
 	if !opts.AtIssue { // the chain before anything it signed is looked at
 		var err error
-		if signer, err = checkChain(opts.Now, opts.ClockFloor); err != nil {
+		if signer, err = checkChain(opts.Now, opts.Floor); err != nil {
 			return nil, pki.Identity{}, err
 		}
 	}
@@ -388,7 +389,8 @@ func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, er
 	}
 	if opts.AtIssue { // nothing of the statement is returned unless this holds
 		var err error
-		if signer, err = checkChain(st.IssuedAt, time.Time{}); err != nil {
+		// At the issue time exactly: no floor may move this check later.
+		if signer, err = checkChain(st.IssuedAt, nil); err != nil {
 			return nil, pki.Identity{}, err
 		}
 	}

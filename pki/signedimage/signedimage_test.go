@@ -170,7 +170,7 @@ func TestRefusals(t *testing.T) {
 		{"statement size zero", withStatementSize(good, 0), nil, signedimage.ErrMalformed},
 		{"statement size huge", withStatementSize(good, 1<<30), nil, signedimage.ErrMalformed},
 		{"clock in 1970 without floor", good, func(o *signedimage.VerifyOptions) { o.Now = time.Unix(0, 0) }, signedimage.ErrUntrustedSigner},
-		{"expired signer, clock in 1970, floor now", forge(t, expired, nil, nil, smallImage), func(o *signedimage.VerifyOptions) { o.Now = time.Unix(0, 0); o.ClockFloor = now }, signedimage.ErrUntrustedSigner},
+		{"expired signer, clock in 1970, floor now", forge(t, expired, nil, nil, smallImage), func(o *signedimage.VerifyOptions) { o.Now = time.Unix(0, 0); o.Floor = pki.NewFloor(now, nil) }, signedimage.ErrUntrustedSigner},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := f.opts()
@@ -190,7 +190,7 @@ func TestRefusals(t *testing.T) {
 	})
 	t.Run("clock in 1970 with floor now", func(t *testing.T) {
 		o := f.opts()
-		o.Now, o.ClockFloor = time.Unix(0, 0), now
+		o.Now, o.Floor = time.Unix(0, 0), pki.NewFloor(now, nil)
 		if _, err := signedimage.Verify(bytes.NewReader(good), io.Discard, o); err != nil {
 			t.Fatal(err)
 		}

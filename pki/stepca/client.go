@@ -51,8 +51,9 @@ type Client struct {
 }
 
 type options struct {
-	kp         *pki.KeyPair
-	now, floor func() time.Time
+	kp    *pki.KeyPair
+	now   func() time.Time
+	floor *pki.Floor
 }
 
 // Option adjusts a Client.
@@ -65,9 +66,10 @@ func WithClientCertificate(kp *pki.KeyPair) Option {
 }
 
 // WithClock sets the time step-ca's certificate is checked at: now (nil:
-// time.Now), never before floor (nil: no floor). A device without a
-// real-time clock boots in 1970 and needs the floor (pki.ClockFloor).
-func WithClock(now, floor func() time.Time) Option {
+// time.Now), never before floor (nil: no floor), which step-ca's chain may
+// raise. A device without a real-time clock boots in 1970 and needs the
+// floor (pki.Floor).
+func WithClock(now func() time.Time, floor *pki.Floor) Option {
 	return func(o *options) { o.now, o.floor = now, floor }
 }
 
@@ -86,7 +88,10 @@ func New(baseURL string, roots *pki.TrustBundle, opts ...Option) (*Client, error
 	for _, f := range opts {
 		f(&o)
 	}
-	tlsCfg := pki.ClientTLSConfig(o.kp, roots, pki.ClientOptions{Now: o.now, ClockFloor: o.floor})
+	// The host name is set here rather than left to the transport: a
+	// check at a floor verifies the chain itself and needs it, also for an
+	// IP address, which TLS does not send.
+	tlsCfg := pki.ClientTLSConfig(o.kp, roots, pki.ClientOptions{ServerName: u.Hostname(), Now: o.now, Floor: o.floor})
 	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	// The transport is the one step-ca's own Go client used (HTTP/2, so
 	// concurrent enrollments share a connection), without an environment

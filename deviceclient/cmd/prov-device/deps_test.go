@@ -41,6 +41,7 @@ var deviceRules = deptest.Rules{
 		"pki/stepca":          "renewal at step-ca (POST /1.0/renew) with the light client",
 		"internal/cmdline":    "the commands' flag parsing",
 		"internal/atomicfile": "the state directory's files are replaced atomically and durably",
+		"internal/buildinfo":  "the binary's build time, the lowest clock floor of a board without a real-time clock (standard library only)",
 		"internal/untrusted":  "how untrusted input appears in messages (standard library only)",
 	},
 }
