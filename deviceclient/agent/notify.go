@@ -10,6 +10,10 @@ import (
 // sdNotify sends a systemd notification to $NOTIFY_SOCKET (a datagram
 // socket; a name starting with @ is abstract). Without the variable it
 // does nothing: the daemon also runs outside systemd.
+// SystemdNotify sends a notification (READY=1, STATUS=..., WATCHDOG=1) to
+// $NOTIFY_SOCKET, if systemd gave one.
+func SystemdNotify(state string) error { return sdNotify(state) }
+
 func sdNotify(state string) error {
 	name := os.Getenv("NOTIFY_SOCKET")
 	if name == "" {

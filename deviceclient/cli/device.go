@@ -173,7 +173,17 @@ func updateCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	return nil
 }
 
-func mountCmd(_ context.Context, env *cmdline.Env, args []string) error {
+func mountCmd(_ context.Context, env *cmdline.Env, args []string) (err error) {
+	mounted := ""
+	// Under systemd, the unit's status line says what happened, even where
+	// the journal cannot be read (a new machine-id over /etc).
+	defer func() {
+		status := "STATUS=" + mounted
+		if err != nil {
+			status = "STATUS=" + err.Error()
+		}
+		_ = agent.SystemdNotify(status)
+	}()
 	c := newCommon(env, true, true)
 	noHostname := c.fs.Bool("no-hostname", false, "do not set the kernel's hostname from the image (it is set when --target is /etc)")
 	if err := c.parse(args); err != nil {
@@ -200,7 +210,8 @@ func mountCmd(_ context.Context, env *cmdline.Env, args []string) error {
 			}
 		}
 	}
-	_, _ = fmt.Fprintf(env.Stdout, "mounted generation %d over %s\n", rec.Generation, rec.Target)
+	mounted = fmt.Sprintf("mounted generation %d over %s", rec.Generation, rec.Target)
+	_, _ = fmt.Fprintln(env.Stdout, mounted)
 	if fb := a.FellBack(); fb != nil {
 		// The previous image is mounted, and the unit fails with the reason:
 		// a changed card is worth a look even though the device goes on.

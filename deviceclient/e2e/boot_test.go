@@ -35,6 +35,7 @@ const bootState = "/var/lib/prov-device"
 //   - the remount unit given a mount namespace of its own (PrivateTmp=)
 //     cannot update the system's /etc, and status says so;
 //   - the watchdog restarts a stopped daemon;
+//   - the card in another board fails the mount unit, mounting nothing;
 //   - poweroff unmounts cleanly.
 func TestBootUnderSystemd(t *testing.T) {
 	testenv.Root(t, "network namespaces and a container")
@@ -152,8 +153,32 @@ func TestBootUnderSystemd(t *testing.T) {
 		}
 		return nil
 	}); err != nil {
+		t.Fatalf("the watchdog: %v\n%s", err, dev.diagnose())
+	}
+
+	// The card in another board: the mount unit fails with the reason in
+	// its status line and mounts nothing; the daemon does not restart.
+	serialFile := filepath.Join(dt, "devicetree", "base", "serial-number")
+	if err := os.WriteFile(serialFile, []byte("1813BBBK0B99\x00"), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	if err := m.Reboot(); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = m.Run("systemctl", "status", "--no-pager", "--lines=0", "prov-device-mount.service", "prov-device.service")
+	if !strings.Contains(out, "status=4") || !strings.Contains(out, "hardware ID changed since enrollment") {
+		t.Fatalf("the units with the card in another board:\n%s", out)
+	}
+	if o, err := m.Run("sh", "-c", "grep -c prov-device /proc/self/mountinfo || true"); err != nil || strings.TrimSpace(o) != "0" {
+		t.Fatalf("mounted with the card in another board: %q %v", o, err)
+	}
+	if err := os.WriteFile(serialFile, []byte("1813BBBK0B07\x00"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Reboot(); err != nil {
+		t.Fatal(err)
+	}
+	dev.wantGeneration(t, 6)
 
 	// Poweroff stops the mount unit, which unmounts cleanly.
 	if err := m.Poweroff(); err != nil {
@@ -251,8 +276,15 @@ func (d *booted) wantGeneration(t *testing.T, gen uint64) {
 		}
 		return nil
 	}); err != nil {
-		t.Fatalf("generation %d over the system's /etc: %v", gen, err)
+		t.Fatalf("generation %d over the system's /etc: %v\n%s", gen, err, d.diagnose())
 	}
+}
+
+// diagnose is what the units say, for a failure message.
+func (d *booted) diagnose() string {
+	out, _ := d.m.Run("sh", "-c", "systemctl status --no-pager --lines=0 'prov-device*' 2>&1; "+
+		"journalctl -m --no-pager -n 60 -u 'prov-device*' 2>&1")
+	return out
 }
 
 // waitInstalled waits until the daemon installed the generation.

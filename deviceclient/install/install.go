@@ -152,6 +152,9 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 		return nil, fmt.Errorf("install: %w", err)
 	}
 	o.step("current")
+	if err := st.SetInstalled(state.Installed{Image: name, Generation: v.Generation}); err != nil {
+		return nil, fmt.Errorf("install: %w", err)
+	}
 	if err := st.RaiseHighWater(state.HighWater{Generation: v.Generation, IssuedAt: v.IssuedAt}); err != nil {
 		return nil, fmt.Errorf("install: %w", err)
 	}
@@ -289,9 +292,17 @@ func Recover(st *state.Dir, o Options) (*Installed, *Fallback, error) {
 		if err := st.SetPointer(state.Current, prev.Name); err != nil {
 			return nil, nil, err
 		}
+		if err := st.SetInstalled(state.Installed{Image: prev.Name, Generation: pin.Generation}); err != nil {
+			return nil, nil, err
+		}
 		return pin, &Fallback{Refused: cur.Name, Reason: err, Restored: pin}, nil
 	}
 	if err := st.RaiseHighWater(state.HighWater{Generation: in.Generation, IssuedAt: in.IssuedAt}); err != nil {
+		return nil, nil, err
+	}
+	// A crash between the pointer and the record, or a state directory
+	// from before the record, leaves it behind the current image.
+	if err := st.SetInstalled(state.Installed{Image: cur.Name, Generation: in.Generation}); err != nil {
 		return nil, nil, err
 	}
 	_ = o.floor(st).Raise(in.IssuedAt)

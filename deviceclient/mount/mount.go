@@ -96,21 +96,29 @@ func ReadRecord(l Layout) (*Record, error) {
 	return &r, nil
 }
 
-// Current reads what is mounted; nil if nothing (or if the overlay is gone,
-// as after a reboot with a persistent run directory).
+// Current is what is mounted on the target as the kernel has it: nil if
+// not our overlay (as after a reboot with a persistent run directory). The
+// record of the last mount says when; if it names another image than the
+// kernel maps (a mount made in another mount namespace wrote it), the
+// kernel wins.
 func Current(l Layout) (*Record, error) {
 	r, err := ReadRecord(l)
-	if err != nil || r == nil {
-		return nil, err
-	}
-	top, err := topMount(l.Target)
 	if err != nil {
 		return nil, err
 	}
-	if top == nil || top.source != source || r.Target != l.Target {
+	k, err := Observe(l)
+	if err != nil {
+		return nil, err
+	}
+	if k == nil || !k.Overlay {
 		return nil, nil
 	}
-	return r, nil
+	if r != nil && r.Target == l.Target && r.Image == k.Image() {
+		return r, nil
+	}
+	name := k.Image()
+	gen, _ := strconv.ParseUint(strings.SplitN(name, "-", 2)[0], 10, 64)
+	return &Record{Target: l.Target, Image: name, Generation: gen}, nil
 }
 
 // Mount makes in the image over the target. Mounting the image that is
@@ -147,7 +155,7 @@ func Mount(l Layout, in *install.Installed) (*Record, error) {
 		_ = unix.Unmount(imgDir, unix.MNT_DETACH)
 		return nil, err
 	}
-	if old != nil {
+	if old != nil && old.Image != "" {
 		oldDir := l.file("images", strings.TrimSuffix(old.Image, ".bundle"))
 		_ = unix.Unmount(oldDir, unix.MNT_DETACH)
 		_ = os.Remove(oldDir)

@@ -193,3 +193,29 @@ func mountsUnder(t *testing.T, dir string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A record that names another image than the kernel maps (written by a
+// mount in another mount namespace) does not make Mount skip the swap:
+// the kernel's view decides.
+func TestRecordThatDisagreesWithTheKernel(t *testing.T) {
+	r := newRig(t)
+	in1 := r.install(t, 1)
+	if _, err := mount.Mount(r.layout, in1); err != nil {
+		t.Fatal(err)
+	}
+	in2 := r.install(t, 2)
+	lie := []byte(`{"target":"` + r.layout.Target + `","image":"` + in2.Name + `","generation":2}`)
+	if err := os.WriteFile(filepath.Join(r.layout.RunDir, "mounted.json"), lie, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if cur, err := mount.Current(r.layout); err != nil || cur.Image != in1.Name || cur.Generation != 1 {
+		t.Fatalf("current with a lying record: %+v %v", cur, err)
+	}
+	if _, err := mount.Mount(r.layout, in2); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.read(t, "hostname"); got != "dev-"+serial+"-g2" {
+		t.Fatalf("after mounting generation 2: %q", got)
+	}
+	observed(t, r.layout, in2)
+}

@@ -44,6 +44,10 @@ const (
 	HighWaterFile = "highwater.json"
 	FloorFile     = "floor.json"
 	StatusFile    = "status.json"
+	// InstalledFile names the image last made current. It is a regular
+	// file replaced at every switch, which a systemd path unit can watch
+	// (it cannot watch the current pointer: inotify follows the link).
+	InstalledFile = "installed.json"
 	ImagesDir     = "images"
 	Current       = "current"
 	Previous      = "previous"
@@ -251,6 +255,30 @@ func (d *Dir) Pointer(which string) (Image, bool, error) {
 		return Image{}, false, fmt.Errorf("%s points to %q, outside %s/", which, target, ImagesDir)
 	}
 	return Image{Name: name, Path: filepath.Join(d.Path, ImagesDir, name)}, true, nil
+}
+
+// Installed is the content of InstalledFile.
+type Installed struct {
+	Image      string `json:"image"`
+	Generation uint64 `json:"generation"`
+}
+
+// Installed reads which image was last made current; zero if none.
+func (d *Dir) Installed() (Installed, error) {
+	var in Installed
+	if err := d.readJSON(InstalledFile, &in); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return in, err
+	}
+	return in, nil
+}
+
+// SetInstalled records the image just made current, replacing the file,
+// unless it says so already.
+func (d *Dir) SetInstalled(in Installed) error {
+	if old, err := d.Installed(); err == nil && old == in {
+		return nil
+	}
+	return d.writeJSON(InstalledFile, in, 0o644)
 }
 
 // SetPointer points which at images/name atomically: a new symlink renamed
