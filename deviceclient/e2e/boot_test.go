@@ -125,7 +125,7 @@ func TestBootUnderSystemd(t *testing.T) {
 	if err := testenv.WaitFor(20*time.Second, func() error {
 		out, err := m.Run("systemctl", "show", "-p", "NRestarts,Result,ActiveState", "prov-device-remount.service")
 		if err != nil || !strings.Contains(out, "Result=success") {
-			return fmt.Errorf("the remount unit has not run yet: %s %v", out, err)
+			return fmt.Errorf("the remount unit has not run yet: %s %w", out, err)
 		}
 		return nil
 	}); err != nil {
@@ -265,7 +265,7 @@ func (d *booted) wantGeneration(t *testing.T, gen uint64) {
 	if err := testenv.WaitFor(60*time.Second, func() error {
 		out, err := d.m.Run("prov-device", "status", "--state", bootState, "--json")
 		if !strings.Contains(out, `"generation": `+want) {
-			return fmt.Errorf("not installed yet: %v\n%s", err, out)
+			return fmt.Errorf("not installed yet: %w\n%s", err, out)
 		}
 		img, err := d.m.Run("sh", "-c", "grep -o 'lowerdir=[^,]*' /proc/self/mountinfo | grep prov-device || true")
 		if err != nil {
@@ -293,7 +293,7 @@ func (d *booted) waitInstalled(t *testing.T, gen uint64) {
 	if err := testenv.WaitFor(60*time.Second, func() error {
 		out, err := d.m.Run("readlink", bootState+"/"+state.Current)
 		if err != nil || !strings.Contains(out, fmt.Sprintf("%020d-", gen)) {
-			return fmt.Errorf("current is %q (%v)", out, err)
+			return fmt.Errorf("current is %q (%w)", out, err)
 		}
 		return nil
 	}); err != nil {
