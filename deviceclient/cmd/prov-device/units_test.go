@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -118,5 +119,41 @@ func TestUnitsExposure(t *testing.T) {
 		if level > limit {
 			t.Errorf("%s: exposure %.1f, over %.1f:\n%s", unit, level, limit, out)
 		}
+	}
+}
+
+// namespaceOptions give a service a mount namespace of its own (see
+// systemd.exec): mounts it makes would not reach the system.
+var namespaceOptions = []string{
+	"PrivateTmp", "PrivateDevices", "PrivateMounts", "PrivateNetwork", "PrivateIPC", "PrivateUsers",
+	"ProtectSystem", "ProtectHome", "ProtectKernelTunables", "ProtectKernelModules", "ProtectKernelLogs",
+	"ProtectControlGroups", "ProtectProc", "ProcSubset", "ProtectHostname",
+	"ReadWritePaths", "ReadOnlyPaths", "InaccessiblePaths", "ExecPaths", "NoExecPaths", "TemporaryFileSystem",
+	"BindPaths", "BindReadOnlyPaths", "RootDirectory", "RootImage", "MountAPIVFS", "MountFlags",
+	"RuntimeDirectory", "StateDirectory", "CacheDirectory", "LogsDirectory", "ConfigurationDirectory",
+}
+
+// The units that mount over /etc must not get a mount namespace of their
+// own, or the overlay would be mounted where only they see it (the boot
+// test shows what happens then); the daemon, which does not mount, has one.
+func TestMountingUnitsShareTheSystemsMounts(t *testing.T) {
+	for _, unit := range []string{"prov-device-mount.service", "prov-device-remount.service"} {
+		data, err := os.ReadFile(filepath.Join("..", "..", "systemd", unit))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(data), "\n") {
+			key, _, ok := strings.Cut(strings.TrimSpace(line), "=")
+			if ok && slices.Contains(namespaceOptions, key) {
+				t.Errorf("%s sets %s, which gives it a mount namespace of its own: its mounts would not reach the system", unit, line)
+			}
+		}
+	}
+	daemon, err := os.ReadFile(filepath.Join("..", "..", "systemd", "prov-device.service"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(daemon), "--no-mount") || !strings.Contains(string(daemon), "ProtectSystem=strict") {
+		t.Error("prov-device.service should run sandboxed with --no-mount, leaving the mounts to the mount units")
 	}
 }
