@@ -124,13 +124,19 @@ func ifMatch(r *http.Request) (uint64, error) {
 	return v, nil
 }
 
-func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+// change reads a data change and the version it starts from.
+func change(w http.ResponseWriter, r *http.Request) (uint64, coreapi.DataChange, error) {
+	var c coreapi.DataChange
 	want, err := ifMatch(r)
 	if err != nil {
-		return err
+		return 0, c, err
 	}
-	var c coreapi.DataChange
-	if err := decode(w, r, &c); err != nil {
+	return want, c, decode(w, r, &c)
+}
+
+func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	want, c, err := change(w, r)
+	if err != nil {
 		return err
 	}
 	sn, err := serial(r)

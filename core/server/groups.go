@@ -39,12 +39,8 @@ func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Ide
 	if err != nil {
 		return err
 	}
-	want, err := ifMatch(r)
+	want, c, err := change(w, r)
 	if err != nil {
-		return err
-	}
-	var c coreapi.DataChange
-	if err := decode(w, r, &c); err != nil {
 		return err
 	}
 	g, err := s.reg.SetGroupData(name, want, c, id)
