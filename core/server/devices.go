@@ -131,7 +131,10 @@ func change(w http.ResponseWriter, r *http.Request) (uint64, coreapi.DataChange,
 	if err != nil {
 		return 0, c, err
 	}
-	return want, c, decode(w, r, &c)
+	if err := decode(w, r, &c); err != nil {
+		return 0, c, err
+	}
+	return want, c, nil
 }
 
 func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
