@@ -96,9 +96,13 @@ func (p *proxy) newProvisioner() error {
 	return nil
 }
 
-// newPolicy reads the vouching policy and its batch manifests.
+// newPolicy reads the vouching policy and its batch manifests, and who
+// may read the status page and metrics.
 func (p *proxy) newPolicy() (err error) {
-	p.policy, err = vouch.Load(p.cfg.Vouching)
+	if p.policy, err = vouch.Load(p.cfg.Vouching); err != nil {
+		return err
+	}
+	p.viewers, err = p.cfg.StatusNetworks()
 	return err
 }
 
@@ -134,9 +138,6 @@ func (p *proxy) newUpstreams() error {
 	p.core, p.ca = coreClient, caClient
 	if p.o.wrap != nil {
 		p.core, p.ca = p.o.wrap(p.core, p.ca)
-	}
-	if p.viewers, err = p.cfg.StatusNetworks(); err != nil {
-		return err
 	}
 	return nil
 }
