@@ -1,7 +1,7 @@
 // Package pkitest makes small certificate authorities with the standard
 // library, for tests of code that checks certificates (identities, chains,
-// TLS, signed images) without starting step-ca. The deployment's real PKI is
-// tested in pki/deployment.
+// TLS, signed images) without starting step-ca, and a Recorder to put in a
+// server's place. The deployment's real PKI is tested in pki/deployment.
 package pkitest
 
 import (

@@ -1,7 +1,8 @@
 // Package stepca is the one client of step-ca that prov's binaries use: the
 // proxy signs and revokes, core revokes and reads the CRL, prov-pki issues
 // and revokes, the device renews. It speaks step-ca's HTTP API with the
-// standard library and pins the deployment's root (pki), so linking it costs
+// standard library and pins the deployment's root (pki) and, with
+// WithCAIdentityCheck, step-ca's own certificate, so linking it costs
 // a binary nothing of step-ca itself: no authority, no database drivers, no
 // cloud KMS code. The embedded server and the in-process authority are in
 // pki/ca, which only prov-pki and tests link.
@@ -14,6 +15,7 @@ package stepca
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
@@ -51,9 +53,10 @@ type Client struct {
 }
 
 type options struct {
-	kp    *pki.KeyPair
-	now   func() time.Time
-	floor *pki.Floor
+	kp      *pki.KeyPair
+	now     func() time.Time
+	floor   *pki.Floor
+	checkCA bool
 }
 
 // Option adjusts a Client.
@@ -73,9 +76,26 @@ func WithClock(now func() time.Time, floor *pki.Floor) Option {
 	return func(o *options) { o.now, o.floor = now, floor }
 }
 
+// WithCAIdentityCheck accepts as step-ca only a server whose certificate
+// is step-ca's own, not merely one of the deployment's that names the
+// URL's host: it must also name no identity (no URI SAN). Every certificate
+// the deployment's provisioners issue names exactly one (the device and
+// service templates write it; prov-pki init adds no other provisioner),
+// while step-ca makes its own TLS certificate from ca.json's dnsNames only,
+// with a fresh key at every start (authority.GetTLSCertificate in
+// smallstep/certificates v0.30.2), so neither a key nor a fingerprint could
+// be pinned across restarts. A server holding core's or a proxy's
+// certificate for the same host, which would otherwise be taken for the
+// CA and handed tokens, fails the handshake with ErrNotTheCA before a
+// request is sent.
+func WithCAIdentityCheck() Option {
+	return func(o *options) { o.checkCA = true }
+}
+
 // New makes a client of the step-ca at baseURL (https://host:port). Its
 // server certificate must chain to roots and name the URL's host; step-ca's
-// certificate carries no role, so the host name is what identifies it.
+// certificate carries no role, so the host name is what identifies it,
+// unless WithCAIdentityCheck asks for more.
 func New(baseURL string, roots *pki.TrustBundle, opts ...Option) (*Client, error) {
 	u, err := url.Parse(baseURL)
 	if err != nil || u.Scheme != "https" || u.Host == "" || (u.Path != "" && u.Path != "/") {
@@ -92,6 +112,15 @@ func New(baseURL string, roots *pki.TrustBundle, opts ...Option) (*Client, error
 	// check at a floor verifies the chain itself and needs it, also for an
 	// IP address, which TLS does not send.
 	tlsCfg := pki.ClientTLSConfig(o.kp, roots, pki.ClientOptions{ServerName: u.Hostname(), Now: o.now, Floor: o.floor})
+	if o.checkCA {
+		verify := tlsCfg.VerifyConnection
+		tlsCfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if err := verify(cs); err != nil {
+				return err
+			}
+			return checkCAIdentity(cs)
+		}
+	}
 	dialer := &net.Dialer{Timeout: 30 * time.Second, KeepAlive: 30 * time.Second}
 	// The transport is the one step-ca's own Go client used (HTTP/2, so
 	// concurrent enrollments share a connection), without an environment
@@ -111,6 +140,20 @@ func New(baseURL string, roots *pki.TrustBundle, opts ...Option) (*Client, error
 		hc:      &http.Client{Transport: tr},
 		hasCert: o.kp != nil,
 	}, nil
+}
+
+// checkCAIdentity runs after the chain was verified (by crypto/tls, or at
+// the floor by pki), so the first peer certificate is the verified leaf.
+func checkCAIdentity(cs tls.ConnectionState) error {
+	if len(cs.PeerCertificates) == 0 {
+		return fmt.Errorf("%w: it sent no certificate", ErrNotTheCA)
+	}
+	leaf := cs.PeerCertificates[0]
+	if len(leaf.URIs) > 0 {
+		return fmt.Errorf("%w: its certificate names %s (a service of the deployment); step-ca's own names hosts only",
+			ErrNotTheCA, truncate(leaf.URIs[0].String()))
+	}
+	return nil
 }
 
 // SignAudience is the audience of a sign token for this CA.

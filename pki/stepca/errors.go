@@ -20,6 +20,10 @@ var (
 	// ErrNoClientCertificate: renewal needs the current certificate
 	// (WithClientCertificate).
 	ErrNoClientCertificate = errors.New("renewal needs a client certificate")
+	// ErrNotTheCA: the server at the CA's URL holds a certificate of the
+	// deployment that names an identity (a service's, such as core's), not
+	// step-ca's own (WithCAIdentityCheck).
+	ErrNotTheCA = errors.New("server is not the deployment's step-ca")
 )
 
 // Error is step-ca's refusal: an answer outside 2xx, with the message of its

@@ -3,11 +3,14 @@
 package config
 
 import (
+	"fmt"
 	"net"
+	"net/netip"
 	"net/url"
 	"time"
 
 	"github.com/fleetprov/prov/internal/serve"
+	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
@@ -27,12 +30,27 @@ type Config struct {
 		Key          string `yaml:"key"`
 		PasswordFile string `yaml:"passwordFile"`
 	} `yaml:"provisioner"`
+	// Core is prov-core's API. Its server certificate must name core's
+	// role in this deployment's trust domain; Names, if set, are the only
+	// core names accepted (spiffe://<trust-domain>/core/<name>).
 	Core struct {
-		URL string `yaml:"url"`
+		URL   string   `yaml:"url"`
+		Names []string `yaml:"names"`
 	} `yaml:"core"`
+	// CA is step-ca. Its server certificate must be step-ca's own: from
+	// the root, for the URL's host, naming no identity.
 	CA struct {
 		URL string `yaml:"url"`
 	} `yaml:"ca"`
+	// StartupTimeout bounds how long the proxy waits at start for core and
+	// step-ca to answer as themselves before it refuses to start; a server
+	// that answers with the wrong certificate ends the wait at once.
+	StartupTimeout time.Duration `yaml:"startupTimeout"`
+	// Status says who may read the status page and /metrics.
+	Status struct {
+		// Networks (CIDRs) default to vouching.networks.
+		Networks []string `yaml:"networks"`
+	} `yaml:"status"`
 	// Field is what devices are told for the field; core's and the CA's
 	// URLs default to the ones above.
 	Field struct {
@@ -78,6 +96,12 @@ func (c *Config) Defaults() {
 	if c.Field.CAURL == "" {
 		c.Field.CAURL = c.CA.URL
 	}
+	if c.StartupTimeout == 0 {
+		c.StartupTimeout = time.Minute
+	}
+	if len(c.Status.Networks) == 0 {
+		c.Status.Networks = c.Vouching.Networks
+	}
 	c.HTTP.Default(httpDefaults)
 	if c.HTTP.UpstreamTimeout == 0 {
 		c.HTTP.UpstreamTimeout = 30 * time.Second
@@ -92,6 +116,23 @@ func Load(path string) (*Config, error) {
 		return nil, err
 	}
 	return &c, nil
+}
+
+// StatusNetworks parses status.networks (after Defaults: vouching.networks
+// when unset). None at all is an error rather than a page served to nobody.
+func (c *Config) StatusNetworks() ([]netip.Prefix, error) {
+	if len(c.Status.Networks) == 0 {
+		return nil, serve.Bad("status.networks", "none given, and vouching.networks (the default) names none")
+	}
+	out := make([]netip.Prefix, 0, len(c.Status.Networks))
+	for _, n := range c.Status.Networks {
+		p, err := netip.ParsePrefix(n)
+		if err != nil {
+			return nil, serve.Bad("status.networks", "%q is not a CIDR: %v", n, err)
+		}
+		out = append(out, p.Masked())
+	}
+	return out, nil
 }
 
 // Validate checks what can be checked without opening files.
@@ -116,6 +157,17 @@ func (c *Config) Validate() error {
 	}
 	if u, err := url.Parse(c.Field.MQTTURL); err != nil || (u.Scheme != "tls" && u.Scheme != "mqtts") || u.Host == "" {
 		return bad("field.mqttUrl", "%q is not tls://host:port", c.Field.MQTTURL)
+	}
+	for i, n := range c.Core.Names {
+		if err := pki.ValidateName(n); err != nil {
+			return bad(fmt.Sprintf("core.names[%d]", i), "%v", err)
+		}
+	}
+	if c.StartupTimeout < 0 {
+		return bad("startupTimeout", "must not be negative, got %s", c.StartupTimeout)
+	}
+	if _, err := c.StatusNetworks(); err != nil {
+		return err
 	}
 	if c.HTTP.UpstreamTimeout <= 0 {
 		return bad("http.upstreamTimeout", "must be positive, got %s", c.HTTP.UpstreamTimeout)

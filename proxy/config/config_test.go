@@ -2,6 +2,7 @@ package config_test
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,48 @@ func TestExampleParses(t *testing.T) {
 		!b[0].NotAfter.Equal(time.Date(2026, 11, 30, 22, 0, 0, 0, time.UTC)) || c.HTTP.UpstreamTimeout != 30*time.Second {
 		t.Fatalf("parsed %+v", c)
 	}
+	if c.StartupTimeout != time.Minute || len(c.Status.Networks) != 2 || len(c.Core.Names) != 0 {
+		t.Fatalf("startupTimeout %s, status.networks %v, core.names %v", c.StartupTimeout, c.Status.Networks, c.Core.Names)
+	}
+}
+
+// Without status.networks the status page and metrics go to the factory
+// networks; without startupTimeout the proxy waits a minute.
+func TestDefaults(t *testing.T) {
+	example, err := os.ReadFile("../../docs/proxy.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var kept []string
+	skip := false
+	for _, l := range strings.Split(string(example), "\n") {
+		switch {
+		case strings.HasPrefix(l, "status:"):
+			skip = true
+			continue
+		case skip && strings.HasPrefix(l, "  "):
+			continue
+		case strings.HasPrefix(l, "startupTimeout:"):
+			continue
+		}
+		skip = false
+		kept = append(kept, l)
+	}
+	p := filepath.Join(t.TempDir(), "proxy.yaml")
+	if err := os.WriteFile(p, []byte(strings.Join(kept, "\n")), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	c, err := config.Load(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := netip.ParsePrefix("10.20.0.0/16")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.StatusNetworks(); err != nil || len(got) != 1 || got[0] != want || c.StartupTimeout != time.Minute {
+		t.Fatalf("status networks %v %v, startupTimeout %s", got, err, c.StartupTimeout)
+	}
 }
 
 func TestErrorsNameTheKey(t *testing.T) {
@@ -38,6 +81,9 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"  level: info", "  level: loud", "log.level"},
 		{"record:", "records:", "records"},
 		{"  readTimeout: 10s", "  readTimeout: ten", "readTimeout"},
+		{"startupTimeout: 1m", "startupTimeout: -1s", "startupTimeout"},
+		{`core: {url: "https://core.fleet.example.com:8443"}`, `core: {url: "https://core.fleet.example.com:8443", names: ["Core 1"]}`, "core.names[0]"},
+		{`  networks: ["10.20.0.0/16", "10.99.0.10/32"]`, `  networks: ["10.20.0.0/16", "10.99.0.10"]`, "status.networks"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			if !strings.Contains(string(example), tc.old) {

@@ -5,6 +5,7 @@ package proxytest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -45,6 +46,18 @@ func StartWith(t testing.TB, core *coretest.Core, top, vouching string, opts ...
 // StartOn is StartWith with the factory side listening on addr; the URL
 // names its host.
 func StartOn(t testing.TB, core *coretest.Core, addr, top, vouching string, opts ...service.Option) *Proxy {
+	t.Helper()
+	p, err := Try(t, core, addr, top, vouching, opts...)
+	if err != nil {
+		t.Fatalf("proxy did not start: %v", err)
+	}
+	return p
+}
+
+// Try is StartOn that returns the error of a proxy that refused to start
+// (which is then not running) instead of failing the test. top may replace
+// core: and ca: to put other servers in their place.
+func Try(t testing.TB, core *coretest.Core, addr, top, vouching string, opts ...service.Option) (*Proxy, error) {
 	t.Helper()
 	c := core.CA
 	dir := t.TempDir()
@@ -90,7 +103,11 @@ vouching:
 	case <-started:
 	case err := <-done:
 		cancel()
-		t.Fatalf("proxy did not start: %v", err)
+		_ = ln.Close()
+		if err == nil {
+			err = errors.New("the proxy stopped before it served")
+		}
+		return nil, err
 	}
 	t.Cleanup(func() {
 		cancel()
@@ -102,7 +119,7 @@ vouching:
 	if host == "127.0.0.1" {
 		host = "localhost"
 	}
-	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record}
+	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record}, nil
 }
 
 func indent(s string) string {

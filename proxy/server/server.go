@@ -1,8 +1,9 @@
 // Package server is the factory side of the proxy: the routes of
 // enrollapi's table on gorilla/mux (POST /v1/enroll for new devices, on TLS
 // with the proxy's certificate; devices have none yet), a read-only status
-// page at / for the factory line, /healthz, /readyz and Prometheus
-// /metrics. Errors are core's one JSON error body.
+// page at / for the factory line and Prometheus /metrics, both for the
+// allowed networks only, and /healthz and /readyz for anyone. Errors are
+// core's one JSON error body.
 package server
 
 import (
@@ -72,30 +73,43 @@ type Server struct {
 	enroller Enroller
 	line     Line
 	log      *slog.Logger
-	ready    func() error
-	timeout  time.Duration
+	o        Options
 	edge     *httpapi.Edge
 	router   *mux.Router
 }
 
-// New makes the handler. timeout bounds one enrollment's calls to core and
-// step-ca; ready says whether the upstreams answer.
-func New(e Enroller, line Line, m *Metrics, log *slog.Logger, ready func() error, timeout time.Duration) *Server {
+// Options are the server's settings.
+type Options struct {
+	// Ready says whether core and step-ca answer as themselves (/readyz).
+	Ready func() error
+	// Timeout bounds one enrollment's calls to core and step-ca.
+	Timeout time.Duration
+	// Viewers are the networks that may read the status page and
+	// /metrics (serials, sources, reasons); any other source gets 403.
+	// None: nobody.
+	Viewers []netip.Prefix
+}
+
+// New makes the handler.
+func New(e Enroller, line Line, m *Metrics, log *slog.Logger, o Options) *Server {
 	log = log.With("component", "http")
-	s := &Server{enroller: e, line: line, log: log, ready: ready, timeout: timeout,
+	s := &Server{enroller: e, line: line, log: log, o: o,
 		edge: httpapi.NewEdge(log, m.reg, "prov_proxy", httpapi.EdgeOptions{Classify: classify})}
 	metrics := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+	// /healthz and /readyz stay open: they tell a load balancer or a
+	// supervisor "up" or "not ready, and which upstream", nothing of the
+	// devices.
 	handlers := map[string]httpapi.HandlerFunc{
 		enrollapi.RouteEnroll.Name:     s.enroll,
-		enrollapi.RouteStatusPage.Name: s.status,
+		enrollapi.RouteStatusPage.Name: s.viewersOnly(s.status),
 		enrollapi.RouteHealthz.Name: func(w http.ResponseWriter, _ *http.Request) error {
 			return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		},
 		enrollapi.RouteReadyz.Name: s.readyz,
-		enrollapi.RouteMetrics.Name: func(w http.ResponseWriter, r *http.Request) error {
+		enrollapi.RouteMetrics.Name: s.viewersOnly(func(w http.ResponseWriter, r *http.Request) error {
 			metrics.ServeHTTP(w, r)
 			return nil
-		},
+		}),
 	}
 	s.router = s.edge.Router()
 	for _, route := range enrollapi.Routes {
@@ -111,31 +125,59 @@ func New(e Enroller, line Line, m *Metrics, log *slog.Logger, ready func() error
 // ServeHTTP serves the factory side.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
+// viewersOnly serves h to the allowed networks only: the status page and
+// the metrics show serials, source addresses and refusal reasons, which
+// the factory line needs and nobody else does.
+func (s *Server) viewersOnly(h httpapi.HandlerFunc) httpapi.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) error {
+		src, err := source(r)
+		if err != nil {
+			return err
+		}
+		for _, n := range s.o.Viewers {
+			if n.Contains(src) {
+				return h(w, r)
+			}
+		}
+		return httpapi.NewError(http.StatusForbidden, enrollapi.RuleNetwork.Code(),
+			fmt.Sprintf("%s is not on a network allowed to read the status page and metrics", src), nil)
+	}
+}
+
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
-	if err := s.ready(); err != nil {
+	if err := s.o.Ready(); err != nil {
 		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, err.Error(), nil)
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }
 
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
-	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	src, err := source(r)
 	if err != nil {
-		return httpapi.BadRequest("unknown source address", err)
+		return err
 	}
-	source := ap.Addr().Unmap()
 	var req enrollapi.EnrollRequest
 	if err := httpapi.DecodeJSON(w, r, &req, enrollapi.MaxRequestBody); err != nil {
 		// Recorded too, and the network and rate rules still come first.
-		return s.enroller.Reject(source, "the body is not an enrollment request (JSON with board, hardwareId and csr)")
+		return s.enroller.Reject(src, "the body is not an enrollment request (JSON with board, hardwareId and csr)")
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), s.timeout)
+	ctx, cancel := context.WithTimeout(r.Context(), s.o.Timeout)
 	defer cancel()
-	resp, err := s.enroller.Enroll(ctx, req, source)
+	resp, err := s.enroller.Enroll(ctx, req, src)
 	if err != nil {
 		return err
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// source is the request's source address (a v4-mapped one unmapped): the
+// TCP peer, as the proxy is reached directly on the factory network.
+func source(r *http.Request) (netip.Addr, error) {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}, httpapi.BadRequest("unknown source address", err)
+	}
+	return ap.Addr().Unmap(), nil
 }
 
 // classify maps an enrollment error to a status and a message a factory

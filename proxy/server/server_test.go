@@ -50,15 +50,25 @@ func (e *enroller) Reject(source netip.Addr, reason string) error {
 	return &enroll.BadRequest{Reason: reason}
 }
 
+// factory is the factory network of these tests; do's requests come from
+// it.
+var factory = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
+
 func newServer(t *testing.T, e *enroller, line *status.Line, ready func() error) *server.Server {
 	t.Helper()
-	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), ready, time.Second)
+	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: ready, Timeout: time.Second, Viewers: factory})
 }
 
 func do(t *testing.T, s http.Handler, method, path, body string) (*httptest.ResponseRecorder, coreapi.Error) {
 	t.Helper()
+	return doFrom(t, s, "[::ffff:10.0.0.7]:50000", method, path, body)
+}
+
+// doFrom is do from another source address.
+func doFrom(t *testing.T, s http.Handler, remote, method, path, body string) (*httptest.ResponseRecorder, coreapi.Error) {
+	t.Helper()
 	r := httptest.NewRequest(method, path, strings.NewReader(body))
-	r.RemoteAddr = "[::ffff:10.0.0.7]:50000"
+	r.RemoteAddr = remote
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, r)
 	var e coreapi.Error
@@ -162,5 +172,41 @@ func TestStatusPage(t *testing.T) {
 	}
 	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
 		t.Errorf("CSP %q", csp)
+	}
+}
+
+// Issue 13, finding 8: the status page and /metrics (serials, sources,
+// reasons) answered any source. Now only the allowed networks; others get
+// 403 in the one error shape, and nothing of the devices. /healthz and
+// /readyz stay open.
+func TestStatusAndMetricsOnlyForViewers(t *testing.T) {
+	line := status.New()
+	line.Observe(auditlog.Record{Time: time.Now(), Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
+	s := newServer(t, &enroller{}, line, func() error { return nil })
+	for _, remote := range []string{"192.0.2.1:40000", "[2001:db8::1]:40000", "[::ffff:192.0.2.1]:40000"} {
+		for _, path := range []string{"/", "/metrics"} {
+			w, ae := doFrom(t, s, remote, "GET", path, "")
+			if w.Code != http.StatusForbidden || ae.Code != enrollapi.RuleNetwork.Code() {
+				t.Errorf("%s from %s: %d %+v", path, remote, w.Code, ae)
+			}
+			if strings.Contains(w.Body.String(), "1a2b3c4d5e") || strings.Contains(w.Body.String(), "prov_proxy") {
+				t.Errorf("%s from %s shows: %s", path, remote, w.Body.String())
+			}
+		}
+		for _, path := range []string{"/healthz", "/readyz"} {
+			if w, _ := doFrom(t, s, remote, "GET", path, ""); w.Code != http.StatusOK {
+				t.Errorf("%s from %s: %d", path, remote, w.Code)
+			}
+		}
+	}
+	for _, path := range []string{"/", "/metrics"} {
+		if w, _ := do(t, s, "GET", path, ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), map[string]string{"/": "1a2b3c4d5e", "/metrics": "prov_proxy"}[path]) {
+			t.Errorf("%s from the factory network: %d", path, w.Code)
+		}
+	}
+	// No networks at all: nobody.
+	none := server.New(&enroller{}, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: func() error { return nil }, Timeout: time.Second})
+	if w, _ := do(t, none, "GET", "/", ""); w.Code != http.StatusForbidden {
+		t.Errorf("with no networks: %d", w.Code)
 	}
 }

@@ -2,17 +2,20 @@
 // builds the proxy from its configuration with one named constructor each,
 // refusing to start without its provisioner key, its client certificate or
 // the root (fail closed), replays the factory record (quotas, status page),
-// and serves the factory side until the context ends.
+// waits (startupTimeout) for core and step-ca to answer as themselves, each
+// pinned by its certificate, refusing to start if either does not, and
+// serves the factory side until the context ends.
 package service
 
 import (
 	"context"
-	"errors"
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"time"
+	"net/netip"
+	"slices"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/internal/serve"
@@ -63,15 +66,16 @@ type proxy struct {
 	o    options
 	line *status.Line
 
-	self     *serve.Self
-	prov     *token.Provisioner
-	policy   *vouch.Policy
-	core     enroll.Core
-	ca       enroll.CA
-	caHealth func(context.Context) error
-	record   *auditlog.Log
-	metrics  *server.Metrics
-	enroller *enroll.Enroller
+	self      *serve.Self
+	prov      *token.Provisioner
+	policy    *vouch.Policy
+	core      enroll.Core
+	ca        enroll.CA
+	upstreams []upstream
+	viewers   []netip.Prefix
+	record    *auditlog.Log
+	metrics   *server.Metrics
+	enroller  *enroll.Enroller
 }
 
 // newIdentity loads the proxy's certificate, which must be a proxy's.
@@ -92,28 +96,64 @@ func (p *proxy) newProvisioner() error {
 	return nil
 }
 
-// newPolicy reads the vouching policy and its batch manifests.
+// newPolicy reads the vouching policy and its batch manifests, and who
+// may read the status page and metrics.
 func (p *proxy) newPolicy() (err error) {
-	p.policy, err = vouch.Load(p.cfg.Vouching)
+	if p.policy, err = vouch.Load(p.cfg.Vouching); err != nil {
+		return err
+	}
+	p.viewers, err = p.cfg.StatusNetworks()
 	return err
 }
 
-// newUpstreams makes the clients of core (mTLS, core's role checked) and
-// of step-ca.
+// newUpstreams makes the clients of core and step-ca, each of which must
+// answer as itself at every handshake: core with a certificate of core's
+// role in this trust domain (and, if core.names is set, one of those
+// names), step-ca with its own certificate (stepca.WithCAIdentityCheck),
+// so a token never reaches a server that merely holds one of the
+// deployment's certificates.
 func (p *proxy) newUpstreams() error {
 	coreTLS := pki.ClientTLSConfig(p.self.KeyPair, p.self.Roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}})
-	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout,
-		Transport: &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}})
+	verify := coreTLS.VerifyConnection
+	coreTLS.VerifyConnection = func(cs tls.ConnectionState) error {
+		if err := verify(cs); err != nil {
+			return notItself{err}
+		}
+		return p.checkCoreName(cs)
+	}
+	coreHTTP := &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout,
+		Transport: &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}}
+	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, coreHTTP)
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
 	}
-	caClient, err := stepca.New(p.cfg.CA.URL, p.self.Roots)
+	caClient, err := stepca.New(p.cfg.CA.URL, p.self.Roots, stepca.WithCAIdentityCheck())
 	if err != nil {
 		return fmt.Errorf("ca.url: %w", err)
 	}
-	p.core, p.ca, p.caHealth = coreClient, caClient, caClient.Health
+	p.upstreams = []upstream{
+		{name: "core", url: p.cfg.Core.URL, health: func(ctx context.Context) error { return coreHealth(ctx, coreHTTP, p.cfg.Core.URL) }},
+		{name: "step-ca", url: p.cfg.CA.URL, health: caClient.Health},
+	}
+	p.core, p.ca = coreClient, caClient
 	if p.o.wrap != nil {
 		p.core, p.ca = p.o.wrap(p.core, p.ca)
+	}
+	return nil
+}
+
+// checkCoreName holds core to core.names, if set; its role and trust
+// domain are already checked.
+func (p *proxy) checkCoreName(cs tls.ConnectionState) error {
+	if len(p.cfg.Core.Names) == 0 {
+		return nil
+	}
+	id, err := pki.IdentityOf(cs.PeerCertificates[0])
+	if err != nil {
+		return notItself{err}
+	}
+	if !slices.Contains(p.cfg.Core.Names, id.Name) {
+		return notItself{fmt.Errorf("%s is not one of core.names %v", id, p.cfg.Core.Names)}
 	}
 	return nil
 }
@@ -143,23 +183,17 @@ func (p *proxy) newEnroller() error {
 	return nil
 }
 
-// ready says whether step-ca answers.
-func (p *proxy) ready() error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-	defer cancel()
-	if err := p.caHealth(ctx); err != nil {
-		return errors.New("step-ca does not answer")
-	}
-	return nil
-}
-
-// run serves the factory side until ctx ends.
+// run waits for core and step-ca to answer as themselves, then serves the
+// factory side until ctx ends.
 func (p *proxy) run(ctx context.Context) error {
+	if err := p.awaitUpstreams(ctx); err != nil || ctx.Err() != nil {
+		return err
+	}
 	ln, err := serve.Listen(p.cfg.Listen, p.o.listener)
 	if err != nil {
 		return err
 	}
-	h := server.New(p.enroller, p.line, p.metrics, p.log, p.ready, p.cfg.HTTP.UpstreamTimeout)
+	h := server.New(p.enroller, p.line, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers})
 	// New devices have no certificate yet: the factory network policy,
 	// not TLS, decides who may enroll.
 	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})
