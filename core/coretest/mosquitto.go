@@ -1,12 +1,18 @@
 package coretest
 
 import (
+	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -17,11 +23,31 @@ import (
 	"github.com/fleetprov/prov/pki/deployment"
 )
 
+// MosquittoDoc is the page, relative to the repository's root, that holds
+// the external broker's configuration: Mosquitto runs in the tests on the
+// blocks it marks file=MosquittoConf and file=MosquittoACL, not on a copy.
+const (
+	MosquittoDoc  = "docs/mosquitto.md"
+	MosquittoConf = "prov.conf"
+	MosquittoACL  = "prov.acl"
+)
+
+// BrokerName is the name of the broker's own (core role) identity, as the
+// page issues it.
+const BrokerName = "broker"
+
+// mosquittoTestOnly are the lines a test puts before the page's
+// configuration, none of them about who may do what: as root, Mosquitto
+// would drop to its own user and lose the keys in their 0700 test
+// directories; its log goes to the test.
+const mosquittoTestOnly = "user root\nlog_dest stderr\n"
+
 // Mosquitto runs Debian's mosquitto as core's external broker until the
-// test ends, on host (an address to listen on) and a free port, which it
-// returns. Clients need certificates from the deployment's root; the
-// username is the certificate's CN (a device's serial), core may publish
-// to every device topic, and a device may read only its own.
+// test ends, configured as docs/mosquitto.md says, on host (an address to
+// listen on) and a free port, which it returns. Its server certificate is
+// the deployment's broker identity (issued through c on first use, for the
+// host names of core's certificate); clients need certificates from the
+// deployment's root, and core publishes as DefaultCoreName.
 //
 // Mosquitto cannot bind port 0 and report the port (its "listener 0" is a
 // Unix socket), so this is the one server the tests start on a picked
@@ -30,30 +56,30 @@ import (
 func Mosquitto(t testing.TB, c *catest.CA, host string) int {
 	t.Helper()
 	bin := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
-	dir := t.TempDir()
-	core := deployment.DefaultCoreName
-	acl := filepath.Join(dir, "acl")
-	if err := os.WriteFile(acl, []byte("user core/core\ntopic write prov/devices/#\n\npattern read prov/devices/%u\n"), 0o600); err != nil {
+	files, err := DocumentedFiles(MosquittoDocPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := brokerDir(t, c)
+	vals := map[string]string{"PORT": "", "ADDRESS": host, "DIR": dir, "CORE": deployment.DefaultCoreName}
+	if err := SamePlaceholders(files[MosquittoConf]+files[MosquittoACL], vals); err != nil {
+		t.Fatalf("%s: %v", MosquittoDoc, err)
+	}
+	acl, err := FillPlaceholders(files[MosquittoACL], vals)
+	if err != nil {
+		t.Fatalf("%s, %s: %v", MosquittoDoc, MosquittoACL, err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, MosquittoACL), []byte(acl), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	conf := filepath.Join(dir, "mosquitto.conf")
 	port, err := testenv.StartOnFreePort(host, func(port int) error {
-		// As root, mosquitto would drop to its own user and lose the keys
-		// in their 0700 directories.
-		if err := os.WriteFile(conf, []byte(fmt.Sprintf(`per_listener_settings false
-user root
-log_dest stderr
-allow_anonymous false
-persistence false
-listener %d %s
-cafile %s
-certfile %s
-keyfile %s
-require_certificate true
-use_identity_as_username true
-tls_version tlsv1.3
-acl_file %s
-`, port, host, c.RootCert(), c.IdentityCert(pki.RoleCore, core), c.IdentityKey(pki.RoleCore, core), acl)), 0o600); err != nil {
+		vals["PORT"] = fmt.Sprint(port)
+		cfg, err := FillPlaceholders(files[MosquittoConf], vals)
+		if err != nil {
+			return err
+		}
+		if err := os.WriteFile(conf, []byte(mosquittoTestOnly+cfg), 0o600); err != nil {
 			return err
 		}
 		return startMosquitto(t, bin, conf, port)
@@ -62,6 +88,164 @@ acl_file %s
 		t.Fatalf("mosquitto: %v", err)
 	}
 	return port
+}
+
+// MosquittoDocPath is the absolute path of MosquittoDoc in this source tree.
+func MosquittoDocPath() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Join(filepath.Dir(file), "..", "..", filepath.FromSlash(MosquittoDoc))
+}
+
+// brokerDir is a new directory holding what the page hands the broker:
+// the broker identity's cert.pem, key.pem and root_ca.crt.
+func brokerDir(t testing.TB, c *catest.CA) string {
+	t.Helper()
+	if err := issueBroker(c); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, f := range []string{c.IdentityCert(pki.RoleCore, BrokerName), c.IdentityKey(pki.RoleCore, BrokerName), c.IdentityRoot(pki.RoleCore, BrokerName)} {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, filepath.Base(f)), data, 0o600); err != nil { //nolint:gosec // a test directory, names of our own
+			t.Fatal(err)
+		}
+	}
+	return dir
+}
+
+// brokers are the deployments (by directory) whose broker identity this
+// test binary has issued.
+var brokers struct {
+	sync.Mutex
+	issued map[string]bool
+}
+
+// issueBroker issues the deployment's broker identity once, as
+// `prov-pki issue --role core --name broker --host ...` does, for the host
+// names of core's certificate (the names clients use in the tests).
+func issueBroker(c *catest.CA) error {
+	brokers.Lock()
+	defer brokers.Unlock()
+	if brokers.issued[c.Dir] {
+		return nil
+	}
+	core, err := pki.LoadKeyPair(c.IdentityCert(pki.RoleCore, deployment.DefaultCoreName), c.IdentityKey(pki.RoleCore, deployment.DefaultCoreName))
+	if err != nil {
+		return fmt.Errorf("broker identity: %w", err)
+	}
+	leaf := core.Certificate().Leaf
+	hosts := slices.Clone(leaf.DNSNames)
+	for _, ip := range leaf.IPAddresses {
+		hosts = append(hosts, ip.String())
+	}
+	admin, err := c.AdminProvisioner(catest.Password)
+	if err != nil {
+		return fmt.Errorf("broker identity: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if _, err := c.IssueIdentity(ctx, c.Client, admin, deployment.IdentityRequest{Role: pki.RoleCore, Name: BrokerName, Hosts: hosts, Replace: true}, time.Now()); err != nil {
+		return fmt.Errorf("broker identity: %w", err)
+	}
+	if brokers.issued == nil {
+		brokers.issued = map[string]bool{}
+	}
+	brokers.issued[c.Dir] = true
+	return nil
+}
+
+// DocumentedFiles returns the fenced code blocks of a Markdown file whose
+// info string names a file ("```conf file=prov.conf"), by that name. A name
+// given twice, or a block left open, is an error.
+func DocumentedFiles(path string) (map[string]string, error) {
+	data, err := os.ReadFile(path) //nolint:gosec // a document of this repository
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]string{}
+	var name string
+	var body strings.Builder
+	in := false
+	sc := bufio.NewScanner(strings.NewReader(string(data)))
+	for n := 1; sc.Scan(); n++ {
+		line := sc.Text()
+		fence := strings.HasPrefix(line, "```")
+		switch {
+		case fence && !in:
+			in, name = true, ""
+			for _, f := range strings.Fields(line[3:]) {
+				if v, ok := strings.CutPrefix(f, "file="); ok {
+					name = v
+				}
+			}
+			if _, dup := files[name]; dup && name != "" {
+				return nil, fmt.Errorf("%s:%d: a second block for %s", path, n, name)
+			}
+			body.Reset()
+		case fence:
+			in = false
+			if name != "" {
+				files[name] = body.String()
+			}
+		case in:
+			body.WriteString(line + "\n")
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	if in {
+		return nil, fmt.Errorf("%s: a code block is not closed", path)
+	}
+	return files, nil
+}
+
+var placeholder = regexp.MustCompile(`\$\{([A-Za-z0-9_]*)\}`)
+
+// ErrPlaceholder is a placeholder without a value, or a value without a
+// placeholder: the page and the code that fills it in disagree.
+var ErrPlaceholder = errors.New("placeholders and values disagree")
+
+// SamePlaceholders checks that the placeholders ${NAME} of s are exactly
+// the keys of vals, so that a page and the code that fills it in cannot
+// drift apart unnoticed. An empty s is an error too.
+func SamePlaceholders(s string, vals map[string]string) error {
+	if strings.TrimSpace(s) == "" {
+		return fmt.Errorf("%w: nothing to fill in", ErrPlaceholder)
+	}
+	used := map[string]bool{}
+	for _, m := range placeholder.FindAllStringSubmatch(s, -1) {
+		if _, ok := vals[m[1]]; !ok {
+			return fmt.Errorf("%w: no value for ${%s}", ErrPlaceholder, m[1])
+		}
+		used[m[1]] = true
+	}
+	for k := range vals {
+		if !used[k] {
+			return fmt.Errorf("%w: no ${%s} to fill in", ErrPlaceholder, k)
+		}
+	}
+	return nil
+}
+
+// FillPlaceholders replaces each ${NAME} in s by vals[NAME]; a placeholder
+// without a value is an error.
+func FillPlaceholders(s string, vals map[string]string) (string, error) {
+	var missing []string
+	out := placeholder.ReplaceAllStringFunc(s, func(m string) string {
+		v, ok := vals[m[2:len(m)-1]]
+		if !ok {
+			missing = append(missing, m)
+		}
+		return v
+	})
+	if len(missing) > 0 {
+		return "", fmt.Errorf("%w: no value for %s", ErrPlaceholder, strings.Join(missing, ", "))
+	}
+	return out, nil
 }
 
 // startMosquitto runs mosquitto on conf until the test ends and returns

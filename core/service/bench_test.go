@@ -268,6 +268,13 @@ func traceTo(b *testing.B, path string) func() {
 // published reads core's count of published notifications from /metrics.
 func published(tb testing.TB, hc *http.Client, coreURL string) float64 {
 	tb.Helper()
+	return notificationMetric(tb, hc, coreURL, "published")
+}
+
+// notificationMetric reads core's count of notifications with result
+// (published, failed, dropped) from its /metrics.
+func notificationMetric(tb testing.TB, hc *http.Client, coreURL, result string) float64 {
+	tb.Helper()
 	resp, err := hc.Get(coreURL + "/metrics") //nolint:noctx // a test
 	if err != nil {
 		tb.Fatal(err)
@@ -275,7 +282,7 @@ func published(tb testing.TB, hc *http.Client, coreURL string) float64 {
 	defer func() { _ = resp.Body.Close() }()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `prov_core_notifications_total{result="published"} `); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), `prov_core_notifications_total{result="`+result+`"} `); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				tb.Fatal(err)

@@ -35,9 +35,9 @@ const (
 // TestDeviceAcrossNetworks is a device's life on real networks: the proxy
 // is on a factory network only, core, step-ca and the broker on the field
 // network. The CA is the real step-ca binary on prov-pki init's
-// configuration; the broker is Debian's Mosquitto with certificate
-// identities and a per-device ACL; the device is the prov-device binary,
-// run inside network namespaces.
+// configuration; the broker is Debian's Mosquitto on docs/mosquitto.md's
+// configuration; the device is the prov-device binary, run inside network
+// namespaces.
 func TestDeviceAcrossNetworks(t *testing.T) {
 	testenv.Root(t, "network namespaces")
 	sys := startAcrossNetworks(t)
