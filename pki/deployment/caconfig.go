@@ -80,7 +80,13 @@ func createCert(tmpl, parent *x509.Certificate, pub, priv any) (*x509.Certificat
 // the step-ca binary read the same file from any working directory.
 func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.Provisioner) ([]byte, error) {
 	o := b.opts
-	tdata, err := json.Marshal(map[string]string{"trustDomain": o.TrustDomain})
+	// crlURL goes into every certificate the templates make (a CRL
+	// Distribution Point) and into the CRL itself (its Issuing Distribution
+	// Point): OpenSSL takes a CRL as covering a certificate only when the
+	// two name the same URL, and step-ca, left to itself, writes
+	// https://<first dnsName>/1.0/crl, without the port.
+	crlURL := b.caURL() + "/1.0/crl"
+	tdata, err := json.Marshal(map[string]string{"trustDomain": o.TrustDomain, "crlURL": crlURL})
 	if err != nil {
 		return nil, err
 	}
@@ -106,10 +112,18 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 		},
 		TLS:        &tlsOpts,
 		CommonName: o.TrustDomain + " Online CA",
+		// A CRL is valid for cacheDuration (its nextUpdate) and step-ca
+		// makes a new one every renewPeriod and at every revocation, so a
+		// copy fetched at any moment stays valid for at least 40 minutes:
+		// a broker refreshing its crlfile every few minutes (an expired CRL
+		// makes OpenSSL refuse every client) survives several failed
+		// fetches.
 		CRL: &config.CRLConfig{
 			Enabled:          true,
 			GenerateOnRevoke: true,
-			CacheDuration:    stepDuration(time.Hour),
+			CacheDuration:    stepDuration(crlValidity),
+			RenewPeriod:      stepDuration(crlRenewPeriod),
+			IDPurl:           crlURL,
 		},
 	}
 	data, err := json.MarshalIndent(&cfg, "", "  ") //nolint:gosec // cfg.Password stays empty: step-ca gets it from --password-file

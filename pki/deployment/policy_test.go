@@ -316,18 +316,7 @@ func TestRenewalAndRevocation(t *testing.T) {
 	}
 
 	// Revoke the original with the admin provisioner, as prov-pki revoke does.
-	admin, err := c.AdminProvisioner(catest.Password)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial := chain[0].SerialNumber.String()
-	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Client.Revoke(ctx, serial, tok, "test"); err != nil {
-		t.Fatalf("revoke: %v", err)
-	}
+	c.Revoke(t, chain[0], "test")
 	resp, err = renew()
 	if err != nil {
 		t.Fatal(err)
@@ -342,7 +331,7 @@ func TestRenewalAndRevocation(t *testing.T) {
 		found = found || e.SerialNumber.Cmp(chain[0].SerialNumber) == 0
 	}
 	if !found {
-		t.Fatalf("CRL (%d entries) does not list revoked serial %s", len(crl.RevokedCertificateEntries), serial)
+		t.Fatalf("CRL (%d entries) does not list revoked serial %s", len(crl.RevokedCertificateEntries), chain[0].SerialNumber)
 	}
 }
 

@@ -395,6 +395,26 @@ func NewCSR(t testing.TB) (*ecdsa.PrivateKey, *x509.CertificateRequest) {
 	return key, csr
 }
 
+// Revoke revokes cert at the CA with the admin provisioner, as prov-pki
+// revoke does.
+func (c *CA) Revoke(t testing.TB, cert *x509.Certificate, reason string) {
+	t.Helper()
+	admin, err := c.AdminProvisioner(Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.String()
+	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Client.Revoke(ctx, serial, tok, reason); err != nil {
+		t.Fatalf("revoke %s: %v", serial, err)
+	}
+}
+
 // Revoked reports whether the CA's current CRL, checked against the
 // intermediate, lists cert, and the serials it does list (for a failure
 // message).
@@ -429,6 +449,13 @@ func (c *CA) Intermediate(t testing.TB) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs[0]
+}
+
+// Binary is the real step-ca binary on PATH, the version the project
+// embeds; without it the test skips (fails under PROV_REQUIRE_ALL=1).
+func Binary(t testing.TB) string {
+	t.Helper()
+	return testenv.Tool(t, "step-ca", "install it with: CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
 }
 
 // RunBinary runs the real step-ca binary bin on d's unchanged
