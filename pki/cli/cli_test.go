@@ -283,7 +283,7 @@ func TestBadInput(t *testing.T) {
 func TestIssueAndRevokeAgainstTheRunningCA(t *testing.T) {
 	c := catest.Start(t) // its own: it replaces identities
 	pwFile := passwordFile(t, string(catest.Password))
-	code, stdout, stderr := run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "core2.fleet.test")
+	code, stdout, stderr := run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "localhost")
 	if code != cli.ExitOK {
 		t.Fatalf("issue: exit %d: %s", code, stderr)
 	}
@@ -300,7 +300,7 @@ func TestIssueAndRevokeAgainstTheRunningCA(t *testing.T) {
 	}
 
 	// Rotation: --force replaces and keeps the old one aside.
-	code, stdout, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "core2.fleet.test", "--force")
+	code, stdout, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "localhost", "--force")
 	if code != cli.ExitOK {
 		t.Fatalf("issue --force: exit %d: %s", code, stderr)
 	}
