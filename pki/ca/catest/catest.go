@@ -60,6 +60,7 @@ const Proxy = "factory1"
 type CA struct {
 	*deployment.Deployment
 	Client *stepca.Client
+	stop   func() error // set by Run: stops it once
 }
 
 // NewPKI creates a PKI in a temporary directory. The options, if any, are
@@ -171,12 +172,27 @@ func Run(t testing.TB, d *deployment.Deployment) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.stop = sync.OnceValue(stop)
 	t.Cleanup(func() {
-		if err := stop(); err != nil {
+		if err := c.stop(); err != nil {
 			t.Errorf("step-ca stopped with: %v", err)
 		}
 	})
 	return c
+}
+
+// Restart stops a CA that Run started and runs it again on the same PKI,
+// as an operator does after changing its files (it reads its intermediate
+// at start). With port 0 it binds a new port; the CA URL follows.
+func (c *CA) Restart(t testing.TB) *CA {
+	t.Helper()
+	if c.stop == nil {
+		t.Fatal("catest: Restart of a CA that Run did not start")
+	}
+	if err := c.stop(); err != nil {
+		t.Fatalf("step-ca stopped with: %v", err)
+	}
+	return Run(t, c.Deployment)
 }
 
 func run(d *deployment.Deployment) (*CA, func() error, error) {
