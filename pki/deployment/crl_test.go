@@ -2,6 +2,7 @@ package deployment_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/ecdsa"
 	"crypto/tls"
@@ -19,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -34,32 +36,20 @@ import (
 // of scope for every certificate: `openssl verify -crl_check` said
 // "different CRL scope" and Mosquitto with crlfile refused every client,
 // valid ones included. With the real step-ca binary's CRL, both now accept
-// a valid device and refuse a revoked one, and every certificate names the
-// CRL's own distribution point.
+// a valid device and refuse a revoked one, every certificate names the
+// CRL's own distribution point, and Mosquitto takes a refreshed CRL on
+// SIGHUP, as docs/operations.md has an operator feed it.
 func TestCRLWorksWithStandardTools(t *testing.T) {
 	bin := catest.Binary(t)
 	openssl := testenv.Tool(t, "openssl", "install Debian's openssl")
 	c := catest.RunBinary(t, bin, catest.NewPKI(t))
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
 	dir := t.TempDir()
 
 	valid := issueDevice(t, c, serialA, dir)
 	revoked := issueDevice(t, c, serialB, dir)
+	_, beforePEM := fetchCRLPEM(t, c, openssl, filepath.Join(dir, "before"))
 	c.Revoke(t, revoked.leaf, "finding 5")
-
-	// The CRL as an operator gets it: DER from /1.0/crl, converted to PEM by
-	// OpenSSL.
-	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
-	if err != nil {
-		t.Fatal(err)
-	}
-	der := filepath.Join(dir, "crl.der")
-	crlPEM := filepath.Join(dir, "crl.pem")
-	if err := os.WriteFile(der, crl.Raw, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	runTool(t, openssl, "crl", "-inform", "DER", "-in", der, "-out", crlPEM)
+	crl, crlPEM := fetchCRLPEM(t, c, openssl, filepath.Join(dir, "after"))
 	caFile := filepath.Join(dir, "ca.pem")
 	if err := os.WriteFile(caFile, append(mustRead(t, c.RootCert()), mustRead(t, c.IntermediateCert())...), 0o600); err != nil {
 		t.Fatal(err)
@@ -73,11 +63,7 @@ func TestCRLWorksWithStandardTools(t *testing.T) {
 		}
 		certs := map[string]*x509.Certificate{"device": valid.leaf}
 		for role, name := range map[pki.Role]string{pki.RoleCore: deployment.DefaultCoreName, pki.RoleProxy: catest.Proxy, pki.RoleAdmin: deployment.DefaultAdminName, pki.RoleSigner: deployment.DefaultSignerName} {
-			chain, err := pki.ParseCertificates(mustRead(t, c.IdentityCert(role, name)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			certs[string(role)] = chain[0]
+			certs[string(role)] = readCert(t, c.IdentityCert(role, name))
 		}
 		for what, cert := range certs {
 			if !slices.Equal(cert.CRLDistributionPoints, []string{idp}) {
@@ -104,22 +90,64 @@ func TestCRLWorksWithStandardTools(t *testing.T) {
 
 	t.Run("mosquitto crlfile", func(t *testing.T) {
 		mosquitto := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
-		core := deployment.DefaultCoreName
-		sock := mosquittoWithCRL(t, mosquitto, dir, fmt.Sprintf("cafile %s\ncrlfile %s\ncertfile %s\nkeyfile %s\n",
-			caFile, crlPEM, c.IdentityCert(pki.RoleCore, core), c.IdentityKey(pki.RoleCore, core)))
 		bundle, err := pki.LoadTrustBundle(c.RootCert())
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := mqttConnect(sock, bundle, valid); err != nil {
-			t.Errorf("valid device refused by mosquitto with crlfile: %v", err)
+		// The broker starts with the CRL from before the revocation: it
+		// accepts both devices (today's main refused both).
+		brokerCRL := filepath.Join(dir, "broker-crl.pem")
+		replaceFile(t, brokerCRL, mustRead(t, beforePEM))
+		core := deployment.DefaultCoreName
+		sock, hup := mosquittoWithCRL(t, mosquitto, dir, fmt.Sprintf("cafile %s\ncrlfile %s\ncertfile %s\nkeyfile %s\n",
+			caFile, brokerCRL, c.IdentityCert(pki.RoleCore, core), c.IdentityKey(pki.RoleCore, core)))
+		for _, d := range []*device{valid, revoked} {
+			if err := mqttConnect(sock, bundle, d); err != nil {
+				t.Fatalf("device %s refused by mosquitto with a CRL that does not list it: %v", d.serial, err)
+			}
 		}
-		if err := mqttConnect(sock, bundle, revoked); err == nil {
-			t.Error("revoked device accepted by mosquitto with crlfile")
-		} else {
-			t.Logf("revoked device refused: %v", err)
+		// The refresh: the new CRL replaces the file, SIGHUP reloads it.
+		replaceFile(t, brokerCRL, mustRead(t, crlPEM))
+		hup()
+		err = testenv.WaitFor(10*time.Second, func() error {
+			if err := mqttConnect(sock, bundle, revoked); err == nil {
+				return errors.New("the revoked device is still accepted")
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("after the refreshed CRL and SIGHUP: %v", err)
+		}
+		if err := mqttConnect(sock, bundle, valid); err != nil {
+			t.Errorf("valid device refused by mosquitto with the refreshed CRL: %v", err)
 		}
 	})
+}
+
+// fetchCRLPEM fetches the CA's CRL as an operator does: DER from /1.0/crl
+// (its signature checked), written to base.der and converted by OpenSSL to
+// base.pem.
+func fetchCRLPEM(t *testing.T, c *catest.CA, openssl, base string) (*x509.RevocationList, string) {
+	t.Helper()
+	crl := c.CRL(t)
+	if err := os.WriteFile(base+".der", crl.Raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	runTool(t, openssl, "crl", "-inform", "DER", "-in", base+".der", "-out", base+".pem")
+	return crl, base + ".pem"
+}
+
+// replaceFile replaces path with data by a rename, as a refresh must: a
+// reader never sees half a file.
+func replaceFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // device is a device certificate signed by the CA, written as a device
@@ -199,10 +227,11 @@ func issuingDistributionPoint(t *testing.T, crl *x509.RevocationList) string {
 // mosquittoWithCRL runs mosquitto until the test ends with one TLS
 // listener on a Unix socket in dir (so no port is picked), client
 // certificates required, the TLS lines given (cafile, crlfile, certfile,
-// keyfile), and returns the socket's path once it accepts.
-func mosquittoWithCRL(t *testing.T, bin, dir, tlsLines string) string {
+// keyfile), and returns the socket's path once it accepts, and a function
+// that sends it SIGHUP (reload).
+func mosquittoWithCRL(t *testing.T, bin, dir, tlsLines string) (sock string, hup func()) {
 	t.Helper()
-	sock := filepath.Join(dir, "mqtt.sock")
+	sock = filepath.Join(dir, "mqtt.sock")
 	conf := filepath.Join(dir, "mosquitto.conf")
 	// As root, mosquitto would drop to its own user and lose the keys in
 	// their 0700 directories.
@@ -218,8 +247,9 @@ func mosquittoWithCRL(t *testing.T, bin, dir, tlsLines string) string {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	exited := make(chan struct{})
+	var exitErr error
+	go func() { exitErr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-exited
@@ -229,9 +259,8 @@ func mosquittoWithCRL(t *testing.T, bin, dir, tlsLines string) string {
 	})
 	err := testenv.WaitFor(10*time.Second, func() error {
 		select {
-		case err := <-exited:
-			exited <- err
-			return testenv.Final(fmt.Errorf("mosquitto exited: %v\n%s", err, out.String()))
+		case <-exited:
+			return testenv.Final(fmt.Errorf("mosquitto exited (%w):\n%s", cmp.Or(exitErr, errExitedZero), out.String()))
 		default:
 		}
 		conn, err := net.Dial("unix", sock)
@@ -243,7 +272,11 @@ func mosquittoWithCRL(t *testing.T, bin, dir, tlsLines string) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sock
+	return sock, func() {
+		if err := cmd.Process.Signal(syscall.SIGHUP); err != nil {
+			t.Fatalf("SIGHUP mosquitto: %v", err)
+		}
+	}
 }
 
 // mqttConnect connects to the broker on sock over TLS as d and sends an
@@ -277,7 +310,10 @@ func mqttConnect(sock string, bundle *pki.TrustBundle, d *device) error {
 	return nil
 }
 
-var errRefused = errors.New("refused")
+var (
+	errRefused    = errors.New("refused")
+	errExitedZero = errors.New("exit status 0")
+)
 
 // The CRL's URL is the CA URL of a real deployment, its port included
 // (step-ca's own default drops it), in step-ca's configuration (the CRL's

@@ -436,12 +436,7 @@ func (c *CA) Revoke(t testing.TB, cert *x509.Certificate, reason string) {
 // message).
 func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	crl := c.CRL(t)
 	var serials []string
 	for _, e := range crl.RevokedCertificateEntries {
 		if e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
@@ -450,6 +445,19 @@ func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 		serials = append(serials, e.SerialNumber.String())
 	}
 	return false, serials
+}
+
+// CRL is the CA's current CRL, its signature checked against the
+// intermediate.
+func (c *CA) CRL(t testing.TB) *x509.RevocationList {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crl
 }
 
 // Intermediate is the CA's intermediate certificate, which signs its
