@@ -19,6 +19,9 @@ import (
 type hostConstraints struct {
 	dns []string     // sorted, unique
 	ips []*net.IPNet // single addresses, sorted by their text, unique
+	// anyDNS, anyIP: the type is not constrained at all, so every host of
+	// it is permitted (an intermediate made before init constrained hosts).
+	anyDNS, anyIP bool
 }
 
 // constraintsFor collects the hosts of each list; validateHost has
@@ -34,7 +37,11 @@ func constraintsFor(hostLists ...[]string) hostConstraints {
 // constraintsOf reads the permitted hosts of an intermediate this package
 // made.
 func constraintsOf(inter *x509.Certificate) hostConstraints {
-	c := hostConstraints{dns: slices.Clone(inter.PermittedDNSDomains)}
+	c := hostConstraints{
+		dns:    slices.Clone(inter.PermittedDNSDomains),
+		anyDNS: len(inter.PermittedDNSDomains) == 0 && len(inter.ExcludedDNSDomains) == 0,
+		anyIP:  len(inter.PermittedIPRanges) == 0 && len(inter.ExcludedIPRanges) == 0,
+	}
 	for _, n := range inter.PermittedIPRanges {
 		c.ips = append(c.ips, &net.IPNet{IP: n.IP, Mask: n.Mask})
 	}
@@ -43,13 +50,13 @@ func constraintsOf(inter *x509.Certificate) hostConstraints {
 }
 
 // add adds hosts, each an IP address or a DNS name, and reports which were
-// new.
+// new: not already permitted by name or by the type being unconstrained.
 func (c *hostConstraints) add(hosts ...string) (added []string) {
 	have := c.hosts()
 	for _, h := range hosts {
 		if ip := net.ParseIP(h); ip != nil {
 			n := singleAddress(ip)
-			if slices.Contains(have, n.String()) {
+			if c.anyIP || slices.Contains(have, n.String()) {
 				continue
 			}
 			c.ips = append(c.ips, n)
@@ -57,7 +64,7 @@ func (c *hostConstraints) add(hosts ...string) (added []string) {
 			added = append(added, ip.String())
 			continue
 		}
-		if slices.Contains(have, h) {
+		if c.anyDNS || slices.Contains(have, h) {
 			continue
 		}
 		c.dns = append(c.dns, h)
@@ -71,11 +78,23 @@ func (c *hostConstraints) add(hosts ...string) (added []string) {
 // hosts are the permitted DNS names and address ranges, as text.
 func (c hostConstraints) hosts() []string {
 	out := slices.Clone(c.dns)
+	if c.anyDNS {
+		out = append(out, anyDNSName)
+	}
 	for _, n := range c.ips {
 		out = append(out, n.String())
 	}
+	if c.anyIP {
+		out = append(out, anyIPAddress)
+	}
 	return out
 }
+
+// How hosts shows an unconstrained type.
+const (
+	anyDNSName   = "any DNS name"
+	anyIPAddress = "any IP address"
+)
 
 func (c *hostConstraints) normalise() {
 	slices.Sort(c.dns)
@@ -93,10 +112,10 @@ func (c hostConstraints) apply(tmpl *x509.Certificate, trustDomain string) {
 	tmpl.PermittedDNSDomains = slices.Clone(c.dns)
 	tmpl.PermittedIPRanges = slices.Clone(c.ips)
 	tmpl.ExcludedDNSDomains, tmpl.ExcludedIPRanges = nil, nil
-	if len(c.dns) == 0 {
+	if len(c.dns) == 0 && !c.anyDNS {
 		tmpl.ExcludedDNSDomains = []string{""} // the empty constraint matches every name
 	}
-	if len(c.ips) == 0 {
+	if len(c.ips) == 0 && !c.anyIP {
 		tmpl.ExcludedIPRanges = []*net.IPNet{
 			{IP: net.IPv4zero.To4(), Mask: net.CIDRMask(0, 8*net.IPv4len)},
 			{IP: net.IPv6zero, Mask: net.CIDRMask(0, 8*net.IPv6len)},

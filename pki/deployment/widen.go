@@ -45,7 +45,10 @@ type WidenResult struct {
 // old certificate stays valid until it expires (it is not revoked: there is
 // no CRL of the root), so it still vouches for what it signed, and only for
 // its own, narrower names. step-ca reads the intermediate at start: it
-// signs for the new hosts once restarted.
+// signs for the new hosts once restarted. Widening never narrows: an
+// intermediate that constrains no DNS name (or no IP address) at all, as
+// init made them before it constrained hosts, already permits every one,
+// and Widen leaves it as it is.
 func (d *Deployment) Widen(opts WidenOptions) (*WidenResult, error) {
 	if len(opts.Hosts) == 0 {
 		return nil, errors.New("--host: name at least one host to permit")
