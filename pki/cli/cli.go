@@ -1,5 +1,5 @@
-// Package cli is the prov-pki command line: init, ca, issue and revoke, the
-// security admin's tools around step-ca.
+// Package cli is the prov-pki command line: init, ca, issue, widen and
+// revoke, the security admin's tools around step-ca.
 package cli
 
 import (
@@ -42,6 +42,7 @@ var program = &cmdline.Program{
 		{Name: "init", Args: "--dir DIR --password-file FILE --trust-domain DOMAIN --proxy NAME[=HOST,...] [flags]", Short: "create a deployment's PKI: root, intermediate, step-ca configuration, provisioners, first certificates", Run: withEnv(runInit)},
 		{Name: "ca", Args: "--dir DIR --password-file FILE", Short: "run step-ca in this process from the PKI's configuration until SIGTERM", Run: withEnv(runCA)},
 		{Name: "issue", Args: "--dir DIR --password-file FILE --role ROLE --name NAME [--host HOST]... [flags]", Short: "issue a new admin, proxy, core or signer certificate through the running CA", Run: withEnv(runIssue)},
+		{Name: "widen", Args: "--dir DIR --password-file FILE --host HOST... [--root-key FILE]", Short: "permit more core and proxy hosts: re-issue the intermediate, with the root key, with wider name constraints", Run: withEnv(runWiden)},
 		{Name: "revoke", Args: "--dir DIR --password-file FILE (--cert FILE | --serial N) [flags]", Short: "revoke a certificate at the running CA", Run: withEnv(runRevoke)},
 	},
 }

@@ -267,6 +267,11 @@ func TestBadInput(t *testing.T) {
 		{"issue with a wrong password", []string{"issue", "--dir", dir, "--password-file", wrongPW, "--role", "core", "--name", "x"}, cli.ExitError, "wrong password"},
 		{"issue with hosts for an admin", []string{"issue", "--dir", dir, "--password-file", pwFile, "--role", "admin", "--name", "x", "--host", "a.example"}, cli.ExitError, "carries no host names"},
 		{"issue over an existing identity", []string{"issue", "--dir", dir, "--password-file", pwFile, "--role", "core", "--name", "core"}, cli.ExitError, "already exists"},
+		{"widen without a host", []string{"widen", "--dir", dir, "--password-file", pwFile}, cli.ExitUsage, "--host is required"},
+		{"widen with a bad host", []string{"widen", "--dir", dir, "--password-file", pwFile, "--host", "*.evil"}, cli.ExitError, `--host: host "*.evil"`},
+		{"widen with a wrong password", []string{"widen", "--dir", dir, "--password-file", wrongPW, "--host", "new.fleet.test"}, cli.ExitError, "wrong password"},
+		{"widen without the root key", []string{"widen", "--dir", dir, "--password-file", pwFile, "--host", "new.fleet.test", "--root-key", missing}, cli.ExitError, "bring the root key back from offline storage"},
+		{"widen with another key as the root's", []string{"widen", "--dir", dir, "--password-file", pwFile, "--host", "new.fleet.test", "--root-key", filepath.Join(dir, "ca/intermediate_ca.key")}, cli.ExitError, "not the key of this PKI's root certificate"},
 		{"revoke without a target", []string{"revoke", "--dir", dir, "--password-file", pwFile}, cli.ExitUsage, "exactly one of --cert and --serial"},
 		{"revoke a bad serial", []string{"revoke", "--dir", dir, "--password-file", pwFile, "--serial", "12ab"}, cli.ExitUsage, `--serial "12ab"`},
 		{"revoke an unreadable certificate", []string{"revoke", "--dir", dir, "--password-file", pwFile, "--cert", missing}, cli.ExitError, "--cert"},
@@ -283,7 +288,7 @@ func TestBadInput(t *testing.T) {
 func TestIssueAndRevokeAgainstTheRunningCA(t *testing.T) {
 	c := catest.Start(t) // its own: it replaces identities
 	pwFile := passwordFile(t, string(catest.Password))
-	code, stdout, stderr := run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "core2.fleet.test")
+	code, stdout, stderr := run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "localhost")
 	if code != cli.ExitOK {
 		t.Fatalf("issue: exit %d: %s", code, stderr)
 	}
@@ -300,7 +305,7 @@ func TestIssueAndRevokeAgainstTheRunningCA(t *testing.T) {
 	}
 
 	// Rotation: --force replaces and keeps the old one aside.
-	code, stdout, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "core2.fleet.test", "--force")
+	code, stdout, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "core", "--name", "core2", "--host", "localhost", "--force")
 	if code != cli.ExitOK {
 		t.Fatalf("issue --force: exit %d: %s", code, stderr)
 	}

@@ -28,6 +28,10 @@ func (p *proxyFlag) Set(v string) error {
 	return nil
 }
 
+// hostsNote ends the help of each host flag: the intermediate's name
+// constraints permit these hosts and no others.
+const hostsNote = "; the CA certifies no other host until prov-pki widen"
+
 func runInit(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e, "init")
 	var (
@@ -43,11 +47,11 @@ func runInit(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&o.Dir, "dir", "", "PKI directory to create (must not exist, or be empty)")
 	fs.StringVar(&pwFile, "password-file", "", "file holding the deployment password (encrypts the root, intermediate and admin provisioner keys)")
 	fs.StringVar(&o.TrustDomain, "trust-domain", "", "the deployment's trust domain, a DNS name you own (e.g. fleet.example.com)")
-	fs.Var(&proxies, "proxy", "a factory proxy and its server host names, NAME[=HOST,...] (repeatable; hosts default to "+defaultHosts+")")
+	fs.Var(&proxies, "proxy", "a factory proxy and its server host names, NAME[=HOST,...] (repeatable; hosts default to "+defaultHosts+hostsNote+")")
 	fs.StringVar(&o.CAAddress, "ca-address", deployment.DefaultCAAddress, "listen address of the online CA")
-	fs.Var(&caHosts, "ca-host", "host name of the online CA (repeatable; the first is in the CA URL; default "+defaultHosts+")")
+	fs.Var(&caHosts, "ca-host", "host name of the online CA (repeatable; the first is in the CA URL; default "+defaultHosts+hostsNote+")")
 	fs.StringVar(&o.CoreName, "core-name", deployment.DefaultCoreName, "name of the core identity")
-	fs.Var(&coreHosts, "core-host", "host name of core's TLS server (repeatable; default "+defaultHosts+")")
+	fs.Var(&coreHosts, "core-host", "host name of core's TLS server (repeatable; default "+defaultHosts+hostsNote+")")
 	fs.StringVar(&o.SignerName, "signer-name", deployment.DefaultSignerName, "name of the image-signer identity")
 	fs.StringVar(&o.AdminName, "admin-name", deployment.DefaultAdminName, "name of the first admin identity")
 	fs.BoolVar(&o.Force, "force", false, "replace an existing PKI in --dir (it is moved aside, not deleted)")

@@ -197,9 +197,15 @@ func (b *builder) writeProvisioner(name, keyFile, passwordFile, what string, p P
 	return prov, nil
 }
 
+// caURL is where the online CA answers: the first CA host and the port of
+// the CA address.
+func (b *builder) caURL() string {
+	_, port, _ := net.SplitHostPort(b.opts.CAAddress) // validated
+	return (&url.URL{Scheme: "https", Host: net.JoinHostPort(b.opts.CAHosts[0], port)}).String()
+}
+
 func (b *builder) manifest() *Manifest {
 	o := b.opts
-	_, port, _ := net.SplitHostPort(o.CAAddress) // validated
 	names := make([]string, len(o.Proxies))
 	for i, p := range o.Proxies {
 		names[i] = p.Name
@@ -207,7 +213,7 @@ func (b *builder) manifest() *Manifest {
 	return &Manifest{
 		Version:             ManifestVersion,
 		TrustDomain:         o.TrustDomain,
-		CAURL:               (&url.URL{Scheme: "https", Host: net.JoinHostPort(o.CAHosts[0], port)}).String(),
+		CAURL:               b.caURL(),
 		Proxies:             names,
 		DeviceCertLifetime:  o.DeviceCertLifetime.String(),
 		ServiceCertLifetime: o.ServiceCertLifetime.String(),

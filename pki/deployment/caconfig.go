@@ -22,9 +22,10 @@ import (
 )
 
 // makeCAs creates the root (self-signed, naming the trust domain) and the
-// intermediate (path length 0, URI SANs constrained to the trust domain, so
-// even a misused CA cannot mint identities a verifier would accept for
-// another deployment).
+// intermediate (path length 0, name-constrained: URIs to the trust domain,
+// DNS names and IP addresses to the hosts given to init, so even a misused
+// CA cannot mint identities a verifier would accept for another deployment,
+// nor a server certificate for a host that is not one of ours).
 func (b *builder) makeCAs() (root *x509.Certificate, rootKey *ecdsa.PrivateKey, inter *x509.Certificate, interKey *ecdsa.PrivateKey, err error) {
 	o := b.opts
 	if rootKey, err = ecdsa.GenerateKey(elliptic.P256(), rand.Reader); err != nil {
@@ -55,12 +56,22 @@ func (b *builder) makeCAs() (root *x509.Certificate, rootKey *ecdsa.PrivateKey, 
 		IsCA:                  true,
 		MaxPathLen:            0,
 		MaxPathLenZero:        true,
-		PermittedURIDomains:   []string{o.TrustDomain},
 	}
+	b.hostConstraints().apply(interTmpl, o.TrustDomain)
 	if inter, err = createCert(interTmpl, root, &interKey.PublicKey, rootKey); err != nil {
 		return nil, nil, nil, nil, fmt.Errorf("intermediate certificate: %w", err)
 	}
 	return root, rootKey, inter, interKey, nil
+}
+
+// hostConstraints are the hosts of init's options: the CA's, core's and
+// every proxy's.
+func (b *builder) hostConstraints() hostConstraints {
+	lists := [][]string{b.opts.CAHosts, b.opts.CoreHosts}
+	for _, p := range b.opts.Proxies {
+		lists = append(lists, p.Hosts)
+	}
+	return constraintsFor(lists...)
 }
 
 func createCert(tmpl, parent *x509.Certificate, pub, priv any) (*x509.Certificate, error) {
@@ -80,7 +91,13 @@ func createCert(tmpl, parent *x509.Certificate, pub, priv any) (*x509.Certificat
 // the step-ca binary read the same file from any working directory.
 func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.Provisioner) ([]byte, error) {
 	o := b.opts
-	tdata, err := json.Marshal(map[string]string{"trustDomain": o.TrustDomain})
+	// crlURL goes into every certificate the templates make (a CRL
+	// Distribution Point) and into the CRL itself (its Issuing Distribution
+	// Point): OpenSSL takes a CRL as covering a certificate only when the
+	// two name the same URL, and step-ca, left to itself, writes
+	// https://<first dnsName>/1.0/crl, without the port.
+	crlURL := b.caURL() + "/1.0/crl"
+	tdata, err := json.Marshal(map[string]string{"trustDomain": o.TrustDomain, "crlURL": crlURL})
 	if err != nil {
 		return nil, err
 	}
@@ -106,10 +123,18 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 		},
 		TLS:        &tlsOpts,
 		CommonName: o.TrustDomain + " Online CA",
+		// A CRL is valid for cacheDuration (its nextUpdate) and step-ca
+		// makes a new one every renewPeriod and at every revocation, so a
+		// copy fetched at any moment stays valid for at least 40 minutes:
+		// a broker refreshing its crlfile every few minutes (an expired CRL
+		// makes OpenSSL refuse every client) survives several failed
+		// fetches.
 		CRL: &config.CRLConfig{
 			Enabled:          true,
 			GenerateOnRevoke: true,
-			CacheDuration:    stepDuration(time.Hour),
+			CacheDuration:    stepDuration(crlValidity),
+			RenewPeriod:      stepDuration(crlRenewPeriod),
+			IDPurl:           crlURL,
 		},
 	}
 	data, err := json.MarshalIndent(&cfg, "", "  ") //nolint:gosec // cfg.Password stays empty: step-ca gets it from --password-file

@@ -39,6 +39,9 @@ const (
 	rootLifetime      = 10 * 365 * 24 * time.Hour
 	minDeviceLifetime = 5 * time.Minute
 	maxServiceLife    = 365 * 24 * time.Hour
+	// crlValidity and crlRenewPeriod: see caConfig.
+	crlValidity    = time.Hour
+	crlRenewPeriod = 20 * time.Minute
 )
 
 // DefaultHosts are the host names of servers (CA, core, proxies) when none

@@ -3,19 +3,11 @@ package deployment_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/x509"
 	"errors"
-	"math/big"
-	"net/url"
 	"os"
 	"path/filepath"
 	"testing"
 	"time"
-
-	"go.step.sm/crypto/pemutil"
 
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -115,56 +107,6 @@ func TestFirstIdentities(t *testing.T) {
 		}
 		if !bytes.Equal(mustRead(t, d.IdentityRoot(tc.role, tc.name)), mustRead(t, d.RootCert())) {
 			t.Errorf("%s directory has no copy of the root", tc.role)
-		}
-	}
-}
-
-// The intermediate is name-constrained to the trust domain's URIs: a
-// certificate it signs for another trust domain does not verify at all.
-func TestIntermediateIsNameConstrained(t *testing.T) {
-	d := catest.Shared(t).Deployment
-	keyPEM := mustRead(t, d.IntermediateKey())
-	key, err := pemutil.ParseKey(keyPEM, pemutil.WithPassword(catest.Password))
-	if err != nil {
-		t.Fatal(err)
-	}
-	inter, err := pki.ParseCertificates(mustRead(t, d.IntermediateCert()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	bundle, err := pki.LoadTrustBundle(d.RootCert())
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, tc := range []struct {
-		uri  string
-		want error
-	}{
-		{"spiffe://fleet.test/device/1a2b3c4d5e", nil},
-		{"spiffe://other.test/device/1a2b3c4d5e", pki.ErrUntrusted},
-	} {
-		u, err := url.Parse(tc.uri)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leafKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		der, err := x509.CreateCertificate(rand.Reader, &x509.Certificate{
-			SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
-			KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-			URIs: []*url.URL{u},
-		}, inter[0], &leafKey.PublicKey, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		leaf, err := x509.ParseCertificate(der)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := bundle.Verify([]*x509.Certificate{leaf, inter[0]}, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth}); !errors.Is(err, tc.want) {
-			t.Errorf("%s: %v; want %v", tc.uri, err, tc.want)
 		}
 	}
 }

@@ -1,12 +1,14 @@
 // Package deployment is one deployment's PKI on disk: the directory layout
-// that prov-pki init writes, its manifest, and issuing service identities
-// (core, image signer, proxies, admins) through step-ca.
+// that prov-pki init writes, its manifest, issuing service identities
+// (core, image signer, proxies, admins) through step-ca, and the
+// intermediate's name constraints (Widen).
 //
 // Layout of a PKI directory (every directory 0700, every key 0600):
 //
 //	pki.json                       manifest: trust domain, CA URL, provisioners
 //	certs/root_ca.crt              public root: bake into every device rootfs
 //	certs/intermediate_ca.crt      the online CA's certificate
+//	certs/intermediate_ca.crt.replaced-<time>  one it replaced (Widen)
 //	offline/root_ca.key            encrypted root key: move to offline storage
 //	ca/ca.json                     step-ca configuration (embedded or step-ca binary)
 //	ca/intermediate_ca.key         encrypted intermediate key

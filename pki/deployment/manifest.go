@@ -27,6 +27,8 @@ var (
 	ErrBadManifest = errors.New("bad PKI manifest")
 	// ErrUnknownProxy: no provisioner exists for that proxy name.
 	ErrUnknownProxy = errors.New("unknown proxy")
+	// ErrNotRootKey: the key given as the root key is not the root's.
+	ErrNotRootKey = errors.New("not the key of this PKI's root certificate")
 )
 
 // Manifest is pki.json: what clients of the PKI directory need beyond

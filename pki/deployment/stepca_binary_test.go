@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 )
@@ -13,7 +12,7 @@ import (
 // The configuration init writes runs the real step-ca binary unchanged, and
 // its proxy provisioner policy holds there too.
 func TestRealStepCABinary(t *testing.T) {
-	bin := testenv.Tool(t, "step-ca", "install it with: CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
+	bin := catest.Binary(t)
 	d := catest.NewPKI(t)
 	c := catest.RunBinary(t, bin, d)
 	client := c.Client

@@ -60,6 +60,7 @@ const Proxy = "factory1"
 type CA struct {
 	*deployment.Deployment
 	Client *stepca.Client
+	stop   func() error // set by Run: stops it once
 }
 
 // NewPKI creates a PKI in a temporary directory. The options, if any, are
@@ -171,12 +172,27 @@ func Run(t testing.TB, d *deployment.Deployment) *CA {
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.stop = sync.OnceValue(stop)
 	t.Cleanup(func() {
-		if err := stop(); err != nil {
+		if err := c.stop(); err != nil {
 			t.Errorf("step-ca stopped with: %v", err)
 		}
 	})
 	return c
+}
+
+// Restart stops a CA that Run started and runs it again on the same PKI,
+// as an operator does after changing its files (it reads its intermediate
+// at start). With port 0 it binds a new port; the CA URL follows.
+func (c *CA) Restart(t testing.TB) *CA {
+	t.Helper()
+	if c.stop == nil {
+		t.Fatal("catest: Restart of a CA that Run did not start")
+	}
+	if err := c.stop(); err != nil {
+		t.Fatalf("step-ca stopped with: %v", err)
+	}
+	return Run(t, c.Deployment)
 }
 
 func run(d *deployment.Deployment) (*CA, func() error, error) {
@@ -395,17 +411,32 @@ func NewCSR(t testing.TB) (*ecdsa.PrivateKey, *x509.CertificateRequest) {
 	return key, csr
 }
 
+// Revoke revokes cert at the CA with the admin provisioner, as prov-pki
+// revoke does.
+func (c *CA) Revoke(t testing.TB, cert *x509.Certificate, reason string) {
+	t.Helper()
+	admin, err := c.AdminProvisioner(Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serial := cert.SerialNumber.String()
+	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := c.Client.Revoke(ctx, serial, tok, reason); err != nil {
+		t.Fatalf("revoke %s: %v", serial, err)
+	}
+}
+
 // Revoked reports whether the CA's current CRL, checked against the
 // intermediate, lists cert, and the serials it does list (for a failure
 // message).
 func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	crl := c.CRL(t)
 	var serials []string
 	for _, e := range crl.RevokedCertificateEntries {
 		if e.SerialNumber.Cmp(cert.SerialNumber) == 0 {
@@ -414,6 +445,19 @@ func (c *CA) Revoked(t testing.TB, cert *x509.Certificate) (bool, []string) {
 		serials = append(serials, e.SerialNumber.String())
 	}
 	return false, serials
+}
+
+// CRL is the CA's current CRL, its signature checked against the
+// intermediate.
+func (c *CA) CRL(t testing.TB) *x509.RevocationList {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	crl, err := c.Client.CRL(ctx, c.Intermediate(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return crl
 }
 
 // Intermediate is the CA's intermediate certificate, which signs its
@@ -429,6 +473,13 @@ func (c *CA) Intermediate(t testing.TB) *x509.Certificate {
 		t.Fatal(err)
 	}
 	return certs[0]
+}
+
+// Binary is the real step-ca binary on PATH, the version the project
+// embeds; without it the test skips (fails under PROV_REQUIRE_ALL=1).
+func Binary(t testing.TB) string {
+	t.Helper()
+	return testenv.Tool(t, "step-ca", "install it with: CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
 }
 
 // RunBinary runs the real step-ca binary bin on d's unchanged

@@ -4,6 +4,8 @@
   the token subject must be a 10-hex-digit serial, the token must name exactly the
   device's identity URI as its only SAN and must be bound to the CSR (cnf claim);
   the certificate's names come from this template alone, never from the CSR.
+  crlURL (template data) is the CA's CRL, named as the CRL names itself, so
+  OpenSSL-based relying parties (Mosquitto's crlfile) take the CRL as covering it.
 */ -}}
 {{- $serial := .Subject.CommonName -}}
 {{- if not (regexMatch "^[0-9a-f]{10}$" $serial) -}}
@@ -29,5 +31,8 @@
   "uris": {{ toJson (list $uri) }},
   "keyUsage": ["digitalSignature"],
   "extKeyUsage": ["clientAuth"],
+  {{- if .crlURL }}
+  "crlDistributionPoints": {{ toJson (list .crlURL) }},
+  {{- end }}
   "basicConstraints": {"isCA": false}
 }

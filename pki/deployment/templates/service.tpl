@@ -3,7 +3,8 @@
   It signs the deployment's service identities only: admin, proxy, core and
   signer, never a device and never another trust domain. The token names the
   identity URI spiffe://<trust-domain>/<role>/<name> and, for core and proxy,
-  host names; the subject CN is <role>/<name>.
+  host names; the subject CN is <role>/<name>. crlURL (template data) is the
+  CA's CRL, named as the CRL names itself (see device.tpl).
 */ -}}
 {{- $prefix := printf "spiffe://%s/" .trustDomain -}}
 {{- $uris := list -}}{{- $dns := list -}}{{- $ips := list -}}
@@ -55,6 +56,9 @@
   "extKeyUsage": ["clientAuth"],
   {{- else }}
   "extKeyUsage": ["serverAuth", "clientAuth"],
+  {{- end }}
+  {{- if .crlURL }}
+  "crlDistributionPoints": {{ toJson (list .crlURL) }},
   {{- end }}
   "basicConstraints": {"isCA": false}
 }
