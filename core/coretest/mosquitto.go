@@ -3,6 +3,7 @@ package coretest
 import (
 	"bufio"
 	"context"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"os"
@@ -113,7 +114,19 @@ func brokerDir(t testing.TB, c *catest.CA) string {
 			t.Fatal(err)
 		}
 	}
+	WriteCRL(t, c, dir)
 	return dir
+}
+
+// WriteCRL writes the CA's current CRL, as PEM, to dir/crl.pem, where the
+// documented configuration's crlfile reads it (Mosquitto reads it again on
+// SIGHUP).
+func WriteCRL(t testing.TB, c *catest.CA, dir string) {
+	t.Helper()
+	crl := pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: c.CRL(t).Raw})
+	if err := os.WriteFile(filepath.Join(dir, "crl.pem"), crl, 0o600); err != nil { //nolint:gosec // a test directory
+		t.Fatal(err)
+	}
 }
 
 // brokers are the deployments (by directory) whose broker identity this
