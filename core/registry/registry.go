@@ -1,9 +1,12 @@
 // Package registry is what core does when its API is called, below HTTP
 // and above the store: register a device (its hardware ID checked by the
 // serial rule, its immutable data made by the group's policy), record the
-// certificates proxies issued and devices used, change data (checked
-// against the image rules first), reprovision, revoke (at the CA too), and
-// read devices, groups, bundles and the audit trail. After every change it
+// certificates proxies issued and devices used, admit a device's
+// certificate for the API and the broker (not revoked, and a key a proxy
+// recorded: admit.go), change data (checked against the image rules
+// first), reprovision, revoke (and every certificate at the CA, through a
+// durable queue worked until the CA confirms: carevoke.go), and read
+// devices, groups, bundles and the audit trail. After every change it
 // tells the change worker, which builds the device's next bundle and
 // notifies it.
 //
