@@ -50,7 +50,7 @@ func (a *admin) commands() []cmdline.Command {
 		{Name: "set", Args: "SERIAL " + change, Short: "change a device's own mutable data (a new generation)", Run: a.set},
 		{Name: "set-group", Args: "GROUP " + change, Short: "change a group's data (every member gets a new generation)", Run: a.setGroup},
 		{Name: "reprovision", Args: "SERIAL", Short: "a new generation with the same data", Run: a.reprovision},
-		{Name: "revoke", Args: "SERIAL --reason TEXT", Short: "refuse the device from now on", Run: a.revoke},
+		{Name: "revoke", Args: "SERIAL --reason TEXT", Short: "refuse the device from now on, at core and at step-ca", Run: a.revoke},
 		{Name: "audit", Args: "SERIAL | audit --group GROUP", Short: "the audit trail", Run: a.audit},
 		{Name: "backup", Args: "--out FILE", Short: "a consistent copy of core's store, checked", Run: a.backup},
 	}
@@ -299,7 +299,7 @@ func (p printer) devices(ds []coreapi.Device) error {
 		if d.CreatedAt != nil {
 			created = d.CreatedAt.UTC().Format(time.RFC3339)
 		}
-		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.Serial, d.Board, d.Group, d.Generation, d.Status, d.Hostname, created)
+		_, _ = fmt.Fprintf(tw, "%s\t%s\t%s\t%d\t%s\t%s\t%s\n", d.Serial, d.Board, d.Group, d.Generation, status(&d), d.Hostname, created)
 	}
 	return tw.Flush()
 }
@@ -310,7 +310,7 @@ func (p printer) device(d *coreapi.Device) error {
 	}
 	tw := tabwriter.NewWriter(p.w, 0, 0, 2, ' ', 0)
 	for _, kv := range [][2]string{{"serial", d.Serial}, {"board", d.Board}, {"group", d.Group}, {"generation", fmt.Sprint(d.Generation)},
-		{"status", string(d.Status)}, {"issued", d.IssuedAt.UTC().Format(time.RFC3339)}, {"hostname", d.Hostname}, {"mqtt client id", d.MQTTClientID},
+		{"status", status(d)}, {"issued", d.IssuedAt.UTC().Format(time.RFC3339)}, {"hostname", d.Hostname}, {"mqtt client id", d.MQTTClientID},
 		{"mqtt group id", d.MQTTGroupID}, {"topic", d.Topic}, {"registered by", d.RegisteredBy}} {
 		_, _ = fmt.Fprintf(tw, "%s\t%s\n", kv[0], kv[1])
 	}
@@ -329,7 +329,24 @@ func (p printer) device(d *coreapi.Device) error {
 	for _, c := range d.Certificates {
 		_, _ = fmt.Fprintf(tw, "certificate\tserial %s, until %s\n", c.Serial, c.NotAfter.UTC().Format(time.RFC3339))
 	}
+	for _, p := range d.PendingCARevocations {
+		line := fmt.Sprintf("serial %s, queued %s, %d attempts, next %s", p.Serial, p.Since.UTC().Format(time.RFC3339), p.Attempts,
+			p.NextAttempt.UTC().Format(time.RFC3339))
+		if p.LastError != "" {
+			line += ", last error: " + p.LastError
+		}
+		_, _ = fmt.Fprintf(tw, "not yet revoked at step-ca\t%s\n", line)
+	}
 	return tw.Flush()
+}
+
+// status is a device's status, with how many of its certificates step-ca
+// has still to revoke.
+func status(d *coreapi.Device) string {
+	if n := len(d.PendingCARevocations); n > 0 {
+		return fmt.Sprintf("%s (%d not yet revoked at step-ca)", d.Status, n)
+	}
+	return string(d.Status)
 }
 
 func (p printer) events(ev []coreapi.Event) error {

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -45,10 +46,20 @@ func TestAdmin(t *testing.T) {
 	if code != cli.ExitOK || !strings.Contains(out, "/etc/prov/data/site") || !strings.Contains(out, "(device)") {
 		t.Fatalf("show: %d\n%s", code, out)
 	}
+	cert := core.Enrolled(t, d.Serial, 0)
 	for _, args := range [][]string{{"reprovision", d.Serial}, {"revoke", d.Serial, "--reason", "test"}} {
 		if code, out, errs := admin(args...); code != cli.ExitOK {
 			t.Fatalf("%v: %d\n%s%s", args, code, out, errs)
 		}
+	}
+	// This core has no revoker at step-ca: what is not revoked there shows.
+	code, out, _ = admin("show", d.Serial)
+	if code != cli.ExitOK || !strings.Contains(out, "revoked (1 not yet revoked at step-ca)") ||
+		!regexp.MustCompile(`not yet revoked at step-ca +serial `+cert.Leaf.SerialNumber.String()).MatchString(out) {
+		t.Fatalf("show of a revoked device with its certificate pending at step-ca: %d\n%s", code, out)
+	}
+	if code, out, _ = admin("list"); code != cli.ExitOK || !strings.Contains(out, "revoked (1 not yet revoked at step-ca)") {
+		t.Fatalf("list: %d\n%s", code, out)
 	}
 	code, out, _ = admin("audit", d.Serial)
 	for _, action := range []string{"register", "set data", "reprovision", "revoke"} {

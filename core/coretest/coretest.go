@@ -7,6 +7,7 @@ package coretest
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"log/slog"
 	"net"
@@ -227,6 +228,30 @@ func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duratio
 		cert.Certificate = append(cert.Certificate, ch.Raw)
 	}
 	return cert
+}
+
+// Enrolled issues a device certificate for serial through step-ca and
+// records it at core through the proxy's API, as the proxy does at
+// enrollment: core accepts a device only with a key it recorded.
+func (c *Core) Enrolled(t testing.TB, serial string, lifetime time.Duration) *tls.Certificate {
+	t.Helper()
+	cert := DeviceCert(t, c.CA, serial, lifetime)
+	c.RecordIssued(t, serial, cert.Leaf)
+	return cert
+}
+
+// RecordIssued records leaf at core as issued for serial, through the
+// proxy's API.
+func (c *Core) RecordIssued(t testing.TB, serial string, leaf *x509.Certificate) {
+	t.Helper()
+	key, err := coreapi.KeySHA256(leaf.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Client(t, c.Proxy(t)).RecordIssued(context.Background(), serial, coreapi.IssuedCertificate{
+		Serial: leaf.SerialNumber.String(), KeySHA256: key, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}); err != nil {
+		t.Fatalf("record %s's certificate at core: %v", serial, err)
+	}
 }
 
 // Register registers a hardware ID through the proxy's API and returns the

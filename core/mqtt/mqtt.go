@@ -1,19 +1,23 @@
 // Package mqtt carries core's update notifications: an embedded broker
 // (mochi-mqtt) on a TLS listener where clients are identified only by
-// their certificates from the deployment's PKI, a device may subscribe to
-// its own topic only and only core publishes; or a publisher that connects
-// to an external broker (Mosquitto, say) with core's certificate.
+// their certificates from the deployment's PKI (acl.go): a device connects
+// only with its own client ID, while core's registry admits it (not
+// revoked, a key core recorded), and may subscribe to its own topic only;
+// only core publishes; a revoked device's sessions are closed at once, and
+// those of a certificate on the CA's CRL when the CRL lists it. Or a
+// publisher that connects to an external broker (Mosquitto, say) with
+// core's certificate.
 package mqtt
 
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/url"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -21,39 +25,48 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 	mochi "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
-	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
-	"github.com/fleetprov/prov/pki"
 )
 
 // Broker is the embedded broker.
 type Broker struct {
-	srv     *mochi.Server
-	ln      *listeners.TCP
-	log     *slog.Logger
-	serving atomic.Bool
+	srv          *mochi.Server
+	ln           *listeners.TCP
+	log          *slog.Logger
+	checkRevoked func(*x509.Certificate) error
+	devices      atomic.Pointer[Devices]
+	serving      atomic.Bool
 }
 
 // NewBroker prepares a broker listening on addr with tlsCfg, which must
 // require and verify client certificates of the deployment. It binds addr
 // at once (port 0 takes a free port), so Addr is the bound address before
 // Run, and clients that connect meanwhile wait in the listen queue.
-func NewBroker(addr string, tlsCfg *tls.Config, log *slog.Logger) (*Broker, error) {
+// checkRevoked, if set, is the CA's CRL (as in tlsCfg's handshake), asked
+// again once a client's session is established and by CloseRevoked.
+// Devices are refused until SetDevices.
+func NewBroker(addr string, tlsCfg *tls.Config, checkRevoked func(*x509.Certificate) error, log *slog.Logger) (*Broker, error) {
 	if tlsCfg == nil || tlsCfg.ClientAuth != tls.RequireAndVerifyClientCert {
 		return nil, errors.New("mqtt broker: TLS with required client certificates is mandatory")
 	}
 	log = log.With("component", "mqtt")
 	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: log})
-	if err := srv.AddHook(&aclHook{log: log}, nil); err != nil {
+	b := &Broker{srv: srv, log: log, checkRevoked: checkRevoked}
+	if err := srv.AddHook(&aclHook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt broker: %w", err)
 	}
-	ln := listeners.NewTCP(listeners.Config{ID: "tls", Address: addr, TLSConfig: tlsCfg})
-	if err := srv.AddListener(ln); err != nil {
+	b.ln = listeners.NewTCP(listeners.Config{ID: "tls", Address: addr, TLSConfig: tlsCfg})
+	if err := srv.AddListener(b.ln); err != nil {
 		return nil, fmt.Errorf("mqtt broker on %s: %w", addr, err)
 	}
-	return &Broker{srv: srv, ln: ln, log: log}, nil
+	return b, nil
 }
+
+// SetDevices gives the broker core's registry, which admits devices. Core
+// builds the registry after the broker (the registry's change worker
+// publishes through it), and calls this before Run.
+func (b *Broker) SetDevices(d Devices) { b.devices.Store(&d) }
 
 // Addr is the address the broker listens on, with the port it bound.
 func (b *Broker) Addr() string { return b.ln.Address() }
@@ -91,61 +104,6 @@ func (b *Broker) Notify(_ context.Context, n coreapi.Notification) error {
 		return fmt.Errorf("publish to %s: %w", coreapi.DeviceTopic(n.Serial), err)
 	}
 	return nil
-}
-
-// aclHook identifies clients by their certificates and enforces the ACL.
-type aclHook struct {
-	mochi.HookBase
-	log *slog.Logger
-}
-
-func (h *aclHook) ID() string { return "prov-certificate-acl" }
-
-func (h *aclHook) Provides(b byte) bool {
-	return b == mochi.OnConnectAuthenticate || b == mochi.OnACLCheck
-}
-
-// identity of a client: only from its verified certificate.
-func identity(cl *mochi.Client) (pki.Identity, bool) {
-	c, ok := cl.Net.Conn.(*tls.Conn)
-	if !ok {
-		return pki.Identity{}, false
-	}
-	cs := c.ConnectionState()
-	id, err := pki.PeerIdentity(&cs)
-	return id, err == nil
-}
-
-func (h *aclHook) OnConnectAuthenticate(cl *mochi.Client, _ packets.Packet) bool {
-	if cl.Net.Inline {
-		return true
-	}
-	id, ok := identity(cl)
-	if !ok || (id.Role != pki.RoleDevice && id.Role != pki.RoleCore) {
-		h.log.Info("mqtt connection refused", "remote", cl.Net.Remote, "identity", id.String())
-		return false
-	}
-	return true
-}
-
-// OnACLCheck: a device reads its own topic, exactly (no wildcards); core
-// publishes below the device prefix; nothing else is allowed.
-func (h *aclHook) OnACLCheck(cl *mochi.Client, topic string, write bool) bool {
-	if cl.Net.Inline {
-		return true
-	}
-	id, ok := identity(cl)
-	if !ok {
-		return false
-	}
-	switch id.Role {
-	case pki.RoleDevice:
-		return !write && topic == coreapi.DeviceTopic(id.Name)
-	case pki.RoleCore:
-		return write && strings.HasPrefix(topic, coreapi.TopicPrefix) && !strings.ContainsAny(topic, "+#")
-	default:
-		return false
-	}
 }
 
 // External publishes to an external broker (tls:// or mqtts:// URL) with

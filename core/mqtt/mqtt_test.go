@@ -24,7 +24,7 @@ func TestBrokerReportsTheBoundPort(t *testing.T) {
 		Certificates: []tls.Certificate{ca.TLSCert(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/core/core"}, DNS: []string{"localhost"}})},
 		ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: roots, MinVersion: tls.VersionTLS13,
 	}
-	b, err := mqtt.NewBroker("127.0.0.1:0", tlsCfg, slog.New(slog.DiscardHandler))
+	b, err := mqtt.NewBroker("127.0.0.1:0", tlsCfg, nil, slog.New(slog.DiscardHandler))
 	if err != nil {
 		t.Fatal(err)
 	}

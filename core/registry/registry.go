@@ -1,9 +1,12 @@
 // Package registry is what core does when its API is called, below HTTP
 // and above the store: register a device (its hardware ID checked by the
 // serial rule, its immutable data made by the group's policy), record the
-// certificates proxies issued and devices used, change data (checked
-// against the image rules first), reprovision, revoke (at the CA too), and
-// read devices, groups, bundles and the audit trail. After every change it
+// certificates proxies issued and devices used, admit a device's
+// certificate for the API and the broker (not revoked, and a key a proxy
+// recorded: admit.go), change data (checked against the image rules
+// first), reprovision, revoke (and every certificate at the CA, through a
+// durable queue worked until the CA confirms: carevoke.go), and read
+// devices, groups, bundles and the audit trail. After every change it
 // tells the change worker, which builds the device's next bundle and
 // notifies it.
 //
@@ -21,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -43,9 +47,6 @@ type BadInput struct {
 func (e *BadInput) Error() string { return e.Field + ": " + e.Reason }
 func (e *BadInput) Unwrap() error { return e.Err }
 
-// ErrNoSuchGroup is a group the configuration does not name.
-var ErrNoSuchGroup = errors.New("no such group")
-
 // Changes is told about every change that gives devices a new
 // generation (the change worker).
 type Changes interface {
@@ -53,9 +54,16 @@ type Changes interface {
 	GroupChanged(group string)
 }
 
-// Revoker revokes a certificate at the CA.
+// Revoker revokes a certificate at the CA (step-ca, with core's
+// revoke-only provisioner). A certificate the CA already holds as revoked
+// is an error that is stepca.ErrAlreadyRevoked: done too.
 type Revoker interface {
 	Revoke(ctx context.Context, certSerial, reason string) error
+}
+
+// Sessions closes what a device has open at core's embedded broker.
+type Sessions interface {
+	CloseDevice(serial string)
 }
 
 // Options are the registry's optional parts.
@@ -63,8 +71,15 @@ type Options struct {
 	// DefaultGroup is the group of registrations that name none
 	// ("default" if empty).
 	DefaultGroup string
-	// Revoker, if set, revokes a revoked device's certificates at the CA.
+	// Revoker, if set, revokes a revoked device's certificates at the CA
+	// (RunCARevocations); without it they stay queued.
 	Revoker Revoker
+	// Sessions, if set, is told to close a device's sessions when it is
+	// revoked (the embedded broker).
+	Sessions Sessions
+	// CARetry is the first pause after a failed revocation at the CA;
+	// DefaultCARetry if zero.
+	CARetry time.Duration
 	// Metrics, if set, registers the registry's metrics.
 	Metrics prometheus.Registerer
 	Log     *slog.Logger
@@ -81,6 +96,8 @@ type Registry struct {
 
 	registrations *prometheus.CounterVec
 	collisions    prometheus.Counter
+	keys          *keyMetrics
+	ca            *caQueue
 }
 
 // New makes a registry. changes may be nil (nothing is told).
@@ -90,6 +107,9 @@ func New(st *store.Store, pol *policy.Policy, bundles *bundlecache.Cache, change
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.CARetry <= 0 {
+		o.CARetry = DefaultCARetry
 	}
 	if changes == nil {
 		changes = nobody{}
@@ -102,8 +122,12 @@ func New(st *store.Store, pol *policy.Policy, bundles *bundlecache.Cache, change
 			Name: "prov_core_serial_collisions_total", Help: "Hardware IDs refused because another one already has their serial.",
 		}),
 	}
+	r.keys = newKeyMetrics()
+	r.ca = newCAQueue()
 	if o.Metrics != nil {
 		o.Metrics.MustRegister(r.registrations, r.collisions)
+		o.Metrics.MustRegister(r.keys.collectors()...)
+		o.Metrics.MustRegister(r.ca.collectors()...)
 	}
 	return r
 }
@@ -166,8 +190,10 @@ func isInput(err error) bool {
 }
 
 // RecordIssued records a certificate a proxy had issued for a device at
-// enrollment: what the re-enrollment policy decides on, and what a revoke
-// revokes at the CA.
+// enrollment: what the re-enrollment policy decides on, the key core
+// accepts from the device, and what a revoke revokes at the CA. For a
+// revoked device it is queued for revocation at once and refused
+// (store.ErrRevoked).
 func (r *Registry) RecordIssued(serial string, ic coreapi.IssuedCertificate, by pki.Identity) (*store.View, error) {
 	if n, ok := new(big.Int).SetString(ic.Serial, 10); !ok || n.Sign() <= 0 {
 		return nil, &BadInput{Field: "serial", Reason: "want the certificate's serial number in decimal"}
@@ -175,8 +201,14 @@ func (r *Registry) RecordIssued(serial string, ic coreapi.IssuedCertificate, by 
 	if _, err := hex.DecodeString(ic.KeySHA256); err != nil || len(ic.KeySHA256) != 64 {
 		return nil, &BadInput{Field: "keySha256", Reason: "want 64 hex digits"}
 	}
-	return r.store.RecordIssued(serial, store.Issued{Serial: ic.Serial, KeySHA256: ic.KeySHA256, NotBefore: ic.NotBefore.UTC(),
+	v, err := r.store.RecordIssued(serial, store.Issued{Serial: ic.Serial, KeySHA256: ic.KeySHA256, NotBefore: ic.NotBefore.UTC(),
 		NotAfter: ic.NotAfter.UTC(), IssuedBy: by.String()})
+	if errors.Is(err, store.ErrRevoked) {
+		r.log.Warn("a certificate issued for a revoked device: recorded and queued for revocation at the CA", "serial", serial,
+			"cert_serial", ic.Serial, "proxy", by.String())
+		r.ca.wake()
+	}
+	return v, err
 }
 
 // Device returns a device with its group.
@@ -189,7 +221,8 @@ func (r *Registry) List(after string, limit int) ([]store.View, string, error) {
 
 // SeenCertificate remembers the certificate a device called with: a write
 // only the first time it is seen. Failing to record it does not fail the
-// request; it is logged.
+// request; it is logged. On a revoked device the store queues it for
+// revocation at the CA, and the queue's worker is woken.
 func (r *Registry) SeenCertificate(v *store.View, leaf *x509.Certificate) {
 	sum := sha256.Sum256(leaf.Raw)
 	fp := hex.EncodeToString(sum[:])
@@ -199,6 +232,9 @@ func (r *Registry) SeenCertificate(v *store.View, leaf *x509.Certificate) {
 	c := store.Certificate{Fingerprint: fp, Serial: leaf.SerialNumber.String(), NotAfter: leaf.NotAfter.UTC()}
 	if err := r.store.SeenCertificate(v.Serial, c); err != nil {
 		r.log.Warn("cannot record the device certificate", "serial", v.Serial, "err", err)
+	}
+	if v.Status == store.Revoked {
+		r.ca.wake()
 	}
 }
 
@@ -235,23 +271,22 @@ func (r *Registry) Reprovision(serial string, by pki.Identity) (*store.View, err
 	return v, nil
 }
 
-// Revoke refuses a device from now on, and revokes the certificates it
-// was seen with at the CA. Core refuses the device at once whatever the
-// CA says; the CA refusing its renewals is the second line, so a CA
-// failure is logged, not returned.
+// Revoke refuses a device from now on: core's API and broker refuse it at
+// once, its open broker sessions are closed, and every certificate ever
+// issued for it or seen is queued for revocation at the CA in the same
+// write as its status. The CA is tried at once (bounded by
+// firstAttemptTimeout); what it does not confirm stays queued, retried by
+// RunCARevocations, and shows in the admin's view (PendingCARevocations).
 func (r *Registry) Revoke(ctx context.Context, serial, reason string, by pki.Identity) (*store.View, error) {
 	v, err := r.store.Revoke(serial, by.String(), reason)
 	if err != nil {
 		return nil, err
 	}
 	r.log.Info("device revoked", "serial", serial, "by", by.String(), "reason", reason)
-	if r.o.Revoker != nil {
-		for _, c := range v.Certificates {
-			if err := r.o.Revoker.Revoke(ctx, c.Serial, "device revoked: "+reason); err != nil {
-				r.log.Error("CA revocation failed; core still refuses the device", "serial", serial, "cert_serial", c.Serial, "err", err)
-			}
-		}
+	if r.o.Sessions != nil {
+		r.o.Sessions.CloseDevice(serial)
 	}
+	r.revokeAtCANow(ctx, serial)
 	return v, nil
 }
 

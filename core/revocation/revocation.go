@@ -3,7 +3,9 @@
 // client certificates on it at the TLS handshake. Device revocation by an
 // admin takes effect at core at once through the registry; the CRL covers
 // what was revoked at the CA directly (prov-pki revoke of an admin or proxy
-// certificate), within one poll interval.
+// certificate), within one poll interval (ca.crlInterval): at the next
+// handshake and, for connections already open, at their next request or,
+// at the broker, at once (OnNewRevocations).
 package revocation
 
 import (
@@ -35,10 +37,17 @@ type Checker struct {
 	interval time.Duration
 	log      *slog.Logger
 
+	onNew func()
+
 	mu      sync.RWMutex
 	revoked map[string]bool
 	fetched time.Time
 }
+
+// OnNewRevocations has f called after every refresh that brings serials
+// the last list did not have (the broker closes their sessions). Call it
+// before Run.
+func (c *Checker) OnNewRevocations(f func()) { c.onNew = f }
 
 // New makes a checker of the CRL from src, signed by issuer.
 func New(src CRLSource, issuer *x509.Certificate, interval time.Duration, log *slog.Logger) *Checker {
@@ -87,7 +96,17 @@ func (c *Checker) Refresh(ctx context.Context) error {
 		revoked[e.SerialNumber.String()] = true
 	}
 	c.mu.Lock()
+	news := false
+	for s := range revoked {
+		if !c.revoked[s] {
+			news = true
+			break
+		}
+	}
 	c.revoked, c.fetched = revoked, time.Now()
 	c.mu.Unlock()
+	if news && c.onNew != nil {
+		c.onNew()
+	}
 	return nil
 }

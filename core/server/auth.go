@@ -1,11 +1,13 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 
 	"github.com/gorilla/mux"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/registry"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/internal/httpapi"
 	"github.com/fleetprov/prov/pki"
@@ -20,6 +22,14 @@ func (s *Server) authorize(route coreapi.Route, h handler) httpapi.HandlerFunc {
 			var err error
 			if id, err = pki.PeerIdentity(r.TLS); err != nil {
 				return httpapi.NewError(http.StatusUnauthorized, coreapi.CodeUnauthenticated, "a client certificate of this deployment is required", err)
+			}
+			// The handshake checked the CRL, but a connection outlives it:
+			// a certificate revoked at the CA since is refused here, within
+			// one CRL poll, however long the connection stays open.
+			if s.checkRevoked != nil {
+				if err := s.checkRevoked(r.TLS.VerifiedChains[0][0]); err != nil {
+					return httpapi.NewError(http.StatusUnauthorized, coreapi.CodeUnauthenticated, "this certificate is revoked", err)
+				}
 			}
 			if !route.Allows(id.Role) {
 				return httpapi.NewError(http.StatusForbidden, coreapi.CodeForbidden, "this identity's role may not use this route", nil)
@@ -57,8 +67,9 @@ func serial(r *http.Request) (string, error) {
 }
 
 // lookup finds the device a request names. A device may only name itself:
-// any other serial, existing or not, is the same 404; a revoked device is
-// refused, and the certificate it came with is remembered.
+// any other serial, existing or not, is the same 404; a revoked device, or
+// one whose certificate's key core did not record for it, is refused
+// (registry.Admit), and the certificate it came with is remembered.
 func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
 	sn, err := serial(r)
 	if err != nil {
@@ -71,13 +82,18 @@ func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
 	if err != nil {
 		return nil, err
 	}
-	if id.Role == pki.RoleDevice {
-		if v.Status == store.Revoked {
-			return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeRevoked, "this device is revoked", nil)
-		}
-		if r.TLS != nil && len(r.TLS.VerifiedChains) > 0 {
-			s.reg.SeenCertificate(v, r.TLS.VerifiedChains[0][0])
-		}
+	if id.Role != pki.RoleDevice {
+		return v, nil
+	}
+	err = s.reg.Admit(v, r.TLS.VerifiedChains[0][0], registry.ViaAPI)
+	switch {
+	case errors.Is(err, store.ErrRevoked):
+		return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeRevoked, "this device is revoked", nil)
+	case errors.Is(err, registry.ErrKeyNotEnrolled):
+		return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeKeyNotEnrolled,
+			"this certificate's key is not the one enrolled for this device; enroll the device again at a factory", err)
+	case err != nil:
+		return nil, err
 	}
 	return v, nil
 }

@@ -66,7 +66,11 @@ func (s *Server) list(w http.ResponseWriter, r *http.Request, _ pki.Identity) er
 	}
 	out := coreapi.DeviceList{Devices: make([]coreapi.Device, 0, len(views)), Next: next}
 	for i := range views {
-		out.Devices = append(out.Devices, adminView(&views[i]))
+		d, err := s.adminView(&views[i])
+		if err != nil {
+			return err
+		}
+		out.Devices = append(out.Devices, d)
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, out)
 }
@@ -79,7 +83,7 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	if id.Role == pki.RoleDevice {
 		return httpapi.WriteJSON(w, http.StatusOK, deviceView(v))
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, adminView(v))
+	return s.writeAdminView(w, v)
 }
 
 func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
@@ -108,6 +112,15 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	w.WriteHeader(http.StatusOK)
 	_, err = w.Write(b.Bytes) //nolint:gosec // a signed binary bundle, not HTML: own media type and nosniff
 	return err
+}
+
+// writeAdminView answers with the admin's view of v.
+func (s *Server) writeAdminView(w http.ResponseWriter, v *store.View) error {
+	d, err := s.adminView(v)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, d)
 }
 
 // ifMatch is the version a change starts from.
@@ -151,7 +164,7 @@ func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Id
 		return err
 	}
 	w.Header().Set("ETag", coreapi.IfMatch(v.Generation()))
-	return httpapi.WriteJSON(w, http.StatusOK, adminView(v))
+	return s.writeAdminView(w, v)
 }
 
 func (s *Server) reprovision(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
@@ -163,7 +176,7 @@ func (s *Server) reprovision(w http.ResponseWriter, r *http.Request, id pki.Iden
 	if err != nil {
 		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, adminView(v))
+	return s.writeAdminView(w, v)
 }
 
 func (s *Server) revoke(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
@@ -179,7 +192,7 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	if err != nil {
 		return err
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, adminView(v))
+	return s.writeAdminView(w, v)
 }
 
 func (s *Server) deviceAudit(w http.ResponseWriter, r *http.Request, id pki.Identity) error {

@@ -86,6 +86,29 @@ func (e *env) register(t *testing.T, hw string) coreapi.Device {
 	return decodeAs[coreapi.Device](t, a)
 }
 
+// enrolled is a device's chain whose certificate a proxy recorded at core,
+// as at enrollment: core accepts the device only with a key it recorded.
+func (e *env) enrolled(t *testing.T, serial string) []*x509.Certificate {
+	t.Helper()
+	chain := e.f.Chain(t, pki.RoleDevice, serial)
+	e.recordIssued(t, serial, chain[0])
+	return chain
+}
+
+// recordIssued records leaf as issued for serial, as the proxy does.
+func (e *env) recordIssued(t *testing.T, serial string, leaf *x509.Certificate) {
+	t.Helper()
+	key, err := coreapi.KeySHA256(leaf.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, err := json.Marshal(coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: key, NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, "record issued", e.do(t, e.proxy, "POST", "/v1/devices/"+serial+"/certificates", string(body)), http.StatusOK, "")
+}
+
 func decodeAs[T any](t *testing.T, a answer) T {
 	t.Helper()
 	var v T
@@ -161,7 +184,7 @@ func TestRegister(t *testing.T) {
 func TestRolesAndIdentity(t *testing.T) {
 	e := newEnv(t, server.Options{}, store.Options{})
 	d := e.register(t, "10000000000000a1")
-	self := e.f.Chain(t, pki.RoleDevice, d.Serial)
+	self := e.enrolled(t, d.Serial)
 	stranger := e.f.Chain(t, pki.RoleDevice, "0123456789")
 	for _, route := range coreapi.Routes {
 		if route.Public() {
@@ -215,7 +238,7 @@ func TestRolesAndIdentity(t *testing.T) {
 func TestDeviceViewsAndBundle(t *testing.T) {
 	e := newEnv(t, server.Options{}, store.Options{})
 	d := e.register(t, "10000000000000a1")
-	self := e.f.Chain(t, pki.RoleDevice, d.Serial)
+	self := e.enrolled(t, d.Serial)
 
 	a := e.do(t, self, "GET", "/v1/devices/"+d.Serial, "")
 	mine := decodeAs[coreapi.Device](t, a)
@@ -291,7 +314,7 @@ func TestChanges(t *testing.T) {
 func TestRevoke(t *testing.T) {
 	e := newEnv(t, server.Options{}, store.Options{})
 	d := e.register(t, "10000000000000a1")
-	self := e.f.Chain(t, pki.RoleDevice, d.Serial)
+	self := e.enrolled(t, d.Serial)
 	want(t, "device call before the revoke", e.do(t, self, "GET", "/v1/devices/"+d.Serial, ""), http.StatusOK, "")
 
 	want(t, "revoke without a body", e.do(t, e.admin, "POST", "/v1/devices/"+d.Serial+"/revoke", ""), http.StatusBadRequest, coreapi.CodeBadRequest)
@@ -306,6 +329,57 @@ func TestRevoke(t *testing.T) {
 	want(t, "proxy fetching a revoked device's bundle", e.do(t, e.proxy, "GET", "/v1/devices/"+d.Serial+"/bundle", ""), http.StatusConflict, coreapi.CodeRevoked)
 	want(t, "change of a revoked device", e.do(t, e.admin, "POST", "/v1/devices/"+d.Serial+"/reprovision", "{}"), http.StatusConflict, coreapi.CodeRevoked)
 	want(t, "revoke of a device that does not exist", e.do(t, e.admin, "POST", "/v1/devices/0000000000/revoke", `{"reason":"x"}`), http.StatusNotFound, coreapi.CodeNotFound)
+}
+
+// Finding 3 at the API: a certificate for an enrolled serial with a key
+// core did not record (what a stolen proxy provisioner key mints with the
+// attacker's key) is refused with a code the device can act on, and the
+// device's audit trail says so; the enrolled key still works. A device
+// whose enrollment never recorded a certificate has no key core accepts.
+func TestKeyNotEnrolled(t *testing.T) {
+	e := newEnv(t, server.Options{}, store.Options{})
+	d := e.register(t, "10000000000000a1")
+	self := e.enrolled(t, d.Serial)
+	rogue := e.f.Chain(t, pki.RoleDevice, d.Serial)
+	for _, path := range []string{"/v1/devices/" + d.Serial, "/v1/devices/" + d.Serial + "/bundle"} {
+		a := e.do(t, rogue, "GET", path, "")
+		want(t, "another key, "+path, a, http.StatusForbidden, coreapi.CodeKeyNotEnrolled)
+		if !strings.Contains(a.err.Message, "enroll the device again") {
+			t.Errorf("%s: message %q does not say what to do", path, a.err.Message)
+		}
+		want(t, "the enrolled key, "+path, e.do(t, self, "GET", path, ""), http.StatusOK, "")
+	}
+	unfinished := e.register(t, "10000000000000a2")
+	want(t, "a device with no certificate recorded", e.do(t, e.f.Chain(t, pki.RoleDevice, unfinished.Serial), "GET", "/v1/devices/"+unfinished.Serial+"/bundle", ""),
+		http.StatusForbidden, coreapi.CodeKeyNotEnrolled)
+	events := decodeAs[[]coreapi.Event](t, e.do(t, e.admin, "GET", "/v1/devices/"+d.Serial+"/audit", ""))
+	found := false
+	for _, ev := range events {
+		found = found || (ev.Action == "key not enrolled: possible key compromise" && ev.Detail["serial"] == rogue[0].SerialNumber.String())
+	}
+	if !found {
+		t.Errorf("the refused key is not in the device's audit trail: %+v", events)
+	}
+	full := decodeAs[coreapi.Device](t, e.do(t, e.admin, "GET", "/v1/devices/"+d.Serial, ""))
+	if len(full.Certificates) != 1 || full.Certificates[0].Serial != self[0].SerialNumber.String() {
+		t.Errorf("certificates seen: %+v (the refused one must not be among them)", full.Certificates)
+	}
+}
+
+// A certificate revoked at the CA after its connection was made is refused
+// on that connection's next request, not only at the next handshake.
+func TestRevokedOnAnOpenConnection(t *testing.T) {
+	var revoked atomic.Pointer[x509.Certificate]
+	e := newEnv(t, server.Options{CheckRevoked: func(c *x509.Certificate) error {
+		if r := revoked.Load(); r != nil && r.SerialNumber.Cmp(c.SerialNumber) == 0 {
+			return errors.New("on the CRL")
+		}
+		return nil
+	}}, store.Options{})
+	want(t, "before", e.do(t, e.admin, "GET", "/v1/devices", ""), http.StatusOK, "")
+	revoked.Store(e.admin[0])
+	want(t, "after the CRL lists it", e.do(t, e.admin, "GET", "/v1/devices", ""), http.StatusUnauthorized, coreapi.CodeUnauthenticated)
+	want(t, "health needs no certificate", e.do(t, e.admin, "GET", "/healthz", ""), http.StatusOK, "")
 }
 
 func TestRecordIssuedAndList(t *testing.T) {
@@ -454,6 +528,7 @@ func TestOverTLS(t *testing.T) {
 	ts.StartTLS()
 	defer ts.Close()
 	devCert := e.f.CA.TLSCert(t, pkitestSpec("device", d.Serial, x509.ExtKeyUsageClientAuth))
+	e.recordIssued(t, d.Serial, devCert.Leaf)
 	client := func(cert *tls.Certificate) *http.Client {
 		cfg := pki.ClientTLSConfig(nil, e.f.Roots, pki.ClientOptions{ServerName: "localhost", ServerRoles: []pki.Role{pki.RoleCore}})
 		if cert != nil {

@@ -26,8 +26,9 @@ func proxyView(v *store.View) coreapi.Device {
 	return d
 }
 
-// adminView is everything.
-func adminView(v *store.View) coreapi.Device {
+// adminView is everything, with what is still to be revoked at the CA for
+// a revoked device.
+func (s *Server) adminView(v *store.View) (coreapi.Device, error) {
 	d := proxyView(v)
 	d.Data = v.EffectiveData()
 	d.OwnData = v.Data
@@ -37,7 +38,18 @@ func adminView(v *store.View) coreapi.Device {
 	for _, c := range v.Certificates {
 		d.Certificates = append(d.Certificates, coreapi.Certificate(c))
 	}
-	return d
+	if v.Status != store.Revoked {
+		return d, nil // only a revoke queues
+	}
+	pending, err := s.reg.PendingCARevocations(v.Serial)
+	if err != nil {
+		return d, err
+	}
+	for _, p := range pending {
+		d.PendingCARevocations = append(d.PendingCARevocations, coreapi.PendingRevocation{Serial: p.Serial, Since: p.Since,
+			Attempts: p.Attempts, LastError: p.LastError, NextAttempt: p.NextAttempt})
+	}
+	return d, nil
 }
 
 func writeEvents(w http.ResponseWriter, events []store.Event) error {

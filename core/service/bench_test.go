@@ -59,7 +59,7 @@ const benchLimits = "limits: {device: {rate: 1000000, burst: 1000000}, proxy: {r
 func BenchmarkFetch(b *testing.B) {
 	core := coretest.Start(b, benchLimits)
 	d := core.Register(b, "rpi4", coretest.RPi4(900))
-	cert := coretest.DeviceCert(b, core.CA, d.Serial, 0)
+	cert := core.Enrolled(b, d.Serial, 0)
 	url := core.URL + "/v1/devices/" + d.Serial + "/bundle"
 
 	// The bare server: the same certificate, the same client verification,
@@ -152,7 +152,7 @@ func BenchmarkReprovision(b *testing.B) {
 	coretest.Populate(b, cfgPath, "default", 0, n)
 	bystander := coretest.Populate(b, cfgPath, "line-b", n, 1)[0]
 	core := coretest.Run(b, c, cfgPath, dir)
-	cert := coretest.DeviceCert(b, c, bystander, 0)
+	cert := core.Enrolled(b, bystander, 0)
 	hc := core.HTTP(b, cert)
 	bundleURL := core.URL + "/v1/devices/" + bystander + "/bundle"
 	fetch := func() (time.Duration, error) {
@@ -275,6 +275,12 @@ func published(tb testing.TB, hc *http.Client, coreURL string) float64 {
 // (published, failed, dropped) from its /metrics.
 func notificationMetric(tb testing.TB, hc *http.Client, coreURL, result string) float64 {
 	tb.Helper()
+	return metric(tb, hc, coreURL, `prov_core_notifications_total{result="`+result+`"}`)
+}
+
+// metric is the value of one series on core's /metrics (0 if absent).
+func metric(tb testing.TB, hc *http.Client, coreURL, series string) float64 {
+	tb.Helper()
 	resp, err := hc.Get(coreURL + "/metrics") //nolint:noctx // a test
 	if err != nil {
 		tb.Fatal(err)
@@ -282,7 +288,7 @@ func notificationMetric(tb testing.TB, hc *http.Client, coreURL, result string) 
 	defer func() { _ = resp.Body.Close() }()
 	sc := bufio.NewScanner(resp.Body)
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), `prov_core_notifications_total{result="`+result+`"} `); ok {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil {
 				tb.Fatal(err)

@@ -4,8 +4,10 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"testing"
 	"time"
 
@@ -23,6 +25,18 @@ import (
 type mqttClient struct {
 	c    *paho.Client
 	msgs chan *paho.Publish
+	gone chan struct{} // closed when the broker ends the connection
+}
+
+// refused is a CONNACK that refuses the connection.
+type refused struct{ code byte }
+
+func (r *refused) Error() string { return fmt.Sprintf("connack reason %#x", r.code) }
+
+// refusedWith reports whether err is a CONNACK refusal with reason code.
+func refusedWith(err error, code byte) bool {
+	var r *refused
+	return errors.As(err, &r) && r.code == code
 }
 
 func dialMQTT(t *testing.T, addr string, tlsCfg *tls.Config, clientID string) (*mqttClient, error) {
@@ -31,26 +45,38 @@ func dialMQTT(t *testing.T, addr string, tlsCfg *tls.Config, clientID string) (*
 	if err != nil {
 		return nil, err
 	}
-	m := &mqttClient{msgs: make(chan *paho.Publish, 16)}
+	m := &mqttClient{msgs: make(chan *paho.Publish, 16), gone: make(chan struct{})}
+	var once sync.Once
+	gone := func() { once.Do(func() { close(m.gone) }) }
 	// paho writes a packet in several Write calls; without a lock, a PUBACK
 	// from the reader goroutine can interleave with a SUBSCRIBE and the
 	// broker drops us for a malformed packet (autopaho wraps its own).
 	m.c = paho.NewClient(paho.ClientConfig{Conn: packets.NewThreadSafeConn(conn), OnPublishReceived: []func(paho.PublishReceived) (bool, error){
 		func(pr paho.PublishReceived) (bool, error) { m.msgs <- pr.Packet; return true, nil },
-	}})
+	}, OnServerDisconnect: func(*paho.Disconnect) { gone() }, OnClientError: func(error) { gone() }})
 	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	ca, err := m.c.Connect(cctx, &paho.Connect{ClientID: clientID, CleanStart: true, KeepAlive: 30})
+	if ca != nil && ca.ReasonCode >= 0x80 {
+		_ = conn.Close()
+		return nil, &refused{ca.ReasonCode}
+	}
 	if err != nil {
 		_ = conn.Close()
 		return nil, err
 	}
-	if ca.ReasonCode != 0 {
-		_ = conn.Close()
-		return nil, fmt.Errorf("connack reason %d", ca.ReasonCode)
-	}
 	t.Cleanup(func() { _ = m.c.Disconnect(&paho.Disconnect{}) })
 	return m, nil
+}
+
+// closedWithin reports whether the broker ended the connection within d.
+func (m *mqttClient) closedWithin(d time.Duration) bool {
+	select {
+	case <-m.gone:
+		return true
+	case <-time.After(d):
+		return false
+	}
 }
 
 func (m *mqttClient) subscribe(t *testing.T, topic string) byte {
@@ -121,8 +147,8 @@ func TestEmbeddedBroker(t *testing.T) {
 	d := core.Register(t, "rpi4", coretest.RPi4(41))
 	other := core.Register(t, "rpi4", coretest.RPi4(42))
 	registrationsPublished(t, core)
-	cert := coretest.DeviceCert(t, core.CA, d.Serial, 0)
-	m, err := dialMQTT(t, core.MQTTAddr, deviceTLS(t, core.CA, cert), d.Serial)
+	cert := core.Enrolled(t, d.Serial, 0)
+	m, err := dialMQTT(t, core.MQTTAddr, deviceTLS(t, core.CA, cert), coreapi.DeviceClientID(d.Serial))
 	if err != nil {
 		t.Fatal(err)
 	}

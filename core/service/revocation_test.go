@@ -1,6 +1,7 @@
 package service_test
 
 import (
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"strings"
@@ -13,11 +14,15 @@ import (
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/token"
 )
 
-func caSection(c *catest.CA) string {
+func caSection(c *catest.CA) string { return caSectionAt(c, c.CAURL) }
+
+// caSectionAt is caSection with core reaching the CA at url.
+func caSectionAt(c *catest.CA, url string) string {
 	core := deployment.DefaultCoreName
-	return "ca:\n  url: \"" + c.CAURL + "\"\n  crlInterval: 200ms\n  revokerKey: \"" + c.CoreRevokerKey(core) +
+	return "ca:\n  url: \"" + url + "\"\n  crlInterval: 200ms\n  revokerKey: \"" + c.CoreRevokerKey(core) +
 		"\"\n  revokerPasswordFile: \"" + c.CoreRevokerPassword(core) + "\"\n"
 }
 
@@ -38,14 +43,7 @@ func TestCARevocationReachesCore(t *testing.T) {
 	if _, err := core.Client(t, bobCert).List(ctx, "", 1); err != nil {
 		t.Fatalf("before revocation: %v", err)
 	}
-	serial := bob.Leaf.SerialNumber.String()
-	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Client.Revoke(ctx, serial, tok, "test"); err != nil {
-		t.Fatal(err)
-	}
+	revokeAtCA(t, c, admin, bob.Leaf)
 	if err := testenv.WaitFor(10*time.Second, func() error {
 		// A new connection each time: the revoked certificate must fail the
 		// handshake.
@@ -63,13 +61,27 @@ func TestCARevocationReachesCore(t *testing.T) {
 	}
 }
 
+// revokeAtCA revokes a certificate at step-ca directly with the admin
+// provisioner, as prov-pki revoke does.
+func revokeAtCA(t *testing.T, c *catest.CA, admin *token.Provisioner, cert *x509.Certificate) {
+	t.Helper()
+	serial := cert.SerialNumber.String()
+	tok, err := admin.RevokeToken(c.Client.RevokeAudience(), serial, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Client.Revoke(ctx, serial, tok, "test"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // Revoking a device at core also revokes, at the CA, the certificates core
 // has seen it use (with core's revoke-only provisioner).
 func TestDeviceRevocationReachesTheCA(t *testing.T) {
 	c := catest.Shared(t)
 	core := coretest.Start(t, caSection(c))
 	d := core.Register(t, "rpi4", coretest.RPi4(61))
-	cert := coretest.DeviceCert(t, c, d.Serial, 0)
+	cert := core.Enrolled(t, d.Serial, 0)
 	if _, err := core.Client(t, cert).Device(ctx, d.Serial); err != nil {
 		t.Fatal(err)
 	}

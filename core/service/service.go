@@ -2,7 +2,8 @@
 // every part from the configuration with one named constructor each,
 // refusing to start when a key, the CA bundle, the signer, the machine-id
 // secret or the store is missing or unreadable (fail closed); runs the API,
-// the broker, the CRL poller and the change worker together; and shuts
+// the broker, the CRL poller, the change worker and the queue of
+// revocations at the CA together; and shuts
 // down in order: stop accepting, finish requests, close the store.
 package service
 
@@ -79,6 +80,7 @@ type core struct {
 	registry *registry.Registry
 	crl      *revocation.Checker
 	revoker  registry.Revoker
+	broker   *mqtt.Broker // the embedded one; nil with an external broker
 }
 
 // newIdentity loads core's certificate, which must be core's.
@@ -147,8 +149,11 @@ func (c *core) newBundles() error {
 // registry that tells it of changes.
 func (c *core) newRegistry(notifier notify.Notifier) {
 	c.worker = notify.New(c.store, c.bundles, notifier, 0, c.log, c.metrics)
-	c.registry = registry.New(c.store, c.policy, c.bundles, c.worker, registry.Options{
-		DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, Metrics: c.metrics, Log: c.log})
+	o := registry.Options{DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, Metrics: c.metrics, Log: c.log}
+	if c.broker != nil {
+		o.Sessions = c.broker
+	}
+	c.registry = registry.New(c.store, c.policy, c.bundles, c.worker, o)
 }
 
 // newRevocation sets up the CA's CRL (checked at every handshake) and,
@@ -176,10 +181,10 @@ func (c *core) newRevocation() error {
 	return nil
 }
 
-// newBroker starts the embedded broker, or connects to the external one;
-// it returns the notifier, its readiness and its address, and adds the
-// broker's task to g.
-func (c *core) newBroker(ctx context.Context, g *errgroup.Group) (notify.Notifier, func() error, string, error) {
+// newBroker binds the embedded broker (startBroker runs it), or connects
+// to the external one; it returns the notifier, its readiness and its
+// address. The embedded broker checks the CA's CRL at the handshake.
+func (c *core) newBroker(ctx context.Context) (notify.Notifier, func() error, string, error) {
 	if ext := c.cfg.MQTT.External; ext.URL != "" {
 		e, err := mqtt.NewExternal(ctx, ext.URL, ext.ClientID, pki.ClientTLSConfig(c.self.KeyPair, c.self.Roots, pki.ClientOptions{}), c.log)
 		if err != nil {
@@ -187,13 +192,36 @@ func (c *core) newBroker(ctx context.Context, g *errgroup.Group) (notify.Notifie
 		}
 		return e, e.Ready, ext.URL, nil
 	}
-	tlsCfg := pki.ServerTLSConfig(c.self.KeyPair, c.self.Roots, pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice, pki.RoleCore}})
-	b, err := mqtt.NewBroker(c.cfg.MQTT.Embedded.Listen, tlsCfg, c.log)
+	checkRevoked := c.checkRevoked()
+	tlsCfg := pki.ServerTLSConfig(c.self.KeyPair, c.self.Roots, pki.ServerOptions{ClientRoles: []pki.Role{pki.RoleDevice, pki.RoleCore},
+		CheckRevoked: checkRevoked})
+	b, err := mqtt.NewBroker(c.cfg.MQTT.Embedded.Listen, tlsCfg, checkRevoked, c.log)
 	if err != nil {
 		return nil, nil, "", err
 	}
-	g.Go(func() error { return b.Run(ctx) })
+	c.broker = b
 	return b, b.Ready, b.Addr(), nil
+}
+
+// startBroker runs the embedded broker once the registry that admits its
+// devices exists; the CRL closes the sessions of what it newly lists.
+func (c *core) startBroker(ctx context.Context, g *errgroup.Group) {
+	if c.broker == nil {
+		return
+	}
+	c.broker.SetDevices(c.registry)
+	if c.crl != nil {
+		c.crl.OnNewRevocations(c.broker.CloseRevoked)
+	}
+	g.Go(func() error { return c.broker.Run(ctx) })
+}
+
+// checkRevoked is the CA's CRL check, or nil without a CA.
+func (c *core) checkRevoked() func(*x509.Certificate) error {
+	if c.crl == nil {
+		return nil
+	}
+	return c.crl.Check
 }
 
 // run serves until ctx ends or a part fails.
@@ -201,25 +229,26 @@ func (c *core) run(ctx context.Context) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
-	notifier, ready, mqttAddr, err := c.newBroker(gctx, g)
+	notifier, ready, mqttAddr, err := c.newBroker(gctx)
 	if err != nil {
 		cancel()
 		return errors.Join(err, g.Wait())
 	}
 	c.newRegistry(notifier)
+	c.startBroker(gctx, g)
+	g.Go(func() error { return c.registry.RunCARevocations(gctx) })
 	limits := map[pki.Role]server.Limit{}
 	for role, l := range c.cfg.Limits {
 		limits[pki.Role(role)] = server.Limit{Rate: l.Rate, Burst: l.Burst}
 	}
-	api := server.New(c.registry, server.Options{Limits: limits, Ready: ready, Metrics: c.metrics, Log: c.log})
+	api := server.New(c.registry, server.Options{Limits: limits, Ready: ready, CheckRevoked: c.checkRevoked(), Metrics: c.metrics, Log: c.log})
 	ln, err := serve.Listen(c.cfg.Listen, c.o.listener)
 	if err != nil {
 		cancel()
 		return errors.Join(err, g.Wait())
 	}
-	var checkRevoked func(*x509.Certificate) error
+	checkRevoked := c.checkRevoked()
 	if c.crl != nil {
-		checkRevoked = c.crl.Check
 		g.Go(func() error { return c.crl.Run(gctx) })
 	}
 	g.Go(func() error { return c.worker.Run(gctx) })

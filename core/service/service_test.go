@@ -43,11 +43,11 @@ func TestRoleRouteMatrix(t *testing.T) {
 	victim := core.Register(t, "rpi4", coretest.RPi4(3))
 	callers := map[string]*http.Client{
 		"none":         core.HTTP(t, nil),
-		"device":       core.HTTP(t, coretest.DeviceCert(t, core.CA, own.Serial, 0)),
+		"device":       core.HTTP(t, core.Enrolled(t, own.Serial, 0)),
 		"proxy":        core.HTTP(t, core.Proxy(t)),
 		"admin":        core.HTTP(t, core.Admin(t)),
 		"core":         core.HTTP(t, core.ServiceCert(t, pki.RoleCore, "core")),
-		"device-other": core.HTTP(t, coretest.DeviceCert(t, core.CA, other.Serial, 0)),
+		"device-other": core.HTTP(t, core.Enrolled(t, other.Serial, 0)),
 	}
 	missing := "0000000000"
 	type req struct {
@@ -253,7 +253,7 @@ func get(t *testing.T, c *http.Client, url string) string {
 func TestBundleServing(t *testing.T) {
 	core := coretest.Start(t, "")
 	d := core.Register(t, "rpi4", coretest.RPi4(7))
-	dev := core.Client(t, coretest.DeviceCert(t, core.CA, d.Serial, 0))
+	dev := core.Client(t, core.Enrolled(t, d.Serial, 0))
 	body, etag, err := dev.Bundle(ctx, d.Serial, "")
 	if err != nil {
 		t.Fatal(err)
@@ -305,7 +305,7 @@ func TestIfMatchAndRevocation(t *testing.T) {
 	if !errors.As(err, &se) || se.Status != http.StatusBadRequest {
 		t.Fatalf("setting /etc/hostname: %v", err)
 	}
-	dev := core.Client(t, coretest.DeviceCert(t, core.CA, d.Serial, 0))
+	dev := core.Client(t, core.Enrolled(t, d.Serial, 0))
 	if _, err := dev.Device(ctx, d.Serial); err != nil {
 		t.Fatal(err)
 	}
@@ -385,7 +385,7 @@ func TestFailingStoreAnswers503(t *testing.T) {
 func TestRateLimit(t *testing.T) {
 	core := coretest.Start(t, "limits: {device: {rate: 1, burst: 3}}\n")
 	d := core.Register(t, "rpi4", coretest.RPi4(31))
-	dev := core.Client(t, coretest.DeviceCert(t, core.CA, d.Serial, 0))
+	dev := core.Client(t, core.Enrolled(t, d.Serial, 0))
 	var se *coreapi.StatusError
 	limited := false
 	for range 6 {

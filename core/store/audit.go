@@ -32,6 +32,12 @@ func (s *Store) Audit(subject string, after uint64, limit int) ([]Event, error) 
 	return out, err
 }
 
+// AppendAudit writes an event that changes no record (a refusal worth
+// keeping) to its subject's audit trail.
+func (s *Store) AppendAudit(e Event) error {
+	return s.update(e.Action, func(tx *bolt.Tx) error { return audit(tx, e) })
+}
+
 // audit stores event e in tx.
 func audit(tx *bolt.Tx, e Event) error {
 	raw, err := encodeEvent(e)

@@ -2,8 +2,6 @@ package store
 
 import (
 	"fmt"
-	"slices"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -155,7 +153,12 @@ func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[s
 	return v, nil
 }
 
-// Revoke marks a device revoked: core refuses it from now on.
+// Revoke marks a device revoked: core refuses it from now on. In the same
+// transaction it queues every certificate known for the device, issued or
+// seen, for revocation at the CA (carevoke.go), so an acknowledged revoke
+// reaches the CA even if core stops first. Revoking a revoked device
+// changes nothing but queues its certificates again: a way to repeat the
+// CA's part.
 func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 	var v *View
 	err := s.updateDevice("revoke", serial, func(tx *bolt.Tx) (*Device, error) {
@@ -163,10 +166,13 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 		if v, err = view(tx, serial); err != nil {
 			return nil, err
 		}
-		if v.Status == Revoked {
-			return &v.Device, nil // idempotent
-		}
 		now := s.stamp()
+		if err := queueCARevocations(tx, &v.Device, "device revoked: "+reason, now); err != nil {
+			return nil, err
+		}
+		if v.Status == Revoked {
+			return &v.Device, nil
+		}
 		v.Status, v.UpdatedAt = Revoked, now
 		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return nil, err
@@ -177,47 +183,4 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 		return nil, err
 	}
 	return v, nil
-}
-
-// SeenCertificate remembers a certificate a device used, once. Callers
-// that hold the device check HasCertificate first; this checks again
-// inside its transaction.
-func (s *Store) SeenCertificate(serial string, c Certificate) error {
-	_, err := s.modifyDevice("certificate seen", serial, func(d *Device) (*Event, error) {
-		if d.HasCertificate(c.Fingerprint) {
-			return nil, nil
-		}
-		now := s.stamp()
-		c.FirstSeen = now
-		d.Certificates = append(d.Certificates, c)
-		if len(d.Certificates) > MaxCertificates {
-			d.Certificates = d.Certificates[len(d.Certificates)-MaxCertificates:]
-		}
-		d.UpdatedAt = now
-		return &Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
-			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}}, nil
-	})
-	return err
-}
-
-// RecordIssued remembers a certificate a proxy had issued for the device
-// (the last MaxCertificates of them), for the re-enrollment policy.
-func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
-	d, err := s.modifyDevice("certificate issued", serial, func(d *Device) (*Event, error) {
-		if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
-			return nil, nil
-		}
-		now := s.stamp()
-		d.Issued = append(d.Issued, c)
-		if len(d.Issued) > MaxCertificates {
-			d.Issued = d.Issued[len(d.Issued)-MaxCertificates:]
-		}
-		d.UpdatedAt = now
-		return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}, nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	return s.withGroup(d)
 }

@@ -25,6 +25,10 @@ var (
 	// batch and the rest is committed without it (groupcommit.go).
 	errAbortWrite = errors.New("write failed")
 
+	// errLate: a certificate's device is revoked; it is recorded and
+	// queued for revocation at the CA instead (certificates.go).
+	errLate = errors.New("device revoked meanwhile")
+
 	// errUnknownEncoding is a stored value that is neither plain JSON nor
 	// one of our zstd frames (codec.go).
 	errUnknownEncoding = errors.New("unknown record encoding")

@@ -59,15 +59,45 @@ type Device struct {
 	Status       Status            `json:"status"`
 	Certificates []Certificate     `json:"certificates,omitempty"`
 	Issued       []Issued          `json:"issued,omitempty"`
-	RegisteredBy string            `json:"registeredBy"`
-	CreatedAt    time.Time         `json:"createdAt"`
-	UpdatedAt    time.Time         `json:"updatedAt"`
+	// KeysPinned: core accepts the device only with a key in Issued. Every
+	// record made since core pins keys says so; a record made before, with
+	// nothing in Issued, has the first key it is seen with pinned
+	// (PinFirstKey).
+	KeysPinned   bool      `json:"keysPinned,omitempty"`
+	RegisteredBy string    `json:"registeredBy"`
+	CreatedAt    time.Time `json:"createdAt"`
+	UpdatedAt    time.Time `json:"updatedAt"`
 }
 
 // HasCertificate reports whether the device was already seen with a
 // certificate of that fingerprint.
 func (d *Device) HasCertificate(fingerprint string) bool {
 	return slices.ContainsFunc(d.Certificates, func(x Certificate) bool { return x.Fingerprint == fingerprint })
+}
+
+// PinsKeys reports whether the device is accepted only with a key in
+// Issued; false only for a record made before core pinned keys that has
+// not been seen since.
+func (d *Device) PinsKeys() bool { return d.KeysPinned || len(d.Issued) > 0 }
+
+// KeyRecorded reports whether keySHA256 is the key of a certificate
+// recorded for the device.
+func (d *Device) KeyRecorded(keySHA256 string) bool {
+	return slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.KeySHA256 == keySHA256 })
+}
+
+// certificateSerials are the serials of every certificate known for the
+// device, issued or seen, each once.
+func (d *Device) certificateSerials() []string {
+	var out []string
+	for _, c := range d.Issued {
+		out = append(out, c.Serial)
+	}
+	for _, c := range d.Certificates {
+		out = append(out, c.Serial)
+	}
+	slices.Sort(out)
+	return slices.Compact(out)
 }
 
 // Group is a device group's mutable data.

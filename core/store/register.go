@@ -137,7 +137,7 @@ func (s *Store) newDevice(r Registration, g *Group) (*Device, *Event) {
 	serial := r.ID.Serial()
 	d := &Device{
 		Serial: serial, Board: r.ID.Board, HardwareID: r.ID.Canonical, Group: r.Group,
-		Immutable: r.Immutable, Version: 1, VersionAt: now, Status: Active,
+		Immutable: r.Immutable, Version: 1, VersionAt: now, Status: Active, KeysPinned: true,
 		RegisteredBy: r.Actor, CreatedAt: now, UpdatedAt: now,
 	}
 	return d, &Event{At: now, Actor: r.Actor, Subject: "device/" + serial, Action: "register", Generation: d.Version + g.Version,

@@ -1,6 +1,8 @@
 // Package store is core's device registry on bbolt: devices with their
 // frozen immutable data, mutable data per device and per group, status,
-// certificates seen and an audit trail of every change with who made it.
+// certificates issued (whose keys core accepts) and seen, an audit trail of
+// every change with who made it, and the queue of certificates to revoke
+// at the CA (carevoke.go).
 //
 // Every write is one bbolt transaction, fsynced before it returns, so what
 // a caller acknowledges is durable and a crash leaves the previous or the
@@ -109,7 +111,7 @@ func Open(path string, opts Options) (*Store, error) {
 
 func (s *Store) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta} {
+		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta, bucketCARevocations} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -12,6 +12,7 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/pki"
 )
 
@@ -143,7 +144,7 @@ func (a *Agent) connectMQTT(ctx context.Context, trigger func(string), up *atomi
 		},
 		OnConnectError: func(err error) { a.log.Warn("mqtt connection failed", "broker", u.Host, "err", err) },
 		ClientConfig: paho.ClientConfig{
-			ClientID: "prov-device-" + a.dev.Serial,
+			ClientID: coreapi.DeviceClientID(a.dev.Serial), // the only one core's broker accepts from this device
 			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(p paho.PublishReceived) (bool, error) {
 				if p.Packet.Topic == topic {
 					a.log.Debug("mqtt notification", "payload", fmt.Sprintf("%.200q", p.Packet.Payload))

@@ -11,6 +11,10 @@
 package coreapi
 
 import (
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/hex"
+	"fmt"
 	"strconv"
 	"strings"
 	"time"
@@ -71,8 +75,23 @@ type Device struct {
 	CreatedAt    *time.Time        `json:"createdAt,omitempty"`
 	Certificates []Certificate     `json:"certificates,omitempty"`
 	// Issued are the certificates proxies had issued (for proxies and
-	// admins): what the re-enrollment policy decides on.
+	// admins): what the re-enrollment policy decides on, and the keys core
+	// accepts from the device.
 	Issued []IssuedCertificate `json:"issued,omitempty"`
+	// PendingCARevocations are the device's certificates core has still to
+	// revoke at step-ca (admins). A revoke is acknowledged once it is
+	// stored; core retries each one until step-ca confirms it.
+	PendingCARevocations []PendingRevocation `json:"pendingCaRevocations,omitempty"`
+}
+
+// PendingRevocation is a certificate of a revoked device that step-ca has
+// not confirmed as revoked yet.
+type PendingRevocation struct {
+	Serial      string    `json:"serial"` // the certificate's, decimal
+	Since       time.Time `json:"since"`
+	Attempts    int       `json:"attempts"`
+	LastError   string    `json:"lastError,omitempty"`
+	NextAttempt time.Time `json:"nextAttempt"`
 }
 
 // DeviceList is a page of devices.
@@ -140,6 +159,27 @@ const TopicPrefix = "prov/devices/"
 
 // DeviceTopic is the topic a device subscribes to.
 func DeviceTopic(serial string) string { return TopicPrefix + serial }
+
+// DeviceClientIDPrefix starts the MQTT client ID of every device on
+// core's embedded broker.
+const DeviceClientIDPrefix = "prov-device-"
+
+// DeviceClientID is the one MQTT client ID the embedded broker accepts
+// from a device: bound to its certificate, so that no device can take
+// over another's session.
+func DeviceClientID(serial string) string { return DeviceClientIDPrefix + serial }
+
+// KeySHA256 is the digest of a public key that IssuedCertificate carries:
+// SHA-256 of its DER SubjectPublicKeyInfo, hex. Core accepts a device's
+// certificate only if its key has one of the digests recorded for it.
+func KeySHA256(pub any) (string, error) {
+	der, err := x509.MarshalPKIXPublicKey(pub)
+	if err != nil {
+		return "", fmt.Errorf("key digest: %w", err)
+	}
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:]), nil
+}
 
 // ETag is the entity tag of a generation's bundle.
 func ETag(generation uint64, sha256 string) string {

@@ -27,6 +27,7 @@ const (
 	CodeSerialCollision  ErrorCode = "serial_collision"
 	CodeUnknownGroup     ErrorCode = "unknown_group"
 	CodeRevoked          ErrorCode = "revoked"
+	CodeKeyNotEnrolled   ErrorCode = "key_not_enrolled" // a device key core never recorded: enroll again at a factory
 	CodeUnavailable      ErrorCode = "unavailable"
 	CodeNotReady         ErrorCode = "not_ready"
 	CodeInternal         ErrorCode = "internal"
