@@ -43,6 +43,9 @@ type Options struct {
 	Limits map[pki.Role]Limit
 	// Ready, if set, is asked by /readyz besides the registry (the broker).
 	Ready func() error
+	// Warnings, if set, are added to a ready answer of /readyz (core's
+	// certificates near their end).
+	Warnings func() []string
 	// Metrics is where request metrics are registered and what /metrics
 	// serves; a new registry if nil.
 	Metrics *prometheus.Registry
@@ -51,12 +54,13 @@ type Options struct {
 
 // Server handles core's API.
 type Server struct {
-	reg     *registry.Registry
-	ready   func() error
-	log     *slog.Logger
-	limiter *limiter
-	edge    *httpapi.Edge
-	router  *mux.Router
+	reg      *registry.Registry
+	ready    func() error
+	warnings func() []string
+	log      *slog.Logger
+	limiter  *limiter
+	edge     *httpapi.Edge
+	router   *mux.Router
 }
 
 // New makes the server of reg's API.
@@ -75,7 +79,7 @@ func New(reg *registry.Registry, o Options) *Server {
 		o.Metrics = prometheus.NewRegistry()
 	}
 	log := o.Log.With("component", "api")
-	s := &Server{reg: reg, ready: o.Ready, log: log, limiter: newLimiter(limits),
+	s := &Server{reg: reg, ready: o.Ready, warnings: o.Warnings, log: log, limiter: newLimiter(limits),
 		edge: httpapi.NewEdge(log, o.Metrics, "prov_core", httpapi.EdgeOptions{Classify: classify, LogAttrs: identityAttr})}
 	s.router = s.routes(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
 	return s
