@@ -61,6 +61,10 @@ func NewMetrics() *Metrics {
 	return m
 }
 
+// Register adds collectors to what /metrics serves (the proxy's
+// certificate's expiry and renewals).
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // Observe records one attempt.
 func (m *Metrics) Observe(result string, d time.Duration) {
 	m.results.WithLabelValues(result).Inc()
@@ -73,6 +77,7 @@ type Server struct {
 	line     Line
 	log      *slog.Logger
 	ready    func() error
+	warnings func() []string
 	timeout  time.Duration
 	edge     *httpapi.Edge
 	router   *mux.Router
@@ -108,6 +113,10 @@ func New(e Enroller, line Line, m *Metrics, log *slog.Logger, ready func() error
 	return s
 }
 
+// SetWarnings adds f's warnings to a ready answer of /readyz (the proxy's
+// certificate near its end). Call it before serving.
+func (s *Server) SetWarnings(f func() []string) { s.warnings = f }
+
 // ServeHTTP serves the factory side.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
 
@@ -115,7 +124,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
 	if err := s.ready(); err != nil {
 		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, err.Error(), nil)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	var warnings []string
+	if s.warnings != nil {
+		warnings = s.warnings()
+	}
+	return httpapi.WriteReady(w, warnings)
 }
 
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {

@@ -14,7 +14,10 @@ import (
 	"net/http"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/renewal"
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/stepca"
@@ -53,7 +56,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&p.o)
 	}
-	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller}, p.run, p.close)
+	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
 }
 
 // proxy is the service being built, then run.
@@ -72,6 +75,9 @@ type proxy struct {
 	record   *auditlog.Log
 	metrics  *server.Metrics
 	enroller *enroll.Enroller
+	renewer  *renewal.Renewer
+
+	coreTransport *http.Transport
 }
 
 // newIdentity loads the proxy's certificate, which must be a proxy's.
@@ -102,8 +108,8 @@ func (p *proxy) newPolicy() (err error) {
 // of step-ca.
 func (p *proxy) newUpstreams() error {
 	coreTLS := pki.ClientTLSConfig(p.self.KeyPair, p.self.Roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleCore}})
-	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout,
-		Transport: &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}})
+	p.coreTransport = &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}
+	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout, Transport: p.coreTransport})
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
 	}
@@ -160,6 +166,7 @@ func (p *proxy) run(ctx context.Context) error {
 		return err
 	}
 	h := server.New(p.enroller, p.line, p.metrics, p.log, p.ready, p.cfg.HTTP.UpstreamTimeout)
+	h.SetWarnings(p.renewer.Warnings)
 	// New devices have no certificate yet: the factory network policy,
 	// not TLS, decides who may enroll.
 	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})
@@ -169,7 +176,15 @@ func (p *proxy) run(ctx context.Context) error {
 	if p.o.started != nil {
 		p.o.started(ln.Addr().String())
 	}
-	return serve.HTTPS(ctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.renewer.Run(gctx) })
+	g.Go(func() error {
+		defer cancel() // the renewer stops with the server
+		return serve.HTTPS(gctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
+	})
+	return g.Wait()
 }
 
 // close releases the factory record.
