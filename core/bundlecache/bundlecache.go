@@ -79,7 +79,7 @@ func (c *Cache) SetSigner(s *signedimage.Signer) {
 	defer c.mu.Unlock()
 	c.signer = s
 	c.epoch++
-	c.stats.Evictions += uint64(c.lru.Len())
+	c.stats.Evictions += uint64(c.lru.Len()) //nolint:gosec // a length, never negative
 	c.lru.Init()
 	c.byKey = map[string]*list.Element{}
 	c.stats.Bytes = 0

@@ -141,6 +141,10 @@ func (r *Renewer) watch(ctx context.Context, w *watched) {
 	leaf := w.KeyPair.Leaf()
 	r.o.Log.Info("watching the certificate", "cert", w.Name, "not_after", leaf.NotAfter.UTC(), "renewal", r.cfg.On(),
 		"renew_due", r.due(leaf).UTC())
+	if r.cfg.On() && !renewable(leaf) {
+		r.o.Log.Error("certificate cannot be renewed at step-ca: it lacks the clientAuth usage; issue it once more (prov-pki issue --force)",
+			"cert", w.Name, "file", w.CertFile, "not_after", leaf.NotAfter.UTC())
+	}
 	backoff := r.cfg.Backoff.Min
 	for {
 		timer := time.NewTimer(time.Until(r.next(w, backoff)))
@@ -248,7 +252,7 @@ func (r *Renewer) Renew(ctx context.Context, name string) error {
 // renew is one attempt.
 func (r *Renewer) renew(ctx context.Context, w *watched) error {
 	old := w.KeyPair.Leaf()
-	if !slices.Contains(old.ExtKeyUsage, x509.ExtKeyUsageClientAuth) {
+	if !renewable(old) {
 		// step-ca renews over mTLS or with a token signed by the
 		// certificate, and checks it as a TLS client certificate either way.
 		return fmt.Errorf("%w: the %s certificate %s lacks the clientAuth usage step-ca's renewal needs; issue it once more with prov-pki issue --force",
@@ -287,6 +291,12 @@ func (r *Renewer) renew(ctx context.Context, w *watched) error {
 		}
 	}
 	return nil
+}
+
+// renewable says whether step-ca can renew c: it checks a renewing
+// certificate as a TLS client's.
+func renewable(c *x509.Certificate) bool {
+	return slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageClientAuth)
 }
 
 // check accepts only a renewal of old: a chain to the root with the same
