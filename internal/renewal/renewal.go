@@ -2,7 +2,7 @@
 // proxy's TLS pair and core's image signer renew themselves at step-ca
 // after a fraction of their life (two thirds by default), over mTLS with
 // the certificate being renewed, as the devices do. The new chain is
-// checked (same identity, same key, same names, a later end), written
+// checked (same identity, same key, same names, an end no sooner), written
 // atomically over the configured certificate file (the key stays) and
 // loaded into the pki.KeyPair every TLS configuration reads at each
 // handshake, so listeners and clients take it up with no restart and no
@@ -271,6 +271,9 @@ func (r *Renewer) renew(ctx context.Context, w *watched) error {
 	if err := r.check(w, old, chain); err != nil {
 		return err
 	}
+	if err := sameKeyOnDisk(w.CertFile, old); err != nil {
+		return err
+	}
 	var out bytes.Buffer
 	for _, c := range chain {
 		_ = pem.Encode(&out, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}) // a bytes.Buffer does not fail
@@ -293,6 +296,25 @@ func (r *Renewer) renew(ctx context.Context, w *watched) error {
 	return nil
 }
 
+// sameKeyOnDisk refuses to write over a certificate file that holds
+// another key's certificate now: the identity was issued again (prov-pki
+// issue --force) while the service ran, and the key file beside it is the
+// new one; the service takes both up when restarted.
+func sameKeyOnDisk(certFile string, inUse *x509.Certificate) error {
+	data, err := os.ReadFile(certFile) //nolint:gosec // the operator's configuration
+	if err != nil {
+		return fmt.Errorf("read %s before replacing it: %w", certFile, err)
+	}
+	certs, err := pki.ParseCertificates(data)
+	if err != nil {
+		return fmt.Errorf("read %s before replacing it: %w", certFile, err)
+	}
+	if !bytes.Equal(certs[0].RawSubjectPublicKeyInfo, inUse.RawSubjectPublicKeyInfo) {
+		return fmt.Errorf("%w: %s now holds a certificate for another key; restart the service to load it", ErrReplaced, certFile)
+	}
+	return nil
+}
+
 // renewable says whether step-ca can renew c: it checks a renewing
 // certificate as a TLS client's.
 func renewable(c *x509.Certificate) bool {
@@ -300,7 +322,7 @@ func renewable(c *x509.Certificate) bool {
 }
 
 // check accepts only a renewal of old: a chain to the root with the same
-// identity, role and usage, the same key and names, ending later.
+// identity, role and usage, the same key and names, ending no sooner.
 func (r *Renewer) check(w *watched, old *x509.Certificate, chain []*x509.Certificate) error {
 	if len(chain) == 0 {
 		return fmt.Errorf("%w: no certificate", ErrBadRenewal)
@@ -321,8 +343,8 @@ func (r *Renewer) check(w *watched, old *x509.Certificate, chain []*x509.Certifi
 		return fmt.Errorf("%w: for another key", ErrBadRenewal)
 	case !slices.Equal(leaf.DNSNames, old.DNSNames) || !slices.EqualFunc(leaf.IPAddresses, old.IPAddresses, net.IP.Equal):
 		return fmt.Errorf("%w: names %v %v, not %v %v", ErrBadRenewal, leaf.DNSNames, leaf.IPAddresses, old.DNSNames, old.IPAddresses)
-	case !leaf.NotAfter.After(old.NotAfter):
-		return fmt.Errorf("%w: it ends %s, no later than the one it renews", ErrBadRenewal, leaf.NotAfter.UTC())
+	case leaf.NotAfter.Before(old.NotAfter):
+		return fmt.Errorf("%w: it ends %s, before the one it renews", ErrBadRenewal, leaf.NotAfter.UTC())
 	}
 	return nil
 }

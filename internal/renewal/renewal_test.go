@@ -208,6 +208,28 @@ func TestStepCADown(t *testing.T) {
 	}
 }
 
+// An identity issued again while the service runs (prov-pki issue
+// --force: a new key beside a new certificate) is not written over with a
+// renewal of the old one, which would leave a certificate and a key that do
+// not match for the next start.
+func TestDoesNotOverwriteAReissuedIdentity(t *testing.T) {
+	f := newFixture(t, 10*time.Minute, func(c *catest.CA) string { return c.CAURL }, config(true, 2.0/3, 1.0/6))
+	// Another key's certificate where core's was (the admin's will do).
+	onDisk, err := os.ReadFile(f.ca.IdentityCert(pki.RoleAdmin, deployment.DefaultAdminName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.issued.CertFile, onDisk, 0o644); err != nil { //nolint:gosec // public
+		t.Fatal(err)
+	}
+	if err := f.renewer.Renew(context.Background(), "tls"); !errors.Is(err, renewal.ErrReplaced) {
+		t.Fatalf("got %v, want ErrReplaced", err)
+	}
+	if now, _ := os.ReadFile(f.issued.CertFile); !bytes.Equal(now, onDisk) {
+		t.Fatal("the re-issued certificate file was written over")
+	}
+}
+
 // A certificate without clientAuth (a signer issued before the template
 // had it) cannot be renewed: the renewer says so and what to do, without
 // asking step-ca.
