@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -108,11 +109,24 @@ func caPort(t *testing.T, caURL string) string {
 
 // ShortServiceCerts and Reissue give minutes-long service certificates,
 // and step-ca renews each over mTLS for the same life: core's and the
-// signer's (Ed25519, codeSigning and clientAuth) alike.
+// signer's (Ed25519, codeSigning and clientAuth) alike, in this process and
+// with the real binary.
 func TestShortServiceCertsRenew(t *testing.T) {
-	d := NewPKI(t)
-	ShortServiceCerts(t, d, 30*time.Second)
-	c := Run(t, d)
+	t.Run("in-process", func(t *testing.T) {
+		d := NewPKI(t)
+		ShortServiceCerts(t, d, 30*time.Second)
+		serviceCertsRenew(t, Run(t, d))
+	})
+	t.Run("step-ca binary", func(t *testing.T) {
+		bin := testenv.Tool(t, "step-ca", "install it with: CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
+		d := NewPKI(t)
+		ShortServiceCerts(t, d, 30*time.Second)
+		serviceCertsRenew(t, RunBinary(t, bin, d))
+	})
+}
+
+func serviceCertsRenew(t *testing.T, c *CA) {
+	d := c.Deployment
 	for _, id := range []struct {
 		role pki.Role
 		name string
