@@ -40,11 +40,12 @@ type Stats struct {
 
 // Cache is the bundle cache.
 type Cache struct {
-	signer   *signedimage.Signer
 	rules    imagespec.Rules
 	maxBytes int64
 
 	mu       sync.Mutex
+	signer   *signedimage.Signer
+	epoch    uint64     // how many times the signer was replaced
 	lru      *list.List // of *entry, most recent first
 	byKey    map[string]*list.Element
 	building map[string]*call
@@ -70,6 +71,20 @@ func New(signer *signedimage.Signer, rules imagespec.Rules, maxBytes int64) *Cac
 
 func key(serial string, gen uint64) string { return serial + "/" + strconv.FormatUint(gen, 10) }
 
+// SetSigner makes s sign every bundle built from now on and drops the ones
+// signed before: after the signer's certificate is renewed, devices get
+// the new chain, not the old one, which ends sooner.
+func (c *Cache) SetSigner(s *signedimage.Signer) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.signer = s
+	c.epoch++
+	c.stats.Evictions += uint64(c.lru.Len()) //nolint:gosec // a length, never negative
+	c.lru.Init()
+	c.byKey = map[string]*list.Element{}
+	c.stats.Bytes = 0
+}
+
 // Get returns the bundle of rec (by its serial and generation), building
 // and signing it if no one has yet.
 func (c *Cache) Get(rec *imagebuild.Record) (*Bundle, error) {
@@ -82,30 +97,35 @@ func (c *Cache) Get(rec *imagebuild.Record) (*Bundle, error) {
 		c.mu.Unlock()
 		return b, nil
 	}
-	if cl, ok := c.building[k]; ok {
+	// A build by the signer before the current one is not waited for.
+	bk := k + "@" + strconv.FormatUint(c.epoch, 10)
+	if cl, ok := c.building[bk]; ok {
 		c.mu.Unlock()
 		<-cl.done
 		return cl.b, cl.err
 	}
 	cl := &call{done: make(chan struct{})}
-	c.building[k] = cl
+	c.building[bk] = cl
+	signer, epoch := c.signer, c.epoch
 	c.mu.Unlock()
 
-	cl.b, cl.err = c.build(rec)
+	cl.b, cl.err = c.build(rec, signer)
 
 	c.mu.Lock()
-	delete(c.building, k)
+	delete(c.building, bk)
 	if cl.err == nil {
 		c.stats.Builds++
-		c.add(k, cl.b)
+		if epoch == c.epoch { // else signed by a signer since replaced
+			c.add(k, cl.b)
+		}
 	}
 	c.mu.Unlock()
 	close(cl.done)
 	return cl.b, cl.err
 }
 
-func (c *Cache) build(rec *imagebuild.Record) (*Bundle, error) {
-	bundle, img, err := imagebuild.BuildBundle(rec, c.rules, c.signer)
+func (c *Cache) build(rec *imagebuild.Record, signer *signedimage.Signer) (*Bundle, error) {
+	bundle, img, err := imagebuild.BuildBundle(rec, c.rules, signer)
 	if err != nil {
 		return nil, fmt.Errorf("bundle of %s generation %d: %w", rec.Serial, rec.Generation, err)
 	}

@@ -11,19 +11,31 @@ import (
 	"github.com/fleetprov/prov/core/bundlecache"
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/imagebuild"
+	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
 func signer(t *testing.T) *signedimage.Signer {
 	t.Helper()
+	s, _ := signerWithRoots(t)
+	return s
+}
+
+// signerWithRoots is a signer of a CA of its own, and that CA's root.
+func signerWithRoots(t *testing.T) (*signedimage.Signer, *pki.TrustBundle) {
+	t.Helper()
 	ca := pkitest.NewCA(t, "fleet.test")
+	roots, err := pki.ParseTrustBundle(ca.RootPEM)
+	if err != nil {
+		t.Fatal(err)
+	}
 	leaf, k := ca.Leaf(t, pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/signer/images"}, EKU: []x509.ExtKeyUsage{x509.ExtKeyUsageCodeSigning}, Ed25519: true})
 	s, err := signedimage.NewSigner(k.(ed25519.PrivateKey), []*x509.Certificate{leaf, ca.Inter})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return s
+	return s, roots
 }
 
 func rec(serial string, gen uint64) *imagebuild.Record {
@@ -79,5 +91,33 @@ func TestEvictsToItsBound(t *testing.T) {
 	again, err := c.Get(rec("1a2b3c4d5e", 1))
 	if err != nil || string(again.Bytes) != string(first.Bytes) {
 		t.Fatal("a rebuilt bundle differs from the evicted one")
+	}
+}
+
+// A new signer (a renewed certificate) signs what is built after it; what
+// the old one signed is dropped, not served until its chain ends.
+func TestSetSignerDropsOldBundles(t *testing.T) {
+	old, oldRoots := signerWithRoots(t)
+	renewed, renewedRoots := signerWithRoots(t)
+	c := bundlecache.New(old, imagespec.DefaultRules(), 64<<20)
+	before, err := c.Get(rec("1a2b3c4d5e", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.SetSigner(renewed)
+	if s := c.Stats(); s.Entries != 0 || s.Bytes != 0 || s.Evictions != 1 {
+		t.Fatalf("after SetSigner: %+v", s)
+	}
+	after, err := c.Get(rec("1a2b3c4d5e", 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The same image (ETag), signed with the new chain.
+	signedBy := func(b *bundlecache.Bundle, roots *pki.TrustBundle) bool {
+		_, _, err := signedimage.VerifyBytes(b.Bytes, signedimage.VerifyOptions{Roots: roots, Serial: "1a2b3c4d5e", MaxImageSize: imagespec.MaxImageSize})
+		return err == nil
+	}
+	if after.ETag != before.ETag || !signedBy(after, renewedRoots) || signedBy(after, oldRoots) || !signedBy(before, oldRoots) || c.Stats().Builds != 2 {
+		t.Fatalf("the same generation after SetSigner: etag %s (was %s), %d builds", after.ETag, before.ETag, c.Stats().Builds)
 	}
 }

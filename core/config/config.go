@@ -59,6 +59,9 @@ type Config struct {
 		RevokerPasswordFile string        `yaml:"revokerPasswordFile"`
 		CRLInterval         time.Duration `yaml:"crlInterval"`
 	} `yaml:"ca"`
+	// Renewal is how core renews its own certificates (tls and signer) at
+	// ca.url; on by default when ca.url is set.
+	Renewal serve.RenewalConfig `yaml:"renewal"`
 	// Limits are per-identity request rates by role.
 	Limits map[string]struct {
 		Rate  float64 `yaml:"rate"`
@@ -107,6 +110,7 @@ func (c *Config) Defaults() {
 		c.MQTT.External.ClientID = "prov-core"
 	}
 	set(&c.CA.CRLInterval, time.Minute)
+	c.Renewal.Default(c.CA.URL != "")
 	c.HTTP.Default(httpDefaults)
 	c.Log.Default()
 }
@@ -169,6 +173,9 @@ func (c *Config) Validate() error {
 		}
 	} else if c.CA.RevokerKey != "" {
 		return bad("ca.url", "required with ca.revokerKey")
+	}
+	if err := c.Renewal.Validate(c.CA.URL != ""); err != nil {
+		return err
 	}
 	for role, l := range c.Limits {
 		switch role {

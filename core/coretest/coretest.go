@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -263,6 +264,22 @@ func (c *Core) Register(t testing.TB, board, hwid string) *coreapi.Device {
 		t.Fatalf("register %s %s: %v", board, hwid, err)
 	}
 	return d
+}
+
+// Bundle fetches a device's signed bundle through the proxy's API and
+// returns it with its ETag.
+func (c *Core) Bundle(t testing.TB, serial string) ([]byte, string) {
+	t.Helper()
+	body, etag, err := c.Client(t, c.Proxy(t)).Bundle(context.Background(), serial, "")
+	if err != nil {
+		t.Fatalf("bundle of %s: %v", serial, err)
+	}
+	defer func() { _ = body.Close() }()
+	b, err := io.ReadAll(body)
+	if err != nil {
+		t.Fatalf("bundle of %s: %v", serial, err)
+	}
+	return b, etag
 }
 
 // RPi4 makes a distinct rpi4 hardware ID from n.

@@ -23,7 +23,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) 
 			return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, "not ready", err)
 		}
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	var warnings []string
+	if s.warnings != nil {
+		warnings = s.warnings()
+	}
+	return httpapi.WriteReady(w, warnings)
 }
 
 // backup streams a consistent copy of the store (a bbolt file), with its

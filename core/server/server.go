@@ -47,6 +47,9 @@ type Options struct {
 	// on every request (core/revocation's CRL checker), not only at the
 	// handshake (TLSConfig).
 	CheckRevoked func(*x509.Certificate) error
+	// Warnings, if set, are added to a ready answer of /readyz (core's
+	// certificates near their end).
+	Warnings func() []string
 	// Metrics is where request metrics are registered and what /metrics
 	// serves; a new registry if nil.
 	Metrics *prometheus.Registry
@@ -58,6 +61,7 @@ type Server struct {
 	reg          *registry.Registry
 	ready        func() error
 	checkRevoked func(*x509.Certificate) error
+	warnings     func() []string
 	log          *slog.Logger
 	limiter      *limiter
 	edge         *httpapi.Edge
@@ -80,7 +84,7 @@ func New(reg *registry.Registry, o Options) *Server {
 		o.Metrics = prometheus.NewRegistry()
 	}
 	log := o.Log.With("component", "api")
-	s := &Server{reg: reg, ready: o.Ready, checkRevoked: o.CheckRevoked, log: log, limiter: newLimiter(limits),
+	s := &Server{reg: reg, ready: o.Ready, checkRevoked: o.CheckRevoked, warnings: o.Warnings, log: log, limiter: newLimiter(limits),
 		edge: httpapi.NewEdge(log, o.Metrics, "prov_core", httpapi.EdgeOptions{Classify: classify, LogAttrs: identityAttr})}
 	s.router = s.routes(promhttp.HandlerFor(o.Metrics, promhttp.HandlerOpts{}))
 	return s

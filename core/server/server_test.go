@@ -20,6 +20,7 @@ import (
 	"github.com/fleetprov/prov/core/registry/registrytest"
 	"github.com/fleetprov/prov/core/server"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/httpapi"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -474,6 +475,21 @@ func TestBackupHealthAndMetrics(t *testing.T) {
 	}
 	want(t, "no such route", e.do(t, e.admin, "GET", "/v2/devices", ""), http.StatusNotFound, coreapi.CodeNotFound)
 	want(t, "wrong method", e.do(t, e.admin, "DELETE", "/v1/devices", ""), http.StatusMethodNotAllowed, coreapi.CodeMethodNotAllowed)
+}
+
+// Warnings (core's certificates near their end) are in a ready answer's
+// body; they do not make core unready.
+func TestReadyzWarnings(t *testing.T) {
+	var warnings []string
+	e := newEnv(t, server.Options{Warnings: func() []string { return warnings }}, store.Options{})
+	for _, w := range [][]string{nil, {"the tls certificate ends at 2026-12-01T00:00:00Z (in 9m0s); not renewed yet"}} {
+		warnings = w
+		a := e.do(t, nil, "GET", "/readyz", "")
+		got := decodeAs[httpapi.Readiness](t, a)
+		if a.Code != http.StatusOK || got.Status != "ready" || strings.Join(got.Warnings, "|") != strings.Join(w, "|") {
+			t.Errorf("readyz with warnings %q: %d %s", w, a.Code, a.Body.String())
+		}
+	}
 }
 
 func TestRateLimit(t *testing.T) {

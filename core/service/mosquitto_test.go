@@ -126,6 +126,8 @@ func TestMosquittoOtherIdentities(t *testing.T) {
 		{cn: "admin/" + deployment.DefaultAdminName, cert: core.Admin(t)},
 		{cn: "proxy/" + catest.Proxy, cert: core.Proxy(t)},
 		{cn: "core/" + coretest.BrokerName, cert: core.ServiceCert(t, pki.RoleCore, coretest.BrokerName)},
+		// The signer carries clientAuth, to renew itself at step-ca.
+		{cn: "signer/" + deployment.DefaultSignerName, cert: core.ServiceCert(t, pki.RoleSigner, deployment.DefaultSignerName)},
 	}
 	for _, o := range outsiders {
 		var code byte
@@ -158,14 +160,12 @@ func TestMosquittoOtherIdentities(t *testing.T) {
 		o.c.nothing(t)
 	}
 
-	signer := core.ServiceCert(t, pki.RoleSigner, deployment.DefaultSignerName)
 	foreign := pkitest.NewCA(t, catest.TrustDomain).TLSCert(t, pkitest.LeafSpec{CN: d.Serial, URIs: []string{"spiffe://" + catest.TrustDomain + "/device/" + d.Serial}})
 	noCert := deviceTLS(t, core.CA, nil)
 	noCert.GetClientCertificate = nil
 	for name, cfg := range map[string]*tls.Config{
-		"the signer's certificate": deviceTLS(t, core.CA, signer),
-		"another PKI's device":     deviceTLS(t, core.CA, &foreign),
-		"no certificate":           noCert,
+		"another PKI's device": deviceTLS(t, core.CA, &foreign),
+		"no certificate":       noCert,
 	} {
 		o, code, err := dialRaw(m.addr, cfg, "refused")
 		if err == nil {

@@ -2,7 +2,6 @@ package service_test
 
 import (
 	"bytes"
-	"io"
 	"testing"
 	"time"
 
@@ -29,15 +28,7 @@ func TestInstancesAgreeByteForByte(t *testing.T) {
 		dir := t.TempDir()
 		core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, ""), dir, clock)
 		d := core.Register(t, "rpi4", coretest.RPi4(0x7e9))
-		body, _, err := core.Client(t, core.Proxy(t)).Bundle(ctx, d.Serial, "")
-		if err != nil {
-			t.Fatal(err)
-		}
-		bundles[i], err = io.ReadAll(body)
-		_ = body.Close()
-		if err != nil {
-			t.Fatal(err)
-		}
+		bundles[i], _ = core.Bundle(t, d.Serial)
 		roots, err := pki.LoadTrustBundle(c.RootCert())
 		if err != nil {
 			t.Fatal(err)

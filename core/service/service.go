@@ -30,6 +30,7 @@ import (
 	"github.com/fleetprov/prov/core/revocation"
 	"github.com/fleetprov/prov/core/server"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/internal/renewal"
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -60,7 +61,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&c.o)
 	}
-	return serve.Compose(ctx, []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation}, c.run, c.close)
+	return serve.Compose(ctx, []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation, c.newRenewal}, c.run, c.close)
 }
 
 // core is the service being built, then run.
@@ -81,6 +82,7 @@ type core struct {
 	crl      *revocation.Checker
 	revoker  registry.Revoker
 	broker   *mqtt.Broker // the embedded one; nil with an external broker
+	renewer  *renewal.Renewer
 }
 
 // newIdentity loads core's certificate, which must be core's.
@@ -241,7 +243,7 @@ func (c *core) run(ctx context.Context) error {
 	for role, l := range c.cfg.Limits {
 		limits[pki.Role(role)] = server.Limit{Rate: l.Rate, Burst: l.Burst}
 	}
-	api := server.New(c.registry, server.Options{Limits: limits, Ready: ready, CheckRevoked: c.checkRevoked(), Metrics: c.metrics, Log: c.log})
+	api := server.New(c.registry, server.Options{Limits: limits, Ready: ready, CheckRevoked: c.checkRevoked(), Warnings: c.renewer.Warnings, Metrics: c.metrics, Log: c.log})
 	ln, err := serve.Listen(c.cfg.Listen, c.o.listener)
 	if err != nil {
 		cancel()
@@ -252,6 +254,7 @@ func (c *core) run(ctx context.Context) error {
 		g.Go(func() error { return c.crl.Run(gctx) })
 	}
 	g.Go(func() error { return c.worker.Run(gctx) })
+	g.Go(func() error { return c.renewer.Run(gctx) })
 	g.Go(func() error {
 		return serve.HTTPS(gctx, ln, api, server.TLSConfig(c.self.KeyPair, c.self.Roots, checkRevoked), c.cfg.HTTP, c.log)
 	})

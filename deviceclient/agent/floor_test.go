@@ -15,7 +15,9 @@ import (
 	"github.com/fleetprov/prov/deviceclient/agent"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/proxy/proxytest"
 )
@@ -29,8 +31,28 @@ import (
 // what core's and the signer's chains proved, and it is written down: an
 // agent started again begins from it.
 func TestClockIn1970FloorOlderThanCore(t *testing.T) {
-	// Core's bundles are issued an hour ago: before its certificate.
-	core := coretest.Start(t, "", service.WithStoreOptions(store.Options{Now: func() time.Time { return time.Now().Add(-time.Hour) }}))
+	// Core's generations are made an hour ago. A statement is never dated
+	// before its signer's chain began (signedimage.Signer.Sign), so core's
+	// certificate is issued again once the signer's has a second behind it
+	// (certificates count whole seconds): the bundles then predate it, as
+	// they do once core has renewed its certificate since.
+	c := catest.Start(t)
+	signer, err := tls.LoadX509KeyPair(c.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName), c.IdentityKey(pki.RoleSigner, deployment.DefaultSignerName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := testenv.WaitFor(5*time.Second, func() error {
+		if now := time.Now().Add(-time.Minute); !now.Truncate(time.Second).After(signer.Leaf.NotBefore) { // step-ca backdates a minute
+			return errors.New("waiting for a second after the signer's certificate began")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.Reissue(t, pki.RoleCore, deployment.DefaultCoreName, 0)
+	dir := t.TempDir()
+	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, ""), dir,
+		service.WithStoreOptions(store.Options{Now: func() time.Time { return time.Now().Add(-time.Hour) }}))
 	f := &fleet{core: core, proxy: proxytest.StartWith(t, core, "", local)}
 	st, dev := f.enroll(t, "1813BBBK0109")
 	if err := os.Remove(st.File(state.FloorFile)); err != nil {

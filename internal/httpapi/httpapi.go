@@ -182,6 +182,19 @@ func WriteJSON(w http.ResponseWriter, status int, v any) error {
 	return err
 }
 
+// Readiness is the body of a 200 answer of /readyz: ready, with warnings
+// an operator should act on before they stop it being so (a certificate
+// near its end).
+type Readiness struct {
+	Status   string   `json:"status"` // "ready"
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// WriteReady answers /readyz with 200 and the warnings, if any.
+func WriteReady(w http.ResponseWriter, warnings []string) error {
+	return WriteJSON(w, http.StatusOK, Readiness{Status: "ready", Warnings: warnings})
+}
+
 // DecodeJSON reads one JSON object into v from a body of at most max
 // bytes: unknown fields, trailing data and an oversize body are refused
 // with a message that says which.

@@ -193,3 +193,38 @@ func TestCompose(t *testing.T) {
 }
 
 var errBoom = errors.New("boom")
+
+// The renewal block: on by default only where step-ca's URL is known, the
+// device's two thirds, a warning threshold a renewal on time never reaches,
+// errors naming the key.
+func TestRenewalConfig(t *testing.T) {
+	var on, off serve.RenewalConfig
+	on.Default(true)
+	off.Default(false)
+	if !on.On() || off.On() || on.At != 2.0/3 || on.WarnLeft != 1.0/6 || on.Backoff.Min != 30*time.Second || on.Backoff.Max != 30*time.Minute {
+		t.Fatalf("defaults: %+v %+v", on, off)
+	}
+	if err := on.Validate(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := off.Validate(false); err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	for _, tc := range []struct {
+		name string
+		c    serve.RenewalConfig
+		ca   bool
+		key  string
+	}{
+		{"on without a CA", serve.RenewalConfig{Enabled: &yes}, false, "renewal.enabled"},
+		{"at 1", serve.RenewalConfig{At: 1}, true, "renewal.at"},
+		{"a warning before renewal is due", serve.RenewalConfig{At: 0.8, WarnLeft: 0.3}, true, "renewal.warnLeft"},
+		{"max below min", serve.RenewalConfig{Backoff: serve.Backoff{Min: time.Minute, Max: time.Second}}, true, "renewal.backoff"},
+	} {
+		tc.c.Default(tc.ca)
+		if err := tc.c.Validate(tc.ca); !errors.Is(err, serve.ErrBadConfig) || !strings.Contains(err.Error(), tc.key) {
+			t.Errorf("%s: %v, want an error naming %s", tc.name, err, tc.key)
+		}
+	}
+}

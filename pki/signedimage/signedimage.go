@@ -169,16 +169,34 @@ func LoadSigner(certFile, keyFile string) (*Signer, error) {
 // Identity is the signer's identity.
 func (s *Signer) Identity() pki.Identity { return s.id }
 
+// began is when the whole chain became valid: the latest NotBefore, in
+// whole UTC seconds.
+func (s *Signer) began() time.Time {
+	var t time.Time
+	for _, c := range s.chain {
+		if c.NotBefore.After(t) {
+			t = c.NotBefore
+		}
+	}
+	return t.UTC().Truncate(time.Second)
+}
+
 // Certificate is the signer's leaf certificate.
 func (s *Signer) Certificate() *x509.Certificate { return s.chain[0] }
 
 // Public is the signer's public key.
 func (s *Signer) Public() crypto.PublicKey { return s.key.Public() }
 
+// WithChain is the signer with the same key and another chain: its
+// certificate renewed (same key, same identity, a new validity).
+func (s *Signer) WithChain(chain []*x509.Certificate) (*Signer, error) {
+	return NewSigner(s.key, chain)
+}
+
 // Sign completes the statement for image (format, digest, length; issue
-// time in whole UTC seconds) and returns the bundle. Ed25519 is
-// deterministic and the encoding canonical, so the same statement, image
-// and signer give the same bundle bytes.
+// time in whole UTC seconds, never before the signer's chain began) and
+// returns the bundle. Ed25519 is deterministic and the encoding canonical,
+// so the same statement, image and signer give the same bundle bytes.
 func (s *Signer) Sign(st Statement, image []byte) ([]byte, error) {
 	if err := pki.ValidateSerial(st.Serial); err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)
@@ -188,6 +206,15 @@ func (s *Signer) Sign(st Statement, image []byte) ([]byte, error) {
 	st.SHA256 = hex.EncodeToString(sum[:])
 	st.Length = int64(len(image))
 	st.IssuedAt = st.IssuedAt.UTC().Truncate(time.Second)
+	// A device checks a bundle it keeps at the statement's issue time
+	// (VerifyOptions.AtIssue). A generation made before this chain began
+	// (signed after the signer's certificate was renewed or rotated, or
+	// the intermediate re-issued) would verify when fetched and fail at
+	// the next boot; its statement is dated when the chain began instead,
+	// the earliest time this signer vouches for it.
+	if began := s.began(); st.IssuedAt.Before(began) {
+		st.IssuedAt = began
+	}
 	payload, err := json.Marshal(&st)
 	if err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)

@@ -416,6 +416,43 @@ func TestAtIssue(t *testing.T) {
 	}
 }
 
+// A generation made before the signer's certificate began (signed after a
+// renewal or a rotation of the signer) is dated when the chain began: the
+// bundle then verifies at its issue time too, as a device checks it at
+// every boot after installing it. A later date stays as it is.
+func TestStatementDatedFromTheChain(t *testing.T) {
+	now := time.Now().UTC().Truncate(time.Second)
+	// (The test CA's intermediate is an hour old.)
+	f := newFixture(t, pkitest.LeafSpec{NotBefore: now.Add(-10 * time.Minute), NotAfter: now.Add(time.Hour)})
+	for _, tc := range []struct {
+		name           string
+		issued, wantAt time.Time
+	}{
+		{"a generation older than the signer", now.Add(-2 * time.Hour), now.Add(-10 * time.Minute)},
+		{"a generation younger than the signer", now.Add(-5 * time.Minute), now.Add(-5 * time.Minute)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := f.signer.Sign(signedimage.Statement{Serial: serial, Generation: 4, IssuedAt: tc.issued}, smallImage)
+			if err != nil {
+				t.Fatal(err)
+			}
+			fetched, err := signedimage.Verify(bytes.NewReader(b), io.Discard, f.opts())
+			if err != nil {
+				t.Fatalf("fetched: %v", err)
+			}
+			o := f.opts()
+			o.AtIssue = true
+			kept, err := signedimage.Verify(bytes.NewReader(b), io.Discard, o)
+			if err != nil {
+				t.Fatalf("kept, checked at its issue time: %v", err)
+			}
+			if !fetched.IssuedAt.Equal(tc.wantAt) || !kept.IssuedAt.Equal(tc.wantAt) {
+				t.Fatalf("dated %s, want %s", kept.IssuedAt, tc.wantAt)
+			}
+		})
+	}
+}
+
 // flipSignature changes the last character of the compact JWS's signature.
 func flipSignature(b []byte) []byte {
 	b = append([]byte{}, b...)

@@ -71,6 +71,9 @@ type Config struct {
 		UpstreamTimeout time.Duration `yaml:"upstreamTimeout"`
 	} `yaml:"http"`
 	Log serve.LogConfig `yaml:"log"`
+	// Renewal is how the proxy renews its own certificate (tls) at ca.url;
+	// on by default.
+	Renewal serve.RenewalConfig `yaml:"renewal"`
 }
 
 // httpDefaults are the proxy's HTTP limits: an enrollment is one small
@@ -107,6 +110,7 @@ func (c *Config) Defaults() {
 		c.HTTP.UpstreamTimeout = 30 * time.Second
 	}
 	c.Log.Default()
+	c.Renewal.Default(c.CA.URL != "")
 }
 
 // Load reads, defaults and validates a configuration file.
@@ -173,6 +177,9 @@ func (c *Config) Validate() error {
 		return bad("http.upstreamTimeout", "must be positive, got %s", c.HTTP.UpstreamTimeout)
 	}
 	if err := c.HTTP.Validate(); err != nil {
+		return err
+	}
+	if err := c.Renewal.Validate(c.CA.URL != ""); err != nil {
 		return err
 	}
 	return c.Log.Validate()

@@ -21,7 +21,8 @@ func TestExampleParses(t *testing.T) {
 	}
 	b := c.Vouching.Batches
 	if c.Field.CoreURL != c.Core.URL || c.Vouching.Reenrollment != vouch.Deny || len(b) != 1 || b[0].Quota != 5000 ||
-		!b[0].NotAfter.Equal(time.Date(2026, 11, 30, 22, 0, 0, 0, time.UTC)) || c.HTTP.UpstreamTimeout != 30*time.Second {
+		!b[0].NotAfter.Equal(time.Date(2026, 11, 30, 22, 0, 0, 0, time.UTC)) || c.HTTP.UpstreamTimeout != 30*time.Second ||
+		!c.Renewal.On() || c.Renewal.Backoff.Max != 30*time.Minute {
 		t.Fatalf("parsed %+v", c)
 	}
 	if c.StartupTimeout != time.Minute || len(c.Status.Networks) != 2 || len(c.Core.Names) != 0 {

@@ -62,6 +62,10 @@ func NewMetrics() *Metrics {
 	return m
 }
 
+// Register adds collectors to what /metrics serves (the proxy's
+// certificate's expiry and renewals).
+func (m *Metrics) Register(cs ...prometheus.Collector) { m.reg.MustRegister(cs...) }
+
 // Observe records one attempt.
 func (m *Metrics) Observe(result string, d time.Duration) {
 	m.results.WithLabelValues(result).Inc()
@@ -88,6 +92,9 @@ type Options struct {
 	// /metrics (serials, sources, reasons); any other source gets 403.
 	// None: nobody.
 	Viewers []netip.Prefix
+	// Warnings, if set, are added to a ready answer of /readyz (the
+	// proxy's certificate near its end).
+	Warnings func() []string
 }
 
 // New makes the handler.
@@ -148,7 +155,11 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) error {
 	if err := s.o.Ready(); err != nil {
 		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, err.Error(), nil)
 	}
-	return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ready"})
+	var warnings []string
+	if s.o.Warnings != nil {
+		warnings = s.o.Warnings()
+	}
+	return httpapi.WriteReady(w, warnings)
 }
 
 func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {

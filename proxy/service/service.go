@@ -17,7 +17,10 @@ import (
 	"net/netip"
 	"slices"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/internal/renewal"
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/stepca"
@@ -56,7 +59,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&p.o)
 	}
-	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller}, p.run, p.close)
+	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
 }
 
 // proxy is the service being built, then run.
@@ -76,6 +79,9 @@ type proxy struct {
 	record    *auditlog.Log
 	metrics   *server.Metrics
 	enroller  *enroll.Enroller
+	renewer   *renewal.Renewer
+
+	coreTransport *http.Transport
 }
 
 // newIdentity loads the proxy's certificate, which must be a proxy's.
@@ -121,8 +127,8 @@ func (p *proxy) newUpstreams() error {
 		}
 		return p.checkCoreName(cs)
 	}
-	coreHTTP := &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout,
-		Transport: &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}}
+	p.coreTransport = &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}
+	coreHTTP := &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout, Transport: p.coreTransport}
 	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, coreHTTP)
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
@@ -193,7 +199,7 @@ func (p *proxy) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h := server.New(p.enroller, p.line, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers})
+	h := server.New(p.enroller, p.line, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers, Warnings: p.renewer.Warnings})
 	// New devices have no certificate yet: the factory network policy,
 	// not TLS, decides who may enroll.
 	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})
@@ -203,7 +209,15 @@ func (p *proxy) run(ctx context.Context) error {
 	if p.o.started != nil {
 		p.o.started(ln.Addr().String())
 	}
-	return serve.HTTPS(ctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.renewer.Run(gctx) })
+	g.Go(func() error {
+		defer cancel() // the renewer stops with the server
+		return serve.HTTPS(gctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
+	})
+	return g.Wait()
 }
 
 // close releases the factory record.

@@ -24,7 +24,8 @@ var coreRules = deptest.Rules{
 		"internal/serve":      "the service scaffolding shared with the proxy: config blocks, identity, the HTTPS runner",
 		"internal/httpapi":    "the HTTP edge shared with the proxy: the typed error and the one error body",
 		"internal/untrusted":  "how untrusted input appears in messages",
-		"internal/atomicfile": "the admin's backup file, written atomically",
+		"internal/atomicfile": "the admin's backup file and core's renewed certificates, written atomically",
+		"internal/renewal":    "core renews its own TLS and signer certificates at step-ca",
 	},
 }
 

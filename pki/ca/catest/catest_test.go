@@ -12,9 +12,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca"
 	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/stepca"
 )
 
 // A test PKI asks for port 0; the CA binds a port itself, and CAURL, in
@@ -103,4 +105,55 @@ func caPort(t *testing.T, caURL string) string {
 		t.Fatalf("CA URL %s: %v", caURL, err)
 	}
 	return port
+}
+
+// ShortServiceCerts and Reissue give minutes-long service certificates,
+// and step-ca renews each over mTLS for the same life: core's and the
+// signer's (Ed25519, codeSigning and clientAuth) alike, in this process and
+// with the real binary.
+func TestShortServiceCertsRenew(t *testing.T) {
+	t.Run("in-process", func(t *testing.T) {
+		d := NewPKI(t)
+		ShortServiceCerts(t, d, 30*time.Second)
+		serviceCertsRenew(t, Run(t, d))
+	})
+	t.Run("step-ca binary", func(t *testing.T) {
+		bin := testenv.Tool(t, "step-ca", "install it with: CGO_ENABLED=0 go install github.com/smallstep/certificates/cmd/step-ca@v0.30.2")
+		d := NewPKI(t)
+		ShortServiceCerts(t, d, 30*time.Second)
+		serviceCertsRenew(t, RunBinary(t, bin, d))
+	})
+}
+
+func serviceCertsRenew(t *testing.T, c *CA) {
+	d := c.Deployment
+	for _, id := range []struct {
+		role pki.Role
+		name string
+	}{{pki.RoleCore, deployment.DefaultCoreName}, {pki.RoleSigner, deployment.DefaultSignerName}} {
+		out := c.Reissue(t, id.role, id.name, time.Minute)
+		life := out.Leaf.NotAfter.Sub(out.Leaf.NotBefore)
+		if life > 3*time.Minute {
+			t.Fatalf("%s: a certificate for %s", out.Identity, life)
+		}
+		kp, err := pki.LoadKeyPair(out.CertFile, out.KeyFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		bundle, err := pki.LoadTrustBundle(d.RootCert())
+		if err != nil {
+			t.Fatal(err)
+		}
+		client, err := stepca.New(c.CAURL, bundle, stepca.WithClientCertificate(kp))
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain, err := client.Renew(context.Background())
+		if err != nil {
+			t.Fatalf("%s: renew: %v", out.Identity, err)
+		}
+		if got := chain[0].NotAfter.Sub(chain[0].NotBefore); got != life || chain[0].SerialNumber.Cmp(out.Leaf.SerialNumber) == 0 {
+			t.Fatalf("%s: renewed for %s (was %s), serial %s", out.Identity, got, life, chain[0].SerialNumber)
+		}
+	}
 }

@@ -51,7 +51,9 @@
   {{- end }}
   "keyUsage": ["digitalSignature"],
   {{- if eq $role "signer" }}
-  "extKeyUsage": ["codeSigning"],
+  {{- /* clientAuth as well: step-ca renews a certificate only over mTLS
+       (or with a token signed by it), and both need it */}}
+  "extKeyUsage": ["codeSigning", "clientAuth"],
   {{- else if eq $role "admin" }}
   "extKeyUsage": ["clientAuth"],
   {{- else }}

@@ -28,6 +28,8 @@ var proxyRules = deptest.Rules{
 		"internal/serve":          "the service scaffolding shared with core: config blocks, identity, the HTTPS runner",
 		"internal/httpapi":        "the HTTP edge shared with core: the typed error and the one error body",
 		"internal/untrusted":      "how untrusted input appears in messages and the factory record",
+		"internal/renewal":        "the proxy renews its own TLS certificate at step-ca",
+		"internal/atomicfile":     "the renewed certificate, written atomically over the old one",
 	},
 }
 
