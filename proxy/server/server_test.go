@@ -31,6 +31,8 @@ type enroller struct {
 	got     []enrollapi.EnrollRequest
 	sources []netip.Addr
 	rejects []string
+	// rejectErr, if set, is Reject's answer: a rule that comes first.
+	rejectErr error
 }
 
 func (e *enroller) Enroll(_ context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error) {
@@ -47,6 +49,9 @@ func (e *enroller) Reject(source netip.Addr, reason string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.sources, e.rejects = append(e.sources, source), append(e.rejects, reason)
+	if e.rejectErr != nil {
+		return e.rejectErr
+	}
 	return &enroll.BadRequest{Reason: reason}
 }
 
@@ -116,15 +121,35 @@ func TestEnrollAnswers(t *testing.T) {
 		}
 	}
 	// A body that is not an enrollment request goes to Reject, which
-	// records it and applies the network and rate rules first.
-	for _, bad := range []string{"", "not json", `{"board":"rpi4"}{"x":1}`, `{"board":"rpi4","extra":1}`, `{"board":"` + strings.Repeat("a", enrollapi.MaxRequestBody) + `"}`} {
-		w, ae := do(t, s, "POST", "/v1/enroll", bad)
-		if w.Code != 400 || ae.Code != coreapi.CodeBadRequest {
-			t.Errorf("body %.30q: %d %+v", bad, w.Code, ae)
+	// records it and applies the network and rate rules first; the answer
+	// names the member, the rule or the limit (issue 14: one generic 400).
+	for _, tc := range []struct {
+		body   string
+		status int
+		code   coreapi.ErrorCode
+		names  string
+	}{
+		{"", 400, coreapi.CodeBadRequest, "empty"},
+		{"not json", 400, coreapi.CodeBadRequest, "not valid JSON at byte 2"},
+		{`{"board":"rpi4"}{"x":1}`, 400, coreapi.CodeBadRequest, "data after the JSON object"},
+		{`{"board":"rpi4","extra":1}`, 400, coreapi.CodeBadRequest, `"extra": not a field of this request (its fields: board, hardwareId, csr`},
+		{`{"BOARD":"rpi4"}`, 400, coreapi.CodeBadRequest, `"BOARD": not a field`},
+		{`{"csr":"a","csr":"b"}`, 400, coreapi.CodeBadRequest, "csr: given more than once"},
+		{`{"hardwareId":["1"]}`, 400, coreapi.CodeBadRequest, "hardwareId: want a string, not a JSON array"},
+		{`{"board":"` + strings.Repeat("a", enrollapi.MaxRequestBody) + `"}`, 413, coreapi.CodeTooLarge, "over the limit of 65536 bytes"},
+	} {
+		w, ae := do(t, s, "POST", "/v1/enroll", tc.body)
+		if w.Code != tc.status || ae.Code != tc.code || !strings.Contains(ae.Message, tc.names) {
+			t.Errorf("body %.30q: %d %+v, want %d %s naming %q", tc.body, w.Code, ae, tc.status, tc.code, tc.names)
 		}
 	}
-	if len(e.rejects) != 5 {
-		t.Errorf("rejects recorded: %d", len(e.rejects))
+	if len(e.rejects) != 8 || !strings.Contains(e.rejects[3], `"extra"`) {
+		t.Errorf("rejects recorded: %q", e.rejects)
+	}
+	// The network and rate rules still come first.
+	e.rejectErr = &vouch.Refusal{Rule: enrollapi.RuleRate, Reason: "slow down", RetryAfter: 2}
+	if w, ae := do(t, s, "POST", "/v1/enroll", "not json"); w.Code != 429 || ae.Code != enrollapi.RuleRate.Code() {
+		t.Errorf("a bad body over the rate: %d %+v", w.Code, ae)
 	}
 }
 
