@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
-	"net/http/httptest"
 	"net/textproto"
 	"os"
 	"os/exec"
@@ -212,15 +211,7 @@ func TestRevokeNeedsAReason(t *testing.T) {
 func TestWithCurl(t *testing.T) {
 	curl := testenv.Tool(t, "curl", "apt-get install curl")
 	e := newRouteEnv(t)
-	coreCert, coreKey := e.f.CA.KeyPair(t, pkitestSpec("core", "main", x509.ExtKeyUsageServerAuth))
-	kp, err := pki.LoadKeyPair(coreCert, coreKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewUnstartedServer(e.s)
-	ts.TLS = server.TLSConfig(kp, e.f.Roots, nil)
-	ts.StartTLS()
-	defer ts.Close()
+	ts := e.serveTLS(t)
 	// By name, as a client reaches core: the server's certificate is
 	// chosen by SNI, which curl sends for names only.
 	base := strings.Replace(ts.URL, "127.0.0.1", "localhost", 1)

@@ -540,15 +540,7 @@ func TestStoreUnavailable(t *testing.T) {
 func TestOverTLS(t *testing.T) {
 	e := newEnv(t, server.Options{}, store.Options{})
 	d := e.register(t, "10000000000000a1")
-	coreCert, coreKey := e.f.CA.KeyPair(t, pkitestSpec("core", "main", x509.ExtKeyUsageServerAuth))
-	kp, err := pki.LoadKeyPair(coreCert, coreKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ts := httptest.NewUnstartedServer(e.s)
-	ts.TLS = server.TLSConfig(kp, e.f.Roots, nil)
-	ts.StartTLS()
-	defer ts.Close()
+	ts := e.serveTLS(t)
 	devCert := e.f.CA.TLSCert(t, pkitestSpec("device", d.Serial, x509.ExtKeyUsageClientAuth))
 	e.recordIssued(t, d.Serial, devCert.Leaf)
 	client := func(cert *tls.Certificate) *http.Client {
@@ -577,6 +569,22 @@ func TestOverTLS(t *testing.T) {
 			t.Errorf("%s: %d, want %d", tc.name, resp.StatusCode, tc.status)
 		}
 	}
+}
+
+// serveTLS serves the API over TLS with a core certificate, as core does;
+// closed when the test ends.
+func (e *env) serveTLS(t *testing.T) *httptest.Server {
+	t.Helper()
+	coreCert, coreKey := e.f.CA.KeyPair(t, pkitestSpec("core", "main", x509.ExtKeyUsageServerAuth))
+	kp, err := pki.LoadKeyPair(coreCert, coreKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts := httptest.NewUnstartedServer(e.s)
+	ts.TLS = server.TLSConfig(kp, e.f.Roots, nil)
+	ts.StartTLS()
+	t.Cleanup(ts.Close)
+	return ts
 }
 
 // pkitestSpec is a leaf for role/name; a server's is valid for localhost.
