@@ -256,14 +256,14 @@ func FuzzPreconditions(f *testing.F) {
 	f.Fuzz(func(t *testing.T, h string) {
 		r := httptest.NewRequest("GET", "/", nil)
 		r.Header.Set("If-None-Match", h)
-		res, err := httpapi.Preconditions(r, `"cur"`)
+		_, err := httpapi.Preconditions(r, `"cur"`)
 		var he *httpapi.Error
 		if err != nil && (!errors.As(err, &he) || he.Status != 400) {
 			t.Fatalf("%q: %v", h, err)
 		}
 		if err == nil && strings.TrimSpace(h) != "*" {
 			r.Header.Set("If-None-Match", h+`, "cur"`)
-			if res, err = httpapi.Preconditions(r, `"cur"`); err != nil || res != httpapi.NotModified {
+			if res, err := httpapi.Preconditions(r, `"cur"`); err != nil || res != httpapi.NotModified {
 				t.Fatalf("%q with the current tag added: %d %v", h, res, err)
 			}
 		}
