@@ -1,8 +1,13 @@
 package server
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/store"
@@ -80,10 +85,41 @@ func (s *Server) device(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	if err != nil {
 		return err
 	}
-	if id.Role == pki.RoleDevice {
-		return httpapi.WriteJSON(w, http.StatusOK, deviceView(v))
+	view := deviceView(v)
+	if id.Role != pki.RoleDevice {
+		if view, err = s.adminView(v); err != nil {
+			return err
+		}
 	}
-	return s.writeAdminView(w, v)
+	tag, err := viewTag(v.Generation(), view)
+	if err != nil {
+		return httpapi.Internal(err)
+	}
+	h := w.Header()
+	h.Set("ETag", tag)
+	h.Set("Cache-Control", "private, no-cache")
+	if res, err := httpapi.Preconditions(r, tag); err != nil || res == httpapi.NotModified {
+		if err == nil {
+			httpapi.WriteNotModified(w)
+		}
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, view)
+}
+
+// viewTag is the entity tag of a device's view: its generation, the
+// version of its data and image (what PATCH …/data's If-Match takes), and
+// a digest of the view itself, which also changes with what has no
+// version (status, certificates seen, revocations pending at the CA), so
+// that a 304 never hides a change (RFC 9110 §8.8.1: a strong validator
+// changes with every change to the representation).
+func viewTag(generation uint64, view coreapi.Device) (string, error) {
+	b, err := json.Marshal(view)
+	if err != nil {
+		return "", fmt.Errorf("entity tag: %w", err)
+	}
+	sum := sha256.Sum256(b)
+	return `"` + strconv.FormatUint(generation, 10) + "." + hex.EncodeToString(sum[:8]) + `"`, nil
 }
 
 func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
@@ -102,9 +138,11 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	h.Set("ETag", b.ETag)
 	h.Set(coreapi.HeaderGeneration, strconv.FormatUint(b.Generation, 10))
 	h.Set("Cache-Control", "private, no-cache")
-	if inm := r.Header.Get("If-None-Match"); inm != "" && inm == b.ETag {
-		w.WriteHeader(http.StatusNotModified)
-		return nil
+	if res, err := httpapi.Preconditions(r, b.ETag); err != nil || res == httpapi.NotModified {
+		if err == nil {
+			httpapi.WriteNotModified(w)
+		}
+		return err
 	}
 	h.Set("Content-Type", coreapi.MediaTypeBundle)
 	h.Set("X-Content-Type-Options", "nosniff")
@@ -114,56 +152,64 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	return err
 }
 
-// writeAdminView answers with the admin's view of v.
+// writeAdminView answers with the admin's view of v and its entity tag.
 func (s *Server) writeAdminView(w http.ResponseWriter, v *store.View) error {
 	d, err := s.adminView(v)
 	if err != nil {
 		return err
 	}
+	tag, err := viewTag(v.Generation(), d)
+	if err != nil {
+		return httpapi.Internal(err)
+	}
+	w.Header().Set("ETag", tag)
 	return httpapi.WriteJSON(w, http.StatusOK, d)
 }
 
-// ifMatch is the version a change starts from.
-func ifMatch(r *http.Request) (uint64, error) {
-	h := r.Header.Get("If-Match")
-	if h == "" {
-		return 0, httpapi.NewError(http.StatusPreconditionRequired, coreapi.CodeIfMatchRequired,
-			`send If-Match: "<generation>" (or the group's version) of what you changed`, nil)
+// requireIfMatch refuses a change sent without If-Match: changes of
+// versioned data must say which version they start from (RFC 6585 §3).
+func requireIfMatch(r *http.Request) error {
+	if len(r.Header.Values("If-Match")) == 0 {
+		return httpapi.NewError(http.StatusPreconditionRequired, coreapi.CodeIfMatchRequired,
+			`send If-Match: "<generation>" (or the group's version), or the ETag of what you read, or *`, nil)
 	}
-	v, ok := coreapi.ParseIfMatch(h)
-	if !ok {
-		return 0, httpapi.BadRequest(`If-Match: want "<number>"`, nil)
-	}
-	return v, nil
-}
-
-// change reads a data change and the version it starts from.
-func change(w http.ResponseWriter, r *http.Request) (uint64, coreapi.DataChange, error) {
-	var c coreapi.DataChange
-	want, err := ifMatch(r)
-	if err != nil {
-		return 0, c, err
-	}
-	if err := decode(w, r, &c); err != nil {
-		return 0, c, err
-	}
-	return want, c, nil
+	return nil
 }
 
 func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	want, c, err := change(w, r)
-	if err != nil {
+	if err := requireIfMatch(r); err != nil {
 		return err
 	}
 	sn, err := serial(r)
 	if err != nil {
 		return err
 	}
-	v, err := s.reg.SetDeviceData(sn, want, c, id)
+	v, err := s.reg.Device(sn)
 	if err != nil {
 		return err
 	}
-	w.Header().Set("ETag", coreapi.IfMatch(v.Generation()))
+	// The data's version is the generation; the ETag a GET of the device
+	// gave is accepted too (strong comparison: the device as read is
+	// unchanged). The store then changes it only if it is still at that
+	// generation, so a change in between is a 412 all the same.
+	d, err := s.adminView(v)
+	if err != nil {
+		return err
+	}
+	tag, err := viewTag(v.Generation(), d)
+	if err != nil {
+		return httpapi.Internal(err)
+	}
+	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(v.Generation()), tag); err != nil {
+		return err
+	}
+	var c coreapi.DataChange
+	if err := decode(w, r, &c); err != nil {
+		return err
+	}
+	if v, err = s.reg.SetDeviceData(sn, v.Generation(), c, id); err != nil {
+		return err
+	}
 	return s.writeAdminView(w, v)
 }
 
@@ -187,6 +233,11 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	sn, err := serial(r)
 	if err != nil {
 		return err
+	}
+	// The reason is what the audit trail and the CA's record say later;
+	// a revoke without one cannot be told from a mistake.
+	if strings.TrimSpace(req.Reason) == "" {
+		return httpapi.BadRequest("reason: required: say why the device is revoked (the audit trail and step-ca keep it)", nil)
 	}
 	v, err := s.reg.Revoke(r.Context(), sn, req.Reason, id)
 	if err != nil {

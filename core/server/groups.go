@@ -31,6 +31,16 @@ func (s *Server) group(w http.ResponseWriter, r *http.Request, _ pki.Identity) e
 	if err != nil {
 		return err
 	}
+	// A group's answer is its name, version and data: the version is a
+	// strong validator of all of it.
+	w.Header().Set("ETag", coreapi.IfMatch(g.Version))
+	w.Header().Set("Cache-Control", "private, no-cache")
+	if res, err := httpapi.Preconditions(r, coreapi.IfMatch(g.Version)); err != nil || res == httpapi.NotModified {
+		if err == nil {
+			httpapi.WriteNotModified(w)
+		}
+		return err
+	}
 	return writeGroup(w, g)
 }
 
@@ -39,21 +49,25 @@ func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Ide
 	if err != nil {
 		return err
 	}
-	want, c, err := change(w, r)
+	if err := requireIfMatch(r); err != nil {
+		return err
+	}
+	g, err := s.reg.Group(name)
 	if err != nil {
 		return err
 	}
-	g, err := s.reg.SetGroupData(name, want, c, id)
-	if err != nil {
+	// The store changes the group only if it is still at this version.
+	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(g.Version)); err != nil {
+		return err
+	}
+	var c coreapi.DataChange
+	if err := decode(w, r, &c); err != nil {
+		return err
+	}
+	if g, err = s.reg.SetGroupData(name, g.Version, c, id); err != nil {
 		return err
 	}
 	return writeGroup(w, g)
-}
-
-// writeGroup answers with a group and its version as the ETag.
-func writeGroup(w http.ResponseWriter, g *store.Group) error {
-	w.Header().Set("ETag", coreapi.IfMatch(g.Version))
-	return httpapi.WriteJSON(w, http.StatusOK, coreapi.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
 }
 
 func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
@@ -70,4 +84,10 @@ func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identi
 		return err
 	}
 	return writeEvents(w, events)
+}
+
+// writeGroup answers with a group and its version as the ETag.
+func writeGroup(w http.ResponseWriter, g *store.Group) error {
+	w.Header().Set("ETag", coreapi.IfMatch(g.Version))
+	return httpapi.WriteJSON(w, http.StatusOK, coreapi.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
 }

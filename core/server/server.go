@@ -104,9 +104,9 @@ func TLSConfig(kp *pki.KeyPair, bundle *pki.TrustBundle, checkRevoked func(*x509
 // routes that need no certificate.
 type handler func(w http.ResponseWriter, r *http.Request, id pki.Identity) error
 
-// routes registers every route of coreapi's table; a route without a
-// handler, or a handler without a route, is a programming error found by
-// the first test that starts a server.
+// routes registers every route of coreapi's table, each behind its
+// authorization; a route without a handler, or a handler without a route,
+// is a programming error found by the first test that starts a server.
 func (s *Server) routes(metrics http.Handler) *mux.Router {
 	handlers := map[string]handler{
 		coreapi.RouteRegister.Name:      s.register,
@@ -129,17 +129,14 @@ func (s *Server) routes(metrics http.Handler) *mux.Router {
 			return nil
 		},
 	}
-	rt := s.edge.Router()
+	wrapped := make(map[string]httpapi.HandlerFunc, len(handlers))
 	for _, route := range coreapi.Routes {
-		h, ok := handlers[route.Name]
-		if !ok {
-			panic(fmt.Sprintf("core/server: no handler for route %s", route.Name))
+		if h, ok := handlers[route.Name]; ok {
+			wrapped[route.Name] = s.authorize(route, h)
 		}
-		delete(handlers, route.Name)
-		rt.Handle(route.Path, s.edge.Handle(route.Name, s.authorize(route, h))).Methods(route.Method)
 	}
-	if len(handlers) > 0 {
-		panic(fmt.Sprintf("core/server: handlers without a route: %v", handlers))
+	if len(wrapped) != len(handlers) {
+		panic(fmt.Sprintf("core/server: %d handlers without a route", len(handlers)-len(wrapped)))
 	}
-	return rt
+	return s.edge.Router(coreapi.Routes, wrapped)
 }

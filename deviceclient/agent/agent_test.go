@@ -156,6 +156,39 @@ func TestUpdateFromCore(t *testing.T) {
 	}
 }
 
+// Issue 14: a device's first update after enrolling sent no
+// If-None-Match, so it downloaded the bundle it had just been given. Now
+// it sends the tag of what it has, and a real core answers 304.
+func TestFirstUpdateAfterEnrollingIsNotModified(t *testing.T) {
+	f := newFleet(t, "")
+	st, _ := f.enroll(t, "1813BBBK0101")
+	if st.Status().ETag != "" {
+		t.Fatalf("enrollment left an ETag: the test shows nothing")
+	}
+	a := newAgent(t, st, agent.Options{})
+	if res, err := a.Update(ctx); err != nil || res != nil {
+		t.Fatalf("first update: %+v %v, want nothing new (304)", res, err)
+	}
+	resp, err := f.core.HTTP(t, nil).Get(f.core.URL + coreapi.RouteMetrics.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = resp.Body.Close() }()
+	metrics, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The proxy fetched the first bundle (2xx); the device only asked.
+	for _, line := range []string{`prov_core_requests_total{route="bundle",status="3xx"} 1`, `prov_core_requests_total{route="bundle",status="2xx"} 1`} {
+		if !strings.Contains(string(metrics), line) {
+			t.Errorf("core's metrics lack %s:\n%s", line, metrics)
+		}
+	}
+	if s := st.Status(); s.ETag == "" || s.LastCheck.IsZero() {
+		t.Errorf("status after the 304: %+v", s)
+	}
+}
+
 // fakeCore serves core's identity and whatever bundle body the test
 // wants, to feed the device what a broken or hostile core would.
 func fakeCore(t *testing.T, c *catest.CA, body func(w http.ResponseWriter)) string {

@@ -17,18 +17,16 @@ import (
 // newer. The download is bounded in size (install.MaxBundleSize) and time
 // (DownloadTimeout).
 func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
-	etag := ""
-	if _, ok, err := a.st.Pointer(state.Current); err != nil {
+	etag, err := a.currentETag()
+	if err != nil {
 		return nil, a.fail(err)
-	} else if ok {
-		etag = a.st.Status().ETag
 	}
 	ctx, cancel := context.WithTimeout(ctx, a.o.DownloadTimeout)
 	defer cancel()
 	body, tag, err := a.core.Bundle(ctx, a.dev.Serial, etag)
 	now := a.now().UTC()
 	if errors.Is(err, coreapi.ErrNotModified) {
-		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.LastError = now, "" })
+		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.ETag, s.LastError = now, tag, "" })
 	}
 	if err != nil {
 		return nil, a.fail(fmt.Errorf("fetch the bundle from %s: %w", a.dev.CoreURL, err))
@@ -56,6 +54,26 @@ func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
 		}
 	}
 	return res, nil
+}
+
+// currentETag is the entity tag of the bundle the device has, for
+// If-None-Match: the one core last sent, or, when there is none (the
+// first update after enrolling, whose bundle came through the proxy, or
+// after a fallback), the one core gives that bundle, made from its
+// generation and digest, so that core answers 304 instead of sending the
+// same bundle again. None without a current image.
+func (a *Agent) currentETag() (string, error) {
+	cur, ok, err := a.st.Pointer(state.Current)
+	if err != nil || !ok {
+		return "", err
+	}
+	if etag := a.st.Status().ETag; etag != "" {
+		return etag, nil
+	}
+	if gen, sha16, ok := cur.Version(); ok {
+		return coreapi.ETag(gen, sha16), nil
+	}
+	return "", nil
 }
 
 // remount mounts the current image if an older one is mounted.

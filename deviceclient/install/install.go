@@ -118,7 +118,7 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 		return nil, refused(err)
 	}
 	o.step("written")
-	name := fmt.Sprintf("%020d-%s.bundle", v.Generation, v.SHA256[:16])
+	name := state.ImageName(v.Generation, v.SHA256)
 	res := &Result{Verified: *v, Name: name}
 	cur, hasCur, err := st.Pointer(state.Current)
 	if err != nil {

@@ -26,6 +26,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -239,6 +240,29 @@ func (d *Dir) Leaf() (*x509.Certificate, error) {
 type Image struct {
 	Name string // file name in images/
 	Path string
+}
+
+// ImageName is the file name in images/ of the bundle of generation whose
+// image has SHA-256 sha256 (hex): the generation zero-padded, so that
+// names sort as generations do, and the digest's first 16 hex digits.
+func ImageName(generation uint64, sha256 string) string {
+	return fmt.Sprintf("%020d-%s.bundle", generation, sha256[:16])
+}
+
+// Version is what an image's name (ImageName) says: its generation and
+// the first 16 hex digits of its image's digest, which is what core's
+// ETag of that bundle holds too. ok is false for a name ImageName did not
+// make.
+func (i Image) Version() (generation uint64, sha16 string, ok bool) {
+	gen, sha, found := strings.Cut(strings.TrimSuffix(i.Name, ".bundle"), "-")
+	if !found || len(gen) != 20 || len(sha) != 16 || strings.Trim(sha, "0123456789abcdef") != "" {
+		return 0, "", false
+	}
+	g, err := strconv.ParseUint(gen, 10, 64)
+	if err != nil {
+		return 0, "", false
+	}
+	return g, sha, true
 }
 
 // Pointer reads the current or previous pointer; ok is false when unset.

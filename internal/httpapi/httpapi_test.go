@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -105,10 +106,18 @@ func TestDecodeJSON(t *testing.T) {
 		msg    string
 	}{
 		{`{"name":"a"}`, 0, ""},
-		{`{"name":"a","x":1}`, 400, "unknown field"},
-		{`{"name":"a"} {}`, 400, "after the JSON"},
-		{`{"name":`, 400, "not the expected JSON"},
-		{`{"name":"` + strings.Repeat("a", 100) + `"}`, 413, "over 64 bytes"},
+		{` {"name":"a"} ` + "\n", 0, ""},
+		{`{"name":"a","x":1}`, 400, `"x": not a field of this request (its fields: name;`},
+		{`{"Name":"a"}`, 400, `"Name": not a field`},
+		{`{"name":"a","name":"b"}`, 400, "name: given more than once"},
+		{`{"name":1}`, 400, "name: want a string, not a JSON number"},
+		{`["name"]`, 400, "want a JSON object"},
+		{``, 400, "empty"},
+		{`{"name":"a"} {}`, 400, "data after the JSON object (at byte 14)"},
+		{`{"name":`, 400, "ends too soon"},
+		{`{"name":"a"`, 400, "ends too soon"},
+		{`{"name" "a"}`, 400, "not valid JSON at byte"},
+		{`{"name":"` + strings.Repeat("a", 100) + `"}`, 413, "over the limit of 64 bytes"},
 	} {
 		w := httptest.NewRecorder()
 		var v req
@@ -126,17 +135,137 @@ func TestDecodeJSON(t *testing.T) {
 func TestRouterAnswersJSON(t *testing.T) {
 	var log bytes.Buffer
 	e, _ := edge(&log)
-	rt := e.Router()
-	rt.Handle("/x", e.Handle("x", func(w http.ResponseWriter, _ *http.Request) error {
-		return httpapi.WriteJSON(w, http.StatusOK, map[string]int{"n": 1})
-	})).Methods(http.MethodGet)
-	if w, _ := serve(rt, "GET", "/x", ""); w.Code != 200 || w.Header().Get("X-Content-Type-Options") != "nosniff" {
-		t.Errorf("GET /x: %d %v", w.Code, w.Header())
+	routes := []coreapi.Route{
+		{Name: "get_x", Method: http.MethodGet, Path: "/x/{id}"},
+		{Name: "patch_x", Method: http.MethodPatch, Path: "/x/{id}"},
+		{Name: "post_y", Method: http.MethodPost, Path: "/y"},
 	}
-	if w, body := serve(rt, "POST", "/x", ""); w.Code != 405 || body.Code != coreapi.CodeMethodNotAllowed {
-		t.Errorf("POST /x: %d %+v", w.Code, body)
+	rt := e.Router(routes, map[string]httpapi.HandlerFunc{
+		"get_x": func(w http.ResponseWriter, _ *http.Request) error {
+			w.Header().Set("ETag", `"1"`)
+			return httpapi.WriteJSON(w, http.StatusOK, map[string]int{"n": 1})
+		},
+		"patch_x": func(w http.ResponseWriter, _ *http.Request) error { return httpapi.WriteJSON(w, http.StatusOK, nil) },
+		"post_y":  func(w http.ResponseWriter, _ *http.Request) error { return httpapi.WriteJSON(w, http.StatusOK, nil) },
+	})
+	get, _ := serve(rt, "GET", "/x/1", "")
+	if get.Code != 200 || get.Header().Get("X-Content-Type-Options") != "nosniff" || get.Header().Get("Content-Length") != strconv.Itoa(get.Body.Len()) {
+		t.Errorf("GET /x/1: %d %v", get.Code, get.Header())
 	}
-	if w, body := serve(rt, "GET", "/y", ""); w.Code != 404 || body.Code != coreapi.CodeNotFound {
-		t.Errorf("GET /y: %d %+v", w.Code, body)
+	// HEAD wherever GET is served: the same status and fields, no body.
+	if w, _ := serve(rt, "HEAD", "/x/1", ""); w.Code != 200 || w.Body.Len() != 0 || w.Header().Get("ETag") != `"1"` ||
+		w.Header().Get("Content-Length") != get.Header().Get("Content-Length") {
+		t.Errorf("HEAD /x/1: %d %v %q", w.Code, w.Header(), w.Body.String())
 	}
+	// 405 with Allow listing the path's methods, in the error body.
+	for _, tc := range []struct{ method, path, allow string }{
+		{"POST", "/x/1", "GET, HEAD, PATCH"}, {"DELETE", "/x/1", "GET, HEAD, PATCH"}, {"OPTIONS", "/x/1", "GET, HEAD, PATCH"},
+		{"GET", "/y", "POST"}, {"HEAD", "/y", "POST"},
+	} {
+		w, body := serve(rt, tc.method, tc.path, "")
+		if w.Code != 405 || w.Header().Get("Allow") != tc.allow || (tc.method != "HEAD" && body.Code != coreapi.CodeMethodNotAllowed) {
+			t.Errorf("%s %s: %d Allow %q %+v", tc.method, tc.path, w.Code, w.Header().Get("Allow"), body)
+		}
+	}
+	if w, body := serve(rt, "GET", "/z", ""); w.Code != 404 || body.Code != coreapi.CodeNotFound || w.Header().Get("Content-Type") != coreapi.MediaTypeJSON {
+		t.Errorf("GET /z: %d %+v", w.Code, body)
+	}
+}
+
+func TestRouterRefusesAMissingHandler(t *testing.T) {
+	var log bytes.Buffer
+	e, _ := edge(&log)
+	for name, handlers := range map[string]map[string]httpapi.HandlerFunc{
+		"a route without a handler": {},
+		"a handler without a route": {"r": nil, "extra": nil},
+	} {
+		func() {
+			defer func() {
+				if recover() == nil {
+					t.Errorf("%s: no panic", name)
+				}
+			}()
+			e.Router([]coreapi.Route{{Name: "r", Method: "GET", Path: "/r"}}, handlers)
+		}()
+	}
+}
+
+// Issue 14: If-None-Match with a weak tag, a list or * gave 200; If-Match:
+// * gave 400. RFC 9110 §13.1.1, §13.1.2, §13.2.2, §8.8.3.2.
+func TestPreconditions(t *testing.T) {
+	const cur = `"7-abc"`
+	for _, tc := range []struct {
+		name, method string
+		header       []string
+		current      []string
+		res          int
+		status       int // of the error, 0 for none
+	}{
+		{"no condition", "GET", nil, []string{cur}, httpapi.Proceed, 0},
+		{"If-None-Match the current tag", "GET", []string{"If-None-Match", cur}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match another tag", "GET", []string{"If-None-Match", `"6-abc"`}, []string{cur}, httpapi.Proceed, 0},
+		{"If-None-Match weak: weak comparison", "GET", []string{"If-None-Match", `W/"7-abc"`}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match a list", "GET", []string{"If-None-Match", `"1", W/"2" ,, "7-abc"`}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match over two field lines", "GET", []string{"If-None-Match", `"1"`, "If-None-Match", cur}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match a comma inside a tag", "GET", []string{"If-None-Match", `"7-abc,x"`}, []string{cur}, httpapi.Proceed, 0},
+		{"If-None-Match *", "GET", []string{"If-None-Match", "*"}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match * on HEAD", "HEAD", []string{"If-None-Match", "*"}, []string{cur}, httpapi.NotModified, 0},
+		{"If-None-Match * with nothing there", "GET", []string{"If-None-Match", "*"}, nil, httpapi.Proceed, 0},
+		{"If-None-Match matching on a change", "PATCH", []string{"If-None-Match", "*"}, []string{cur}, 0, 412},
+		{"If-Match *", "PATCH", []string{"If-Match", "*"}, []string{cur}, httpapi.Proceed, 0},
+		{"If-Match * with nothing there", "PATCH", []string{"If-Match", "*"}, nil, 0, 412},
+		{"If-Match the current tag", "PATCH", []string{"If-Match", cur}, []string{cur}, httpapi.Proceed, 0},
+		{"If-Match a list", "PATCH", []string{"If-Match", `"1", "7-abc"`}, []string{cur}, httpapi.Proceed, 0},
+		{"If-Match another spelling of the version", "PATCH", []string{"If-Match", `"7"`}, []string{cur, `"7"`}, httpapi.Proceed, 0},
+		{"If-Match weak: strong comparison fails", "PATCH", []string{"If-Match", `W/"7-abc"`}, []string{cur}, 0, 412},
+		{"If-Match stale", "PATCH", []string{"If-Match", `"6-abc"`}, []string{cur}, 0, 412},
+		{"If-Match first: a false one is 412 before If-None-Match", "GET", []string{"If-Match", `"6"`, "If-None-Match", cur}, []string{cur}, 0, 412},
+		{"unquoted", "PATCH", []string{"If-Match", "7"}, []string{cur}, 0, 400},
+		{"no closing quote", "GET", []string{"If-None-Match", `"7`}, []string{cur}, 0, 400},
+		{"* in a list", "GET", []string{"If-None-Match", `*, "7"`}, []string{cur}, 0, 400},
+		{"a space inside", "GET", []string{"If-None-Match", `"7 abc"`}, []string{cur}, 0, 400},
+		{"two tags without a comma", "GET", []string{"If-None-Match", `"1" "2"`}, []string{cur}, 0, 400},
+		{"only commas", "GET", []string{"If-None-Match", ` , ,`}, []string{cur}, 0, 400},
+		{"lower-case w/", "GET", []string{"If-None-Match", `w/"7-abc"`}, []string{cur}, 0, 400},
+	} {
+		r := httptest.NewRequest(tc.method, "/", nil)
+		for i := 0; i+1 < len(tc.header); i += 2 {
+			r.Header.Add(tc.header[i], tc.header[i+1])
+		}
+		res, err := httpapi.Preconditions(r, tc.current...)
+		var he *httpapi.Error
+		switch {
+		case tc.status == 0 && (err != nil || res != tc.res):
+			t.Errorf("%s: %d %v, want %d", tc.name, res, err, tc.res)
+		case tc.status != 0 && (!errors.As(err, &he) || he.Status != tc.status):
+			t.Errorf("%s: %d %v, want a %d", tc.name, res, err, tc.status)
+		case tc.status == 400 && !strings.Contains(he.Message, tc.header[0]):
+			t.Errorf("%s: %q does not name the field", tc.name, he.Message)
+		case tc.status == 412 && he.Code != coreapi.CodeVersionConflict:
+			t.Errorf("%s: code %s", tc.name, he.Code)
+		}
+	}
+}
+
+// FuzzPreconditions: any field value is evaluated or refused with a 400,
+// never a panic; a list holding the current tag always matches.
+func FuzzPreconditions(f *testing.F) {
+	for _, s := range []string{`"1"`, `W/"1", "2"`, "*", `"a,b"`, `,`, `W/`, "\"\x80\"", `"`} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, h string) {
+		r := httptest.NewRequest("GET", "/", nil)
+		r.Header.Set("If-None-Match", h)
+		_, err := httpapi.Preconditions(r, `"cur"`)
+		var he *httpapi.Error
+		if err != nil && (!errors.As(err, &he) || he.Status != 400) {
+			t.Fatalf("%q: %v", h, err)
+		}
+		if err == nil && strings.TrimSpace(h) != "*" {
+			r.Header.Set("If-None-Match", h+`, "cur"`)
+			if res, err := httpapi.Preconditions(r, `"cur"`); err != nil || res != httpapi.NotModified {
+				t.Fatalf("%q with the current tag added: %d %v", h, res, err)
+			}
+		}
+	})
 }

@@ -118,14 +118,7 @@ func New(e Enroller, line Line, m *Metrics, log *slog.Logger, o Options) *Server
 			return nil
 		}),
 	}
-	s.router = s.edge.Router()
-	for _, route := range enrollapi.Routes {
-		h, ok := handlers[route.Name]
-		if !ok {
-			panic(fmt.Sprintf("proxy/server: no handler for route %s", route.Name))
-		}
-		s.router.Handle(route.Path, s.edge.Handle(route.Name, h)).Methods(route.Method)
-	}
+	s.router = s.edge.Router(enrollapi.Routes, handlers)
 	return s
 }
 
@@ -169,8 +162,19 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 	}
 	var req enrollapi.EnrollRequest
 	if err := httpapi.DecodeJSON(w, r, &req, enrollapi.MaxRequestBody); err != nil {
-		// Recorded too, and the network and rate rules still come first.
-		return s.enroller.Reject(src, "the body is not an enrollment request (JSON with board, hardwareId and csr)")
+		// Recorded too, and the network and rate rules still come first;
+		// past them, the answer is the decode error itself: 413 naming the
+		// limit, or 400 naming the member or the rule.
+		var bad *httpapi.Error
+		if !errors.As(err, &bad) {
+			return err
+		}
+		rerr := s.enroller.Reject(src, bad.Message)
+		var reason *enroll.BadRequest
+		if errors.As(rerr, &reason) {
+			return bad
+		}
+		return rerr
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.Timeout)
 	defer cancel()

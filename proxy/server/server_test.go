@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,6 +32,8 @@ type enroller struct {
 	got     []enrollapi.EnrollRequest
 	sources []netip.Addr
 	rejects []string
+	// rejectErr, if set, is Reject's answer: a rule that comes first.
+	rejectErr error
 }
 
 func (e *enroller) Enroll(_ context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error) {
@@ -47,6 +50,9 @@ func (e *enroller) Reject(source netip.Addr, reason string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.sources, e.rejects = append(e.sources, source), append(e.rejects, reason)
+	if e.rejectErr != nil {
+		return e.rejectErr
+	}
 	return &enroll.BadRequest{Reason: reason}
 }
 
@@ -72,7 +78,7 @@ func doFrom(t *testing.T, s http.Handler, remote, method, path, body string) (*h
 	w := httptest.NewRecorder()
 	s.ServeHTTP(w, r)
 	var e coreapi.Error
-	if w.Code >= 400 {
+	if w.Code >= 400 && (method != http.MethodHead || w.Body.Len() > 0) {
 		if err := json.Unmarshal(w.Body.Bytes(), &e); err != nil || e.Code == "" || e.Message == "" {
 			t.Fatalf("%s %s: %d with a body that is not the error shape: %q", method, path, w.Code, w.Body.String())
 		}
@@ -116,15 +122,35 @@ func TestEnrollAnswers(t *testing.T) {
 		}
 	}
 	// A body that is not an enrollment request goes to Reject, which
-	// records it and applies the network and rate rules first.
-	for _, bad := range []string{"", "not json", `{"board":"rpi4"}{"x":1}`, `{"board":"rpi4","extra":1}`, `{"board":"` + strings.Repeat("a", enrollapi.MaxRequestBody) + `"}`} {
-		w, ae := do(t, s, "POST", "/v1/enroll", bad)
-		if w.Code != 400 || ae.Code != coreapi.CodeBadRequest {
-			t.Errorf("body %.30q: %d %+v", bad, w.Code, ae)
+	// records it and applies the network and rate rules first; the answer
+	// names the member, the rule or the limit (issue 14: one generic 400).
+	for _, tc := range []struct {
+		body   string
+		status int
+		code   coreapi.ErrorCode
+		names  string
+	}{
+		{"", 400, coreapi.CodeBadRequest, "empty"},
+		{"not json", 400, coreapi.CodeBadRequest, "not valid JSON at byte 2"},
+		{`{"board":"rpi4"}{"x":1}`, 400, coreapi.CodeBadRequest, "data after the JSON object"},
+		{`{"board":"rpi4","extra":1}`, 400, coreapi.CodeBadRequest, `"extra": not a field of this request (its fields: board, hardwareId, csr`},
+		{`{"BOARD":"rpi4"}`, 400, coreapi.CodeBadRequest, `"BOARD": not a field`},
+		{`{"csr":"a","csr":"b"}`, 400, coreapi.CodeBadRequest, "csr: given more than once"},
+		{`{"hardwareId":["1"]}`, 400, coreapi.CodeBadRequest, "hardwareId: want a string, not a JSON array"},
+		{`{"board":"` + strings.Repeat("a", enrollapi.MaxRequestBody) + `"}`, 413, coreapi.CodeTooLarge, "over the limit of 65536 bytes"},
+	} {
+		w, ae := do(t, s, "POST", "/v1/enroll", tc.body)
+		if w.Code != tc.status || ae.Code != tc.code || !strings.Contains(ae.Message, tc.names) {
+			t.Errorf("body %.30q: %d %+v, want %d %s naming %q", tc.body, w.Code, ae, tc.status, tc.code, tc.names)
 		}
 	}
-	if len(e.rejects) != 5 {
-		t.Errorf("rejects recorded: %d", len(e.rejects))
+	if len(e.rejects) != 8 || !strings.Contains(e.rejects[3], `"extra"`) {
+		t.Errorf("rejects recorded: %q", e.rejects)
+	}
+	// The network and rate rules still come first.
+	e.rejectErr = &vouch.Refusal{Rule: enrollapi.RuleRate, Reason: "slow down", RetryAfter: 2}
+	if w, ae := do(t, s, "POST", "/v1/enroll", "not json"); w.Code != 429 || ae.Code != enrollapi.RuleRate.Code() {
+		t.Errorf("a bad body over the rate: %d %+v", w.Code, ae)
 	}
 }
 
@@ -208,5 +234,39 @@ func TestStatusAndMetricsOnlyForViewers(t *testing.T) {
 	none := server.New(&enroller{}, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: func() error { return nil }, Timeout: time.Second})
 	if w, _ := do(t, none, "GET", "/", ""); w.Code != http.StatusForbidden {
 		t.Errorf("with no networks: %d", w.Code)
+	}
+}
+
+// Issue 14: the proxy had no HEAD and no Allow. From the route table, so
+// that a new route is covered without a new test: every method a path does
+// not serve is 405 with Allow and the JSON error body; HEAD is GET without
+// the body; unknown paths are the JSON 404.
+func TestEveryRoute(t *testing.T) {
+	s := newServer(t, &enroller{}, status.New(), func() error { return nil })
+	for _, route := range enrollapi.Routes {
+		allowed := coreapi.Methods(enrollapi.Routes, route.Path)
+		for _, m := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
+			if slices.Contains(allowed, m) {
+				continue
+			}
+			w, ae := do(t, s, m, route.Path, "")
+			if w.Code != http.StatusMethodNotAllowed || w.Header().Get("Allow") != strings.Join(allowed, ", ") ||
+				ae.Code != coreapi.CodeMethodNotAllowed || w.Header().Get("Content-Type") != coreapi.MediaTypeJSON {
+				t.Errorf("%s %s: %d Allow %q %+v", m, route.Path, w.Code, w.Header().Get("Allow"), ae)
+			}
+		}
+		if route.Method != http.MethodGet {
+			continue
+		}
+		get, _ := do(t, s, "GET", route.Path, "")
+		head, _ := do(t, s, "HEAD", route.Path, "")
+		if get.Code != http.StatusOK || head.Code != get.Code || head.Body.Len() != 0 || head.Header().Get("Content-Type") != get.Header().Get("Content-Type") {
+			t.Errorf("%s: GET %d %q, HEAD %d %q with %d bytes", route.Path, get.Code, get.Header().Get("Content-Type"), head.Code, head.Header().Get("Content-Type"), head.Body.Len())
+		}
+	}
+	for _, path := range []string{"/status", "/v1", "/v1/enroll/x", "/healthz/"} {
+		if w, ae := do(t, s, "GET", path, ""); w.Code != http.StatusNotFound || ae.Code != coreapi.CodeNotFound || w.Header().Get("Content-Type") != coreapi.MediaTypeJSON {
+			t.Errorf("GET %s: %d %+v", path, w.Code, ae)
+		}
 	}
 }

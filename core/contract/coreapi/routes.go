@@ -3,6 +3,7 @@ package coreapi
 import (
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 
 	"github.com/fleetprov/prov/pki"
@@ -20,6 +21,10 @@ type Route struct {
 	// Roles whose certificates may use the route; none means no
 	// certificate is needed (health and metrics).
 	Roles []pki.Role
+	// Versioned routes have a version: a GET answers with its ETag and
+	// honours If-None-Match (304), a change requires If-Match (428
+	// without, 412 when it does not match). RFC 9110 §13.
+	Versioned bool
 }
 
 // Path variables.
@@ -34,25 +39,31 @@ var (
 	anyone []pki.Role
 )
 
+// Whether a route has a version (Route.Versioned).
+const (
+	versioned   = true
+	unversioned = false
+)
+
 // The routes. A device reaches only its own record and bundle: any other
 // serial is 404, the same as one that does not exist.
 var (
-	RouteRegister      = Route{"register", http.MethodPost, "/v1/devices", proxy}
-	RouteRecordIssued  = Route{"record_issued", http.MethodPost, "/v1/devices/{serial}/certificates", proxy}
-	RouteListDevices   = Route{"list", http.MethodGet, "/v1/devices", admin}
-	RouteDevice        = Route{"device", http.MethodGet, "/v1/devices/{serial}", []pki.Role{pki.RoleAdmin, pki.RoleDevice}}
-	RouteBundle        = Route{"bundle", http.MethodGet, "/v1/devices/{serial}/bundle", []pki.Role{pki.RoleDevice, pki.RoleProxy}}
-	RouteSetDeviceData = Route{"set_device_data", http.MethodPatch, "/v1/devices/{serial}/data", admin}
-	RouteReprovision   = Route{"reprovision", http.MethodPost, "/v1/devices/{serial}/reprovision", admin}
-	RouteRevoke        = Route{"revoke", http.MethodPost, "/v1/devices/{serial}/revoke", admin}
-	RouteDeviceAudit   = Route{"device_audit", http.MethodGet, "/v1/devices/{serial}/audit", admin}
-	RouteGroup         = Route{"group", http.MethodGet, "/v1/groups/{group}", admin}
-	RouteSetGroupData  = Route{"set_group_data", http.MethodPatch, "/v1/groups/{group}/data", admin}
-	RouteGroupAudit    = Route{"group_audit", http.MethodGet, "/v1/groups/{group}/audit", admin}
-	RouteBackup        = Route{"backup", http.MethodGet, "/v1/backup", admin}
-	RouteHealthz       = Route{"healthz", http.MethodGet, "/healthz", anyone}
-	RouteReadyz        = Route{"readyz", http.MethodGet, "/readyz", anyone}
-	RouteMetrics       = Route{"metrics", http.MethodGet, "/metrics", anyone}
+	RouteRegister      = Route{"register", http.MethodPost, "/v1/devices", proxy, unversioned}
+	RouteRecordIssued  = Route{"record_issued", http.MethodPost, "/v1/devices/{serial}/certificates", proxy, unversioned}
+	RouteListDevices   = Route{"list", http.MethodGet, "/v1/devices", admin, unversioned}
+	RouteDevice        = Route{"device", http.MethodGet, "/v1/devices/{serial}", []pki.Role{pki.RoleAdmin, pki.RoleDevice}, versioned}
+	RouteBundle        = Route{"bundle", http.MethodGet, "/v1/devices/{serial}/bundle", []pki.Role{pki.RoleDevice, pki.RoleProxy}, versioned}
+	RouteSetDeviceData = Route{"set_device_data", http.MethodPatch, "/v1/devices/{serial}/data", admin, versioned}
+	RouteReprovision   = Route{"reprovision", http.MethodPost, "/v1/devices/{serial}/reprovision", admin, unversioned}
+	RouteRevoke        = Route{"revoke", http.MethodPost, "/v1/devices/{serial}/revoke", admin, unversioned}
+	RouteDeviceAudit   = Route{"device_audit", http.MethodGet, "/v1/devices/{serial}/audit", admin, unversioned}
+	RouteGroup         = Route{"group", http.MethodGet, "/v1/groups/{group}", admin, versioned}
+	RouteSetGroupData  = Route{"set_group_data", http.MethodPatch, "/v1/groups/{group}/data", admin, versioned}
+	RouteGroupAudit    = Route{"group_audit", http.MethodGet, "/v1/groups/{group}/audit", admin, unversioned}
+	RouteBackup        = Route{"backup", http.MethodGet, "/v1/backup", admin, unversioned}
+	RouteHealthz       = Route{"healthz", http.MethodGet, "/healthz", anyone, unversioned}
+	RouteReadyz        = Route{"readyz", http.MethodGet, "/readyz", anyone, unversioned}
+	RouteMetrics       = Route{"metrics", http.MethodGet, "/metrics", anyone, unversioned}
 )
 
 // Routes is every route of core's API.
@@ -92,6 +103,23 @@ func (r Route) Allows(role pki.Role) bool {
 		}
 	}
 	return false
+}
+
+// Methods are the methods a path of routes answers (Route.Path, a
+// pattern), sorted, with HEAD wherever GET is served: what a 405's Allow
+// header lists (RFC 9110 §10.2.1).
+func Methods(routes []Route, path string) []string {
+	var m []string
+	for _, r := range routes {
+		if r.Path == path && !slices.Contains(m, r.Method) {
+			m = append(m, r.Method)
+			if r.Method == http.MethodGet && !slices.Contains(m, http.MethodHead) {
+				m = append(m, http.MethodHead)
+			}
+		}
+	}
+	slices.Sort(m)
+	return m
 }
 
 // Public says whether the route needs no certificate.
