@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fleetprov/prov/internal/untrusted"
 )
@@ -200,8 +201,9 @@ func ValidateName(s string) error {
 // ValidateTrustDomain checks a trust domain: a lower-case DNS name of at most
 // 253 characters.
 func ValidateTrustDomain(s string) error {
-	if len(s) == 0 || len(s) > 253 {
-		return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name of 1-253 characters", ErrMalformedIdentity, untrusted.Short(s))
+	// Counted in characters, as said (a DNS name is ASCII: as many bytes).
+	if n := utf8.RuneCountInString(s); n == 0 || n > 253 {
+		return fmt.Errorf("%w: trust domain %q: %d characters, want a lower-case DNS name of 1 to 253", ErrMalformedIdentity, untrusted.Short(s), n)
 	}
 	for _, label := range strings.Split(s, ".") {
 		if !isLabel(label) {

@@ -21,3 +21,18 @@ func Short(s string) string {
 	}
 	return s[:cut] + "..."
 }
+
+// BadChar is the position of the first character of s that ok refuses,
+// counted from 1 in characters (runes, the unit a message about it
+// states), or 0 if ok accepts them all. A byte that is not UTF-8 is one
+// character, utf8.RuneError, which ok should refuse.
+func BadChar(s string, ok func(rune) bool) int {
+	i := 0
+	for _, c := range s {
+		i++
+		if !ok(c) {
+			return i
+		}
+	}
+	return 0
+}

@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fleetprov/prov/internal/untrusted"
 )
@@ -196,15 +197,20 @@ func checkComponents(p string) error {
 	return nil
 }
 
-// CheckHostname accepts a lower-case host name label of 1 to 63 characters.
+// CheckHostname accepts a lower-case host name label of 1 to 63
+// characters. Lengths are counted in characters (runes), the unit the
+// message states; only ASCII is accepted, so an accepted name has as many
+// bytes.
 func CheckHostname(s string) error {
-	if len(s) == 0 || len(s) > MaxHostnameLen || s[0] == '-' || s[len(s)-1] == '-' {
-		return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-', not starting or ending with '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
+	const want = "a-z, 0-9 and '-', not starting or ending with '-'"
+	if n := utf8.RuneCountInString(s); n == 0 || n > MaxHostnameLen {
+		return fmt.Errorf("%w: hostname %q: %d characters, want 1 to %d of %s", ErrBadValue, untrusted.Short(s), n, MaxHostnameLen, want)
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
-		}
+	if s[0] == '-' || s[len(s)-1] == '-' {
+		return fmt.Errorf("%w: hostname %q: want %s", ErrBadValue, untrusted.Short(s), want)
+	}
+	if i := untrusted.BadChar(s, func(c rune) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' }); i > 0 {
+		return fmt.Errorf("%w: hostname %q: character %d is not one of %s", ErrBadValue, untrusted.Short(s), i, want)
 	}
 	return nil
 }
@@ -223,17 +229,18 @@ func CheckMachineID(s string) error {
 	return nil
 }
 
-// CheckMQTTID accepts an MQTT client or group ID: 1 to 128 of
-// [A-Za-z0-9._:-] (safe in a topic, a file and a log line).
+// CheckMQTTID accepts an MQTT client or group ID: 1 to 128 characters of
+// [A-Za-z0-9._:-] (safe in a topic, a file and a log line). Its length is
+// counted in characters, as the message says (only ASCII is accepted).
 func CheckMQTTID(what, s string) error {
-	if len(s) == 0 || len(s) > MaxMQTTIDLen {
-		return fmt.Errorf("%w: %s %q: want 1-%d characters", ErrBadValue, what, untrusted.Short(s), MaxMQTTIDLen)
+	const want = "A-Z, a-z, 0-9 and . _ : -"
+	if n := utf8.RuneCountInString(s); n == 0 || n > MaxMQTTIDLen {
+		return fmt.Errorf("%w: %s %q: %d characters, want 1 to %d of %s", ErrBadValue, what, untrusted.Short(s), n, MaxMQTTIDLen, want)
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != ':' && c != '-' {
-			return fmt.Errorf("%w: %s %q: want only A-Z, a-z, 0-9 and . _ : -", ErrBadValue, what, untrusted.Short(s))
-		}
+	if i := untrusted.BadChar(s, func(c rune) bool {
+		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)
+	}); i > 0 {
+		return fmt.Errorf("%w: %s %q: character %d is not one of %s", ErrBadValue, what, untrusted.Short(s), i, want)
 	}
 	return nil
 }
