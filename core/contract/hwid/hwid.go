@@ -107,7 +107,7 @@ func (id ID) Serial() string {
 func Parse(board, raw string) (ID, error) {
 	i := slices.IndexFunc(Boards, func(b Board) bool { return b.Name == board })
 	if i < 0 {
-		return ID{}, fmt.Errorf("%w %q (want one of %s)", ErrBadBoard, untrusted.Short(board), strings.Join(BoardNames(), ", "))
+		return ID{}, fmt.Errorf("%w %s (want one of %s)", ErrBadBoard, untrusted.Quote(board), strings.Join(BoardNames(), ", "))
 	}
 	if len(raw) > MaxRawLen {
 		return ID{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadHardwareID, len(raw), MaxRawLen)
@@ -118,7 +118,7 @@ func Parse(board, raw string) (ID, error) {
 	}
 	c, err := Boards[i].canonical(s)
 	if err != nil {
-		return ID{}, fmt.Errorf("%w for %s: %q: %s (%s)", ErrBadHardwareID, board, untrusted.Short(s), err.Error(), Boards[i].Describe)
+		return ID{}, fmt.Errorf("%w for %s: %s: %s (%s)", ErrBadHardwareID, board, untrusted.Quote(s), err.Error(), Boards[i].Describe)
 	}
 	return ID{Board: board, Canonical: c}, nil
 }

@@ -108,7 +108,7 @@ func (r Rules) Validate() error {
 // CheckDataPath checks the path of a mutable data file.
 func (r Rules) CheckDataPath(p string) error {
 	if err := checkComponents(p); err != nil {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
+		return fmt.Errorf("%w: %s: %w", ErrBadPath, untrusted.Quote(p), err)
 	}
 	if IsFixed(p) {
 		return fmt.Errorf("%w: %q is a fixed file of the image, not data", ErrBadPath, p)
@@ -124,7 +124,7 @@ func (r Rules) CheckDataPath(p string) error {
 // an allowed prefix.
 func (r Rules) CheckDir(p string) error {
 	if err := checkComponents(p); err != nil && p != "/" {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
+		return fmt.Errorf("%w: %s: %w", ErrBadPath, untrusted.Quote(p), err)
 	}
 	d := strings.TrimSuffix(p, "/") + "/"
 	if r.under(d) {
@@ -190,7 +190,7 @@ func checkComponents(p string) error {
 		for i := 0; i < len(name); i++ {
 			c := name[i]
 			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-				return fmt.Errorf("component %q has a character outside [A-Za-z0-9._-]", untrusted.Short(name))
+				return fmt.Errorf("component %s has a character outside [A-Za-z0-9._-]", untrusted.Quote(name))
 			}
 		}
 	}
@@ -204,13 +204,13 @@ func checkComponents(p string) error {
 func CheckHostname(s string) error {
 	const want = "a-z, 0-9 and '-', not starting or ending with '-'"
 	if n := utf8.RuneCountInString(s); n == 0 || n > MaxHostnameLen {
-		return fmt.Errorf("%w: hostname %q: %d characters, want 1 to %d of %s", ErrBadValue, untrusted.Short(s), n, MaxHostnameLen, want)
+		return fmt.Errorf("%w: hostname %s: %d characters, want 1 to %d of %s", ErrBadValue, untrusted.Quote(s), n, MaxHostnameLen, want)
 	}
 	if s[0] == '-' || s[len(s)-1] == '-' {
-		return fmt.Errorf("%w: hostname %q: want %s", ErrBadValue, untrusted.Short(s), want)
+		return fmt.Errorf("%w: hostname %s: want %s", ErrBadValue, untrusted.Quote(s), want)
 	}
 	if i := untrusted.BadChar(s, func(c rune) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' }); i > 0 {
-		return fmt.Errorf("%w: hostname %q: character %d is not one of %s", ErrBadValue, untrusted.Short(s), i, want)
+		return fmt.Errorf("%w: hostname %s: character %d is not one of %s", ErrBadValue, untrusted.Quote(s), i, want)
 	}
 	return nil
 }
@@ -235,12 +235,12 @@ func CheckMachineID(s string) error {
 func CheckMQTTID(what, s string) error {
 	const want = "A-Z, a-z, 0-9 and . _ : -"
 	if n := utf8.RuneCountInString(s); n == 0 || n > MaxMQTTIDLen {
-		return fmt.Errorf("%w: %s %q: %d characters, want 1 to %d of %s", ErrBadValue, what, untrusted.Short(s), n, MaxMQTTIDLen, want)
+		return fmt.Errorf("%w: %s %s: %d characters, want 1 to %d of %s", ErrBadValue, what, untrusted.Quote(s), n, MaxMQTTIDLen, want)
 	}
 	if i := untrusted.BadChar(s, func(c rune) bool {
 		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)
 	}); i > 0 {
-		return fmt.Errorf("%w: %s %q: character %d is not one of %s", ErrBadValue, what, untrusted.Short(s), i, want)
+		return fmt.Errorf("%w: %s %s: character %d is not one of %s", ErrBadValue, what, untrusted.Quote(s), i, want)
 	}
 	return nil
 }
