@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net/url"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fleetprov/prov/internal/untrusted"
 )
@@ -176,12 +177,12 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 // ValidateSerial checks a device serial: exactly 10 lowercase hex digits.
 func ValidateSerial(s string) error {
 	if len(s) != 10 {
-		return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Short(s))
+		return fmt.Errorf("%w: serial %s: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Quote(s))
 	}
 	for i := 0; i < len(s); i++ {
 		c := s[i]
 		if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-			return fmt.Errorf("%w: serial %q: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Short(s))
+			return fmt.Errorf("%w: serial %s: want 10 lowercase hex digits", ErrMalformedIdentity, untrusted.Quote(s))
 		}
 	}
 	return nil
@@ -192,7 +193,7 @@ func ValidateSerial(s string) error {
 // directory names, CNs and URI path segments, so nothing else is allowed.
 func ValidateName(s string) error {
 	if !isLabel(s) {
-		return fmt.Errorf("%w: name %q: want 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrMalformedIdentity, untrusted.Short(s))
+		return fmt.Errorf("%w: name %s: want 1-63 of a-z, 0-9 and '-', not starting or ending with '-'", ErrMalformedIdentity, untrusted.Quote(s))
 	}
 	return nil
 }
@@ -200,12 +201,13 @@ func ValidateName(s string) error {
 // ValidateTrustDomain checks a trust domain: a lower-case DNS name of at most
 // 253 characters.
 func ValidateTrustDomain(s string) error {
-	if len(s) == 0 || len(s) > 253 {
-		return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name of 1-253 characters", ErrMalformedIdentity, untrusted.Short(s))
+	// Counted in characters, as said (a DNS name is ASCII: as many bytes).
+	if n := utf8.RuneCountInString(s); n == 0 || n > 253 {
+		return fmt.Errorf("%w: trust domain %s: %d characters, want a lower-case DNS name of 1 to 253", ErrMalformedIdentity, untrusted.Quote(s), n)
 	}
 	for _, label := range strings.Split(s, ".") {
 		if !isLabel(label) {
-			return fmt.Errorf("%w: trust domain %q: want a lower-case DNS name such as fleet.example.com", ErrMalformedIdentity, untrusted.Short(s))
+			return fmt.Errorf("%w: trust domain %s: want a lower-case DNS name such as fleet.example.com", ErrMalformedIdentity, untrusted.Quote(s))
 		}
 	}
 	return nil

@@ -2,6 +2,7 @@ package pki_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 
 	"github.com/fleetprov/prov/pki"
@@ -134,4 +135,20 @@ func FuzzParseIdentity(f *testing.F) {
 			t.Fatalf("accepted %q which does not validate: %v", s, err)
 		}
 	})
+}
+
+// A trust domain's length is stated in characters, as counted: 100
+// Devanagari digits are 100 characters (300 bytes).
+func TestTrustDomainLength(t *testing.T) {
+	for _, tc := range []struct{ in, want string }{
+		{strings.Repeat("\u0967", 100), "want a lower-case DNS name such as"}, // not "of 1-253 characters": it has 100
+		{strings.Repeat("\u0967", 254), "254 characters, want a lower-case DNS name of 1 to 253"},
+		{strings.Repeat("a", 254), "254 characters, want a lower-case DNS name of 1 to 253"},
+		{"", "0 characters"},
+	} {
+		err := pki.ValidateTrustDomain(tc.in)
+		if !errors.Is(err, pki.ErrMalformedIdentity) || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("ValidateTrustDomain(%.12q...): %v; want %q", tc.in, err, tc.want)
+		}
+	}
 }

@@ -69,7 +69,10 @@ func writeAdminUsage(w io.Writer, name string) {
 func runAdmin(ctx context.Context, env *cmdline.Env, args []string) error {
 	a := &admin{out: printer{w: env.Stdout}}
 	fs := env.Flags()
-	fs.Usage = func() { writeAdminUsage(env.Stderr, env.Name()) }
+	fs.Usage = func() {
+		writeAdminUsage(env.Stdout, env.Name())
+		cmdline.WriteFlags(env.Stdout, fs)
+	}
 	fs.StringVar(&a.coreURL, "core", "", "core's API, https://host:port")
 	fs.StringVar(&a.identity, "identity", "", "admin identity directory (cert.pem, key.pem, root_ca.crt)")
 	fs.BoolVar(&a.out.json, "json", false, "print JSON")
@@ -82,14 +85,16 @@ func runAdmin(ctx context.Context, env *cmdline.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := cmdline.Required([2]string{"core", a.coreURL}, [2]string{"identity", a.identity}); err != nil {
-		return err
-	}
+	// The command first: "admin help" needs no --core, and an unknown
+	// command is the first thing to say.
 	cmd, _, argv, err := cmdline.Find("admin", a.commands(), positional)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.Usage()
 	}
 	if err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"core", a.coreURL}, [2]string{"identity", a.identity}); err != nil {
 		return err
 	}
 	if a.client, err = adminClient(a.coreURL, a.identity); err != nil {

@@ -94,14 +94,17 @@ func TestAdmin(t *testing.T) {
 // The admin's usage lists its commands; a command line is checked before
 // the identity is read or core is contacted.
 func TestAdminUsage(t *testing.T) {
-	code, _, errs := run("admin", "-h")
-	if code != cli.ExitUsage || !strings.HasPrefix(errs, "usage: prov-core admin --core URL --identity DIR COMMAND") {
-		t.Fatalf("admin -h: %d\n%s", code, errs)
+	code, out, errs := run("admin", "-h")
+	if code != cli.ExitOK || errs != "" || !strings.HasPrefix(out, "usage: prov-core admin --core URL --identity DIR COMMAND") {
+		t.Fatalf("admin -h: %d\n%s\n%s", code, out, errs)
 	}
 	for _, c := range []string{"list", "show", "set", "set-group", "reprovision", "revoke", "audit", "backup"} {
-		if !strings.Contains(errs, "\n  "+c+" ") {
-			t.Errorf("admin -h does not list %s:\n%s", c, errs)
+		if !strings.Contains(out, "\n  "+c+" ") {
+			t.Errorf("admin -h does not list %s:\n%s", c, out)
 		}
+	}
+	if !strings.Contains(out, "\n  -reason string\n") {
+		t.Errorf("admin -h does not list the flags:\n%s", out)
 	}
 	noIdentity := []string{"admin", "--core", "https://core.example:8443", "--identity", filepath.Join(t.TempDir(), "none")}
 	for _, tc := range []struct {
@@ -112,8 +115,11 @@ func TestAdminUsage(t *testing.T) {
 		{[]string{"frob"}, cli.ExitUsage, `unknown admin command "frob"`},
 		{[]string{"--json"}, cli.ExitUsage, "no command"},
 		{[]string{"list", "--frob"}, cli.ExitUsage, "not defined: -frob"},
-		{[]string{"help"}, cli.ExitUsage, "usage: prov-core admin"},
 		{[]string{"list"}, cli.ExitError, "--identity"},
+		// No --core or --identity needed to ask, nor to be told the command is wrong.
+		{[]string{"--core", "", "--identity", "", "help"}, cli.ExitOK, ""},
+		{[]string{"--core", "", "--identity", "", "list", "--help"}, cli.ExitOK, ""},
+		{[]string{"--core", "", "--identity", "", "frob"}, cli.ExitUsage, `unknown admin command "frob"`},
 	} {
 		code, _, errs := run(append(noIdentity, tc.args...)...)
 		if code != tc.code || !strings.Contains(errs, tc.want) {

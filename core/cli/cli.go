@@ -35,9 +35,14 @@ var program = &cmdline.Program{
 		{Name: "serve", Args: "--config FILE", Short: "run the provisioning service (API, broker, registry)",
 			Run: cmdline.Serve(config.Load, func(c *config.Config) string { return c.Log.Level },
 				func(ctx context.Context, c *config.Config, log *slog.Logger) error { return service.Run(ctx, c, log) })},
-		{Name: "admin", Args: adminArgs, Short: "list, show, set, set-group, reprovision, revoke, audit, backup (prov-core admin -h)", Run: runAdmin},
+		{Name: "admin", Args: adminArgs, Short: "list, show, set, set-group, reprovision, revoke, audit, backup (prov-core admin -h)", Run: runAdmin,
+			Own: new(admin).commands()},
 	},
 }
+
+// Program is prov-core's command line, for the test that tries every
+// command's help and usage errors.
+func Program() *cmdline.Program { return program }
 
 // Main runs prov-core with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {

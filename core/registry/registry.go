@@ -163,7 +163,7 @@ func (r *Registry) register(req coreapi.RegisterRequest, by pki.Identity) (*stor
 		req.Group = r.o.DefaultGroup
 	}
 	if !r.policy.HasGroup(req.Group) {
-		return nil, false, &BadInput{Field: "group", Reason: fmt.Sprintf("%q is not a configured group", untrusted.Short(req.Group))}
+		return nil, false, &BadInput{Field: "group", Reason: fmt.Sprintf("%s is not a configured group", untrusted.Quote(req.Group))}
 	}
 	id, err := hwid.Parse(req.Board, req.HardwareID)
 	if err != nil {

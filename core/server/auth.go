@@ -2,6 +2,7 @@ package server
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
 
 	"github.com/gorilla/mux"
@@ -35,8 +36,9 @@ func (s *Server) authorize(route coreapi.Route, h handler) httpapi.HandlerFunc {
 				return httpapi.NewError(http.StatusForbidden, coreapi.CodeForbidden, "this identity's role may not use this route", nil)
 			}
 		}
-		if wait, ok := s.limiter.allow(id, r); !ok {
-			e := httpapi.NewError(http.StatusTooManyRequests, coreapi.CodeRateLimited, "too many requests; slow down", nil)
+		if wait, lim, ok := s.limiter.allow(id, r); !ok {
+			e := httpapi.NewError(http.StatusTooManyRequests, coreapi.CodeRateLimited,
+				fmt.Sprintf("over the limit of %g requests a second (bursts of %d) per caller; retry after %d s", lim.Rate, lim.Burst, wait), nil)
 			e.RetryAfter = wait
 			return e
 		}

@@ -40,8 +40,8 @@ func newLimiter(limits map[pki.Role]Limit) *limiter {
 }
 
 // allow takes a token for the caller; when none is left it returns the
-// seconds to wait.
-func (l *limiter) allow(id pki.Identity, r *http.Request) (int, bool) {
+// seconds to wait and the limit it is over (for the refusal to name).
+func (l *limiter) allow(id pki.Identity, r *http.Request) (int, Limit, bool) {
 	key, lim := "", Limit{Rate: anonRate, Burst: anonBurst}
 	if id.IsZero() {
 		host, _, err := net.SplitHostPort(r.RemoteAddr)
@@ -75,7 +75,7 @@ func (l *limiter) allow(id pki.Identity, r *http.Request) (int, bool) {
 	res := b.l.ReserveN(now, 1)
 	if d := res.DelayFrom(now); d > 0 {
 		res.CancelAt(now)
-		return int(math.Ceil(d.Seconds())), false
+		return int(math.Ceil(d.Seconds())), lim, false
 	}
-	return 0, true
+	return 0, lim, true
 }

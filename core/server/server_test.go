@@ -505,6 +505,10 @@ func TestRateLimit(t *testing.T) {
 	}
 	a := e.do(t, e.admin, "GET", "/v1/devices", "")
 	want(t, "over the limit", a, http.StatusTooManyRequests, coreapi.CodeRateLimited)
+	// The refusal names the limit, with its values.
+	if !strings.Contains(a.err.Message, "over the limit of 0.01 requests a second (bursts of 2)") {
+		t.Errorf("a refusal for the rate as %q", a.err.Message)
+	}
 	if ra, err := strconv.Atoi(a.Header().Get("Retry-After")); err != nil || ra < 1 {
 		t.Errorf("Retry-After %q", a.Header().Get("Retry-After"))
 	}

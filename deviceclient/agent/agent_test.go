@@ -296,6 +296,10 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 			if st.Status().LastError == "" {
 				t.Fatal("the failure is not in the status")
 			}
+			// The status says "rollback", the word an operator looks for.
+			if tc.name == "rollback" && !strings.Contains(st.Status().LastError, "rollback") {
+				t.Fatalf("a rollback in the status as %q", st.Status().LastError)
+			}
 		})
 	}
 }

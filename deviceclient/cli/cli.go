@@ -71,6 +71,10 @@ has mounted disagrees with the state directory.`,
 	},
 }
 
+// Program is prov-device's command line, for the test that tries every
+// command's help and usage errors.
+func Program() *cmdline.Program { return program }
+
 // Main runs prov-device with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return program.Main(ctx, args, stdout, stderr)

@@ -111,6 +111,11 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 		Roots: o.Roots, Serial: o.Serial, MinGeneration: hw.Generation, Now: o.now(),
 		Floor: floor, MaxImageSize: imagespec.MaxImageSize,
 	})
+	if errors.Is(err, signedimage.ErrRollback) {
+		// Said with the word an operator searches the journal and the
+		// status for, and the mark the bundle fell below.
+		return nil, fmt.Errorf("%w: rollback (this device has accepted generation %d and never goes back): %w", ErrRefused, hw.Generation, err)
+	}
 	if err != nil {
 		return nil, refused(err)
 	}

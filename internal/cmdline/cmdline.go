@@ -23,12 +23,49 @@ const (
 	ExitUsage = 2
 )
 
-// NewFlags makes a flag set named "<prog> <cmd>" that reports errors to
-// stderr and returns them instead of exiting.
-func NewFlags(prog, cmd string, stderr io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(prog+" "+cmd, flag.ContinueOnError)
+// NewFlags makes a flag set named "<prog> <cmd>" that returns its errors
+// instead of exiting (Parse makes them usage errors, which the dispatcher
+// reports on stderr) and prints its help (-h, --help) on stdout, as the
+// command's output that exits 0, as GNU tools and Go's flag.ExitOnError
+// do. Env.Flags is the same with the command's synopsis and description.
+func NewFlags(prog, cmd string, stdout, stderr io.Writer) *flag.FlagSet {
+	return newFlags(&Command{Name: cmd}, prog+" "+cmd, stdout, stderr)
+}
+
+// newFlags makes the flag set of cmd, whose full name is name ("prov-core
+// image build"). Its output stays stderr, where nothing but Parse would
+// write (and Parse silences it); its Usage, the help, writes to stdout.
+func newFlags(cmd *Command, name string, stdout, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		writeHelp(stdout, name, cmd)
+		WriteFlags(stdout, fs)
+	}
 	return fs
+}
+
+// WriteFlags writes fs's flags, with their defaults, after a "flags:"
+// line, if it has any.
+func WriteFlags(w io.Writer, fs *flag.FlagSet) {
+	n := 0
+	fs.VisitAll(func(*flag.Flag) { n++ })
+	if n == 0 {
+		return
+	}
+	_, _ = fmt.Fprintf(w, "\nflags:\n")
+	out := fs.Output()
+	fs.SetOutput(w)
+	fs.PrintDefaults()
+	fs.SetOutput(out)
+}
+
+// writeHelp writes a command's synopsis and what it does.
+func writeHelp(w io.Writer, name string, cmd *Command) {
+	_, _ = fmt.Fprintf(w, "usage: %s\n", strings.TrimSpace(name+" "+cmd.Args))
+	if cmd.Short != "" {
+		_, _ = fmt.Fprintf(w, "\n%s.\n", strings.Join(wrap(cmd.Short, lineWidth), "\n"))
+	}
 }
 
 // Parse parses args; a bad flag and any positional argument are usage
@@ -59,16 +96,29 @@ func ParseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// parse is fs.Parse with a bad flag made a usage error; -h stays
-// flag.ErrHelp (the flag set has printed its help).
+// parse is fs.Parse with a bad flag made a usage error, and -h (or
+// --help) printing the flag set's help (its Usage) and returning
+// flag.ErrHelp, which exits 0. The flag set itself would print an error
+// followed by its whole help, both on one writer: here an error is only
+// returned (the dispatcher prints it and the command's usage line on
+// stderr) and the help is printed only when asked for.
 func parse(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	usage, out := fs.Usage, fs.Output()
+	fs.Usage = func() {}
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.Usage = usage
+	fs.SetOutput(out)
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		if usage != nil {
+			usage()
 		}
-		return fmt.Errorf("%w: %w", ErrUsage, err)
+		return err
 	}
-	return nil
+	return fmt.Errorf("%w: %w", ErrUsage, err)
 }
 
 // Required returns a usage error naming the first flag (name, value) whose

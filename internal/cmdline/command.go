@@ -18,6 +18,10 @@ type Command struct {
 	Short string // what it does, a sentence without a full stop
 	Run   func(ctx context.Context, env *Env, args []string) error
 	Sub   []Command
+	// Own are the commands Run selects itself among its arguments, after
+	// flags they share (prov-core admin's): listed so that Walk, and the
+	// tests that walk every command, reach them too.
+	Own []Command
 }
 
 // Env is what a command runs with: where it writes, and its own name for
@@ -25,14 +29,22 @@ type Command struct {
 type Env struct {
 	Stdout, Stderr io.Writer
 	prog, path     string // "prov-core", "image build"
+	cmd            *Command
 }
 
 // Name is the command's full name, "prov-core image build".
 func (e *Env) Name() string { return e.prog + " " + e.path }
 
-// Flags makes the command's flag set: named for the command, reporting to
-// Stderr, returning errors (Parse makes them usage errors).
-func (e *Env) Flags() *flag.FlagSet { return NewFlags(e.prog, e.path, e.Stderr) }
+// Flags makes the command's flag set: named for the command, returning
+// errors (Parse makes them usage errors, reported on Stderr), printing its
+// help (the command's synopsis, what it does, its flags) on Stdout.
+func (e *Env) Flags() *flag.FlagSet {
+	cmd := e.cmd
+	if cmd == nil {
+		cmd = &Command{Name: e.path}
+	}
+	return newFlags(cmd, e.Name(), e.Stdout, e.Stderr)
+}
 
 // ExitCode maps the errors of one program that have an exit code of their
 // own (matched with errors.Is) to that code.
@@ -54,39 +66,42 @@ type Program struct {
 }
 
 // Main runs the command args name (without the program name) and returns
-// the exit code. No command, -h, --help or help prints the usage text;
-// an unknown command says so and prints it too; both exit ExitUsage.
+// the exit code. Help asked for (-h, --help or help where a command's name
+// belongs, -h or --help among a command's flags) is printed on stdout and
+// exits ExitOK: it is the output asked for. A usage error (no command, an
+// unknown one, a bad flag or argument) is said on stderr with the usage
+// and exits ExitUsage.
 func (p *Program) Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 {
 		p.Usage(stderr)
 		return ExitUsage
 	}
 	cmd, path, rest, err := Find("", p.Commands, args)
+	if errors.Is(err, flag.ErrHelp) {
+		p.usage(stdout, path)
+		return ExitOK
+	}
 	if err != nil {
-		if !errors.Is(err, flag.ErrHelp) {
-			_, _ = fmt.Fprintf(stderr, "%s: %v\n", strings.TrimSpace(p.Name+" "+path), err)
-		}
-		p.Usage(stderr)
+		_, _ = fmt.Fprintf(stderr, "%s: %v\n", strings.TrimSpace(p.Name+" "+path), err)
+		p.usage(stderr, path)
 		return ExitUsage
 	}
-	env := &Env{Stdout: stdout, Stderr: stderr, prog: p.Name, path: path}
+	env := &Env{Stdout: stdout, Stderr: stderr, prog: p.Name, path: path, cmd: cmd}
 	return p.exit(env, cmd, cmd.Run(ctx, env, rest))
 }
 
 // exit prints err as "<prog> <command>: <err>" and returns its exit code:
-// 0 for nil; ExitUsage for -h (the flag set printed its help) and for a
-// usage error, which is followed by the command's usage line; the code the
-// error carries or the program gives it; ExitError otherwise.
+// 0 for nil and for help (flag.ErrHelp: the help is printed); ExitUsage
+// for a usage error, which is followed by the command's usage line; the
+// code the error carries or the program gives it; ExitError otherwise.
 func (p *Program) exit(env *Env, cmd *Command, err error) int {
 	switch {
-	case err == nil:
+	case err == nil, errors.Is(err, flag.ErrHelp):
 		return ExitOK
-	case errors.Is(err, flag.ErrHelp):
-		return ExitUsage
 	}
 	_, _ = fmt.Fprintf(env.Stderr, "%s: %v\n", env.Name(), err)
 	if errors.Is(err, ErrUsage) {
-		_, _ = fmt.Fprintf(env.Stderr, "usage: %s\n", strings.TrimSpace(env.Name()+" "+cmd.Args))
+		_, _ = fmt.Fprintf(env.Stderr, "usage: %s\nRun %s -h for help.\n", strings.TrimSpace(env.Name()+" "+cmd.Args), env.Name())
 		return ExitUsage
 	}
 	var coded *exitCodeError
@@ -164,13 +179,56 @@ func suffixed(s string) string {
 
 // Usage writes the program's usage text: its summary, every command with
 // its arguments and what it does, the footer.
-func (p *Program) Usage(w io.Writer) {
+func (p *Program) Usage(w io.Writer) { p.usage(w, "") }
+
+// usage is Usage for the commands of the group path names ("audit"), or
+// of the whole program for "" (or a path that is not a group).
+func (p *Program) usage(w io.Writer, path string) {
+	cmds, prefix := p.Commands, p.Name+" "
+	if path != "" {
+		if sub := group(p.Commands, strings.Fields(path)); sub != nil {
+			cmds, prefix = sub, prefix+path+" "
+		}
+	}
 	_, _ = fmt.Fprintf(w, "%s: %s\n\nusage:\n", p.Name, p.Summary)
-	WriteCommands(w, p.Name+" ", p.Commands)
+	WriteCommands(w, prefix, cmds)
 	if p.Footer != "" {
 		_, _ = fmt.Fprintf(w, "\n%s\n", strings.TrimSuffix(p.Footer, "\n"))
 	}
-	_, _ = fmt.Fprintf(w, "\nRun %s COMMAND -h for its flags.\n", p.Name)
+	_, _ = fmt.Fprintf(w, "\nRun %sCOMMAND -h for its flags.\n", prefix)
+}
+
+// group is the commands of the group that words name in cmds, or nil.
+func group(cmds []Command, words []string) []Command {
+	for _, w := range words {
+		c := lookup(cmds, w)
+		if c == nil || c.Sub == nil {
+			return nil
+		}
+		cmds = c.Sub
+	}
+	return cmds
+}
+
+// Walk calls fn with the words and the entry of every command that runs
+// (a group's by their full words, "audit verify"), followed by those it
+// selects itself (Command.Own: "admin list"), in the table's order: what a
+// test needs to try every command there is.
+func (p *Program) Walk(fn func(words []string, cmd *Command)) {
+	var walk func(within []string, cmds []Command)
+	walk = func(within []string, cmds []Command) {
+		for i := range cmds {
+			c := &cmds[i]
+			words := append(append([]string(nil), within...), c.Name)
+			if c.Sub != nil {
+				walk(words, c.Sub)
+				continue
+			}
+			fn(words, c)
+			walk(words, c.Own)
+		}
+	}
+	walk(nil, p.Commands)
 }
 
 // The layout of a command list: what a command does stands beside its

@@ -50,6 +50,9 @@ func testProgram(ran *[]string) *cmdline.Program {
 			{Name: "coded", Short: "fail with an error that carries its code", Run: fail(fmt.Errorf("read: %w", cmdline.WithExitCode(7, errors.New("chain broken"))))},
 			{Name: "misuse", Short: "a usage error that also wraps one the program gives a code", Run: fail(fmt.Errorf("%w: bad --x: %w", cmdline.ErrUsage, errRefused))},
 			{Name: "break", Short: "fail", Run: fail(errors.New("disk full"))},
+			{Name: "quiet", Short: "take no flags, and say nothing", Run: func(_ context.Context, env *cmdline.Env, args []string) error {
+				return cmdline.Parse(env.Flags(), args)
+			}},
 		},
 		Footer: "Exit status: 3 refused, 7 broken.",
 		Codes:  []cmdline.ExitCode{{Code: 3, Is: []error{errRefused}}},
@@ -58,6 +61,7 @@ func testProgram(ran *[]string) *cmdline.Program {
 
 func TestProgramMain(t *testing.T) {
 	const usageHead = "prov-test: the dispatcher's test program\n\nusage:\n"
+	verifyHelp := "usage: prov-test audit verify --log FILE\n\ncheck the log.\n\nflags:\n  -log string\n    \tthe log\n"
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -65,25 +69,34 @@ func TestProgramMain(t *testing.T) {
 		ran  string   // what ran, "" for nothing
 		want []string // in stderr
 		not  []string // not in stderr
+		out  []string // in stdout; none: stdout is empty
 	}{
-		{"no command", nil, cmdline.ExitUsage, "", []string{usageHead, "  prov-test audit verify --log FILE", "Exit status: 3 refused, 7 broken.", "Run prov-test COMMAND -h for its flags."}, []string{"prov-test: usage:"}},
-		{"-h", []string{"-h"}, cmdline.ExitUsage, "", []string{usageHead}, []string{"prov-test: usage:"}},
-		{"--help", []string{"--help", "echo"}, cmdline.ExitUsage, "", []string{usageHead}, nil},
-		{"help", []string{"help"}, cmdline.ExitUsage, "", []string{usageHead}, nil},
-		{"unknown command", []string{"frob", "x"}, cmdline.ExitUsage, "", []string{`prov-test: usage: unknown command "frob" (one of echo, audit, refuse, coded, misuse, break)` + "\n" + usageHead}, nil},
-		{"a group without its command", []string{"audit"}, cmdline.ExitUsage, "", []string{"prov-test audit: usage: no command (one of verify, list)\n" + usageHead}, nil},
-		{"nested unknown command", []string{"audit", "frob"}, cmdline.ExitUsage, "", []string{`prov-test audit: usage: unknown audit command "frob" (one of verify, list)`, usageHead}, nil},
-		{"nested -h", []string{"audit", "-h"}, cmdline.ExitUsage, "", []string{usageHead}, []string{"prov-test audit:"}},
-		{"a command", []string{"echo", "a", "b"}, cmdline.ExitOK, "prov-test echo: a b", nil, []string{"usage"}},
-		{"a nested command", []string{"audit", "list", "--log", "f"}, cmdline.ExitOK, "prov-test audit list: --log f", nil, nil},
-		{"a command's -h", []string{"audit", "verify", "-h"}, cmdline.ExitUsage, "", []string{"Usage of prov-test audit verify:", "-log string"}, []string{"prov-test audit verify: "}},
-		{"a missing flag", []string{"audit", "verify"}, cmdline.ExitUsage, "", []string{"prov-test audit verify: usage: --log is required\nusage: prov-test audit verify --log FILE\n"}, []string{usageHead}},
-		{"an unknown flag", []string{"audit", "verify", "--frob"}, cmdline.ExitUsage, "", []string{"flag provided but not defined: -frob", "usage: prov-test audit verify --log FILE"}, nil},
-		{"a stray argument", []string{"audit", "verify", "--log", "f", "x"}, cmdline.ExitUsage, "", []string{`prov-test audit verify: usage: unexpected argument "x"`}, nil},
-		{"an error the program gives a code", []string{"refuse"}, 3, "", []string{"prov-test refuse: check bundle: refused\n"}, []string{"usage"}},
-		{"an error carrying its code", []string{"coded"}, 7, "", []string{"prov-test coded: read: chain broken\n"}, []string{"usage"}},
-		{"a usage error before any code", []string{"misuse"}, cmdline.ExitUsage, "", []string{"prov-test misuse: usage: bad --x: refused\nusage: prov-test misuse\n"}, nil},
-		{"any other error", []string{"break"}, cmdline.ExitError, "", []string{"prov-test break: disk full\n"}, []string{"usage"}},
+		// Help asked for is the output: stdout, exit 0, nothing on stderr.
+		{"-h", []string{"-h"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{usageHead, "  prov-test audit verify --log FILE", "Exit status: 3 refused, 7 broken.", "Run prov-test COMMAND -h for its flags."}},
+		{"--help", []string{"--help", "echo"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{usageHead}},
+		{"help", []string{"help"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{usageHead}},
+		{"a group's -h", []string{"audit", "-h"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{usageHead, "  prov-test audit verify --log FILE", "Run prov-test audit COMMAND -h for its flags."}},
+		{"a group's help", []string{"audit", "help"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{"  prov-test audit list "}},
+		{"a command's -h", []string{"audit", "verify", "-h"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{verifyHelp}},
+		{"a command's --help", []string{"audit", "verify", "--help"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{verifyHelp}},
+		{"a command's -help after a flag", []string{"audit", "verify", "--log", "f", "-help"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{verifyHelp}},
+		{"a command without flags", []string{"quiet", "-h"}, cmdline.ExitOK, "", nil, []string{"usage"}, []string{"usage: prov-test quiet\n\ntake no flags, and say nothing.\n"}},
+		// Usage errors: stderr, exit 2, nothing on stdout.
+		{"no command", nil, cmdline.ExitUsage, "", []string{usageHead, "  prov-test audit verify --log FILE", "Exit status: 3 refused, 7 broken.", "Run prov-test COMMAND -h for its flags."}, []string{"prov-test: usage:"}, nil},
+		{"unknown command", []string{"frob", "x"}, cmdline.ExitUsage, "", []string{`prov-test: usage: unknown command "frob" (one of echo, audit, refuse, coded, misuse, break, quiet)` + "\n" + usageHead}, nil, nil},
+		{"a group without its command", []string{"audit"}, cmdline.ExitUsage, "", []string{"prov-test audit: usage: no command (one of verify, list)\n" + usageHead, "Run prov-test audit COMMAND -h"}, nil, nil},
+		{"nested unknown command", []string{"audit", "frob"}, cmdline.ExitUsage, "", []string{`prov-test audit: usage: unknown audit command "frob" (one of verify, list)`, usageHead}, nil, nil},
+		{"a missing flag", []string{"audit", "verify"}, cmdline.ExitUsage, "", []string{"prov-test audit verify: usage: --log is required\nusage: prov-test audit verify --log FILE\nRun prov-test audit verify -h for help.\n"}, []string{usageHead}, nil},
+		{"an unknown flag", []string{"audit", "verify", "--frob"}, cmdline.ExitUsage, "", []string{"prov-test audit verify: usage: flag provided but not defined: -frob\nusage: prov-test audit verify --log FILE\n"}, []string{"-log string"}, nil},
+		{"a flag without its value", []string{"audit", "verify", "--log"}, cmdline.ExitUsage, "", []string{"prov-test audit verify: usage: flag needs an argument: -log\n"}, nil, nil},
+		{"a stray argument", []string{"audit", "verify", "--log", "f", "x"}, cmdline.ExitUsage, "", []string{`prov-test audit verify: usage: unexpected argument "x"`}, nil, nil},
+		// Running.
+		{"a command", []string{"echo", "a", "b"}, cmdline.ExitOK, "prov-test echo: a b", nil, []string{"usage"}, nil},
+		{"a nested command", []string{"audit", "list", "--log", "f"}, cmdline.ExitOK, "prov-test audit list: --log f", nil, nil, nil},
+		{"an error the program gives a code", []string{"refuse"}, 3, "", []string{"prov-test refuse: check bundle: refused\n"}, []string{"usage"}, nil},
+		{"an error carrying its code", []string{"coded"}, 7, "", []string{"prov-test coded: read: chain broken\n"}, []string{"usage"}, nil},
+		{"a usage error before any code", []string{"misuse"}, cmdline.ExitUsage, "", []string{"prov-test misuse: usage: bad --x: refused\nusage: prov-test misuse\n"}, nil, nil},
+		{"any other error", []string{"break"}, cmdline.ExitError, "", []string{"prov-test break: disk full\n"}, []string{"usage"}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var ran []string
@@ -105,11 +118,19 @@ func TestProgramMain(t *testing.T) {
 					t.Errorf("stderr has %q", n)
 				}
 			}
-			if out.Len() != 0 {
+			if code == cmdline.ExitUsage && errb.Len() == 0 {
+				t.Errorf("a usage error said nothing on stderr")
+			}
+			for _, w := range tc.out {
+				if !strings.Contains(out.String(), w) {
+					t.Errorf("stdout lacks %q", w)
+				}
+			}
+			if len(tc.out) == 0 && out.Len() != 0 {
 				t.Errorf("stdout: %q", out.String())
 			}
 			if t.Failed() {
-				t.Logf("stderr:\n%s", errb.String())
+				t.Logf("stdout:\n%s\nstderr:\n%s", out.String(), errb.String())
 			}
 		})
 	}
@@ -126,7 +147,7 @@ func TestFindAfterInterleavedFlags(t *testing.T) {
 		}},
 		{Name: "list"},
 	}
-	var stderr bytes.Buffer
+	var stdout, stderr bytes.Buffer
 	for _, tc := range []struct {
 		args []string
 		json bool
@@ -143,7 +164,7 @@ func TestFindAfterInterleavedFlags(t *testing.T) {
 		{[]string{"show", "--frob"}, false, "", "usage: flag provided but not defined: -frob"},
 	} {
 		got = ""
-		fs := cmdline.NewFlags("prov-test", "admin", &stderr)
+		fs := cmdline.NewFlags("prov-test", "admin", &stdout, &stderr)
 		core := fs.String("core", "", "")
 		asJSON := fs.Bool("json", false, "")
 		positional, err := cmdline.ParseInterleaved(fs, tc.args)
@@ -239,5 +260,20 @@ func TestServe(t *testing.T) {
 				t.Fatalf("a debug line at level info:\n%s", errb.String())
 			}
 		})
+	}
+}
+
+// Walk reaches every command that runs, a group's by their full words,
+// and those a command selects itself (Own), in the table's order.
+func TestWalk(t *testing.T) {
+	var ran []string
+	p := testProgram(&ran)
+	p.Commands = append(p.Commands, cmdline.Command{Name: "admin", Run: func(context.Context, *cmdline.Env, []string) error { return nil },
+		Own: []cmdline.Command{{Name: "list"}, {Name: "show"}}})
+	var got []string
+	p.Walk(func(words []string, _ *cmdline.Command) { got = append(got, strings.Join(words, " ")) })
+	want := "echo; audit verify; audit list; refuse; coded; misuse; break; quiet; admin; admin list; admin show"
+	if strings.Join(got, "; ") != want {
+		t.Errorf("walked %q, want %q", strings.Join(got, "; "), want)
 	}
 }

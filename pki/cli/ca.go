@@ -10,7 +10,7 @@ import (
 )
 
 func runCA(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "ca")
+	fs := newFlags(e)
 	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
 	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the intermediate key)")
 	if err := parse(fs, args); err != nil {

@@ -25,13 +25,14 @@ var errUsage = cmdline.ErrUsage
 type env struct {
 	stdout, stderr io.Writer
 	log            *slog.Logger
+	cmd            *cmdline.Env
 }
 
 // withEnv makes a prov-pki command one of the table's, building its env
 // from the table's.
 func withEnv(run func(ctx context.Context, e *env, args []string) error) func(context.Context, *cmdline.Env, []string) error {
 	return func(ctx context.Context, ce *cmdline.Env, args []string) error {
-		return run(ctx, &env{stdout: ce.Stdout, stderr: ce.Stderr, log: slog.New(slog.NewJSONHandler(ce.Stderr, nil)).With("component", "prov-pki")}, args)
+		return run(ctx, &env{stdout: ce.Stdout, stderr: ce.Stderr, log: slog.New(slog.NewJSONHandler(ce.Stderr, nil)).With("component", "prov-pki"), cmd: ce}, args)
 	}
 }
 
@@ -47,14 +48,18 @@ var program = &cmdline.Program{
 	},
 }
 
+// Program is prov-pki's command line, for the test that tries every
+// command's help and usage errors.
+func Program() *cmdline.Program { return program }
+
 // Main runs prov-pki with args (without the program name) and returns the
 // exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return program.Main(ctx, args, stdout, stderr)
 }
 
-// newFlags makes a flag set for a prov-pki command.
-func newFlags(e *env, name string) *flag.FlagSet { return cmdline.NewFlags("prov-pki", name, e.stderr) }
+// newFlags makes the flag set of the prov-pki command e runs.
+func newFlags(e *env) *flag.FlagSet { return e.cmd.Flags() }
 
 var (
 	parse    = cmdline.Parse

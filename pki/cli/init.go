@@ -33,7 +33,7 @@ func (p *proxyFlag) Set(v string) error {
 const hostsNote = "; the CA certifies no other host until prov-pki widen"
 
 func runInit(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "init")
+	fs := newFlags(e)
 	var (
 		o            deployment.InitOptions
 		pwFile       string

@@ -50,7 +50,7 @@ func openAdminSession(dir, pwFile, caURL string) (*adminSession, error) {
 }
 
 func runIssue(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "issue")
+	fs := newFlags(e)
 	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
 	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the admin provisioner key)")
 	roleName := fs.String("role", "", "role of the new identity: admin, proxy, core or signer")
@@ -88,7 +88,7 @@ func runIssue(ctx context.Context, e *env, args []string) error {
 }
 
 func runRevoke(ctx context.Context, e *env, args []string) error {
-	fs := newFlags(e, "revoke")
+	fs := newFlags(e)
 	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
 	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the admin provisioner key)")
 	certFile := fs.String("cert", "", "certificate to revoke (PEM, leaf first)")

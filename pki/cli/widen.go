@@ -13,7 +13,7 @@ import (
 // runWiden permits more server hosts in the intermediate's name
 // constraints, which re-issues the intermediate with the root key.
 func runWiden(_ context.Context, e *env, args []string) error {
-	fs := newFlags(e, "widen")
+	fs := newFlags(e)
 	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
 	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the root key)")
 	rootKey := fs.String("root-key", "", "the encrypted root key, back from offline storage (default: DIR/offline/root_ca.key)")

@@ -39,6 +39,10 @@ var program = &cmdline.Program{
 	},
 }
 
+// Program is prov-proxy's command line, for the test that tries every
+// command's help and usage errors.
+func Program() *cmdline.Program { return program }
+
 // Main runs prov-proxy with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return program.Main(ctx, args, stdout, stderr)

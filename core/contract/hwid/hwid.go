@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fleetprov/prov/internal/untrusted"
 )
@@ -106,7 +107,7 @@ func (id ID) Serial() string {
 func Parse(board, raw string) (ID, error) {
 	i := slices.IndexFunc(Boards, func(b Board) bool { return b.Name == board })
 	if i < 0 {
-		return ID{}, fmt.Errorf("%w %q (want one of %s)", ErrBadBoard, untrusted.Short(board), strings.Join(BoardNames(), ", "))
+		return ID{}, fmt.Errorf("%w %s (want one of %s)", ErrBadBoard, untrusted.Quote(board), strings.Join(BoardNames(), ", "))
 	}
 	if len(raw) > MaxRawLen {
 		return ID{}, fmt.Errorf("%w: %d bytes, at most %d", ErrBadHardwareID, len(raw), MaxRawLen)
@@ -117,21 +118,24 @@ func Parse(board, raw string) (ID, error) {
 	}
 	c, err := Boards[i].canonical(s)
 	if err != nil {
-		return ID{}, fmt.Errorf("%w for %s: %q: %s (%s)", ErrBadHardwareID, board, untrusted.Short(s), err.Error(), Boards[i].Describe)
+		return ID{}, fmt.Errorf("%w for %s: %s: %s (%s)", ErrBadHardwareID, board, untrusted.Quote(s), err.Error(), Boards[i].Describe)
 	}
 	return ID{Board: board, Canonical: c}, nil
 }
 
+// The per-board rules count characters (runes; a byte that is not UTF-8
+// counts as one) and say so: 16 Devanagari digits are "16 characters",
+// not the 48 bytes they take. A character's position is counted the same
+// way. What they accept is ASCII only, so for an accepted ID characters
+// and bytes are the same.
+
 func hexDigits(n int) func(string) (string, error) {
 	return func(s string) (string, error) {
-		if len(s) != n {
-			return "", fmt.Errorf("%d characters, want %d hex digits", len(s), n)
+		if c := utf8.RuneCountInString(s); c != n {
+			return "", fmt.Errorf("%d characters, want %d hex digits", c, n)
 		}
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if (c < '0' || c > '9') && (c < 'a' || c > 'f') && (c < 'A' || c > 'F') {
-				return "", fmt.Errorf("character %d is not a hex digit", i+1)
-			}
+		if i := untrusted.BadChar(s, func(c rune) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }); i > 0 {
+			return "", fmt.Errorf("character %d is not a hex digit", i)
 		}
 		return strings.ToLower(s), nil
 	}
@@ -139,14 +143,11 @@ func hexDigits(n int) func(string) (string, error) {
 
 func alnum(lo, hi int) func(string) (string, error) {
 	return func(s string) (string, error) {
-		if len(s) < lo || len(s) > hi {
-			return "", fmt.Errorf("%d characters, want %d to %d", len(s), lo, hi)
+		if c := utf8.RuneCountInString(s); c < lo || c > hi {
+			return "", fmt.Errorf("%d characters, want %d to %d", c, lo, hi)
 		}
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if (c < '0' || c > '9') && (c < 'A' || c > 'Z') && (c < 'a' || c > 'z') {
-				return "", fmt.Errorf("character %d is not A-Z or 0-9", i+1)
-			}
+		if i := untrusted.BadChar(s, func(c rune) bool { return c >= '0' && c <= '9' || c >= 'A' && c <= 'Z' || c >= 'a' && c <= 'z' }); i > 0 {
+			return "", fmt.Errorf("character %d is not A-Z or 0-9", i)
 		}
 		return strings.ToUpper(s), nil
 	}

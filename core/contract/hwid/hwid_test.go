@@ -66,6 +66,31 @@ func TestHostileIDs(t *testing.T) {
 	}
 }
 
+// A refusal states a length in the unit it counts: characters counted as
+// characters (16 Devanagari digits are 16, not the 48 bytes they take), or
+// bytes, said as bytes; and the limit in that same unit.
+func TestLengthUnits(t *testing.T) {
+	deva := func(n int) string { return strings.Repeat("\u0967", n) } // DEVANAGARI DIGIT ONE, 3 bytes
+	for _, tc := range []struct {
+		name, board, raw string
+		want             string
+	}{
+		{"10 Devanagari digits for rpi4", "rpi4", deva(10), "10 characters, want 16 hex digits"},
+		{"16 Devanagari digits for rpi4", "rpi4", deva(16), "character 1 is not a hex digit"},
+		{"5 Devanagari digits for bbb", "bbb", deva(5), "5 characters, want 8 to 32"},
+		{"ASCII then a Devanagari digit", "bbb", "1813BBBK" + deva(1), "character 9 is not A-Z or 0-9"},
+		{"a byte that is not UTF-8 is a character", "rpi4", "10000000abcdef\xff", "15 characters, want 16 hex digits"},
+		{"over the raw limit, in bytes", "bbb", deva(22), "66 bytes, at most 64"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := hwid.Parse(tc.board, tc.raw)
+			if !errors.Is(err, hwid.ErrBadHardwareID) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("Parse: %v; want %q", err, tc.want)
+			}
+		})
+	}
+}
+
 var serialRE = regexp.MustCompile(`^[0-9a-f]{10}$`)
 
 // FuzzParse: no panic; what is accepted has a printable canonical form and

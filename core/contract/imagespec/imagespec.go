@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fleetprov/prov/internal/untrusted"
 )
@@ -107,7 +108,7 @@ func (r Rules) Validate() error {
 // CheckDataPath checks the path of a mutable data file.
 func (r Rules) CheckDataPath(p string) error {
 	if err := checkComponents(p); err != nil {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
+		return fmt.Errorf("%w: %s: %w", ErrBadPath, untrusted.Quote(p), err)
 	}
 	if IsFixed(p) {
 		return fmt.Errorf("%w: %q is a fixed file of the image, not data", ErrBadPath, p)
@@ -123,7 +124,7 @@ func (r Rules) CheckDataPath(p string) error {
 // an allowed prefix.
 func (r Rules) CheckDir(p string) error {
 	if err := checkComponents(p); err != nil && p != "/" {
-		return fmt.Errorf("%w: %q: %w", ErrBadPath, untrusted.Short(p), err)
+		return fmt.Errorf("%w: %s: %w", ErrBadPath, untrusted.Quote(p), err)
 	}
 	d := strings.TrimSuffix(p, "/") + "/"
 	if r.under(d) {
@@ -189,22 +190,27 @@ func checkComponents(p string) error {
 		for i := 0; i < len(name); i++ {
 			c := name[i]
 			if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != '-' {
-				return fmt.Errorf("component %q has a character outside [A-Za-z0-9._-]", untrusted.Short(name))
+				return fmt.Errorf("component %s has a character outside [A-Za-z0-9._-]", untrusted.Quote(name))
 			}
 		}
 	}
 	return nil
 }
 
-// CheckHostname accepts a lower-case host name label of 1 to 63 characters.
+// CheckHostname accepts a lower-case host name label of 1 to 63
+// characters. Lengths are counted in characters (runes), the unit the
+// message states; only ASCII is accepted, so an accepted name has as many
+// bytes.
 func CheckHostname(s string) error {
-	if len(s) == 0 || len(s) > MaxHostnameLen || s[0] == '-' || s[len(s)-1] == '-' {
-		return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-', not starting or ending with '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
+	const want = "a-z, 0-9 and '-', not starting or ending with '-'"
+	if n := utf8.RuneCountInString(s); n == 0 || n > MaxHostnameLen {
+		return fmt.Errorf("%w: hostname %s: %d characters, want 1 to %d of %s", ErrBadValue, untrusted.Quote(s), n, MaxHostnameLen, want)
 	}
-	for i := 0; i < len(s); i++ {
-		if c := s[i]; (c < 'a' || c > 'z') && (c < '0' || c > '9') && c != '-' {
-			return fmt.Errorf("%w: hostname %q: want 1-%d of a-z, 0-9 and '-'", ErrBadValue, untrusted.Short(s), MaxHostnameLen)
-		}
+	if s[0] == '-' || s[len(s)-1] == '-' {
+		return fmt.Errorf("%w: hostname %s: want %s", ErrBadValue, untrusted.Quote(s), want)
+	}
+	if i := untrusted.BadChar(s, func(c rune) bool { return c >= 'a' && c <= 'z' || c >= '0' && c <= '9' || c == '-' }); i > 0 {
+		return fmt.Errorf("%w: hostname %s: character %d is not one of %s", ErrBadValue, untrusted.Quote(s), i, want)
 	}
 	return nil
 }
@@ -223,17 +229,18 @@ func CheckMachineID(s string) error {
 	return nil
 }
 
-// CheckMQTTID accepts an MQTT client or group ID: 1 to 128 of
-// [A-Za-z0-9._:-] (safe in a topic, a file and a log line).
+// CheckMQTTID accepts an MQTT client or group ID: 1 to 128 characters of
+// [A-Za-z0-9._:-] (safe in a topic, a file and a log line). Its length is
+// counted in characters, as the message says (only ASCII is accepted).
 func CheckMQTTID(what, s string) error {
-	if len(s) == 0 || len(s) > MaxMQTTIDLen {
-		return fmt.Errorf("%w: %s %q: want 1-%d characters", ErrBadValue, what, untrusted.Short(s), MaxMQTTIDLen)
+	const want = "A-Z, a-z, 0-9 and . _ : -"
+	if n := utf8.RuneCountInString(s); n == 0 || n > MaxMQTTIDLen {
+		return fmt.Errorf("%w: %s %s: %d characters, want 1 to %d of %s", ErrBadValue, what, untrusted.Quote(s), n, MaxMQTTIDLen, want)
 	}
-	for i := 0; i < len(s); i++ {
-		c := s[i]
-		if (c < 'a' || c > 'z') && (c < 'A' || c > 'Z') && (c < '0' || c > '9') && c != '.' && c != '_' && c != ':' && c != '-' {
-			return fmt.Errorf("%w: %s %q: want only A-Z, a-z, 0-9 and . _ : -", ErrBadValue, what, untrusted.Short(s))
-		}
+	if i := untrusted.BadChar(s, func(c rune) bool {
+		return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || strings.ContainsRune("._:-", c)
+	}); i > 0 {
+		return fmt.Errorf("%w: %s %s: character %d is not one of %s", ErrBadValue, what, untrusted.Quote(s), i, want)
 	}
 	return nil
 }

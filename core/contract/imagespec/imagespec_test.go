@@ -2,6 +2,7 @@ package imagespec_test
 
 import (
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -52,5 +53,28 @@ func TestValues(t *testing.T) {
 	}
 	if imagespec.CheckHostname("rpi4-1a2b3c4d5e") != nil || imagespec.CheckMQTTID("id", "line-a:1_b.c") != nil {
 		t.Error("good values refused")
+	}
+}
+
+// A length is stated in the unit it is counted in, characters, with the
+// limit; a bad character by its position in characters.
+func TestValueLengths(t *testing.T) {
+	deva := strings.Repeat("\u0967", 50) // 50 characters, 150 bytes
+	for _, tc := range []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"MQTT ID of 50 Devanagari digits", imagespec.CheckMQTTID("mqttGroupId", deva), "character 1 is not one of"},
+		{"MQTT ID too long", imagespec.CheckMQTTID("mqttGroupId", strings.Repeat("a", 129)), "129 characters, want 1 to 128"},
+		{"empty MQTT ID", imagespec.CheckMQTTID("mqttGroupId", ""), "0 characters, want 1 to 128"},
+		{"MQTT ID with a Devanagari digit", imagespec.CheckMQTTID("mqttGroupId", "line-\u0967"), "character 6 is not one of"},
+		{"hostname of 30 Devanagari digits", imagespec.CheckHostname(deva[:90]), "character 1 is not one of"},
+		{"hostname too long", imagespec.CheckHostname(strings.Repeat("a", 64)), "64 characters, want 1 to 63"},
+		{"hostname of 64 Devanagari digits", imagespec.CheckHostname(strings.Repeat("\u0967", 64)), "64 characters, want 1 to 63"},
+	} {
+		if !errors.Is(tc.err, imagespec.ErrBadValue) || !strings.Contains(tc.err.Error(), tc.want) {
+			t.Errorf("%s: %v; want %q", tc.name, tc.err, tc.want)
+		}
 	}
 }
