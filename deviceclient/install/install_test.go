@@ -339,9 +339,11 @@ func TestRecoverFallsBackToThePreviousImage(t *testing.T) {
 	if _, fb, err := install.Recover(st, opts(f)); err != nil || fb != nil {
 		t.Fatalf("recover after the fetch: %+v %v", fb, err)
 	}
-	// Nothing to fall back to: refused.
-	flip(names[1])
-	if err := st.SetPointer(state.Previous, names[1]); err != nil {
+	// Nothing to fall back to: refused. (The bundle fetched again may
+	// have another name: its issuedAt, in its image, is the second it was
+	// made in.)
+	flip(res.Name)
+	if err := st.SetPointer(state.Previous, res.Name); err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := install.Recover(st, opts(f)); !errors.Is(err, install.ErrRefused) {
