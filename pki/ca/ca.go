@@ -158,6 +158,11 @@ func explain(err error) error {
 		return fmt.Errorf("%w (the CA database is locked: is the CA already running?)", err)
 	case strings.Contains(msg, "decrypt"), strings.Contains(msg, "password"):
 		return fmt.Errorf("%w (wrong password for the intermediate key?)", err)
+	case strings.Contains(msg, "error parsing") && strings.Contains(msg, ".key"):
+		// A wrong password decrypts a legacy PEM block to garbage about
+		// once in 256 tries (the padding happens to check out); the
+		// garbage then fails to parse.
+		return fmt.Errorf("%w (wrong password for the intermediate key, or a damaged key file?)", err)
 	}
 	return err
 }
