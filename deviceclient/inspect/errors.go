@@ -30,7 +30,7 @@ func (c *Check) Name() string { return c.name }
 // Rule says what the check requires, in a few words.
 func (c *Check) Rule() string { return c.rule }
 
-func (c *Check) Error() string { return c.class.Error() + ": " + c.name + ": " + c.rule }
+func (c *Check) Error() string { return c.class.Error() + ": " + c.name }
 
 // Unwrap returns the check's class.
 func (c *Check) Unwrap() error { return c.class }
@@ -103,6 +103,7 @@ var (
 	ErrDataLimits       = check(ErrTooLarge, "data-limits", "at most 256 data files, 1 MiB in all")
 	ErrFixedFiles       = check(ErrMissing, "fixed-files", "every fixed file present (/etc/machine-id may be absent)")
 	ErrSerialNumber     = check(ErrMismatch, "serial-number", "/etc/serial-number holds the statement's serial and a newline")
-	ErrMetadata         = check(ErrMismatch, "metadata", "/etc/prov/image.json parses and names the statement's serial and generation")
+	ErrMetadata         = check(ErrMismatch, "metadata", "/etc/prov/image.json in the builder's spelling, naming the statement's serial and generation")
 	ErrExtensionRelease = check(ErrMismatch, "extension-release", "the confext marker holds exactly its fixed content")
+	ErrFixedValues      = check(ErrMismatch, "fixed-file-values", "hostname, machine-id and the MQTT ids each one value by its imagespec rule and a newline")
 )

@@ -24,6 +24,7 @@ import (
 	"io/fs"
 	"path"
 	"strings"
+	"time"
 
 	"github.com/CalebQ42/squashfs"
 	squashfslow "github.com/CalebQ42/squashfs/low"
@@ -68,7 +69,7 @@ func Inspect(r io.ReaderAt, size int64, want Expect) (l *Listing, err error) {
 		return nil, err
 	}
 	if size > imagespec.MaxImageSize {
-		return nil, fmt.Errorf("%w: %d bytes", ErrImageSize, size)
+		return nil, fmt.Errorf("%w: %d bytes, at most %d", ErrImageSize, size, imagespec.MaxImageSize)
 	}
 	if err := prescan(r, size, imagespec.MaxFileSize); err != nil {
 		return nil, err
@@ -204,6 +205,15 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 	if err != nil {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %w", ErrMetadata, err)
 	}
+	// The builder's one spelling: its own encoding of what was parsed, the
+	// time in UTC and whole seconds. (encoding/json would also take members
+	// in another case, twice, or in another order.)
+	canon, err := imagespec.MarshalMetadata(imagespec.ImageMetadata{
+		Format: md.Format, Serial: md.Serial, Generation: md.Generation, IssuedAt: md.IssuedAt.UTC().Truncate(time.Second),
+	})
+	if err != nil || !bytes.Equal(raw, canon) {
+		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s is not spelt as the builder writes it: %q", ErrMetadata, imagespec.Metadata, untrusted.Short(string(raw)))
+	}
 	if md.Serial != want.Serial || md.Generation != want.Generation {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: metadata names %s generation %d, the statement %s generation %d",
 			ErrMetadata, md.Serial, md.Generation, want.Serial, want.Generation)
@@ -215,5 +225,38 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 	if !bytes.Equal(rel, []byte(imagespec.ExtensionReleaseContent)) {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: unexpected %s", ErrExtensionRelease, imagespec.ExtensionRelease)
 	}
+	if err := w.checkValues(read); err != nil {
+		return imagespec.ImageMetadata{}, err
+	}
 	return md, nil
+}
+
+// checkValues checks the fixed files that hold one value each: the value
+// by its imagespec rule, then one newline, as the builder writes them.
+func (w *walker) checkValues(read func(string) ([]byte, error)) error {
+	for _, f := range []struct {
+		path  string
+		check func(string) error
+	}{
+		{imagespec.Hostname, imagespec.CheckHostname},
+		{imagespec.MachineID, imagespec.CheckMachineID},
+		{imagespec.MQTTClientID, func(s string) error { return imagespec.CheckMQTTID("mqtt client id", s) }},
+		{imagespec.MQTTGroupID, func(s string) error { return imagespec.CheckMQTTID("mqtt group id", s) }},
+	} {
+		if !w.files[f.path] {
+			continue // machine-id may be absent; the others were checked present
+		}
+		b, err := read(f.path)
+		if err != nil {
+			return err
+		}
+		v, ok := strings.CutSuffix(string(b), "\n")
+		if !ok {
+			return fmt.Errorf("%w: %s does not end with a newline", ErrFixedValues, f.path)
+		}
+		if err := f.check(v); err != nil {
+			return fmt.Errorf("%w: %s: %w", ErrFixedValues, f.path, err)
+		}
+	}
+	return nil
 }

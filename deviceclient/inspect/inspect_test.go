@@ -133,22 +133,29 @@ func TestRefusesWhatCoreNeverBuilds(t *testing.T) {
 		entries []squashfs.Entry
 		err     error
 	}{
-		{"file outside the prefixes", with(squashfs.Entry{Path: "/etc/shadow", Mode: 0o644, Data: []byte("root::0:0:::::")}), inspect.ErrUnexpectedEntry},
-		{"file at the root", with(squashfs.Entry{Path: "/evil", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"directory outside", with(squashfs.Entry{Path: "/var/lib", Dir: true, Mode: 0o755}), inspect.ErrUnexpectedEntry},
-		{"hidden data file", with(squashfs.Entry{Path: "/etc/prov/data/.profile", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"data file too deep", with(squashfs.Entry{Path: deep + "/h/i", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"file mode 0600", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o600), inspect.ErrBadMode},
-		{"file mode 0755", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o755), inspect.ErrBadMode},
-		{"directory mode 0777", with(squashfs.Entry{Path: "/etc/prov/data/d", Dir: true, Mode: 0o777}), inspect.ErrBadMode},
-		{"hostname missing", without(imagespec.Hostname), inspect.ErrMissing},
-		{"metadata missing", without(imagespec.Metadata), inspect.ErrMissing},
-		{"extension-release missing", without(imagespec.ExtensionRelease), inspect.ErrMissing},
-		{"another serial inside", replace(imagespec.SerialNumber, "0000000001\n", 0o644), inspect.ErrMismatch},
-		{"another generation inside", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":3,"issuedAt":"2026-11-01T12:00:00Z"}`, 0o644), inspect.ErrMismatch},
-		{"metadata garbage", replace(imagespec.Metadata, "{", 0o644), inspect.ErrMismatch},
-		{"altered extension-release", replace(imagespec.ExtensionRelease, "ID=debian\n", 0o644), inspect.ErrMismatch},
-		{"data file over the size limit", with(squashfs.Entry{Path: "/etc/prov/data/big", Mode: 0o644, Data: make([]byte, imagespec.MaxFileSize+1)}), inspect.ErrTooLarge},
+		{"file outside the prefixes", with(squashfs.Entry{Path: "/etc/shadow", Mode: 0o644, Data: []byte("root::0:0:::::")}), inspect.ErrEntryPath},
+		{"file at the root", with(squashfs.Entry{Path: "/evil", Mode: 0o644}), inspect.ErrEntryPath},
+		{"directory outside", with(squashfs.Entry{Path: "/var/lib", Dir: true, Mode: 0o755}), inspect.ErrEntryPath},
+		{"hidden data file", with(squashfs.Entry{Path: "/etc/prov/data/.profile", Mode: 0o644}), inspect.ErrEntryPath},
+		{"data file too deep", with(squashfs.Entry{Path: deep + "/h/i", Mode: 0o644}), inspect.ErrEntryPath},
+		{"file mode 0600", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o600), inspect.ErrInodeMode},
+		{"file mode 0755", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o755), inspect.ErrInodeMode},
+		{"directory mode 0777", with(squashfs.Entry{Path: "/etc/prov/data/d", Dir: true, Mode: 0o777}), inspect.ErrInodeMode},
+		{"hostname missing", without(imagespec.Hostname), inspect.ErrFixedFiles},
+		{"metadata missing", without(imagespec.Metadata), inspect.ErrFixedFiles},
+		{"extension-release missing", without(imagespec.ExtensionRelease), inspect.ErrFixedFiles},
+		{"another serial inside", replace(imagespec.SerialNumber, "0000000001\n", 0o644), inspect.ErrSerialNumber},
+		{"another generation inside", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":3,"issuedAt":"2026-11-01T12:00:00Z"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"metadata garbage", replace(imagespec.Metadata, "{", 0o644), inspect.ErrMetadata},
+		{"metadata member twice", replace(imagespec.Metadata, `{"format":1,"serial":"0000000001","serial":"1a2b3c4d5e","generation":4,"issuedAt":"2026-11-01T12:00:00Z"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"metadata time with an offset", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":4,"issuedAt":"2026-11-01T13:00:00+01:00"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"altered extension-release", replace(imagespec.ExtensionRelease, "ID=debian\n", 0o644), inspect.ErrExtensionRelease},
+		{"hostname not a host name", replace(imagespec.Hostname, "Dev_1\n", 0o644), inspect.ErrFixedValues},
+		{"machine-id all zero", replace(imagespec.MachineID, strings.Repeat("0", 32)+"\n", 0o644), inspect.ErrFixedValues},
+		{"mqtt client id of two lines", replace(imagespec.MQTTClientID, "a\nb\n", 0o644), inspect.ErrFixedValues},
+		{"data file over the size limit", with(squashfs.Entry{Path: "/etc/prov/data/big", Mode: 0o644, Data: make([]byte, imagespec.MaxFileSize+1)}), inspect.ErrFileTooLarge},
+		{"more data files than allowed", with(dataFiles(imagespec.MaxDataFiles-1, 1)...), inspect.ErrDataLimits},
+		{"more data than allowed", with(dataFiles(16, imagespec.MaxFileSize)...), inspect.ErrDataLimits},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img, err := squashfs.Build(tc.entries, squashfs.Options{})
@@ -178,6 +185,16 @@ func TestRefusesWhatCoreNeverBuilds(t *testing.T) {
 			t.Fatalf("a zlib image of the same tree: %v", err)
 		}
 	})
+}
+
+// dataFiles returns n data files of size bytes each, besides the record's
+// two.
+func dataFiles(n, size int) []squashfs.Entry {
+	var es []squashfs.Entry
+	for i := range n {
+		es = append(es, squashfs.Entry{Path: fmt.Sprintf("/etc/prov/data/many/f%03d", i), Mode: imagespec.FileMode, Data: bytes.Repeat([]byte{'x'}, size)})
+	}
+	return es
 }
 
 func TestRefusesBrokenBytes(t *testing.T) {

@@ -142,11 +142,11 @@ func prescan(r io.ReaderAt, size int64, maxFile uint32) error {
 		return err
 	}
 	var err error
-	if im.inodeTable, err = im.readTable(im.sb.inodeTable, im.sb.dirTable, ErrMetadataBlock); err != nil {
-		return fmt.Errorf("inode table: %w", err)
+	if im.inodeTable, err = im.readTable("inode table", im.sb.inodeTable, im.sb.dirTable, ErrMetadataBlock, maxTable, ErrTableSize); err != nil {
+		return err
 	}
-	if im.dirTable, err = im.readTable(im.sb.dirTable, im.sb.fragTable, ErrMetadataBlock); err != nil {
-		return fmt.Errorf("directory table: %w", err)
+	if im.dirTable, err = im.readTable("directory table", im.sb.dirTable, im.sb.fragTable, ErrMetadataBlock, maxTable, ErrTableSize); err != nil {
+		return err
 	}
 	if err := im.inodes(); err != nil {
 		return err
@@ -160,10 +160,10 @@ func prescan(r io.ReaderAt, size int64, maxFile uint32) error {
 func (im *image) superblock() error {
 	if im.size > imagespec.MaxImageSize {
 		// Inspect refuses this first; the bound holds here too.
-		return fmt.Errorf("%w: %d bytes", ErrImageSize, im.size)
+		return fmt.Errorf("%w: %d bytes, at most %d", ErrImageSize, im.size, imagespec.MaxImageSize)
 	}
 	if im.size < sbSize {
-		return fmt.Errorf("%w: %d bytes", ErrSuperblockMissing, im.size)
+		return fmt.Errorf("%w: %d bytes, a superblock is %d", ErrSuperblockMissing, im.size, sbSize)
 	}
 	var raw [sbSize]byte
 	if _, err := im.r.ReadAt(raw[:], 0); err != nil {
@@ -171,7 +171,7 @@ func (im *image) superblock() error {
 	}
 	le := binary.LittleEndian
 	if le.Uint32(raw[0:]) != sbMagic {
-		return fmt.Errorf("%w: %#08x: not a squashfs image", ErrMagic, le.Uint32(raw[0:]))
+		return fmt.Errorf("%w: %#08x, want 0x73717368 (hsqs): not a squashfs image", ErrMagic, le.Uint32(raw[0:]))
 	}
 	sb := superblock{
 		inodes: le.Uint32(raw[4:]), mkfsTime: le.Uint32(raw[8:]), blockSize: le.Uint32(raw[12:]), fragments: le.Uint32(raw[16:]),
@@ -184,23 +184,23 @@ func (im *image) superblock() error {
 	im.zlib = sb.flags == flagsZlib
 	switch {
 	case sb.major != 4 || sb.minor != 0:
-		return fmt.Errorf("%w: version %d.%d", ErrVersion, sb.major, sb.minor)
+		return fmt.Errorf("%w: version %d.%d, want 4.0", ErrVersion, sb.major, sb.minor)
 	case sb.compression != compZlib:
-		return fmt.Errorf("%w: compression id %d", ErrCompression, sb.compression)
+		return fmt.Errorf("%w: compression id %d, want 1 (zlib)", ErrCompression, sb.compression)
 	case sb.blockSize != builderBlockSize || sb.blockLog != builderBlockLog:
-		return fmt.Errorf("%w: block size %d, block_log %d", ErrBlockSize, sb.blockSize, sb.blockLog)
+		return fmt.Errorf("%w: block size %d, block_log %d; want %d, %d", ErrBlockSize, sb.blockSize, sb.blockLog, builderBlockSize, builderBlockLog)
 	case sb.flags != flagsUncompressed && sb.flags != flagsZlib:
-		return fmt.Errorf("%w: flags %#04x", ErrFlags, sb.flags)
+		return fmt.Errorf("%w: flags %#04x; want %#04x (uncompressed) or %#04x (zlib)", ErrFlags, sb.flags, flagsUncompressed, flagsZlib)
 	case sb.mkfsTime != 0:
-		return fmt.Errorf("%w: %d", ErrMkfsTime, sb.mkfsTime)
+		return fmt.Errorf("%w: %d, want 0", ErrMkfsTime, sb.mkfsTime)
 	case sb.fragments != 0:
-		return fmt.Errorf("%w: %d fragments", ErrFragmentCount, sb.fragments)
+		return fmt.Errorf("%w: %d fragments, want 0", ErrFragmentCount, sb.fragments)
 	case sb.ids != 1:
-		return fmt.Errorf("%w: %d ids", ErrIDCount, sb.ids)
+		return fmt.Errorf("%w: %d ids, want 1", ErrIDCount, sb.ids)
 	case sb.inodes == 0 || sb.inodes > maxInodes:
-		return fmt.Errorf("%w: %d inodes", ErrInodeCount, sb.inodes)
+		return fmt.Errorf("%w: %d inodes, want 1 to %d", ErrInodeCount, sb.inodes, maxInodes)
 	case sb.xattr != invalidTable || sb.expo != invalidTable:
-		return fmt.Errorf("%w: xattr table %#x, export table %#x", ErrTables, sb.xattr, sb.expo)
+		return fmt.Errorf("%w: xattr table %#x, export table %#x; want both absent (0xffffffffffffffff)", ErrTables, sb.xattr, sb.expo)
 	case sb.inodeTable < dataStart || sb.dirTable <= sb.inodeTable || sb.fragTable < sb.dirTable ||
 		sb.idTable <= sb.fragTable || sb.bytesUsed > uint64(im.size) || sb.idTable+8 != sb.bytesUsed:
 		return fmt.Errorf("%w: inode table %d, directory table %d, fragment table %d, id table %d, bytes used %d, image %d bytes",
@@ -216,7 +216,7 @@ func (im *image) superblock() error {
 		return fmt.Errorf("%w: %w", ErrImageLength, err)
 	}
 	if i := bytes.IndexFunc(pad, func(r rune) bool { return r != 0 }); i >= 0 {
-		return fmt.Errorf("%w: a byte other than zero at %d", ErrImageLength, sb.bytesUsed+uint64(i)) //nolint:gosec // i >= 0
+		return fmt.Errorf("%w: a byte other than zero in the padding, at %d", ErrImageLength, sb.bytesUsed+uint64(i)) //nolint:gosec // i >= 0
 	}
 	return nil
 }
@@ -232,7 +232,7 @@ func (im *image) idTable() error {
 	if block := binary.LittleEndian.Uint64(ptr[:]); block != im.sb.fragTable {
 		return fmt.Errorf("%w: the index names %d, the block is at %d", ErrIDTable, block, im.sb.fragTable)
 	}
-	ids, err := im.readTable(im.sb.fragTable, im.sb.idTable, ErrIDTable)
+	ids, err := im.readTable("id table", im.sb.fragTable, im.sb.idTable, ErrIDTable, metaSize, ErrIDTable)
 	if err != nil {
 		return err
 	}
@@ -240,7 +240,7 @@ func (im *image) idTable() error {
 		return fmt.Errorf("%w: %d blocks of %d bytes in all", ErrIDTable, len(ids.starts), len(ids.data))
 	}
 	if id := binary.LittleEndian.Uint32(ids.data); id != 0 {
-		return fmt.Errorf("%w: id %d", ErrIDNotRoot, id)
+		return fmt.Errorf("%w: id %d, want 0", ErrIDNotRoot, id)
 	}
 	return nil
 }
@@ -248,38 +248,40 @@ func (im *image) idTable() error {
 // readTable decodes the metadata blocks in [start, end): each a 16-bit
 // header and 1 to 8 KiB of data, zlib-compressed unless bit 15 is set (and
 // only in a zlib image), every block but the last holding 8 KiB decoded.
-func (im *image) readTable(start, end uint64, c *Check) (table, error) {
+// A block that breaks these rules is refused as c; more than limit bytes
+// decoded as over.
+func (im *image) readTable(name string, start, end uint64, c *Check, limit int, over *Check) (table, error) {
 	t := table{end: end - start}
 	for pos := start; pos < end; {
 		if len(t.starts) > 0 && len(t.data)%metaSize != 0 {
-			return table{}, fmt.Errorf("%w: the block before %d holds %d bytes, not 8 KiB", c, pos, len(t.data)%metaSize)
+			return table{}, fmt.Errorf("%w: %s: the block before %d holds %d bytes, not 8 KiB", c, name, pos, len(t.data)%metaSize)
 		}
 		var h [2]byte
 		if _, err := im.r.ReadAt(h[:], int64(pos)); err != nil { //nolint:gosec // pos < end <= bytesUsed <= size
-			return table{}, fmt.Errorf("%w: header at %d: %w", c, pos, err)
+			return table{}, fmt.Errorf("%w: %s: header at %d: %w", c, name, pos, err)
 		}
 		header := binary.LittleEndian.Uint16(h[:])
 		n := uint64(header &^ metaPlain)
 		if n == 0 || n > metaSize || pos+2+n > end {
-			return table{}, fmt.Errorf("%w: block at %d of %d bytes", c, pos, n)
+			return table{}, fmt.Errorf("%w: %s: block at %d of %d bytes", c, name, pos, n)
 		}
 		if header&metaPlain == 0 && !im.zlib {
-			return table{}, fmt.Errorf("%w: compressed block at %d in an uncompressed image", c, pos)
+			return table{}, fmt.Errorf("%w: %s: compressed block at %d in an uncompressed image", c, name, pos)
 		}
-		if len(t.data)+metaSize > maxTable {
-			return table{}, fmt.Errorf("%w: more than %d bytes", ErrTableSize, maxTable)
+		if len(t.data)+metaSize > limit {
+			return table{}, fmt.Errorf("%w: %s: more than %d bytes", over, name, limit)
 		}
 		t.starts = append(t.starts, pos-start)
 		raw := make([]byte, n)
 		if _, err := im.r.ReadAt(raw, int64(pos+2)); err != nil { //nolint:gosec // bounded above
-			return table{}, fmt.Errorf("%w: block at %d: %w", c, pos, err)
+			return table{}, fmt.Errorf("%w: %s: block at %d: %w", c, name, pos, err)
 		}
 		if header&metaPlain != 0 {
 			t.data = append(t.data, raw...)
 		} else {
 			var err error
 			if t.data, err = inflate(t.data, raw, metaSize); err != nil {
-				return table{}, fmt.Errorf("%w: block at %d: %w", c, pos, err)
+				return table{}, fmt.Errorf("%w: %s: block at %d: %w", c, name, pos, err)
 			}
 		}
 		pos += 2 + n
@@ -326,15 +328,15 @@ func (im *image) inodes() error {
 		uid, gid, mtime, num := le.Uint16(t[off+4:]), le.Uint16(t[off+6:]), le.Uint32(t[off+8:]), le.Uint32(t[off+12:])
 		switch {
 		case typ != typeBasicDir && typ != typeBasicFile:
-			return fmt.Errorf("%w: inode %d has type %d (symlink, device, fifo, socket or extended)", ErrInodeType, num, typ)
+			return fmt.Errorf("%w: inode %d has type %d (symlink, device, fifo, socket or extended), want 1 or 2", ErrInodeType, num, typ)
 		case typ == typeBasicDir && perm != imagespec.DirMode, typ == typeBasicFile && perm != imagespec.FileMode:
 			return fmt.Errorf("%w: inode %d of type %d has mode %04o", ErrInodeMode, num, typ, perm)
 		case uid != 0 || gid != 0:
 			return fmt.Errorf("%w: inode %d has owner index %d:%d", ErrInodeOwner, num, uid, gid)
 		case mtime != 0:
-			return fmt.Errorf("%w: inode %d has time %d", ErrInodeTime, num, mtime)
+			return fmt.Errorf("%w: inode %d has time %d, want 0", ErrInodeTime, num, mtime)
 		case num == 0 || num > im.sb.inodes || numbers[num]:
-			return fmt.Errorf("%w: inode %d of %d, or twice", ErrInodeNumber, num, im.sb.inodes)
+			return fmt.Errorf("%w: inode number %d (of %d inodes) is 0, over the count or twice", ErrInodeNumber, num, im.sb.inodes)
 		}
 		numbers[num] = true
 		in := &inodeInfo{typ: typ, number: num}
@@ -410,7 +412,7 @@ func (im *image) fileInode(in *inodeInfo, b, rest []byte, content *uint64) (int,
 			ErrFileBlocks, in.number, start, end, dataStart, im.sb.inodeTable)
 	}
 	if *content += uint64(fsize); *content > maxContent {
-		return 0, fmt.Errorf("%w: more than %d bytes", ErrContentSize, maxContent)
+		return 0, fmt.Errorf("%w: the files hold more than %d bytes together", ErrContentSize, maxContent)
 	}
 	// The kernel reads block i expecting exactly this many bytes, and fails
 	// the read (EIO) on any other number, after the image was mounted.
@@ -451,12 +453,12 @@ func fills(es []extent, from, to uint64) error {
 	at := from
 	for _, e := range es {
 		if e.start != at {
-			return fmt.Errorf("[%d, %d) follows %d", e.start, e.end, at)
+			return fmt.Errorf("[%d, %d) where the one before ends at %d (a gap or an overlap)", e.start, e.end, at)
 		}
 		at = e.end
 	}
 	if at != to {
-		return fmt.Errorf("ends at %d, not %d", at, to)
+		return fmt.Errorf("the last ends at %d, the area at %d", at, to)
 	}
 	return nil
 }
@@ -501,7 +503,7 @@ func (im *image) walk(d *inodeInfo) error {
 		}
 		count, block, base := le.Uint32(l[off:])+1, le.Uint32(l[off+4:]), le.Uint32(l[off+8:])
 		if count > maxDirCount {
-			return fmt.Errorf("%w: directory %d: a header of %d entries", ErrListing, d.number, count)
+			return fmt.Errorf("%w: directory %d: a header of %d entries, at most 256", ErrListing, d.number, count)
 		}
 		off += 12
 		for range count {
