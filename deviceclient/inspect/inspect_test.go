@@ -19,6 +19,7 @@ import (
 	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/imagebuild/squashfs"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/deviceclient/inspect/inspecttest"
 	"github.com/fleetprov/prov/internal/testenv"
 )
 
@@ -310,9 +311,25 @@ var updateFuzz = flag.Bool("update-fuzz-corpus", false, "regenerate the seed cor
 
 // FuzzInspect: whatever the bytes, inspection returns (no panic, no crash)
 // with memory bounded by the image size, and what it accepts keeps the
-// contract.
+// contract. Seeds: a good image, its zlib twin, and every case of
+// inspecttest (each refused by one check), besides testdata/fuzz.
 func FuzzInspect(f *testing.F) {
-	f.Add(build(f, record()))
+	good := build(f, record())
+	f.Add(good)
+	gz, err := squashfs.Build(entries(f, record()), squashfs.Options{Compression: squashfs.Gzip})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(gz)
+	for _, c := range inspecttest.Cases() {
+		img, err := c.Make(good)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if len(img) <= 64<<10 { // not table-size's 1 MiB: the fuzzer would spend its time on it
+			f.Add(img)
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > imagespec.MaxImageSize {
 			return

@@ -109,7 +109,8 @@ type image struct {
 	r           io.ReaderAt
 	size        int64
 	sb          superblock
-	zlib        bool // the flags admit zlib-compressed blocks
+	zlib        bool          // the flags admit zlib-compressed blocks
+	zr          io.ReadCloser // the one decompressor, made on first use
 	maxFile     uint32
 	inodeTable  table
 	dirTable    table
@@ -215,8 +216,10 @@ func (im *image) superblock() error {
 	if _, err := im.r.ReadAt(pad, int64(sb.bytesUsed)); err != nil { //nolint:gosec // bytesUsed <= size
 		return fmt.Errorf("%w: %w", ErrImageLength, err)
 	}
-	if i := bytes.IndexFunc(pad, func(r rune) bool { return r != 0 }); i >= 0 {
-		return fmt.Errorf("%w: a byte other than zero in the padding, at %d", ErrImageLength, sb.bytesUsed+uint64(i)) //nolint:gosec // i >= 0
+	for i, c := range pad {
+		if c != 0 {
+			return fmt.Errorf("%w: a byte other than zero in the padding, at %d", ErrImageLength, sb.bytesUsed+uint64(i)) //nolint:gosec // i >= 0
+		}
 	}
 	return nil
 }
@@ -279,37 +282,43 @@ func (im *image) readTable(name string, start, end uint64, c *Check, limit int, 
 		if header&metaPlain != 0 {
 			t.data = append(t.data, raw...)
 		} else {
-			var err error
-			if t.data, err = inflate(t.data, raw, metaSize); err != nil {
+			var out bytes.Buffer
+			out.Write(t.data)
+			if _, err := im.inflate(&out, raw, metaSize); err != nil {
 				return table{}, fmt.Errorf("%w: %s: block at %d: %w", c, name, pos, err)
 			}
+			t.data = out.Bytes()
 		}
 		pos += 2 + n
 	}
 	return t, nil
 }
 
-// inflate appends to dst the zlib stream src, which must decode to at most
+// inflate writes to dst the zlib stream src, which must decode to at most
 // limit bytes and end exactly where src does (the kernel refuses trailing
-// bytes too). A bomb stops at limit+1 bytes.
-func inflate(dst, src []byte, limit int) ([]byte, error) {
+// bytes too), and returns how many bytes it wrote. A bomb stops at limit+1
+// bytes. One decompressor (~40 KiB of state) serves the whole prescan.
+func (im *image) inflate(dst io.Writer, src []byte, limit int) (int64, error) {
 	br := bytes.NewReader(src)
-	zr, err := zlib.NewReader(br)
-	if err != nil {
-		return nil, err
+	if im.zr == nil {
+		zr, err := zlib.NewReader(br)
+		if err != nil {
+			return 0, err
+		}
+		im.zr = zr
+	} else if err := im.zr.(zlib.Resetter).Reset(br, nil); err != nil { //nolint:errcheck,forcetypeassert // zlib's readers are Resetters
+		return 0, err
 	}
-	var out bytes.Buffer
-	out.Grow(min(limit, 4*len(src)))
-	n, err := io.Copy(&out, io.LimitReader(zr, int64(limit)+1))
+	n, err := io.Copy(dst, io.LimitReader(im.zr, int64(limit)+1))
 	switch {
 	case err != nil:
-		return nil, err
+		return 0, err
 	case n > int64(limit):
-		return nil, fmt.Errorf("inflates to more than %d bytes", limit)
+		return 0, fmt.Errorf("inflates to more than %d bytes", limit)
 	case br.Len() != 0:
-		return nil, fmt.Errorf("%d bytes after the zlib stream", br.Len())
+		return 0, fmt.Errorf("%d bytes after the zlib stream", br.Len())
 	}
-	return append(dst, out.Bytes()...), nil
+	return n, nil
 }
 
 // inodes walks the inode table inode by inode; it must hold exactly
@@ -429,11 +438,11 @@ func (im *image) fileInode(in *inodeInfo, b, rest []byte, content *uint64) (int,
 			if _, err := im.r.ReadAt(raw, int64(pos)); err != nil { //nolint:gosec // inside the data area
 				return 0, fmt.Errorf("%w: file inode %d block %d: %w", ErrFileSize, in.number, i, err)
 			}
-			data, err := inflate(nil, raw, builderBlockSize)
+			n, err := im.inflate(io.Discard, raw, builderBlockSize)
 			if err != nil {
 				return 0, fmt.Errorf("%w: file inode %d block %d: %w", ErrFileSize, in.number, i, err)
 			}
-			got = len(data)
+			got = int(n)
 		}
 		if got != want {
 			return 0, fmt.Errorf("%w: file inode %d has size %d: block %d holds %d bytes, not %d", ErrFileSize, in.number, fsize, i, got, want)
