@@ -106,19 +106,18 @@ type extent struct{ start, end uint64 }
 
 // image is the state of one prescan.
 type image struct {
-	r           io.ReaderAt
-	size        int64
-	sb          superblock
-	zlib        bool          // the flags admit zlib-compressed blocks
-	zr          io.ReadCloser // the one decompressor, made on first use
-	maxFile     uint32
-	inodeTable  table
-	dirTable    table
-	byPos       map[int]*inodeInfo // by position in the inode table
-	data        []extent           // non-empty files' data
-	listings    []extent           // non-empty directories' listings
-	reachedDirs int
-	reached     uint32
+	r          io.ReaderAt
+	size       int64
+	sb         superblock
+	zlib       bool          // the flags admit zlib-compressed blocks
+	zr         io.ReadCloser // the one decompressor, made on first use
+	maxFile    uint32
+	inodeTable table
+	dirTable   table
+	byPos      map[int]*inodeInfo // by position in the inode table
+	data       []extent           // non-empty files' data
+	listings   []extent           // non-empty directories' listings
+	reached    uint32
 }
 
 // prescan checks, with its own bounded parser and before any general
@@ -432,7 +431,7 @@ func (im *image) fileInode(in *inodeInfo, b, rest []byte, content *uint64) (int,
 			want = int(fsize) - i*builderBlockSize
 		}
 		n := uint64(w &^ blockUncompressed)
-		got := int(n)
+		got := int(n) //nolint:gosec // n <= builderBlockSize
 		if w&blockUncompressed == 0 {
 			raw := make([]byte, n)
 			if _, err := im.r.ReadAt(raw, int64(pos)); err != nil { //nolint:gosec // inside the data area

@@ -63,16 +63,16 @@ func Cases() []Case {
 		{"superblock-tables-out-of-order", inspect.ErrTables, edit(func(im *Image) error { im.put64(72, im.u64(64)); return nil })},
 		{"image-length-extra-block", inspect.ErrImageLength, edit(func(im *Image) error { im.b = append(im.b, make([]byte, 4096)...); return nil })},
 		{"image-length-padding-not-zero", inspect.ErrImageLength, edit(func(im *Image) error {
-			if int(im.u64(40)) == len(im.b) {
+			if im.pos(40) == len(im.b) {
 				return fmt.Errorf("%w: no padding", ErrNotBuilderImage)
 			}
 			im.b[len(im.b)-1] = 1
 			return nil
 		})},
-		{"id-table-index", inspect.ErrIDTable, edit(func(im *Image) error { im.put64(int(im.u64(48)), im.u64(80)+1); return nil })},
-		{"id-root", inspect.ErrIDNotRoot, edit(func(im *Image) error { im.put32(int(im.u64(80))+2, 1000); return nil })},
+		{"id-table-index", inspect.ErrIDTable, edit(func(im *Image) error { im.put64(im.pos(48), im.u64(80)+1); return nil })},
+		{"id-root", inspect.ErrIDNotRoot, edit(func(im *Image) error { im.put32(im.pos(80)+2, 1000); return nil })},
 		{"metadata-block-compressed", inspect.ErrMetadataBlock, edit(func(im *Image) error {
-			at := int(im.inodeTable)
+			at := im.pos(64)
 			im.put16(at, im.u16(at)&^0x8000)
 			return nil
 		})},
@@ -106,7 +106,7 @@ func Cases() []Case {
 		{"data-layout", inspect.ErrDataLayout, edit(func(im *Image) error { return im.addInode32("/etc/hostname", 16, 1) })},
 		{"root-inode-file", inspect.ErrRootInode, edit(func(im *Image) error {
 			e := im.entries["/etc/hostname"]
-			im.put64(32, uint64(e.inode/metaSize*(metaSize+2))<<16|uint64(e.inode%metaSize))
+			im.put64(32, uint64(e.inode/metaSize*(metaSize+2))<<16|uint64(e.inode%metaSize)) //nolint:gosec // positions in a small image
 			return nil
 		})},
 		{"root-inode-parent", inspect.ErrRootInode, inode32("/", 28, 1)},
@@ -385,6 +385,9 @@ func at(table uint64, pos int) int {
 	return int(table) + pos/metaSize*(metaSize+2) + 2 + pos%metaSize //nolint:gosec // a small image
 }
 
+// pos reads a 64-bit superblock field that holds a position in the image.
+func (im *Image) pos(field int) int { return int(im.u64(field)) } //nolint:gosec // a small image
+
 func (im *Image) u16(off int) uint16 { return binary.LittleEndian.Uint16(im.b[off:]) }
 func (im *Image) u32(off int) uint32 { return binary.LittleEndian.Uint32(im.b[off:]) }
 func (im *Image) u64(off int) uint64 { return binary.LittleEndian.Uint64(im.b[off:]) }
@@ -488,7 +491,7 @@ func (im *Image) grow(inodes bool, n int) error {
 			im.put64(off, v+shift)
 		}
 	}
-	if idx := int(im.u64(48)); idx+8 <= len(im.b) { //nolint:gosec // a small image
+	if idx := im.pos(48); idx+8 <= len(im.b) {
 		im.put64(idx, im.u64(idx)+shift)
 	}
 	if rem := len(im.b) % 4096; rem != 0 {
