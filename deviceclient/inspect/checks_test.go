@@ -169,6 +169,44 @@ func TestAcceptedIsKernelReadable(t *testing.T) {
 		}
 		try(fmt.Sprintf("record %d zlib", i), z, expect())
 	}
+	// At the limits: 256 data files of 4 KiB, whose inodes and listings
+	// cross metadata blocks (a directory header per inode block).
+	full := record()
+	full.Data = map[string]string{}
+	for i := range imagespec.MaxDataFiles {
+		full.Data[fmt.Sprintf("/etc/prov/data/d%d/f%03d", i%3, i)] = strings.Repeat(fmt.Sprintf("%03d\n", i), imagespec.MaxTotalSize/imagespec.MaxDataFiles/4)
+	}
+	for _, comp := range []squashfs.Compression{squashfs.None, squashfs.Gzip} {
+		img, err := squashfs.Build(entries(t, full), squashfs.Options{Compression: comp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if le := binary.LittleEndian; comp == squashfs.None && le.Uint64(img[72:])-le.Uint64(img[64:]) <= 8194 {
+			t.Fatalf("the inode table fits one metadata block; the case tests less than it says")
+		}
+		n := len(all)
+		try(fmt.Sprintf("at the limits, compression %d", comp), img, expect())
+		if len(all) == n {
+			_, err := run(img, expect())
+			t.Fatalf("an image at the limits is refused: %v", err)
+		}
+	}
+	// An empty data file and an empty directory: no blocks, no listing.
+	empty := append(entries(t, record()),
+		squashfs.Entry{Path: "/etc/prov/data/empty", Mode: imagespec.FileMode},
+		squashfs.Entry{Path: "/etc/prov/data/none", Dir: true, Mode: imagespec.DirMode})
+	for _, comp := range []squashfs.Compression{squashfs.None, squashfs.Gzip} {
+		img, err := squashfs.Build(empty, squashfs.Options{Compression: comp})
+		if err != nil {
+			t.Fatal(err)
+		}
+		n := len(all)
+		try(fmt.Sprintf("empty file and directory, compression %d", comp), img, expect())
+		if len(all) == n {
+			_, err := run(img, expect())
+			t.Fatalf("an image with an empty file and an empty directory is refused: %v", err)
+		}
+	}
 	base := len(all)
 	// Every byte of the superblock and the tables, six ways; the data area
 	// (file contents: many changes there are accepted, and alike) a byte in
