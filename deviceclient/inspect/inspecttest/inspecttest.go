@@ -33,8 +33,8 @@ type Case struct {
 	// the error Inspect returns.
 	Check *inspect.Check
 	// Make returns the changed copy of good, which must be an image core
-	// built of a record with the fixed files (machine-id optional) and at
-	// least one data file; good is not modified.
+	// built (imagebuild.Build) of a small record, /etc/hostname and
+	// /etc/mqtt-client-id in one inode block; good is not modified.
 	Make func(good []byte) ([]byte, error)
 }
 
