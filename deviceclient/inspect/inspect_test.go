@@ -19,6 +19,7 @@ import (
 	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/imagebuild/squashfs"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/deviceclient/inspect/inspecttest"
 	"github.com/fleetprov/prov/internal/testenv"
 )
 
@@ -133,22 +134,29 @@ func TestRefusesWhatCoreNeverBuilds(t *testing.T) {
 		entries []squashfs.Entry
 		err     error
 	}{
-		{"file outside the prefixes", with(squashfs.Entry{Path: "/etc/shadow", Mode: 0o644, Data: []byte("root::0:0:::::")}), inspect.ErrUnexpectedEntry},
-		{"file at the root", with(squashfs.Entry{Path: "/evil", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"directory outside", with(squashfs.Entry{Path: "/var/lib", Dir: true, Mode: 0o755}), inspect.ErrUnexpectedEntry},
-		{"hidden data file", with(squashfs.Entry{Path: "/etc/prov/data/.profile", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"data file too deep", with(squashfs.Entry{Path: deep + "/h/i", Mode: 0o644}), inspect.ErrUnexpectedEntry},
-		{"file mode 0600", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o600), inspect.ErrBadMode},
-		{"file mode 0755", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o755), inspect.ErrBadMode},
-		{"directory mode 0777", with(squashfs.Entry{Path: "/etc/prov/data/d", Dir: true, Mode: 0o777}), inspect.ErrBadMode},
-		{"hostname missing", without(imagespec.Hostname), inspect.ErrMissing},
-		{"metadata missing", without(imagespec.Metadata), inspect.ErrMissing},
-		{"extension-release missing", without(imagespec.ExtensionRelease), inspect.ErrMissing},
-		{"another serial inside", replace(imagespec.SerialNumber, "0000000001\n", 0o644), inspect.ErrMismatch},
-		{"another generation inside", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":3,"issuedAt":"2026-11-01T12:00:00Z"}`, 0o644), inspect.ErrMismatch},
-		{"metadata garbage", replace(imagespec.Metadata, "{", 0o644), inspect.ErrMismatch},
-		{"altered extension-release", replace(imagespec.ExtensionRelease, "ID=debian\n", 0o644), inspect.ErrMismatch},
-		{"data file over the size limit", with(squashfs.Entry{Path: "/etc/prov/data/big", Mode: 0o644, Data: make([]byte, imagespec.MaxFileSize+1)}), inspect.ErrTooLarge},
+		{"file outside the prefixes", with(squashfs.Entry{Path: "/etc/shadow", Mode: 0o644, Data: []byte("root::0:0:::::")}), inspect.ErrEntryPath},
+		{"file at the root", with(squashfs.Entry{Path: "/evil", Mode: 0o644}), inspect.ErrEntryPath},
+		{"directory outside", with(squashfs.Entry{Path: "/var/lib", Dir: true, Mode: 0o755}), inspect.ErrEntryPath},
+		{"hidden data file", with(squashfs.Entry{Path: "/etc/prov/data/.profile", Mode: 0o644}), inspect.ErrEntryPath},
+		{"data file too deep", with(squashfs.Entry{Path: deep + "/h/i", Mode: 0o644}), inspect.ErrEntryPath},
+		{"file mode 0600", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o600), inspect.ErrInodeMode},
+		{"file mode 0755", replace(imagespec.Hostname, "dev-1a2b3c4d5e\n", 0o755), inspect.ErrInodeMode},
+		{"directory mode 0777", with(squashfs.Entry{Path: "/etc/prov/data/d", Dir: true, Mode: 0o777}), inspect.ErrInodeMode},
+		{"hostname missing", without(imagespec.Hostname), inspect.ErrFixedFiles},
+		{"metadata missing", without(imagespec.Metadata), inspect.ErrFixedFiles},
+		{"extension-release missing", without(imagespec.ExtensionRelease), inspect.ErrFixedFiles},
+		{"another serial inside", replace(imagespec.SerialNumber, "0000000001\n", 0o644), inspect.ErrSerialNumber},
+		{"another generation inside", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":3,"issuedAt":"2026-11-01T12:00:00Z"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"metadata garbage", replace(imagespec.Metadata, "{", 0o644), inspect.ErrMetadata},
+		{"metadata member twice", replace(imagespec.Metadata, `{"format":1,"serial":"0000000001","serial":"1a2b3c4d5e","generation":4,"issuedAt":"2026-11-01T12:00:00Z"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"metadata time with an offset", replace(imagespec.Metadata, `{"format":1,"serial":"1a2b3c4d5e","generation":4,"issuedAt":"2026-11-01T13:00:00+01:00"}`+"\n", 0o644), inspect.ErrMetadata},
+		{"altered extension-release", replace(imagespec.ExtensionRelease, "ID=debian\n", 0o644), inspect.ErrExtensionRelease},
+		{"hostname not a host name", replace(imagespec.Hostname, "Dev_1\n", 0o644), inspect.ErrFixedValues},
+		{"machine-id all zero", replace(imagespec.MachineID, strings.Repeat("0", 32)+"\n", 0o644), inspect.ErrFixedValues},
+		{"mqtt client id of two lines", replace(imagespec.MQTTClientID, "a\nb\n", 0o644), inspect.ErrFixedValues},
+		{"data file over the size limit", with(squashfs.Entry{Path: "/etc/prov/data/big", Mode: 0o644, Data: make([]byte, imagespec.MaxFileSize+1)}), inspect.ErrFileTooLarge},
+		{"more data files than allowed", with(dataFiles(imagespec.MaxDataFiles-1, 1)...), inspect.ErrDataLimits},
+		{"more data than allowed", with(dataFiles(16, imagespec.MaxFileSize)...), inspect.ErrDataLimits},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			img, err := squashfs.Build(tc.entries, squashfs.Options{})
@@ -178,6 +186,16 @@ func TestRefusesWhatCoreNeverBuilds(t *testing.T) {
 			t.Fatalf("a zlib image of the same tree: %v", err)
 		}
 	})
+}
+
+// dataFiles returns n data files of size bytes each, besides the record's
+// two.
+func dataFiles(n, size int) []squashfs.Entry {
+	var es []squashfs.Entry
+	for i := range n {
+		es = append(es, squashfs.Entry{Path: fmt.Sprintf("/etc/prov/data/many/f%03d", i), Mode: imagespec.FileMode, Data: bytes.Repeat([]byte{'x'}, size)})
+	}
+	return es
 }
 
 func TestRefusesBrokenBytes(t *testing.T) {
@@ -234,7 +252,10 @@ func mksquashfsImage(t testing.TB, setup func(root string), args ...string) []by
 }
 
 func TestRefusesHostileImages(t *testing.T) {
-	plain := []string{"-no-fragments", "-no-exports", "-no-xattrs", "-all-root"}
+	// The superblock core's writer makes in its zlib mode (flags 0x0210, no
+	// time), so that each case is refused for its trick, not for its
+	// superblock.
+	plain := []string{"-no-fragments", "-no-exports", "-no-xattrs", "-no-duplicates", "-all-time", "0", "-mkfs-time", "0", "-all-root"}
 	for _, tc := range []struct {
 		name  string
 		setup func(t *testing.T, root string)
@@ -259,7 +280,7 @@ func TestRefusesHostileImages(t *testing.T) {
 			testenv.Root(t, "chown needs root")
 			must(t, os.WriteFile(root+"/etc/prov/data/theirs", []byte("x"), 0o644))
 			must(t, os.Chown(root+"/etc/prov/data/theirs", 1000, 1000))
-		}, []string{"-no-fragments", "-no-exports", "-no-xattrs"}, inspect.ErrBadOwner},
+		}, plain[:len(plain)-1], inspect.ErrBadOwner},
 		{"fragments and export table (mksquashfs defaults)", func(*testing.T, string) {}, []string{"-all-root"}, inspect.ErrMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -290,9 +311,25 @@ var updateFuzz = flag.Bool("update-fuzz-corpus", false, "regenerate the seed cor
 
 // FuzzInspect: whatever the bytes, inspection returns (no panic, no crash)
 // with memory bounded by the image size, and what it accepts keeps the
-// contract.
+// contract. Seeds: a good image, its zlib twin, and every case of
+// inspecttest (each refused by one check), besides testdata/fuzz.
 func FuzzInspect(f *testing.F) {
-	f.Add(build(f, record()))
+	good := build(f, record())
+	f.Add(good)
+	gz, err := squashfs.Build(entries(f, record()), squashfs.Options{Compression: squashfs.Gzip})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(gz)
+	for _, c := range inspecttest.Cases() {
+		img, err := c.Make(good)
+		if err != nil {
+			f.Fatal(err)
+		}
+		if len(img) <= 64<<10 { // not table-size's 1 MiB: the fuzzer would spend its time on it
+			f.Add(img)
+		}
+	}
 	f.Fuzz(func(t *testing.T, data []byte) {
 		if len(data) > imagespec.MaxImageSize {
 			return
