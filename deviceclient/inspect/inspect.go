@@ -195,7 +195,7 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 		return imagespec.ImageMetadata{}, err
 	}
 	if string(serial) != want.Serial+"\n" {
-		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s holds %q, the statement says %s", ErrSerialNumber, imagespec.SerialNumber, untrusted.Short(string(serial)), want.Serial)
+		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s holds %s, the statement says %s", ErrSerialNumber, imagespec.SerialNumber, untrusted.Quote(string(serial)), want.Serial)
 	}
 	raw, err := read(imagespec.Metadata)
 	if err != nil {
@@ -212,7 +212,7 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 		Format: md.Format, Serial: md.Serial, Generation: md.Generation, IssuedAt: md.IssuedAt.UTC().Truncate(time.Second),
 	})
 	if err != nil || !bytes.Equal(raw, canon) {
-		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s is not spelt as the builder writes it: %q", ErrMetadata, imagespec.Metadata, untrusted.Short(string(raw)))
+		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %s is not spelt as the builder writes it: %s", ErrMetadata, imagespec.Metadata, untrusted.Quote(string(raw)))
 	}
 	if md.Serial != want.Serial || md.Generation != want.Generation {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: metadata names %s generation %d, the statement %s generation %d",

@@ -307,8 +307,8 @@ func checkMembers(body []byte, v any) error {
 		name, _ := tok.(string) // a member name: Token returns strings only here
 		switch {
 		case !slices.Contains(fields, name):
-			return BadRequest(fmt.Sprintf("%q: not a field of this request (its fields: %s; names are case-sensitive)",
-				untrusted.Short(name), strings.Join(fields, ", ")), nil)
+			return BadRequest(fmt.Sprintf("%s: not a field of this request (its fields: %s; names are case-sensitive)",
+				untrusted.Quote(name), strings.Join(fields, ", ")), nil)
 		case seen[name]:
 			return BadRequest(fmt.Sprintf("%s: given more than once", name), nil)
 		}
