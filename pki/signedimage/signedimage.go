@@ -182,6 +182,23 @@ func (s *Signer) WithChain(chain []*x509.Certificate) (*Signer, error) {
 	return NewSigner(s.key, chain)
 }
 
+// IssueTime is the issue time Sign writes for a generation made at t: t in
+// whole UTC seconds, never before the signer's chain began. A device
+// checks a bundle it keeps at the statement's issue time
+// (VerifyOptions.AtIssue), and refuses an issue time outside the chain's
+// validity (step 18). A generation made before this chain began (signed
+// after the signer's certificate was renewed or rotated, or the
+// intermediate re-issued) is dated when the chain began instead, the
+// earliest time this signer vouches for it. The builder writes the same
+// time into the image's /etc/prov/image.json.
+func (s *Signer) IssueTime(t time.Time) time.Time {
+	t = t.UTC().Truncate(time.Second)
+	if began := s.began(); t.Before(began) {
+		return began
+	}
+	return t
+}
+
 // Sign completes the statement for image (format, digest, length; issue
 // time in whole UTC seconds, never before the signer's chain began) and
 // returns the bundle. Ed25519 is deterministic and the encoding canonical,
@@ -197,16 +214,7 @@ func (s *Signer) Sign(st Statement, image []byte) ([]byte, error) {
 	st.Format = FormatVersion
 	st.SHA256 = hex.EncodeToString(sum[:])
 	st.Length = int64(len(image))
-	st.IssuedAt = st.IssuedAt.UTC().Truncate(time.Second)
-	// A device checks a bundle it keeps at the statement's issue time
-	// (VerifyOptions.AtIssue). A generation made before this chain began
-	// (signed after the signer's certificate was renewed or rotated, or
-	// the intermediate re-issued) would verify when fetched and fail at
-	// the next boot; its statement is dated when the chain began instead,
-	// the earliest time this signer vouches for it.
-	if began := s.began(); st.IssuedAt.Before(began) {
-		st.IssuedAt = began
-	}
+	st.IssuedAt = s.IssueTime(st.IssuedAt)
 	payload, err := json.Marshal(&st)
 	if err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)
