@@ -68,7 +68,9 @@ func (b *TrustBundle) IssuingOrder(chain []*x509.Certificate) ([]*x509.Certifica
 		if !slices.Contains(pathSignatureAlgorithms, child.SignatureAlgorithm) {
 			return fmt.Errorf("signature algorithm %s is not accepted", child.SignatureAlgorithm)
 		}
-		return child.CheckSignatureFrom(parent)
+		// The signature alone: whether parent may issue (CA bit, key
+		// usage) is a rule of PathRules, as the specification orders them.
+		return parent.CheckSignature(child.SignatureAlgorithm, child.RawTBSCertificate, child.Signature)
 	}
 	for i := range len(chain) - 1 {
 		if err := issued(chain[i], chain[i+1]); err != nil {
