@@ -506,10 +506,11 @@ func parseStatement(b []byte) (*Statement, error) {
 // with Z, whole seconds.
 const IssuedAtLayout = "2006-01-02T15:04:05Z"
 
-// ParseIssuedAt reads an issue time spelt exactly as IssuedAtLayout.
+// ParseIssuedAt reads an issue time spelt exactly as IssuedAtLayout, from
+// year 0001 on.
 func ParseIssuedAt(s string) (time.Time, error) {
 	t, err := time.Parse(IssuedAtLayout, s)
-	if err != nil || len(s) != len(IssuedAtLayout) || t.Format(IssuedAtLayout) != s {
+	if err != nil || len(s) != len(IssuedAtLayout) || t.Format(IssuedAtLayout) != s || t.Year() < 1 {
 		return time.Time{}, fmt.Errorf("issuedAt %q is not RFC 3339 in UTC with Z and whole seconds (%s)", untrusted.Short(s), IssuedAtLayout)
 	}
 	return t, nil

@@ -43,6 +43,8 @@ func ptr(t time.Time) *time.Time { return &t }
 func cases(g *gen) []spec {
 	img := g.image
 	other := g.imageOf(recordOf(otherSerial, generation, issued), "")
+	// An image whose image.json says generation 0, as the statement does.
+	gen0 := g.imageOf(record(generation, issued), `{"format":1,"serial":"1a2b3c4d5e","generation":0,"issuedAt":"`+at(issued)+`"}`+"\n")
 	jws, _ := statementOf(g.good)
 	parts := strings.Split(jws, ".")
 	x5c := g.header("signer", "intermediate")
@@ -181,7 +183,7 @@ func cases(g *gen) []spec {
 		{name: "statement: issuedAt with an offset", bundle: g.honest(payload(img, at(issued), "2026-07-01T02:00:00+02:00")), step: signedimage.StepPayloadMembers, about: finding + "UTC with Z"},
 		{name: "statement: issuedAt with lower-case t and z", bundle: g.honest(payload(img, at(issued), "2026-07-01t00:00:00z")), step: signedimage.StepPayloadMembers, about: "one spelling: upper-case T and Z"},
 		{name: "statement: issuedAt at a leap second", bundle: g.honest(payload(img, at(issued), "2026-06-30T23:59:60Z")), step: signedimage.StepPayloadMembers, about: "seconds 00 to 59"},
-		{name: "statement: generation 0", bundle: g.honest(payload(img, `"generation":3`, `"generation":0`)), step: signedimage.StepPayloadMembers, opts: highWater(0), about: finding + "generation >= 1"},
+		{name: "statement: generation 0", bundle: g.forge("signer", x5c, payload(gen0, `"generation":3`, `"generation":0`), gen0), step: signedimage.StepPayloadMembers, opts: highWater(0), about: finding + "generation >= 1"},
 		{name: "statement: generation 3.0", bundle: g.honest(payload(img, `"generation":3`, `"generation":3.0`)), step: signedimage.StepPayloadMembers, about: "integers are spelt as digits"},
 		{name: "statement: generation a string", bundle: g.honest(payload(img, `"generation":3`, `"generation":"3"`)), step: signedimage.StepPayloadMembers, about: "exact types"},
 		{name: "statement: generation 2^53", bundle: g.honest(payload(img, `"generation":3`, `"generation":9007199254740992`)), step: signedimage.StepPayloadMembers, about: "at most 2^53-1"},

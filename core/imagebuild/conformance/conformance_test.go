@@ -2,11 +2,15 @@ package conformance_test
 
 import (
 	"bytes"
+	"encoding/json"
+	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 
 	"github.com/fleetprov/prov/core/imagebuild/conformance"
+	"github.com/fleetprov/prov/internal/testenv"
 )
 
 var suiteDir = filepath.Join("..", "..", "..", "testdata", "conformance")
@@ -51,5 +55,83 @@ func TestSuiteIsGenerated(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// python3 is a Python 3 with the cryptography package, or the test skips
+// (fails under PROV_REQUIRE_ALL=1).
+func python3(t *testing.T) string {
+	t.Helper()
+	py := testenv.Tool(t, "python3", "install python3 (Debian: apt-get install python3 python3-cryptography)")
+	if out, err := exec.Command(py, "-c", "import cryptography").CombinedOutput(); err != nil { //nolint:gosec // a test's own tool
+		testenv.Missing(t, "python3 has no cryptography package (Debian: apt-get install python3-cryptography): %v\n%s", err, out)
+	}
+	return py
+}
+
+// TestPythonVerifier runs testdata/conformance/verify.py, a verifier
+// written from docs/image-format.md in Python, over the suite: every
+// verdict, error name and step must be the suite's. Where it and the
+// suite disagree, the document decides (fix it or the Go code, not the
+// Python to match the Go).
+func TestPythonVerifier(t *testing.T) {
+	py := python3(t)
+	cmd := exec.Command(py, filepath.Join(suiteDir, "verify.py"), "--json", suiteDir) //nolint:gosec // the suite's own script
+	out, err := cmd.Output()
+	if err != nil {
+		t.Errorf("verify.py: %v", err)
+	}
+	var m conformance.Manifest
+	raw, rerr := os.ReadFile(filepath.Join(suiteDir, "cases.json"))
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err := json.Unmarshal(raw, &m); err != nil {
+		t.Fatal(err)
+	}
+	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
+	if len(lines) != len(m.Cases) {
+		t.Fatalf("verify.py reported %d cases of %d:\n%s", len(lines), len(m.Cases), out)
+	}
+	for _, l := range lines {
+		var r struct {
+			Name      string
+			OK        bool
+			Got, Want map[string]any
+			Detail    string
+		}
+		if err := json.Unmarshal(l, &r); err != nil {
+			t.Fatalf("%v: %s", err, l)
+		}
+		if !r.OK {
+			t.Errorf("%s: verify.py says %v (%s), the suite %v", r.Name, r.Got, r.Detail, r.Want)
+		}
+	}
+}
+
+// TestPythonVerifierCanDisagree: verify.py fails on a suite whose verdict
+// it does not share, so TestPythonVerifier can fail.
+func TestPythonVerifierCanDisagree(t *testing.T) {
+	py := python3(t)
+	dir := t.TempDir()
+	files, err := conformance.Files()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, data := range files {
+		if name == "cases.json" {
+			data = bytes.Replace(data, []byte(`"error": "rollback"`), []byte(`"error": "wrong device"`), 1)
+		}
+		if err := os.MkdirAll(filepath.Dir(filepath.Join(dir, name)), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil { //nolint:gosec // test data
+			t.Fatal(err)
+		}
+	}
+	out, err := exec.Command(py, filepath.Join(suiteDir, "verify.py"), dir).CombinedOutput() //nolint:gosec // the suite's own script
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !bytes.Contains(out, []byte("DISAGREES")) {
+		t.Fatalf("verify.py on a wrong suite: %v\n%s", err, out)
 	}
 }
