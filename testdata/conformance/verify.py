@@ -271,8 +271,8 @@ def check_name_constraints(ca, leaf):
         if not subtrees:
             continue
         for t in subtrees:
-            if not isinstance(t, (x509.DNSName, x509.UniformResourceIdentifier, x509.IPAddress, x509.RFC822Name)):
-                return f"a name constraint of type {type(t).__name__}"
+            if nc.critical and not isinstance(t, (x509.DNSName, x509.UniformResourceIdentifier, x509.IPAddress, x509.RFC822Name)):
+                return f"a critical name constraint of type {type(t).__name__}"
         for name in names:
             cons = [t for t in subtrees if type(t) is type(name)]
             if not cons:
@@ -287,7 +287,8 @@ def check_name_constraints(ca, leaf):
             elif isinstance(name, x509.IPAddress):
                 hit = any(name.value in c.value for c in cons)
             else:
-                hit = any(domain_match(name.value.rsplit("@", 1)[-1], c.value.rsplit("@", 1)[-1]) for c in cons)
+                hit = any(name.value.lower() == c.value.lower() if "@" in c.value
+                          else domain_match(name.value.rsplit("@", 1)[-1], c.value) for c in cons)
             if hit != permitted:
                 return f"{name.value!r} is outside the name constraints of {ca.subject.rfc4514_string()!r}"
     return None
