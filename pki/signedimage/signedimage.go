@@ -254,8 +254,9 @@ type VerifyOptions struct {
 	// MaxImageSize caps the image; zero means DefaultMaxImageSize.
 	MaxImageSize int64
 	// AtIssue checks the signer's chain at the statement's issue time
-	// instead of now: for a bundle accepted earlier and kept, whose bytes
-	// are checked again at every boot. Its signer was valid when it
+	// instead of now (step 13 is skipped, step 18 holds): for a bundle
+	// accepted earlier and kept, whose bytes are checked again at every
+	// boot. Its signer was valid when it
 	// signed; the signer's certificate expiring later (or a signer
 	// rotation) must not make a device lose its data.
 	AtIssue bool
