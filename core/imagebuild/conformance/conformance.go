@@ -257,12 +257,6 @@ func (g *gen) header(chain ...string) string {
 	x5c := make([]string, len(chain))
 	for i, name := range chain {
 		c, ok := g.pki.certs[name]
-		switch {
-		case name == "root":
-			c, ok = g.pki.root, true
-		case name == "intermediate":
-			c, ok = g.pki.inter, true
-		}
 		if !ok {
 			g.fail(fmt.Errorf("no certificate %q", name))
 			return ""

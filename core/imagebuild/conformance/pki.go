@@ -147,6 +147,7 @@ func newPKI() (*pkiSet, error) {
 	if p.root, err = rootC.make(nil, nil); err != nil {
 		return nil, err
 	}
+	p.certs["root"] = p.root
 	otherRoot, err := cert{name: "other-root", subject: caSubject(trustDomain + " root"), from: rootFrom, to: rootTo, ca: true, pathLen: 1,
 		ku: x509.KeyUsageCertSign, uris: []string{"spiffe://" + trustDomain}}.make(nil, nil)
 	if err != nil {
