@@ -8,9 +8,16 @@ import (
 	"os/exec"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/imagebuild"
 	"github.com/fleetprov/prov/core/imagebuild/conformance"
 	"github.com/fleetprov/prov/internal/testenv"
+	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/ca/catest"
+	"github.com/fleetprov/prov/pki/deployment"
+	"github.com/fleetprov/prov/pki/signedimage"
 )
 
 var suiteDir = filepath.Join("..", "..", "..", "testdata", "conformance")
@@ -133,5 +140,48 @@ func TestPythonVerifierCanDisagree(t *testing.T) {
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) || exit.ExitCode() != 1 || !bytes.Contains(out, []byte("DISAGREES")) {
 		t.Fatalf("verify.py on a wrong suite: %v\n%s", err, out)
+	}
+}
+
+// TestPythonVerifierOnADeployment: verify.py accepts a bundle signed by the
+// signer prov-pki init issues (ECDSA root and intermediate, name
+// constraints, as step-ca makes them), not only the suite's Ed25519 PKI,
+// and refuses it as a rollback above its generation.
+func TestPythonVerifierOnADeployment(t *testing.T) {
+	py := python3(t)
+	d := catest.NewPKI(t)
+	s, err := signedimage.LoadSigner(d.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName), d.IdentityKey(pki.RoleSigner, deployment.DefaultSignerName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now().UTC().Truncate(time.Second)
+	rec := &imagebuild.Record{Serial: "1a2b3c4d5e", Generation: 2, IssuedAt: now, Hostname: "dev-1a2b3c4d5e",
+		MQTTClientID: "1a2b3c4d5e", MQTTGroupID: "fleet", Data: map[string]string{"/etc/prov/data/site": "lab-1\n"}}
+	bundle, _, err := imagebuild.BuildBundle(rec, imagespec.DefaultRules(), s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := os.ReadFile(d.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	clock := now.Add(time.Minute).Format(time.RFC3339)
+	m := conformance.Manifest{Root: "root.pem", MaxImageSize: imagespec.MaxImageSize, Cases: []conformance.Case{
+		{Name: "deployment: accepted", Bundle: "b.bundle", Serial: rec.Serial, HighWater: 2, Clock: clock, Verdict: conformance.Accepted},
+		{Name: "deployment: rollback", Bundle: "b.bundle", Serial: rec.Serial, HighWater: 3, Clock: clock, Verdict: conformance.Refused,
+			Error: string(signedimage.ReasonRollback), Step: int(signedimage.StepGeneration)},
+	}}
+	j, err := json.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for name, data := range map[string][]byte{"root.pem": root, "b.bundle": bundle, "cases.json": j} {
+		if err := os.WriteFile(filepath.Join(dir, name), data, 0o644); err != nil { //nolint:gosec // test data
+			t.Fatal(err)
+		}
+	}
+	if out, err := exec.Command(py, filepath.Join(suiteDir, "verify.py"), dir).CombinedOutput(); err != nil { //nolint:gosec // the suite's own script
+		t.Fatalf("verify.py: %v\n%s", err, out)
 	}
 }
