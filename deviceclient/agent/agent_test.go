@@ -263,6 +263,10 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 			if st.Status().LastError == "" {
 				t.Fatal("the failure is not in the status")
 			}
+			// status --json names a refusal as docs/image-format.md does.
+			if r, ok := tc.want.(signedimage.Reason); ok && st.Status().Refusal != string(r) {
+				t.Fatalf("the status names the refusal %q, want %q", st.Status().Refusal, r)
+			}
 		})
 	}
 }
