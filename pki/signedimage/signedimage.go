@@ -207,7 +207,7 @@ func (s *Signer) Sign(st Statement, image []byte) ([]byte, error) {
 	if err := pki.ValidateSerial(st.Serial); err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)
 	}
-	if st.Generation < 1 || st.Generation > maxInteger || len(image) > maxInteger {
+	if st.Generation < 1 || st.Generation > maxInteger || int64(len(image)) > maxInteger {
 		return nil, fmt.Errorf("sign image: generation %d is not 1 to 2^53-1", st.Generation)
 	}
 	sum := sha256.Sum256(image)
