@@ -6,6 +6,7 @@ import (
 	"encoding/asn1"
 	"fmt"
 	"slices"
+	"sync"
 	"time"
 )
 
@@ -41,6 +42,10 @@ var knownCritical = []asn1.ObjectIdentifier{
 	{2, 5, 29, 19}, {2, 5, 29, 15}, {2, 5, 29, 37}, {2, 5, 29, 17}, {2, 5, 29, 30},
 }
 
+// pathRulesUsage keys PathRules' entries in the verified-chains memo apart
+// from Verify's, which are keyed by a real extended key usage.
+const pathRulesUsage = x509.ExtKeyUsage(-1)
+
 // IssuingOrder checks that chain is a path as presented: each certificate
 // issued by the next (issuer name equal to its subject, signature valid
 // with one of the accepted algorithms), the last issued by a pinned root,
@@ -50,6 +55,12 @@ var knownCritical = []asn1.ObjectIdentifier{
 func (b *TrustBundle) IssuingOrder(chain []*x509.Certificate) ([]*x509.Certificate, error) {
 	if len(chain) == 0 {
 		return nil, fmt.Errorf("%w: empty chain", ErrChainOrder)
+	}
+	// The same chain again (every bundle of one signer): its signatures
+	// were checked, and what they prove does not change.
+	key := chainKey(chain, 0)
+	if r, ok := b.issuers.get(key); ok {
+		return append(slices.Clone(chain), r), nil
 	}
 	for i, c := range chain {
 		if bytes.Equal(c.RawIssuer, c.RawSubject) {
@@ -82,6 +93,7 @@ func (b *TrustBundle) IssuingOrder(chain []*x509.Certificate) ([]*x509.Certifica
 	for _, r := range b.roots {
 		err := issued(last, r)
 		if err == nil {
+			b.issuers.put(key, r)
 			return append(slices.Clone(chain), r), nil
 		}
 		errs = append(errs, err)
@@ -127,7 +139,7 @@ func (b *TrustBundle) PathRules(path []*x509.Certificate) (*Path, error) {
 		return nil, fmt.Errorf("%w: no moment when every certificate is valid", ErrChainRules)
 	}
 	p := &Path{Certs: path, NotBefore: w.notBefore, NotAfter: w.notAfter}
-	key := chainKey(path, x509.ExtKeyUsageAny)
+	key := chainKey(path, pathRulesUsage)
 	if _, ok := b.verified.lookup(key, w.notBefore); ok {
 		return p, nil
 	}
@@ -174,4 +186,27 @@ func (p *Path) At(now time.Time, floor *Floor) error {
 // Covers reports whether every certificate of the path is valid at t.
 func (p *Path) Covers(t time.Time) bool {
 	return !t.Before(p.NotBefore) && !t.After(p.NotAfter)
+}
+
+// issuerMemo maps chains IssuingOrder accepted to the root that ends them;
+// bounded like verifiedChains.
+type issuerMemo struct {
+	mu sync.Mutex
+	m  map[[32]byte]*x509.Certificate
+}
+
+func (m *issuerMemo) get(key [32]byte) (*x509.Certificate, bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	r, ok := m.m[key]
+	return r, ok
+}
+
+func (m *issuerMemo) put(key [32]byte, root *x509.Certificate) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.m) >= maxVerifiedChains {
+		clear(m.m)
+	}
+	m.m[key] = root
 }
