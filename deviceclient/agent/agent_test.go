@@ -264,7 +264,8 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 				t.Fatal("the failure is not in the status")
 			}
 			// status --json names a refusal as docs/image-format.md does.
-			if r, ok := tc.want.(signedimage.Reason); ok && st.Status().Refusal != string(r) {
+			var r signedimage.Reason
+			if errors.As(tc.want, &r) && st.Status().Refusal != string(r) {
 				t.Fatalf("the status names the refusal %q, want %q", st.Status().Refusal, r)
 			}
 		})
