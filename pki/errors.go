@@ -23,6 +23,12 @@ var (
 	ErrExpired = errors.New("certificate expired or not yet valid")
 	// ErrKeyUsage: the certificate may not be used for this purpose.
 	ErrKeyUsage = errors.New("certificate key usage does not allow this use")
+	// ErrChainOrder: a chain is not a path as presented (leaf, then each
+	// issuer in turn, the last issued by a pinned root; no root, none twice).
+	ErrChainOrder = errors.New("certificate chain is not in issuing order")
+	// ErrChainRules: a path breaks a CA rule (basic constraints, key usage,
+	// extended key usage, path length, critical extensions, name constraints).
+	ErrChainRules = errors.New("certificate chain breaks a CA rule")
 	// ErrBadTrustBundle: the root file is missing, empty or holds something
 	// other than CA certificates of one trust domain.
 	ErrBadTrustBundle = errors.New("bad trust bundle")

@@ -10,6 +10,7 @@ package pki
 
 import (
 	"crypto/x509"
+	"encoding/asn1"
 	"fmt"
 	"net/url"
 	"strings"
@@ -145,7 +146,9 @@ func ParseIdentity(s string) (Identity, error) {
 // as more than one principal is an error, never a guess:
 //   - exactly one URI SAN, which must be a well-formed identity;
 //   - no email SANs; DNS and IP SANs only for the server roles core and proxy;
-//   - a CN, if present, equal to Identity.CommonName;
+//   - the URI spelt exactly as Identity.String spells it (scheme case too);
+//   - no SAN types but DNS, IP and URI;
+//   - at most one CN, and if present equal to Identity.CommonName;
 //   - not a CA.
 func IdentityOf(cert *x509.Certificate) (Identity, error) {
 	if cert == nil {
@@ -161,12 +164,30 @@ func IdentityOf(cert *x509.Certificate) (Identity, error) {
 	case cert.IsCA:
 		return Identity{}, fmt.Errorf("%w: a CA certificate is not an identity", ErrAmbiguousIdentity)
 	}
-	id, err := ParseIdentity(cert.URIs[0].String())
+	// The URI as the certificate spells it, not as net/url re-spells it
+	// (url.Parse lower-cases the scheme, so SPIFFE:// would pass): an
+	// identity has one spelling, in the certificate too.
+	raw, err := rawURISAN(cert)
+	if err != nil {
+		return Identity{}, err
+	}
+	id, err := ParseIdentity(raw)
 	if err != nil {
 		return Identity{}, err
 	}
 	if id.Role != RoleCore && id.Role != RoleProxy && (len(cert.DNSNames) > 0 || len(cert.IPAddresses) > 0) {
 		return Identity{}, fmt.Errorf("%w: %s has DNS or IP SANs, which only core and proxy may have", ErrAmbiguousIdentity, id)
+	}
+	// pkix.Name keeps the last of several CNs: count them in the subject as
+	// written, so that a second CN cannot hide behind the one checked.
+	cns := 0
+	for _, atv := range cert.Subject.Names {
+		if atv.Type.Equal(oidCommonName) {
+			cns++
+		}
+	}
+	if cns > 1 {
+		return Identity{}, fmt.Errorf("%w: %d CNs in the subject", ErrAmbiguousIdentity, cns)
 	}
 	if cn := cert.Subject.CommonName; cn != "" && cn != id.CommonName() {
 		return Identity{}, fmt.Errorf("%w: CN %q disagrees with %s", ErrAmbiguousIdentity, cn, id)
@@ -224,4 +245,49 @@ func isLabel(s string) bool {
 		}
 	}
 	return true
+}
+
+var (
+	oidCommonName = asn1.ObjectIdentifier{2, 5, 4, 3}
+	oidSAN        = asn1.ObjectIdentifier{2, 5, 29, 17}
+)
+
+// GeneralName tags of RFC 5280 section 4.2.1.6 that an identity
+// certificate may carry; any other (otherName, directoryName, ...) could be
+// read as another name by some other reader.
+const (
+	sanDNS = 2
+	sanURI = 6
+	sanIP  = 7
+)
+
+// rawURISAN returns the one URI SAN exactly as the certificate encodes it,
+// refusing SAN types other than DNS, IP and URI.
+func rawURISAN(cert *x509.Certificate) (string, error) {
+	var uri []string
+	for _, ext := range cert.Extensions {
+		if !ext.Id.Equal(oidSAN) {
+			continue
+		}
+		var names []asn1.RawValue
+		if rest, err := asn1.Unmarshal(ext.Value, &names); err != nil || len(rest) > 0 {
+			return "", fmt.Errorf("%w: unreadable subject alternative names", ErrAmbiguousIdentity)
+		}
+		for _, n := range names {
+			if n.Class != asn1.ClassContextSpecific {
+				return "", fmt.Errorf("%w: a subject alternative name of class %d", ErrAmbiguousIdentity, n.Class)
+			}
+			switch n.Tag {
+			case sanURI:
+				uri = append(uri, string(n.Bytes))
+			case sanDNS, sanIP:
+			default:
+				return "", fmt.Errorf("%w: a subject alternative name of type %d (only DNS, IP and URI)", ErrAmbiguousIdentity, n.Tag)
+			}
+		}
+	}
+	if len(uri) != 1 {
+		return "", fmt.Errorf("%w: %d URI SANs", ErrAmbiguousIdentity, len(uri))
+	}
+	return uri[0], nil
 }

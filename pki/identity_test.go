@@ -1,9 +1,14 @@
 package pki_test
 
 import (
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
+	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/pkitest"
@@ -150,5 +155,47 @@ func TestTrustDomainLength(t *testing.T) {
 		if !errors.Is(err, pki.ErrMalformedIdentity) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("ValidateTrustDomain(%.12q...): %v; want %q", tc.in, err, tc.want)
 		}
+	}
+}
+
+// TestIdentityOneSpelling: the names as the certificate encodes them, not
+// as crypto/x509 re-reads them, decide (issue 14): url.Parse lower-cases
+// SPIFFE://, and pkix.Name keeps only the last of two CNs.
+func TestIdentityOneSpelling(t *testing.T) {
+	ca := pkitest.NewCA(t, "fleet.test")
+	oidCN := asn1.ObjectIdentifier{2, 5, 4, 3}
+	otherName, err := asn1.Marshal([]asn1.RawValue{
+		{Class: asn1.ClassContextSpecific, Tag: 6, Bytes: []byte("spiffe://fleet.test/device/1a2b3c4d5e")},
+		{Class: asn1.ClassContextSpecific, Tag: 4, IsCompound: true, Bytes: []byte{0x30, 0x00}}, // directoryName
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		tmpl func(*x509.Certificate)
+		err  error
+	}{
+		{"control: lower-case scheme, one CN", func(c *x509.Certificate) {}, nil},
+		{"SPIFFE in upper case", func(c *x509.Certificate) { c.URIs[0].Scheme = "SPIFFE" }, pki.ErrMalformedIdentity},
+		{"two CNs, the last one right", func(c *x509.Certificate) {
+			c.Subject = pkix.Name{ExtraNames: []pkix.AttributeTypeAndValue{{Type: oidCN, Value: "0000000000"}, {Type: oidCN, Value: "1a2b3c4d5e"}}}
+		}, pki.ErrAmbiguousIdentity},
+		{"a directoryName beside the URI", func(c *x509.Certificate) {
+			c.URIs = nil
+			c.ExtraExtensions = []pkix.Extension{{Id: asn1.ObjectIdentifier{2, 5, 29, 17}, Value: otherName}}
+		}, pki.ErrAmbiguousIdentity},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tmpl := &x509.Certificate{
+				Subject: pkix.Name{CommonName: "1a2b3c4d5e"}, NotBefore: time.Now().Add(-time.Minute), NotAfter: time.Now().Add(time.Hour),
+				URIs: []*url.URL{{Scheme: "spiffe", Host: "fleet.test", Path: "/device/1a2b3c4d5e"}},
+			}
+			tc.tmpl(tmpl)
+			leaf := pkitest.Sign(t, tmpl, ca.Inter, &ca.InterKey.PublicKey, ca.InterKey)
+			if _, err := pki.IdentityOf(leaf); !errors.Is(err, tc.err) || (tc.err == nil && err != nil) {
+				t.Fatalf("IdentityOf: %v; want %v", err, tc.err)
+			}
+		})
 	}
 }

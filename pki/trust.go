@@ -25,6 +25,8 @@ type TrustBundle struct {
 	roots       []*x509.Certificate
 	pool        *x509.CertPool
 	verified    *verifiedChains
+	// issuers remembers which root ends a chain IssuingOrder accepted.
+	issuers *issuerMemo
 }
 
 // LoadTrustBundle reads a PEM file of root CA certificates.
@@ -50,7 +52,7 @@ func ParseTrustBundle(data []byte) (*TrustBundle, error) {
 	if len(certs) == 0 {
 		return nil, fmt.Errorf("%w: no certificates", ErrBadTrustBundle)
 	}
-	b := &TrustBundle{pool: x509.NewCertPool(), verified: newVerifiedChains()}
+	b := &TrustBundle{pool: x509.NewCertPool(), verified: newVerifiedChains(), issuers: &issuerMemo{m: map[[32]byte]*x509.Certificate{}}}
 	for i, c := range certs {
 		if !c.IsCA || !c.BasicConstraintsValid {
 			return nil, fmt.Errorf("%w: certificate %d (%q) is not a CA", ErrBadTrustBundle, i+1, c.Subject.CommonName)

@@ -38,8 +38,16 @@ func signerWithRoots(t *testing.T) (*signedimage.Signer, *pki.TrustBundle) {
 	return s, roots
 }
 
+// issued is every test record's issue time: one fixed time (the same
+// record gives the same image) inside the validity of the test signers made
+// after it (a minute before their making to an hour after). A statement
+// may not be dated outside its signer's validity (docs/image-format.md,
+// step 18), and one dated before its signer began is re-dated, image.json
+// with it.
+var issued = time.Now().Add(10 * time.Minute).UTC().Truncate(time.Second)
+
 func rec(serial string, gen uint64) *imagebuild.Record {
-	return &imagebuild.Record{Serial: serial, Generation: gen, IssuedAt: time.Unix(1_800_000_000, 0), Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}
+	return &imagebuild.Record{Serial: serial, Generation: gen, IssuedAt: issued, Hostname: "h", MQTTClientID: "c", MQTTGroupID: "g"}
 }
 
 func TestOneBuildPerGeneration(t *testing.T) {

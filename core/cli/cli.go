@@ -12,6 +12,7 @@ import (
 	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/imagebuild"
+	"github.com/fleetprov/prov/core/imagebuild/conformance"
 	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -31,6 +32,8 @@ var program = &cmdline.Program{
 		{Name: "image", Sub: []cmdline.Command{
 			{Name: "build", Args: "--record FILE --signer-cert FILE --signer-key FILE --out FILE [flags]",
 				Short: "build a device record's squashfs image and sign it into a bundle", Run: imageBuild},
+			{Name: "conformance", Args: "--out DIR",
+				Short: "write the bundle verifier's conformance suite (a root, bundles, cases.json; testdata/conformance)", Run: imageConformance},
 		}},
 		{Name: "serve", Args: "--config FILE", Short: "run the provisioning service (API, broker, registry)",
 			Run: cmdline.Serve(config.Load, func(c *config.Config) string { return c.Log.Level },
@@ -47,6 +50,22 @@ func Program() *cmdline.Program { return program }
 // Main runs prov-core with args (without the program name).
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return program.Main(ctx, args, stdout, stderr)
+}
+
+func imageConformance(_ context.Context, env *cmdline.Env, args []string) error {
+	fs := env.Flags()
+	out := fs.String("out", "", "the suite's directory (testdata/conformance in the repository)")
+	if err := cmdline.Parse(fs, args); err != nil {
+		return err
+	}
+	if err := cmdline.Required([2]string{"out", *out}); err != nil {
+		return err
+	}
+	if err := conformance.Write(*out); err != nil {
+		return fmt.Errorf("conformance suite: %w", err)
+	}
+	_, _ = fmt.Fprintf(env.Stdout, "wrote the conformance suite to %s\n", *out)
+	return nil
 }
 
 func imageBuild(_ context.Context, env *cmdline.Env, args []string) error {

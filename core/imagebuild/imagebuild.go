@@ -163,11 +163,16 @@ func Build(r *Record, rules imagespec.Rules) ([]byte, error) {
 // BuildBundle builds a record's image and signs it into a bundle; it
 // returns the bundle and the bare image.
 func BuildBundle(r *Record, rules imagespec.Rules, s *signedimage.Signer) (bundle, img []byte, err error) {
-	img, err = Build(r, rules)
+	// The image's /etc/prov/image.json must carry the statement's issue
+	// time, which the signer moves up to when its chain began (a device
+	// compares the two byte for byte).
+	dated := *r
+	dated.IssuedAt = s.IssueTime(r.IssuedAt)
+	img, err = Build(&dated, rules)
 	if err != nil {
 		return nil, nil, err
 	}
-	bundle, err = s.Sign(signedimage.Statement{Serial: r.Serial, Generation: r.Generation, IssuedAt: r.IssuedAt}, img)
+	bundle, err = s.Sign(signedimage.Statement{Serial: r.Serial, Generation: r.Generation, IssuedAt: dated.IssuedAt}, img)
 	if err != nil {
 		return nil, nil, err
 	}

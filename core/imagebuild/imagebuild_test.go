@@ -233,12 +233,9 @@ func TestBundleWithTheDeploymentSigner(t *testing.T) {
 	if err != nil {
 		t.Fatalf("verify: %v", err)
 	}
-	direct, err := imagebuild.Build(record(), imagespec.DefaultRules())
-	if err != nil {
-		t.Fatal(err)
-	}
 	// The record is older than this PKI: the statement is dated when the
-	// signer's chain began (signedimage.Signer.Sign).
+	// signer's chain began (signedimage.Signer.Sign), and the image's
+	// /etc/prov/image.json with it.
 	chainPEM, err := os.ReadFile(d.IdentityCert(pki.RoleSigner, deployment.DefaultSignerName))
 	if err != nil {
 		t.Fatal(err)
@@ -252,6 +249,12 @@ func TestBundleWithTheDeploymentSigner(t *testing.T) {
 		if c.NotBefore.After(began) {
 			began = c.NotBefore
 		}
+	}
+	dated := record()
+	dated.IssuedAt = began
+	direct, err := imagebuild.Build(dated, imagespec.DefaultRules())
+	if err != nil {
+		t.Fatal(err)
 	}
 	if !bytes.Equal(img, direct) || v.Signer.Name != deployment.DefaultSignerName || !v.IssuedAt.Equal(began) {
 		t.Fatalf("verified %+v, want it dated %s", v, began)

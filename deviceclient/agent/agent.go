@@ -17,6 +17,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/pki/signedimage"
 )
 
 // ErrCertExpired is a device certificate past its end: step-ca renews only
@@ -132,6 +133,11 @@ func (a *Agent) effectiveNow() time.Time { return a.o.Install.Floor.At(a.now()) 
 // fail records an error for `status` and returns it.
 func (a *Agent) fail(err error) error {
 	now := a.now().UTC()
-	_ = a.st.UpdateStatus(func(s *state.Status) { s.LastError, s.ErrorAt = err.Error(), now })
+	_ = a.st.UpdateStatus(func(s *state.Status) {
+		s.LastError, s.ErrorAt, s.Refusal, s.RefusalStep = err.Error(), now, "", 0
+		if r, ok := signedimage.RefusalOf(err); ok {
+			s.Refusal, s.RefusalStep = string(r.Reason), int(r.Step)
+		}
+	})
 	return err
 }

@@ -300,6 +300,11 @@ func TestBadBodiesKeepTheOldImage(t *testing.T) {
 			if tc.name == "rollback" && !strings.Contains(st.Status().LastError, "rollback") {
 				t.Fatalf("a rollback in the status as %q", st.Status().LastError)
 			}
+			// status --json names a refusal as docs/image-format.md does.
+			var r signedimage.Reason
+			if errors.As(tc.want, &r) && st.Status().Refusal != string(r) {
+				t.Fatalf("the status names the refusal %q, want %q", st.Status().Refusal, r)
+			}
 		})
 	}
 }

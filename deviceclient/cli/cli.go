@@ -54,7 +54,7 @@ var program = &cmdline.Program{
 		{Name: "unmount", Args: "[--target /etc]", Short: "unmount the image and its overlay", Run: unmountCmd},
 		{Name: "run", Args: "[--state DIR]", Short: "the daemon: MQTT notifications, polling, renewal", Run: runCmd},
 		{Name: "status", Args: "[--json]", Short: "serial, certificate, generation, mount, last check", Run: statusCmd},
-		{Name: "verify", Args: "--bundle FILE --root FILE --serial SERIAL", Short: "verify a signed bundle and inspect its image; print the verdict", Run: verifyCmd},
+		{Name: "verify", Args: "--bundle FILE --root FILE --serial SERIAL", Short: "verify a signed bundle and run the pre-mount inspection of its image, every check of docs/image-format.md as a device runs them; print the verdict", Run: verifyCmd},
 		{Name: "inspect", Args: "--bundle FILE --root FILE --serial SERIAL", Short: "the same, and list the image's entries", Run: inspectCmd},
 	},
 	Footer: `Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
@@ -82,7 +82,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 
 // report is the --json output.
 type report struct {
-	Verdict   string                   `json:"verdict"`
+	Verdict string `json:"verdict"`
+	// Error and Step name a refusal as docs/image-format.md does
+	// ("rollback", 20); Reason says what exactly was wrong.
+	Error     string                   `json:"error,omitempty"`
+	Step      int                      `json:"step,omitempty"`
 	Reason    string                   `json:"reason,omitempty"`
 	Statement *signedimage.Statement   `json:"statement,omitempty"`
 	Signer    string                   `json:"signer,omitempty"`
@@ -159,13 +163,21 @@ func check(env *cmdline.Env, args []string, list bool) error {
 	})
 	if err == nil {
 		var l *inspect.Listing
-		l, err = inspect.Inspect(bytes.NewReader(img.Bytes()), int64(img.Len()), inspect.Expect{Rules: rules, Serial: v.Serial, Generation: v.Generation})
+		// The pre-mount inspection and the image.json comparison, as
+		// install and mount run them.
+		l, err = install.Check(v, img.Bytes(), rules)
 		if err == nil {
 			return printAccepted(env.Stdout, *asJSON, list, v, l)
 		}
 	}
+	r := report{Verdict: "refused", Reason: err.Error()}
+	if ref, ok := signedimage.RefusalOf(err); ok {
+		r.Error, r.Step = string(ref.Reason), int(ref.Step)
+	}
 	if *asJSON {
-		_ = json.NewEncoder(env.Stdout).Encode(report{Verdict: "refused", Reason: err.Error()})
+		_ = json.NewEncoder(env.Stdout).Encode(r)
+	} else if r.Error != "" {
+		_, _ = fmt.Fprintf(env.Stdout, "refused: %s (step %d of docs/image-format.md)\n", r.Error, r.Step)
 	}
 	return fmt.Errorf("%w: %w", errRefused, err)
 }
@@ -203,7 +215,7 @@ func printAccepted(w io.Writer, asJSON, list bool, v *signedimage.Verified, l *i
 			files++
 		}
 	}
-	_, _ = fmt.Fprintf(w, "accepted\n  serial      %s\n  generation  %d\n  issued      %s\n  image       %d bytes, sha256 %s\n  signer      %s\n  contents    %d entries, %d files\n",
+	_, _ = fmt.Fprintf(w, "accepted: every check of docs/image-format.md passed, the pre-mount inspection of the image included\n  serial      %s\n  generation  %d\n  issued      %s\n  image       %d bytes, sha256 %s\n  signer      %s\n  contents    %d entries, %d files\n",
 		v.Serial, v.Generation, v.IssuedAt.Format(time.RFC3339), v.Length, v.SHA256, v.Signer, len(l.Entries), files)
 	if list {
 		for _, e := range l.Entries {

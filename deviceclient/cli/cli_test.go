@@ -69,9 +69,9 @@ func TestVerifyAndInspect(t *testing.T) {
 		code int
 		want string
 	}{
-		{"tampered", []string{"verify", "--bundle", tampered, "--serial", "1a2b3c4d5e"}, cli.ExitRefused, "digest does not match"},
-		{"another device", []string{"verify", "--bundle", good, "--serial", "0000000001"}, cli.ExitRefused, "another device"},
-		{"rollback", []string{"verify", "--bundle", good, "--serial", "1a2b3c4d5e", "--min-generation", "6"}, cli.ExitRefused, "high-water"},
+		{"tampered", []string{"verify", "--bundle", tampered, "--serial", "1a2b3c4d5e"}, cli.ExitRefused, "digest mismatch (step 24 of docs/image-format.md)"},
+		{"another device", []string{"verify", "--bundle", good, "--serial", "0000000001"}, cli.ExitRefused, "wrong device (step 19 of docs/image-format.md)"},
+		{"rollback", []string{"verify", "--bundle", good, "--serial", "1a2b3c4d5e", "--min-generation", "6"}, cli.ExitRefused, "rollback (step 20 of docs/image-format.md): generation 5 is below the high-water mark 6"},
 		{"data outside the device's prefixes", []string{"verify", "--bundle", good, "--serial", "1a2b3c4d5e", "--allow-prefix", "/etc/app/"}, cli.ExitRefused, "/etc/prov/data"},
 		{"bad serial flag", []string{"verify", "--bundle", good, "--serial", "xyz"}, cli.ExitUsage, "--serial"},
 		{"no bundle", []string{"verify", "--serial", "1a2b3c4d5e"}, cli.ExitUsage, "--bundle is required"},

@@ -338,6 +338,9 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	defer func() { _ = st.Close() }()
 	floor := c.clockFloor(st)
 	r := statusReport{Status: st.Status(), BuildTime: buildinfo.Time(), ClockFloor: floor.Time().UTC()}
+	if r.LastError == "" { // cleared by a later success
+		r.Refusal, r.RefusalStep = "", 0
+	}
 	if dev, err := st.Device(); err == nil {
 		r.Enrolled, r.Serial, r.Board, r.HardwareID = true, dev.Serial, dev.Board, dev.HardwareID
 	} else if !errors.Is(err, state.ErrNotEnrolled) {
@@ -399,6 +402,9 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	_, _ = fmt.Fprintf(env.Stdout, "serial       %s\nboard        %s %s\ncertificate  until %s (%s)\ngeneration   %d (%s)\nmounted      %s\nlast check   %s\nlast update  %s\nclock floor  %s (built %s)\n",
 		r.Serial, r.Board, r.HardwareID, ts(r.CertificateExpiry), r.CertificateState, r.Generation, r.Image, mounted, ts(r.LastCheck), ts(r.LastUpdate),
 		ts(r.ClockFloor), ts(r.BuildTime))
+	if r.Refusal != "" {
+		_, _ = fmt.Fprintf(env.Stdout, "refused      %s (step %d of docs/image-format.md)\n", r.Refusal, r.RefusalStep)
+	}
 	if r.LastError != "" {
 		_, _ = fmt.Fprintf(env.Stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
 	}

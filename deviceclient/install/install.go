@@ -20,7 +20,6 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/imagespec"
-	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/atomicfile"
 	"github.com/fleetprov/prov/pki"
@@ -119,7 +118,7 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 	if err != nil {
 		return nil, refused(err)
 	}
-	if _, err := inspect.Inspect(bytes.NewReader(img.Bytes()), int64(img.Len()), inspect.Expect{Rules: o.Rules, Serial: v.Serial, Generation: v.Generation}); err != nil {
+	if _, err := Check(v, img.Bytes(), o.Rules); err != nil {
 		return nil, refused(err)
 	}
 	o.step("written")
@@ -236,7 +235,7 @@ func Verify(img state.Image, o Options) (*Installed, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", img.Path, refused(err))
 	}
-	if _, err := inspect.Inspect(bytes.NewReader(buf.Bytes()), int64(buf.Len()), inspect.Expect{Rules: o.Rules, Serial: v.Serial, Generation: v.Generation}); err != nil {
+	if _, err := Check(v, buf.Bytes(), o.Rules); err != nil {
 		return nil, fmt.Errorf("%s: %w", img.Path, refused(err))
 	}
 	return &Installed{Verified: *v, Image: img, Offset: fi.Size() - v.Length}, nil

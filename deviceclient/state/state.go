@@ -86,8 +86,13 @@ type Status struct {
 	LastCheck  time.Time `json:"lastCheck,omitzero"`
 	LastUpdate time.Time `json:"lastUpdate,omitzero"`
 	LastError  string    `json:"lastError,omitempty"`
-	ErrorAt    time.Time `json:"errorAt,omitzero"`
-	ETag       string    `json:"etag,omitempty"` // of the current bundle at core
+	// Refusal and RefusalStep name the last error when it was a bundle
+	// refused, in the words and step numbers of docs/image-format.md
+	// ("rollback", 20). Shown only while LastError is set.
+	Refusal     string    `json:"refusal,omitempty"`
+	RefusalStep int       `json:"refusalStep,omitempty"`
+	ErrorAt     time.Time `json:"errorAt,omitzero"`
+	ETag        string    `json:"etag,omitempty"` // of the current bundle at core
 }
 
 // Open opens (creating) the state directory. Readers need nothing more;

@@ -28,6 +28,13 @@ func skipOrFail(t testing.TB, format string, args ...any) {
 	t.Skipf(format, args...)
 }
 
+// Missing skips the test because something it needs is absent (fails
+// under PROV_REQUIRE_ALL=1); the message says what and how to install it.
+func Missing(t testing.TB, format string, args ...any) {
+	t.Helper()
+	skipOrFail(t, format, args...)
+}
+
 // Tool returns the path of an executable on PATH, or skips the test.
 func Tool(t testing.TB, name, installHint string) string {
 	t.Helper()

@@ -24,12 +24,14 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"go.step.sm/crypto/jose"
 	"go.step.sm/crypto/pemutil"
 
+	"github.com/fleetprov/prov/internal/untrusted"
 	"github.com/fleetprov/prov/pki"
 )
 
@@ -48,19 +50,6 @@ const (
 	DefaultMaxImageSize = 16 << 20
 	headerSize          = len(Magic) + 4
 	maxChain            = 4
-)
-
-// Errors of verification, one per reason a bundle is refused.
-var (
-	ErrMalformed         = errors.New("malformed bundle")
-	ErrUnsupportedFormat = errors.New("unsupported bundle format version")
-	ErrUntrustedSigner   = errors.New("untrusted image signer")
-	ErrBadSignature      = errors.New("bad statement signature")
-	ErrWrongDevice       = errors.New("bundle is for another device")
-	ErrRollback          = errors.New("bundle generation is below the accepted high-water mark")
-	ErrTooLarge          = errors.New("image larger than allowed")
-	ErrTruncated         = errors.New("bundle truncated")
-	ErrDigestMismatch    = errors.New("image digest does not match the statement")
 )
 
 // Statement is the signed payload.
@@ -193,6 +182,23 @@ func (s *Signer) WithChain(chain []*x509.Certificate) (*Signer, error) {
 	return NewSigner(s.key, chain)
 }
 
+// IssueTime is the issue time Sign writes for a generation made at t: t in
+// whole UTC seconds, never before the signer's chain began. A device
+// checks a bundle it keeps at the statement's issue time
+// (VerifyOptions.AtIssue), and refuses an issue time outside the chain's
+// validity (step 18). A generation made before this chain began (signed
+// after the signer's certificate was renewed or rotated, or the
+// intermediate re-issued) is dated when the chain began instead, the
+// earliest time this signer vouches for it. The builder writes the same
+// time into the image's /etc/prov/image.json.
+func (s *Signer) IssueTime(t time.Time) time.Time {
+	t = t.UTC().Truncate(time.Second)
+	if began := s.began(); t.Before(began) {
+		return began
+	}
+	return t
+}
+
 // Sign completes the statement for image (format, digest, length; issue
 // time in whole UTC seconds, never before the signer's chain began) and
 // returns the bundle. Ed25519 is deterministic and the encoding canonical,
@@ -201,20 +207,14 @@ func (s *Signer) Sign(st Statement, image []byte) ([]byte, error) {
 	if err := pki.ValidateSerial(st.Serial); err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)
 	}
+	if st.Generation < 1 || st.Generation > maxInteger || int64(len(image)) > maxInteger {
+		return nil, fmt.Errorf("sign image: generation %d is not 1 to 2^53-1", st.Generation)
+	}
 	sum := sha256.Sum256(image)
 	st.Format = FormatVersion
 	st.SHA256 = hex.EncodeToString(sum[:])
 	st.Length = int64(len(image))
-	st.IssuedAt = st.IssuedAt.UTC().Truncate(time.Second)
-	// A device checks a bundle it keeps at the statement's issue time
-	// (VerifyOptions.AtIssue). A generation made before this chain began
-	// (signed after the signer's certificate was renewed or rotated, or
-	// the intermediate re-issued) would verify when fetched and fail at
-	// the next boot; its statement is dated when the chain began instead,
-	// the earliest time this signer vouches for it.
-	if began := s.began(); st.IssuedAt.Before(began) {
-		st.IssuedAt = began
-	}
+	st.IssuedAt = s.IssueTime(st.IssuedAt)
 	payload, err := json.Marshal(&st)
 	if err != nil {
 		return nil, fmt.Errorf("sign image: %w", err)
@@ -254,8 +254,9 @@ type VerifyOptions struct {
 	// MaxImageSize caps the image; zero means DefaultMaxImageSize.
 	MaxImageSize int64
 	// AtIssue checks the signer's chain at the statement's issue time
-	// instead of now: for a bundle accepted earlier and kept, whose bytes
-	// are checked again at every boot. Its signer was valid when it
+	// instead of now (step 13 is skipped, step 18 holds): for a bundle
+	// accepted earlier and kept, whose bytes are checked again at every
+	// boot. Its signer was valid when it
 	// signed; the signer's certificate expiring later (or a signer
 	// rotation) must not make a device lose its data.
 	AtIssue bool
@@ -267,12 +268,13 @@ type Verified struct {
 	Signer pki.Identity
 }
 
-// Verify reads a bundle from r, checks its statement (structure, signer
-// chain to the pinned root at the clock floor, signature, serial,
-// generation, size) before reading any image byte, then copies the image
-// to image while hashing it, and checks length and digest. It never reads
-// past the signed length plus one byte. On any error the bytes written to
-// image must be discarded.
+// Verify reads a bundle from r and runs the checks of docs/image-format.md,
+// section 3, in their order: the statement (structure, signer chain to the
+// pinned root at the clock floor, signature, members, serial, generation,
+// size) before any image byte is read, then it copies the image to image
+// while hashing it, and checks length and digest. It never reads past the
+// signed length plus one byte. On any error the bytes written to image
+// must be discarded. A refusal is an *Error naming its step and reason.
 func Verify(r io.Reader, image io.Writer, opts VerifyOptions) (*Verified, error) {
 	v, err := readStatement(r, opts)
 	if err != nil {
@@ -282,16 +284,16 @@ func Verify(r io.Reader, image io.Writer, opts VerifyOptions) (*Verified, error)
 	n, err := io.CopyN(io.MultiWriter(image, h), r, v.Length)
 	if err != nil {
 		if n < v.Length && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
-			return nil, fmt.Errorf("%w: image has %d of %d bytes", ErrTruncated, n, v.Length)
+			return nil, refusef(StepImage, "the image has %d of the %d bytes signed", n, v.Length)
 		}
 		return nil, fmt.Errorf("read image: %w", err)
 	}
 	var one [1]byte
 	if m, _ := io.ReadFull(r, one[:]); m > 0 {
-		return nil, fmt.Errorf("%w: more bytes follow the %d signed", ErrTooLarge, v.Length)
+		return nil, refusef(StepTrailing, "more bytes follow the %d signed", v.Length)
 	}
 	if got := hex.EncodeToString(h.Sum(nil)); got != v.SHA256 {
-		return nil, fmt.Errorf("%w: sha256 %s, signed %s", ErrDigestMismatch, got, v.SHA256)
+		return nil, refusef(StepDigest, "the image's sha256 is %s, the statement's %s", got, v.SHA256)
 	}
 	return v, nil
 }
@@ -306,54 +308,61 @@ func VerifyBytes(bundle []byte, opts VerifyOptions) (*Verified, []byte, error) {
 	return v, img.Bytes(), nil
 }
 
+// readStatement runs steps 1 to 21.
 func readStatement(r io.Reader, opts VerifyOptions) (*Verified, error) {
 	if opts.Roots == nil {
 		return nil, errors.New("verify bundle: no trust bundle")
 	}
 	var hdr [headerSize]byte
 	if n, err := io.ReadFull(r, hdr[:]); err != nil {
-		if n == 0 && errors.Is(err, io.EOF) {
-			return nil, fmt.Errorf("%w: empty", ErrTruncated)
-		}
-		return nil, fmt.Errorf("%w: header: %d of %d bytes", ErrTruncated, n, headerSize)
+		return nil, refusef(StepPrefix, "%d of the %d bytes of magic and statement size", n, headerSize)
 	}
 	if string(hdr[:len(Magic)]) != Magic {
-		return nil, fmt.Errorf("%w: does not start with %q", ErrMalformed, Magic)
+		return nil, refusef(StepMagic, "the bundle does not start with %q", Magic)
 	}
 	size := binary.BigEndian.Uint32(hdr[len(Magic):])
 	if size == 0 || size > MaxStatementSize {
-		return nil, fmt.Errorf("%w: statement size %d outside 1..%d", ErrMalformed, size, MaxStatementSize)
+		return nil, refusef(StepStatementSize, "statement size %d bytes, not 1 to %d", size, MaxStatementSize)
 	}
 	buf := make([]byte, size)
 	if n, err := io.ReadFull(r, buf); err != nil {
-		return nil, fmt.Errorf("%w: statement has %d of %d bytes", ErrTruncated, n, size)
+		return nil, refusef(StepStatement, "the statement has %d of its %d bytes", n, size)
 	}
 	st, signer, err := verifyJWS(string(buf), opts)
 	if err != nil {
 		return nil, err
 	}
 	if st.Serial != opts.Serial {
-		return nil, fmt.Errorf("%w: signed for %q, this is %q", ErrWrongDevice, st.Serial, opts.Serial)
+		return nil, refusef(StepDevice, "signed for %s, this is %s", st.Serial, opts.Serial)
 	}
 	if st.Generation < opts.MinGeneration {
-		return nil, fmt.Errorf("%w: generation %d < %d", ErrRollback, st.Generation, opts.MinGeneration)
+		return nil, refusef(StepGeneration, "generation %d is below the high-water mark %d", st.Generation, opts.MinGeneration)
 	}
 	limit := opts.MaxImageSize
 	if limit <= 0 {
 		limit = DefaultMaxImageSize
 	}
 	if st.Length > limit {
-		return nil, fmt.Errorf("%w: %d bytes signed, at most %d accepted", ErrTooLarge, st.Length, limit)
+		return nil, refusef(StepSizeLimit, "%d bytes of image signed, at most %d bytes accepted", st.Length, limit)
 	}
 	return &Verified{Statement: *st, Signer: signer}, nil
 }
 
-// verifyJWS checks the compact JWS: canonical encoding, header, signer
-// chain, signature, payload.
+// The members of the protected header and of the statement, with their
+// JSON types.
+var (
+	headerMembers    = map[string]jsonKind{"alg": kindString, "typ": kindString, "x5c": kindArray}
+	statementMembers = map[string]jsonKind{
+		"format": kindNumber, "serial": kindString, "generation": kindNumber,
+		"sha256": kindString, "length": kindNumber, "issuedAt": kindString,
+	}
+)
+
+// verifyJWS runs steps 5 to 18 on the compact JWS.
 func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, error) {
 	parts := strings.Split(compact, ".")
 	if len(parts) != 3 {
-		return nil, pki.Identity{}, fmt.Errorf("%w: statement is not a compact JWS", ErrMalformed)
+		return nil, pki.Identity{}, refusef(StepCompact, "the statement has %d parts, not the 3 of a compact JWS", len(parts))
 	}
 	raw := make([][]byte, 3)
 	for i, p := range parts {
@@ -362,85 +371,160 @@ func verifyJWS(compact string, opts VerifyOptions) (*Statement, pki.Identity, er
 		// is refused, so the bytes signed are the only bytes accepted.
 		b, err := base64.RawURLEncoding.Strict().DecodeString(p)
 		if err != nil || base64.RawURLEncoding.EncodeToString(b) != p {
-			return nil, pki.Identity{}, fmt.Errorf("%w: statement part %d is not canonical base64url", ErrMalformed, i+1)
+			return nil, pki.Identity{}, refusef(StepCompact, "statement part %d is not canonical base64url", i+1)
 		}
 		raw[i] = b
 	}
-	var h protectedHeader
-	if err := strictJSON(raw[0], &h); err != nil {
-		return nil, pki.Identity{}, fmt.Errorf("%w: statement header: %w", ErrMalformed, err)
+	h, err := parseObject(raw[0])
+	if err != nil {
+		return nil, pki.Identity{}, refusef(StepHeaderJSON, "the header: %w", err)
 	}
-	if h.Alg != string(jose.EdDSA) || h.Typ != MediaType || len(h.X5c) == 0 || len(h.X5c) > maxChain {
-		return nil, pki.Identity{}, fmt.Errorf("%w: statement header alg %q typ %q with %d certificates; want EdDSA, %s, 1 to %d", ErrMalformed, h.Alg, h.Typ, len(h.X5c), MediaType, maxChain)
+	if err := members(h, headerMembers); err != nil {
+		return nil, pki.Identity{}, refusef(StepHeaderMembers, "the header: %w", err)
 	}
-	chain := make([]*x509.Certificate, len(h.X5c))
-	for i, s := range h.X5c {
-		der, err := base64.StdEncoding.Strict().DecodeString(s)
-		if err != nil {
-			return nil, pki.Identity{}, fmt.Errorf("%w: x5c[%d]: %w", ErrMalformed, i, err)
+	for i, c := range h["x5c"].items {
+		if c.kind != kindString {
+			return nil, pki.Identity{}, refusef(StepHeaderMembers, "the header: x5c[%d] is a JSON %s, not a string", i, c.kind)
+		}
+	}
+	if alg, typ := h["alg"].text, h["typ"].text; alg != string(jose.EdDSA) || typ != MediaType {
+		return nil, pki.Identity{}, refusef(StepAlgorithm, "alg %q, typ %q; want EdDSA, %s", untrusted.Short(alg), untrusted.Short(typ), MediaType)
+	}
+	x5c := h["x5c"].items
+	if len(x5c) == 0 || len(x5c) > maxChain {
+		return nil, pki.Identity{}, refusef(StepCertificates, "x5c holds %d certificates, not 1 to %d", len(x5c), maxChain)
+	}
+	chain := make([]*x509.Certificate, len(x5c))
+	for i, s := range x5c {
+		der, err := base64.StdEncoding.Strict().DecodeString(s.text)
+		if err != nil || base64.StdEncoding.EncodeToString(der) != s.text {
+			return nil, pki.Identity{}, refusef(StepCertificates, "x5c[%d] is not canonical base64", i)
 		}
 		if chain[i], err = x509.ParseCertificate(der); err != nil {
-			return nil, pki.Identity{}, fmt.Errorf("%w: x5c[%d]: %w", ErrMalformed, i, err)
+			return nil, pki.Identity{}, refusef(StepCertificates, "x5c[%d]: %w", i, err)
 		}
 	}
-	checkChain := func(at time.Time, floor *pki.Floor) (pki.Identity, error) {
-		signer, err := opts.Roots.Verify(chain, pki.VerifyOptions{
-			Time:     at,
-			Floor:    floor,
-			KeyUsage: x509.ExtKeyUsageCodeSigning,
-			Roles:    []pki.Role{pki.RoleSigner},
-		})
-		if err != nil {
-			return pki.Identity{}, fmt.Errorf("%w: %w", ErrUntrustedSigner, err)
-		}
-		return signer, nil
+	path, err := opts.Roots.IssuingOrder(chain)
+	if err != nil {
+		return nil, pki.Identity{}, Refuse(StepIssuingOrder, err)
 	}
-	var signer pki.Identity
-	if !opts.AtIssue { // the chain before anything it signed is looked at
-		var err error
-		if signer, err = checkChain(opts.Now, opts.Floor); err != nil {
-			return nil, pki.Identity{}, err
-		}
+	p, err := opts.Roots.PathRules(path)
+	if err != nil {
+		return nil, pki.Identity{}, Refuse(StepPathRules, err)
 	}
-	pub, ok := chain[0].PublicKey.(ed25519.PublicKey)
-	if !ok {
-		return nil, pki.Identity{}, fmt.Errorf("%w: signer %q has a %T key, not Ed25519", ErrUntrustedSigner, chain[0].Subject.CommonName, chain[0].PublicKey)
+	signer, err := signerRules(chain[0], opts.Roots.TrustDomain())
+	if err != nil {
+		return nil, pki.Identity{}, Refuse(StepSignerRules, err)
+	}
+	if !opts.AtIssue { // a kept bundle's path is checked at its issue time (step 18)
+		now := opts.Now
+		if now.IsZero() {
+			now = time.Now()
+		}
+		if err := p.At(now, opts.Floor); err != nil {
+			return nil, pki.Identity{}, Refuse(StepValidity, err)
+		}
 	}
 	signingInput := compact[:len(parts[0])+1+len(parts[1])]
-	if !ed25519.Verify(pub, []byte(signingInput), raw[2]) {
-		return nil, pki.Identity{}, fmt.Errorf("%w: by %q", ErrBadSignature, chain[0].Subject.CommonName)
+	if !ed25519.Verify(chain[0].PublicKey.(ed25519.PublicKey), []byte(signingInput), raw[2]) { //nolint:forcetypeassert // signerRules checked it
+		return nil, pki.Identity{}, refusef(StepSignature, "the signature is not %s's", signer)
 	}
-	var st Statement
-	if err := strictJSON(raw[1], &st); err != nil {
-		return nil, pki.Identity{}, fmt.Errorf("%w: statement: %w", ErrMalformed, err)
+	st, err := parseStatement(raw[1])
+	if err != nil {
+		return nil, pki.Identity{}, err
 	}
-	if opts.AtIssue { // nothing of the statement is returned unless this holds
-		var err error
-		// At the issue time exactly: no floor may move this check later.
-		if signer, err = checkChain(st.IssuedAt, nil); err != nil {
-			return nil, pki.Identity{}, err
-		}
+	if !p.Covers(st.IssuedAt) {
+		return nil, pki.Identity{}, refusef(StepIssueTime, "issued at %s, when the signer's path was not valid (%s to %s)",
+			st.IssuedAt.Format(time.RFC3339), p.NotBefore.UTC().Format(time.RFC3339), p.NotAfter.UTC().Format(time.RFC3339))
 	}
-	if st.Format != FormatVersion {
-		return nil, pki.Identity{}, fmt.Errorf("%w: %d (this verifier reads %d)", ErrUnsupportedFormat, st.Format, FormatVersion)
-	}
-	if pki.ValidateSerial(st.Serial) != nil || st.Length < 0 || len(st.SHA256) != 64 || strings.ToLower(st.SHA256) != st.SHA256 {
-		return nil, pki.Identity{}, fmt.Errorf("%w: statement fields out of range", ErrMalformed)
-	}
-	if _, err := hex.DecodeString(st.SHA256); err != nil {
-		return nil, pki.Identity{}, fmt.Errorf("%w: sha256 is not hex", ErrMalformed)
-	}
-	return &st, signer, nil
+	return st, signer, nil
 }
 
-func strictJSON(b []byte, v any) error {
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(v); err != nil {
-		return err
+// signerRules checks the signer's certificate itself (step 12): the
+// identity spiffe://<trust domain>/signer/<name> as its only name,
+// codeSigning named in its extended key usage, digitalSignature if it has
+// a key usage, an Ed25519 key, not a CA.
+func signerRules(leaf *x509.Certificate, trustDomain string) (pki.Identity, error) {
+	id, err := pki.IdentityOf(leaf)
+	if err != nil {
+		return pki.Identity{}, err
 	}
-	if dec.More() {
-		return errors.New("data after the JSON object")
+	switch {
+	case id.TrustDomain != trustDomain:
+		return pki.Identity{}, fmt.Errorf("%w: %s is not in %s", pki.ErrForeignTrustDomain, id, trustDomain)
+	case id.Role != pki.RoleSigner:
+		return pki.Identity{}, fmt.Errorf("%w: %s is not a signer", pki.ErrRoleNotAllowed, id)
+	case len(leaf.DNSNames) > 0 || len(leaf.IPAddresses) > 0:
+		return pki.Identity{}, fmt.Errorf("%w: %s has DNS or IP names", pki.ErrAmbiguousIdentity, id)
+	case !slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageCodeSigning):
+		return pki.Identity{}, fmt.Errorf("%w: %s does not name codeSigning in its extended key usage", pki.ErrKeyUsage, id)
+	case leaf.KeyUsage != 0 && leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0:
+		return pki.Identity{}, fmt.Errorf("%w: %s lacks digitalSignature", pki.ErrKeyUsage, id)
 	}
-	return nil
+	if _, ok := leaf.PublicKey.(ed25519.PublicKey); !ok {
+		return pki.Identity{}, fmt.Errorf("%s has a %T key, not Ed25519", id, leaf.PublicKey)
+	}
+	return id, nil
+}
+
+// parseStatement runs steps 15 to 17 on the payload.
+func parseStatement(b []byte) (*Statement, error) {
+	m, err := parseObject(b)
+	if err != nil {
+		return nil, refusef(StepPayloadJSON, "the statement: %w", err)
+	}
+	if f, ok := m["format"]; !ok {
+		return nil, refusef(StepFormat, "the statement has no format (this verifier reads %d)", FormatVersion)
+	} else if n, ok := integer(f); !ok || n != FormatVersion {
+		return nil, refusef(StepFormat, "format %s (this verifier reads %d)", untrusted.Short(f.text), FormatVersion)
+	}
+	if err := members(m, statementMembers); err != nil {
+		return nil, refusef(StepPayloadMembers, "the statement: %w", err)
+	}
+	st := Statement{Format: FormatVersion, Serial: m["serial"].text, SHA256: m["sha256"].text}
+	if pki.ValidateSerial(st.Serial) != nil {
+		return nil, refusef(StepPayloadMembers, "serial %q is not 10 lower-case hex digits", untrusted.Short(st.Serial))
+	}
+	if !isLowerHex(st.SHA256, 64) {
+		return nil, refusef(StepPayloadMembers, "sha256 %q is not 64 lower-case hex digits", untrusted.Short(st.SHA256))
+	}
+	gen, ok := integer(m["generation"])
+	if !ok || gen < 1 {
+		return nil, refusef(StepPayloadMembers, "generation %s is not an integer from 1 to 2^53-1", untrusted.Short(m["generation"].text))
+	}
+	length, ok := integer(m["length"])
+	if !ok {
+		return nil, refusef(StepPayloadMembers, "length %s is not an integer from 0 to 2^53-1", untrusted.Short(m["length"].text))
+	}
+	st.Generation, st.Length = gen, int64(length) //nolint:gosec // at most 2^53-1
+	if st.IssuedAt, err = ParseIssuedAt(m["issuedAt"].text); err != nil {
+		return nil, Refuse(StepPayloadMembers, err)
+	}
+	return &st, nil
+}
+
+// IssuedAtLayout is the one spelling of an issue time: RFC 3339 in UTC
+// with Z, whole seconds.
+const IssuedAtLayout = "2006-01-02T15:04:05Z"
+
+// ParseIssuedAt reads an issue time spelt exactly as IssuedAtLayout, from
+// year 0001 on.
+func ParseIssuedAt(s string) (time.Time, error) {
+	t, err := time.Parse(IssuedAtLayout, s)
+	if err != nil || len(s) != len(IssuedAtLayout) || t.Format(IssuedAtLayout) != s || t.Year() < 1 {
+		return time.Time{}, fmt.Errorf("issuedAt %q is not RFC 3339 in UTC with Z and whole seconds (%s)", untrusted.Short(s), IssuedAtLayout)
+	}
+	return t, nil
+}
+
+func isLowerHex(s string, n int) bool {
+	if len(s) != n {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+			return false
+		}
+	}
+	return true
 }

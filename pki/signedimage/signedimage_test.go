@@ -285,7 +285,7 @@ func forge(t testing.TB, f *fixture, header, statement map[string]any, img []byt
 	for k, v := range header {
 		h[k] = v
 	}
-	st := map[string]any{"format": 1, "serial": serial, "generation": 3, "sha256": sha(img), "length": len(img), "issuedAt": "2026-11-01T12:00:00Z"}
+	st := map[string]any{"format": 1, "serial": serial, "generation": 3, "sha256": sha(img), "length": len(img), "issuedAt": time.Now().UTC().Format(time.RFC3339)}
 	for k, v := range statement {
 		st[k] = v
 	}
@@ -393,8 +393,8 @@ func TestAtIssue(t *testing.T) {
 		err    error
 	}{
 		{"signed while valid, expired since", forge(t, expired, nil, issued(now.Add(-30*time.Minute)), smallImage), nil},
-		{"signed after the signer expired", forge(t, expired, nil, issued(now.Add(-5*time.Minute)), smallImage), signedimage.ErrUntrustedSigner},
-		{"signed before the signer existed", forge(t, expired, nil, issued(now.Add(-55*time.Minute)), smallImage), signedimage.ErrUntrustedSigner},
+		{"signed after the signer expired", forge(t, expired, nil, issued(now.Add(-5*time.Minute)), smallImage), signedimage.ErrBadIssueTime},
+		{"signed before the signer existed", forge(t, expired, nil, issued(now.Add(-55*time.Minute)), smallImage), signedimage.ErrBadIssueTime},
 		{"another PKI's signer", forge(t, other, nil, issued(now), smallImage), signedimage.ErrUntrustedSigner},
 		{"bad signature", flipSignature(forge(t, expired, nil, issued(now.Add(-30*time.Minute)), smallImage)), signedimage.ErrBadSignature},
 	} {

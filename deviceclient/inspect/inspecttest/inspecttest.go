@@ -144,7 +144,6 @@ func Cases() []Case {
 			return bytes.Index(b, []byte(`"generation":`)) + len(`"generation":`)
 		})},
 		{"extension-release", inspect.ErrExtensionRelease, content(imagespec.ExtensionRelease, func(b []byte) int { return 0 })},
-		{"metadata-member-case", inspect.ErrMetadata, contentSet(imagespec.Metadata, func(b []byte) int { return bytes.Index(b, []byte(`"serial"`)) + 1 }, 'S')},
 		{"fixed-file-values-hostname", inspect.ErrFixedValues, content(imagespec.Hostname, func(b []byte) int { return 0 })},
 		{"fixed-file-values-newline", inspect.ErrFixedValues, content(imagespec.MQTTGroupID, func(b []byte) int { return len(b) - 1 })},
 	}
