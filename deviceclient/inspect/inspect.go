@@ -19,6 +19,7 @@ package inspect
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"io/fs"
@@ -204,6 +205,9 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 	if err != nil {
 		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %w", ErrMetadata, err)
 	}
+	if err := exactNames(raw); err != nil {
+		return imagespec.ImageMetadata{}, fmt.Errorf("%w: %w", ErrMetadata, err)
+	}
 	// Its one spelling, byte for byte, is step 40 of docs/image-format.md
 	// (install.Check), after the inspection: here it need only say which
 	// device and generation it is for.
@@ -222,6 +226,31 @@ func (w *walker) checkFixed(want Expect) (imagespec.ImageMetadata, error) {
 		return imagespec.ImageMetadata{}, err
 	}
 	return md, nil
+}
+
+// exactNames requires image.json's member names as JSON spells them (RFC
+// 8259 compares names exactly): format, serial and generation present and
+// no name but those and issuedAt. encoding/json, which ParseMetadata uses,
+// matches names in any case, so "Serial" would name the serial for it and
+// for no other reader (docs/image-format.md, section 6, check 46).
+func exactNames(raw []byte) error {
+	var members map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &members); err != nil {
+		return fmt.Errorf("image metadata: %w", err)
+	}
+	for name := range members {
+		switch name {
+		case "format", "serial", "generation", "issuedAt":
+		default:
+			return fmt.Errorf("image metadata: member %s", untrusted.Quote(name))
+		}
+	}
+	for _, name := range []string{"format", "serial", "generation"} {
+		if _, ok := members[name]; !ok {
+			return fmt.Errorf("image metadata: no member %q", name)
+		}
+	}
+	return nil
 }
 
 // checkValues checks the fixed files that hold one value each: the value

@@ -9,9 +9,9 @@ conformance suite in this directory.
 It exits 0 when every verdict, error name and step agrees with cases.json,
 1 otherwise. It needs Python 3.9 or later and the `cryptography` package
 (Debian: python3-cryptography; version 38, Debian 12's, is enough), nothing
-else. Of the pre-mount inspection (steps 25 to 39, deviceclient/inspect) it
-checks only that the image is a SquashFS 4.0 it can read; it reads the
-image far enough to compare /etc/prov/image.json (step 40).
+else. It runs the pre-mount inspection (step 25, section 6: checks 1 to 48
+in order but 41, a second reader's, and reports the check's name) and
+compares /etc/prov/image.json with the statement (step 40).
 """
 
 import base64
@@ -51,10 +51,11 @@ MEDIA_TYPE = "prov-image+jws"
 
 
 class Refused(Exception):
-    def __init__(self, step, detail):
+    def __init__(self, step, detail, check=None):
         super().__init__(f"{REASONS[step]} (step {step}): {detail}")
         self.step = step
         self.reason = REASONS[step]
+        self.check = check  # the inspection's check, for step 25
 
 
 def refuse(step, detail):
@@ -334,109 +335,321 @@ def signer_rules(leaf, td):
     return None
 
 
-# --- SquashFS, enough to read one file ------------------------------------
+# --- the pre-mount inspection (section 6, "Pre-mount inspection") --------
 
-class Squash:
-    def __init__(self, img):
-        if len(img) < 96:
-            raise ValueError("shorter than a superblock")
-        (magic, self.inodes, _, self.block_size, _, self.comp, _, flags, _, major, minor,
-         self.root, self.used, _, _, self.inode_table, self.dir_table, self.frag_table, _) = \
-            struct.unpack_from("<IIIIIHHHHHHQQQQQQQQ", img, 0)
-        if magic != 0x73717368 or (major, minor) != (4, 0):
-            raise ValueError("not SquashFS 4.0")
-        if self.comp != 1:
-            raise ValueError(f"compressor {self.comp}, not zlib")
-        self.img = img
+class Bad(Exception):
+    """A refusal by one check of the inspection, named as section 6 does."""
+    def __init__(self, check, detail):
+        super().__init__(f"{check}: {detail}")
+        self.check = check
 
-    def block(self, data, uncompressed):
-        if uncompressed:
-            return data
-        d = zlib.decompressobj()
-        out = d.decompress(data, 1 << 20)
-        if d.unconsumed_tail:
-            raise ValueError("a block decompresses to more than 1 MiB")
-        return out
 
-    def meta(self, start, offset, length):
-        out = b""
-        pos = start
-        while len(out) < offset + length:
-            (hdr,) = struct.unpack_from("<H", self.img, pos)
-            size = hdr & 0x7FFF
-            out += self.block(self.img[pos + 2:pos + 2 + size], hdr & 0x8000)
-            pos += 2 + size
-            if size == 0 or pos > len(self.img):
-                raise ValueError("metadata runs off the image")
-        return out[offset:offset + length]
+MAX_IMAGE = 2097152
+META = 8192
+MAX_TABLE = 1 << 20
+BLOCK = 131072
+MAX_FILE = 65536
+MAX_CONTENT = 1507328
+NONE64 = 0xFFFFFFFFFFFFFFFF
+FIXED = ["/etc/hostname", "/etc/machine-id", "/etc/serial-number", "/etc/mqtt-client-id",
+         "/etc/mqtt-group-id", "/etc/prov/image.json", "/etc/extension-release.d/extension-release.prov"]
+FIXED_DIRS = {"/etc", "/etc/prov", "/etc/extension-release.d"}
+DATA_PREFIX = "/etc/prov/data"
+COMPONENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}\Z")
+MQTT_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}\Z")
+HOSTNAME = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
+MACHINE_ID = re.compile(r"[0-9a-f]{32}\Z")
 
-    def inode(self, ref):
-        block, offset = ref >> 16, ref & 0xFFFF
-        raw = self.meta(self.inode_table + block, offset, 64)
-        kind = struct.unpack_from("<H", raw, 0)[0]
-        return kind, block, offset, raw
 
-    def lookup(self, dir_ref, name):
-        kind, _, _, raw = self.inode(dir_ref)
-        if kind == 1:
-            start, _, size, offset, _ = struct.unpack_from("<IIHHI", raw, 16)
-        elif kind == 8:
-            _, size, start, _, _, offset, _ = struct.unpack_from("<IIIIHHI", raw, 16)
+def inflate(data, limit):
+    """One zlib stream that ends exactly where data does, at most limit bytes."""
+    d = zlib.decompressobj()
+    try:
+        out = d.decompress(data, limit + 1)
+    except zlib.error as e:
+        raise ValueError(f"zlib: {e}")
+    if len(out) > limit or d.unconsumed_tail:
+        raise ValueError(f"inflates to more than {limit} bytes")
+    if not d.eof or d.unused_data:
+        raise ValueError("the zlib stream does not end where the block does")
+    return out
+
+
+class Table:
+    """A decoded metadata table: its bytes and where each block starts."""
+    def __init__(self, data, starts, end):
+        self.data, self.starts, self.end = data, starts, end
+
+    def pos(self, block, offset, at_end=False):
+        """The position of the reference (block, offset), or None."""
+        if block in self.starts:
+            i = self.starts.index(block)
+            if offset < min(META, len(self.data) - i * META):
+                return i * META + offset
+            found = True
         else:
-            raise ValueError("not a directory")
-        listing = self.meta(self.dir_table + start, offset, max(size - 3, 0))
-        i = 0
-        while i < len(listing):
-            count, iblock, _ = struct.unpack_from("<III", listing, i)
-            i += 12
-            for _ in range(count + 1):
-                ioff, _, _, nlen = struct.unpack_from("<HhHH", listing, i)
-                entry = listing[i + 8:i + 9 + nlen]
-                i += 9 + nlen
-                if entry == name:
-                    return (iblock << 16) | ioff
-        raise ValueError(f"no {name!r}")
+            i, found = sum(1 for s in self.starts if s < block), False
+        p = i * META + offset
+        if at_end and p == len(self.data) and (found or block == self.end):
+            return p
+        return None
 
-    def read(self, ref, limit):
-        kind, _, _, raw = self.inode(ref)
-        if kind == 2:
-            start, frag, frag_off, size = struct.unpack_from("<IIII", raw, 16)
-            sizes_at = 32
-        elif kind == 9:
-            start, size, _, _, frag, frag_off, _ = struct.unpack_from("<QQQIIII", raw, 16)
-            sizes_at = 56
+
+def read_table(img, start, end, plain_only, check, limit, over):
+    data, starts, pos = b"", [], start
+    while pos < end:
+        if starts and len(data) % META:
+            raise Bad(check, f"the block before {pos} decodes to {len(data) % META} bytes, not 8 KiB")
+        if pos + 2 > len(img):
+            raise Bad(check, f"header at {pos} outside the image")
+        (h,) = struct.unpack_from("<H", img, pos)
+        n = h & 0x7FFF
+        if n == 0 or n > META or pos + 2 + n > end:
+            raise Bad(check, f"block at {pos} of {n} bytes")
+        if not h & 0x8000 and plain_only:
+            raise Bad(check, f"compressed block at {pos} in an uncompressed image")
+        if len(data) + META > limit:
+            raise Bad(over, f"more than {limit} bytes")
+        starts.append(pos - start)
+        raw = img[pos + 2:pos + 2 + n]
+        if h & 0x8000:
+            data += raw
         else:
-            raise ValueError("not a regular file")
-        if size > limit:
-            raise ValueError("file too large")
-        nblocks = size // self.block_size if frag != 0xFFFFFFFF else -(-size // self.block_size)
-        _, block, offset, _ = self.inode(ref)
-        raw = self.meta(self.inode_table + block, offset, sizes_at + 4 * nblocks)
-        out = b""
-        pos = start
-        for k in range(nblocks):
-            (bs,) = struct.unpack_from("<I", raw, sizes_at + 4 * k)
-            n = bs & 0xFFFFFF
-            if n == 0:
-                out += b"\0" * min(self.block_size, size - len(out))
-                continue
-            out += self.block(self.img[pos:pos + n], bs & 0x1000000)
+            try:
+                data += inflate(raw, META)
+            except ValueError as e:
+                raise Bad(check, f"block at {pos}: {e}")
+        pos += 2 + n
+    return Table(data, starts, end - start)
+
+
+def fills(extents, start, end):
+    at = start
+    for s, e in sorted(extents):
+        if s != at:
+            return False
+        at = e
+    return at == end
+
+
+def inspect_image(img, serial, generation):
+    """Runs checks 1 to 48 of section 6 in order; raises Bad naming the
+    first that fails."""
+    if len(img) > MAX_IMAGE:
+        raise Bad("image-size", f"{len(img)} bytes")
+    if len(img) < 96:
+        raise Bad("superblock-missing", f"{len(img)} bytes")
+    (magic, inodes, mkfs_time, block_size, fragments, comp, block_log, flags, no_ids, major, minor,
+     root_ref, used, id_table, xattr, inode_table, dir_table, frag_table, lookup) = \
+        struct.unpack_from("<IIIIIHHHHHHQQQQQQQQ", img, 0)
+    sb = [
+        ("superblock-magic", magic == 0x73717368),
+        ("superblock-version", (major, minor) == (4, 0)),
+        ("superblock-compression", comp == 1),
+        ("superblock-block-size", block_size == BLOCK and block_log == 17),
+        ("superblock-flags", flags in (0x0A1B, 0x0210)),
+        ("superblock-time", mkfs_time == 0),
+        ("superblock-fragments", fragments == 0),
+        ("superblock-ids", no_ids == 1),
+        ("superblock-inodes", 1 <= inodes <= 1024),
+        ("superblock-tables", xattr == NONE64 and lookup == NONE64
+         and 96 <= inode_table < dir_table <= frag_table < id_table and id_table + 8 == used <= len(img)),
+    ]
+    for name, ok in sb:
+        if not ok:
+            raise Bad(name, "superblock field")
+    plain = flags == 0x0A1B
+    if len(img) != -(-used // 4096) * 4096 or any(img[used:]):
+        raise Bad("image-length", f"{len(img)} bytes, {used} used")
+    (index,) = struct.unpack_from("<Q", img, id_table)
+    if index != frag_table:
+        raise Bad("id-table", f"the index names {index}, the block is at {frag_table}")
+    ids = read_table(img, frag_table, id_table, plain, "id-table", META, "id-table")
+    if len(ids.starts) != 1 or len(ids.data) != 4:
+        raise Bad("id-table", f"{len(ids.starts)} blocks of {len(ids.data)} bytes")
+    if struct.unpack_from("<I", ids.data)[0] != 0:
+        raise Bad("id-root", "the one id is not 0")
+    itab = read_table(img, inode_table, dir_table, plain, "metadata-block", MAX_TABLE, "table-size")
+    dtab = read_table(img, dir_table, frag_table, plain, "metadata-block", MAX_TABLE, "table-size")
+
+    # Inodes, in table order (checks 18 to 29).
+    t, off, by_pos, numbers, content, data, listings = itab.data, 0, {}, set(), 0, [], []
+    for k in range(1, inodes + 1):
+        if off + 32 > len(t):
+            raise Bad("inode-table-end", f"the table ends inside inode {k} of {inodes}")
+        typ, mode, uid, gid, mtime, num = struct.unpack_from("<HHHHII", t, off)
+        if typ not in (1, 2):
+            raise Bad("inode-type", f"inode {num} has type {typ}")
+        if mode != (0o755 if typ == 1 else 0o644):
+            raise Bad("inode-mode", f"inode {num} has mode {mode:04o}")
+        if uid or gid:
+            raise Bad("inode-owner", f"inode {num}")
+        if mtime:
+            raise Bad("inode-time", f"inode {num}")
+        if not 1 <= num <= inodes or num in numbers:
+            raise Bad("inode-number", f"inode number {num}")
+        numbers.add(num)
+        node = {"type": typ, "number": num, "reached": False}
+        by_pos[off] = node
+        if typ == 1:
+            start, nlink, fsize, offset, parent = struct.unpack_from("<IIHHI", t, off + 16)
+            off += 32
+            if fsize < 3 or nlink < 2:
+                raise Bad("directory-inode", f"directory {num}: size {fsize}, link count {nlink}")
+            p = dtab.pos(start, offset, fsize == 3)
+            if p is None or p + fsize - 3 > len(dtab.data):
+                raise Bad("directory-inode", f"directory {num}: listing outside the directory table")
+            node.update(listing=p, size=fsize - 3, nlink=nlink, parent=parent)
+            if fsize > 3:
+                listings.append((p, p + fsize - 3))
+            continue
+        start, frag, frag_off, fsize = struct.unpack_from("<IIII", t, off + 16)
+        off += 32
+        if frag != 0xFFFFFFFF or frag_off != 0:
+            raise Bad("file-fragment", f"file {num}")
+        if fsize > MAX_FILE:
+            raise Bad("file-too-large", f"file {num}: {fsize} bytes")
+        nblocks = -(-fsize // BLOCK)
+        if off + 4 * nblocks > len(t):
+            raise Bad("inode-table-end", f"the table ends inside the block list of inode {num}")
+        words = struct.unpack_from(f"<{nblocks}I", t, off)
+        off += 4 * nblocks
+        end = start
+        for w in words:
+            n = w & ~0x1000000
+            if n == 0 or n > BLOCK or w >> 25 or (plain and not w & 0x1000000):
+                raise Bad("file-blocks", f"file {num}: size word {w:#x}")
+            end += n
+        if start < 96 or end > inode_table:
+            raise Bad("file-blocks", f"file {num}: data at [{start}, {end})")
+        content += fsize
+        if content > MAX_CONTENT:
+            raise Bad("content-size", f"more than {MAX_CONTENT} bytes")
+        pos, out = start, b""
+        for i, w in enumerate(words):
+            want = BLOCK if i < nblocks - 1 else fsize - BLOCK * i
+            n = w & ~0x1000000
+            raw = img[pos:pos + n]
+            if not w & 0x1000000:
+                try:
+                    raw = inflate(raw, BLOCK)
+                except ValueError as e:
+                    raise Bad("file-size", f"file {num} block {i}: {e}")
+            if len(raw) != want:
+                raise Bad("file-size", f"file {num} of size {fsize}: block {i} holds {len(raw)} bytes")
+            out += raw
             pos += n
-        if frag != 0xFFFFFFFF:
-            (ptr,) = struct.unpack_from("<Q", self.img, self.frag_table + 8 * (frag // 512))
-            fstart, fsize, _ = struct.unpack_from("<QII", self.meta(ptr, 16 * (frag % 512), 16))
-            fb = self.block(self.img[fstart:fstart + (fsize & 0xFFFFFF)], fsize & 0x1000000)
-            out += fb[frag_off:frag_off + size - len(out)]
-        if len(out) != size:
-            raise ValueError("file data shorter than its size")
-        return out
+        node["data"] = out
+        if end > start:
+            data.append((start, end))
+    if off != len(t):
+        raise Bad("inode-table-end", f"{len(t) - off} bytes after the last inode")
+    if not fills(data, 96, inode_table):
+        raise Bad("data-layout", "the files' data do not fill the data area")
 
-    def file(self, path, limit=65536):
-        ref = self.root
-        parts = path.strip("/").split("/")
-        for p in parts:
-            ref = self.lookup(ref, p.encode())
-        return self.read(ref, limit)
+    # The tree (checks 31 to 40).
+    p = itab.pos(root_ref >> 16, root_ref & 0xFFFF) if root_ref >> 48 == 0 else None
+    root = by_pos.get(p)
+    if root is None:
+        raise Bad("root-inode", f"reference {root_ref:#x} names no inode")
+    if root["type"] != 1 or root["number"] != inodes or root["parent"] != inodes + 1:
+        raise Bad("root-inode", "not a directory numbered the inode count, parent the count + 1")
+    root["reached"] = True
+    entries = []  # (path, node), in walk order
+    reached = [1]
+
+    def walk(d, path):
+        listing = dtab.data[d["listing"]:d["listing"] + d["size"]]
+        prev, subdirs, o = None, 0, 0
+        while o < len(listing):
+            if o + 12 > len(listing):
+                raise Bad("directory-listing", f"{path}: a header at {o}")
+            count, block, base = struct.unpack_from("<III", listing, o)
+            count += 1
+            if count > 256:
+                raise Bad("directory-listing", f"{path}: {count} entries in a header")
+            o += 12
+            for _ in range(count):
+                if o + 8 > len(listing):
+                    raise Bad("directory-listing", f"{path}: an entry at {o}")
+                ioff, delta, typ, nlen = struct.unpack_from("<HhHH", listing, o)
+                if o + 9 + nlen > len(listing):
+                    raise Bad("directory-listing", f"{path}: an entry at {o}")
+                name = listing[o + 8:o + 9 + nlen]
+                o += 9 + nlen
+                q = itab.pos(block, ioff)
+                node = by_pos.get(q)
+                if node is None or base + delta != node["number"]:
+                    raise Bad("dirent-inode", f"{path}: {name!r}")
+                if typ != node["type"]:
+                    raise Bad("dirent-type", f"{path}: {name!r} has type {typ}, its inode {node['type']}")
+                if len(name) > 255 or name in (b".", b"..") or b"/" in name or b"\0" in name or \
+                        (prev is not None and name <= prev):
+                    raise Bad("dirent-name", f"{path}: {name!r}")
+                if node["reached"]:
+                    raise Bad("link", f"{path}: {name!r} reached twice")
+                prev = name
+                node["reached"] = True
+                reached[0] += 1
+                child = path.rstrip("/") + "/" + name.decode("latin-1")
+                entries.append((child, node))
+                if node["type"] != 1:
+                    continue
+                subdirs += 1
+                if node["parent"] != d["number"]:
+                    raise Bad("parent", f"{child} names parent {node['parent']}")
+                walk(node, child)
+        if d["nlink"] != 2 + subdirs:
+            raise Bad("link-count", f"{path}: link count {d['nlink']}, {subdirs} subdirectories")
+
+    walk(root, "/")
+    if reached[0] != inodes:
+        raise Bad("unreachable", f"{reached[0]} of {inodes} inodes")
+    if not fills(listings, 0, len(dtab.data)):
+        raise Bad("directory-table-layout", "the listings do not fill the directory table")
+
+    # The contract's tree and contents (checks 42 to 48; 41, a second
+    # reader's disagreement, is ours to skip: this tree was read once).
+    files, ndata, total = {}, 0, 0
+    for path, node in entries:
+        comps = path.strip("/").split("/")
+        if node["type"] == 1:
+            below = path == DATA_PREFIX or path.startswith(DATA_PREFIX + "/")
+            if path not in FIXED_DIRS and not (below and len(comps) <= 8 and all(COMPONENT.match(c) for c in comps[3:])):
+                raise Bad("entry-path", f"directory {path}")
+            continue
+        if path not in FIXED:
+            if not path.startswith(DATA_PREFIX + "/") or len(path.encode("latin-1")) > 255 or len(comps) > 8 \
+                    or not all(COMPONENT.match(c) for c in comps[3:]):
+                raise Bad("entry-path", f"file {path}")
+            ndata += 1
+            total += len(node["data"])
+            if ndata > 256 or total > 1 << 20:
+                raise Bad("data-limits", f"{ndata} data files, {total} bytes")
+        files[path] = node["data"]
+    for f in FIXED:
+        if f not in files and f != "/etc/machine-id":
+            raise Bad("fixed-files", f"no {f}")
+    if files["/etc/serial-number"] != serial.encode() + b"\n":
+        raise Bad("serial-number", "not the statement's serial")
+    try:
+        md = json.loads(files["/etc/prov/image.json"].decode("utf-8"))
+    except ValueError as e:
+        raise Bad("metadata", f"image.json: {e}")
+    if not isinstance(md, dict) or not set(md) <= {"format", "serial", "generation", "issuedAt"} or md.get("format") != 1 or md.get("serial") != serial or \
+            type(md.get("generation")) is not int or md.get("generation") != generation:
+        raise Bad("metadata", "image.json names another format, device or generation")
+    if files["/etc/extension-release.d/extension-release.prov"] != b"ID=_any\nCONFEXT_SCOPE=system\n":
+        raise Bad("extension-release", "not its fixed content")
+    for f, rule in [("/etc/hostname", HOSTNAME), ("/etc/machine-id", MACHINE_ID),
+                    ("/etc/mqtt-client-id", MQTT_ID), ("/etc/mqtt-group-id", MQTT_ID)]:
+        if f not in files:
+            continue
+        v = files[f]
+        if not v.endswith(b"\n") or not rule.match(v[:-1].decode("latin-1")) or \
+                (f == "/etc/machine-id" and v[:-1] == b"0" * 32):
+            raise Bad("fixed-file-values", f"{f} holds {v!r}")
+    return files
 
 
 # --- the verifier ---------------------------------------------------------
@@ -601,15 +814,12 @@ def verify(bundle, roots, serial, high_water, clock, floor, kept, max_image):
     if hashlib.sha256(image).hexdigest() != st["sha256"]:
         refuse(24, "sha256")
 
-    # Steps 25-39 (the part of them this verifier does) and 40.
+    # Step 25: the pre-mount inspection (section 6); then step 40.
     try:
-        fs = Squash(image)
-    except (ValueError, struct.error) as e:
-        refuse(25, f"not a SquashFS image: {e}")
-    try:
-        meta = fs.file("/etc/prov/image.json")
-    except (ValueError, struct.error, zlib.error) as e:
-        refuse(40, f"cannot read /etc/prov/image.json: {e}")
+        files = inspect_image(image, st["serial"], gen)
+    except Bad as e:
+        raise Refused(25, str(e), e.check)
+    meta = files["/etc/prov/image.json"]
     want = '{"format":1,"serial":"%s","generation":%d,"issuedAt":"%s"}\n' % (st["serial"], gen, issued_text)
     if meta != want.encode():
         refuse(40, "image.json is not the statement's")
@@ -642,10 +852,14 @@ def main(argv):
             detail = ""
         except Refused as e:
             got = {"verdict": "refused", "error": e.reason, "step": e.step}
+            if e.check:
+                got["check"] = e.check
             detail = str(e)
         want = {"verdict": c["verdict"]}
         if c["verdict"] == "refused":
             want.update(error=c.get("error"), step=c.get("step"))
+            if c.get("check"):
+                want["check"] = c["check"]
         ok = got == want
         wrong += not ok
         if as_json:

@@ -1,9 +1,12 @@
 package conformance
 
 import (
+	"fmt"
+	"slices"
 	"strings"
 	"time"
 
+	"github.com/fleetprov/prov/core/imagebuild/squashfs/tamper"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
@@ -15,6 +18,7 @@ type spec struct {
 	name   string
 	bundle []byte
 	step   signedimage.Step
+	check  string // the inspection's check, for step 25
 	about  string
 	opts   func(*Case)
 }
@@ -66,7 +70,7 @@ func cases(g *gen) []spec {
 	serialOf := func(s string) func(*Case) { return func(c *Case) { c.Serial = s } }
 	highWater := func(n uint64) func(*Case) { return func(c *Case) { c.HighWater = n } }
 
-	return []spec{
+	return slices.Concat([]spec{
 		// Accepted.
 		{name: "valid: the bundle core makes", bundle: g.good, about: "generation 3 at high-water mark 3: the same generation again is accepted"},
 		{name: "valid: generation above the high-water mark", bundle: g.good, opts: highWater(1), about: "a newer generation"},
@@ -207,10 +211,10 @@ func cases(g *gen) []spec {
 		{name: "a byte after the image", bundle: append(append([]byte{}, g.good...), 'x'), step: signedimage.StepTrailing, about: "tamper class: an oversized body"},
 		{name: "image changed", bundle: flipLast(g.good), step: signedimage.StepDigest, about: "tamper class: one flipped bit"},
 
-		// Steps 25-39: the pre-mount inspection; its cases are the
-		// inspection's (deviceclient/inspect).
-		{name: "empty image", bundle: g.signed(nil), step: signedimage.StepInspection, about: "fuzz seed: a validly signed bundle of no image"},
-
+		// Steps 25-39: the pre-mount inspection; the cases of
+		// inspectionCases follow this one.
+		{name: "empty image", bundle: g.signed(nil), step: signedimage.StepInspection, check: "superblock-missing", about: "fuzz seed: a validly signed bundle of no image"},
+	}, g.inspectionCases(), []spec{
 		// Step 40: image.json.
 		{name: "image.json issuedAt differs from the statement", bundle: g.signed(g.imageOf(record(generation, date(2026, 6, 15)), "")), step: signedimage.StepMetadata,
 			about: finding + "issuedAt was not compared"},
@@ -221,8 +225,47 @@ func cases(g *gen) []spec {
 		{name: "image.json member twice", bundle: g.signed(g.imageOf(record(generation, issued),
 			`{"format":1,"serial":"0000000001","serial":"1a2b3c4d5e","generation":3,"issuedAt":"`+at(issued)+`"}`+"\n")), step: signedimage.StepMetadata, about: "image.json has one spelling: a lenient reader takes the last"},
 		{name: "image.json member in another case", bundle: g.signed(g.imageOf(record(generation, issued),
-			`{"format":1,"Serial":"1a2b3c4d5e","generation":3,"issuedAt":"`+at(issued)+`"}`+"\n")), step: signedimage.StepMetadata, about: "image.json has one spelling: encoding/json matches names in any case"},
+			`{"format":1,"Serial":"1a2b3c4d5e","generation":3,"issuedAt":"`+at(issued)+`"}`+"\n")), step: signedimage.StepInspection, check: "metadata",
+			about: "image.json names no serial: JSON names are exact (check 46 of the inspection); encoding/json matches names in any case"},
 		{name: "image.json issuedAt with an offset", bundle: g.signed(g.imageOf(record(generation, issued),
 			`{"format":1,"serial":"1a2b3c4d5e","generation":3,"issuedAt":"`+issued.In(time.FixedZone("", 3600)).Format(time.RFC3339)+`"}`+"\n")), step: signedimage.StepMetadata, about: "image.json has one spelling: the same instant at +01:00"},
+	})
+}
+
+// findings names the tamper cases that are findings of issue 14: images the
+// inspection of the time accepted.
+var findings = map[string]string{
+	"superblock-block-size-64k":     "64 KiB blocks (mksquashfs -b 65536) were accepted",
+	"superblock-flags-duplicates":   "a flag the builder never sets (DUPLICATES) was accepted",
+	"file-size-larger":              "a file larger than its data was accepted; the kernel then fails reading it with EIO",
+	"dirent-type-file-as-directory": "a directory entry whose type disagrees with its inode was accepted",
+}
+
+// unreachable names the tamper cases no bundle can carry to the
+// inspection, and why.
+var unreachable = map[string]string{
+	"image-size": "an image over the cap is refused at step 22 (too large), before any image byte is read",
+}
+
+// inspectionCases is one case per tamper case (core/imagebuild/squashfs/
+// tamper): the suite's image changed so that one check of the inspection
+// refuses it, signed honestly, so that only the inspection can refuse it.
+func (g *gen) inspectionCases() []spec {
+	var out []spec
+	for _, c := range tamper.Cases() {
+		if _, ok := unreachable[c.Name]; ok {
+			continue
+		}
+		img, err := c.Make(g.image)
+		if err != nil {
+			g.fail(fmt.Errorf("inspection case %s: %w", c.Name, err))
+			return nil
+		}
+		about := "inspection check " + c.Check
+		if f, ok := findings[c.Name]; ok {
+			about = finding + f
+		}
+		out = append(out, spec{name: "image: " + c.Name, bundle: g.signed(img), step: signedimage.StepInspection, check: c.Check, about: about})
 	}
+	return out
 }

@@ -72,6 +72,10 @@ type Case struct {
 	Verdict string `json:"verdict"`
 	Error   string `json:"error,omitempty"`
 	Step    int    `json:"step,omitempty"`
+	// Check is, for a refusal by the pre-mount inspection (step 25), the
+	// name of the inspection's check that refuses (section 6 of the
+	// specification: the first of its checks that fails).
+	Check string `json:"check,omitempty"`
 	// About says what the case shows; "issue 14" marks a finding of that
 	// issue (a verdict the verifier of the time got wrong).
 	About string `json:"about"`
@@ -120,6 +124,10 @@ func Files() (map[string][]byte, error) {
 		if c.step != 0 {
 			out.Verdict, out.Error, out.Step = Refused, string(c.step.Reason()), int(c.step)
 		}
+		if (c.step == signedimage.StepInspection) != (c.check != "") {
+			return nil, fmt.Errorf("case %q: an inspection refusal, and only one, names its check", c.name)
+		}
+		out.Check = c.check
 		if c.opts != nil {
 			c.opts(&out)
 		}

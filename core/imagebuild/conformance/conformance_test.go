@@ -96,6 +96,10 @@ func TestPythonVerifier(t *testing.T) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		t.Fatal(err)
 	}
+	byName := map[string]conformance.Case{}
+	for _, c := range m.Cases {
+		byName[c.Name] = c
+	}
 	lines := bytes.Split(bytes.TrimSpace(out), []byte("\n"))
 	if len(lines) != len(m.Cases) {
 		t.Fatalf("verify.py reported %d cases of %d:\n%s", len(lines), len(m.Cases), out)
@@ -112,6 +116,10 @@ func TestPythonVerifier(t *testing.T) {
 		}
 		if !r.OK {
 			t.Errorf("%s: verify.py says %v (%s), the suite %v", r.Name, r.Got, r.Detail, r.Want)
+		}
+		// A refusal by the inspection names its check, as the suite does.
+		if c, ok := byName[r.Name]; ok && c.Check != "" && r.Got["check"] != c.Check {
+			t.Errorf("%s: verify.py names check %v, the suite %s", r.Name, r.Got["check"], c.Check)
 		}
 	}
 }
