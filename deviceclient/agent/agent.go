@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
@@ -134,9 +135,12 @@ func (a *Agent) effectiveNow() time.Time { return a.o.Install.Floor.At(a.now()) 
 func (a *Agent) fail(err error) error {
 	now := a.now().UTC()
 	_ = a.st.UpdateStatus(func(s *state.Status) {
-		s.LastError, s.ErrorAt, s.Refusal, s.RefusalStep = err.Error(), now, "", 0
+		s.LastError, s.ErrorAt, s.Refusal, s.RefusalStep, s.RefusalCheck = err.Error(), now, "", 0, ""
 		if r, ok := signedimage.RefusalOf(err); ok {
 			s.Refusal, s.RefusalStep = string(r.Reason), int(r.Step)
+		}
+		if c, ok := errors.AsType[*inspect.Check](err); ok {
+			s.RefusalCheck = c.Name()
 		}
 	})
 	return err

@@ -84,9 +84,11 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 type report struct {
 	Verdict string `json:"verdict"`
 	// Error and Step name a refusal as docs/image-format.md does
-	// ("rollback", 20); Reason says what exactly was wrong.
+	// ("rollback", 20), Check the inspection's check when step 25 refused
+	// ("file-size"); Reason says what exactly was wrong.
 	Error     string                   `json:"error,omitempty"`
 	Step      int                      `json:"step,omitempty"`
+	Check     string                   `json:"check,omitempty"`
 	Reason    string                   `json:"reason,omitempty"`
 	Statement *signedimage.Statement   `json:"statement,omitempty"`
 	Signer    string                   `json:"signer,omitempty"`
@@ -174,9 +176,15 @@ func check(env *cmdline.Env, args []string, list bool) error {
 	if ref, ok := signedimage.RefusalOf(err); ok {
 		r.Error, r.Step = string(ref.Reason), int(ref.Step)
 	}
-	if *asJSON {
+	if c, ok := errors.AsType[*inspect.Check](err); ok {
+		r.Check = c.Name()
+	}
+	switch {
+	case *asJSON:
 		_ = json.NewEncoder(env.Stdout).Encode(r)
-	} else if r.Error != "" {
+	case r.Check != "":
+		_, _ = fmt.Fprintf(env.Stdout, "refused: %s, check %s (step %d of docs/image-format.md)\n", r.Error, r.Check, r.Step)
+	case r.Error != "":
 		_, _ = fmt.Fprintf(env.Stdout, "refused: %s (step %d of docs/image-format.md)\n", r.Error, r.Step)
 	}
 	return fmt.Errorf("%w: %w", errRefused, err)

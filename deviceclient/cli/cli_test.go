@@ -86,6 +86,18 @@ func TestVerifyAndInspect(t *testing.T) {
 			if code != tc.code || !strings.Contains(stderr, tc.want) {
 				t.Fatalf("exit %d (want %d); stderr does not name %q:\n%s", code, tc.code, tc.want, stderr)
 			}
+
+			// A refusal of the pre-mount inspection names its check, as the
+			// specification and the conformance suite do.
+			outside := append([]string{"verify", "--bundle", good, "--serial", "1a2b3c4d5e", "--allow-prefix", "/etc/app/"}, base...)
+			if code, stdout, _ := run(outside...); code != cli.ExitRefused || !strings.Contains(stdout, "refused: bad image, check entry-path (step 25 of docs/image-format.md)") {
+				t.Errorf("an inspection refusal: exit %d\n%s", code, stdout)
+			}
+			code, stdout, _ = run(append(outside, "--json")...)
+			var r struct{ Verdict, Error, Check string }
+			if err := json.Unmarshal([]byte(stdout), &r); err != nil || code != cli.ExitRefused || r.Verdict != "refused" || r.Error != "bad image" || r.Check != "entry-path" {
+				t.Errorf("an inspection refusal, --json: exit %d %v\n%s", code, err, stdout)
+			}
 		})
 	}
 }

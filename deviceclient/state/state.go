@@ -88,11 +88,13 @@ type Status struct {
 	LastError  string    `json:"lastError,omitempty"`
 	// Refusal and RefusalStep name the last error when it was a bundle
 	// refused, in the words and step numbers of docs/image-format.md
-	// ("rollback", 20). Shown only while LastError is set.
-	Refusal     string    `json:"refusal,omitempty"`
-	RefusalStep int       `json:"refusalStep,omitempty"`
-	ErrorAt     time.Time `json:"errorAt,omitzero"`
-	ETag        string    `json:"etag,omitempty"` // of the current bundle at core
+	// ("rollback", 20), and RefusalCheck the inspection's check when step
+	// 25 refused ("file-size"). Shown only while LastError is set.
+	Refusal      string    `json:"refusal,omitempty"`
+	RefusalStep  int       `json:"refusalStep,omitempty"`
+	RefusalCheck string    `json:"refusalCheck,omitempty"`
+	ErrorAt      time.Time `json:"errorAt,omitzero"`
+	ETag         string    `json:"etag,omitempty"` // of the current bundle at core
 }
 
 // Open opens (creating) the state directory. Readers need nothing more;
