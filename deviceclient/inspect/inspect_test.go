@@ -313,6 +313,11 @@ var updateFuzz = flag.Bool("update-fuzz-corpus", false, "regenerate the seed cor
 // with memory bounded by the image size, and what it accepts keeps the
 // contract. Seeds: a good image, its zlib twin, and every case of
 // inspecttest (each refused by one check), besides testdata/fuzz.
+//
+// The seeds are whole images (up to ~1 MiB), so the engine's minimizing of
+// a new interesting input takes its full -fuzzminimizetime (60 s by
+// default) with no executions counted ("0/sec"): that is not a hang. Run
+// with -fuzzminimizetime 2s.
 func FuzzInspect(f *testing.F) {
 	good := build(f, record())
 	f.Add(good)
