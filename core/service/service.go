@@ -75,7 +75,7 @@ type core struct {
 	signer   *signedimage.Signer
 	rules    imagespec.Rules
 	policy   *policy.Policy
-	store    *store.Store
+	store    store.Store
 	bundles  *bundlecache.Cache
 	worker   *notify.Worker
 	registry *registry.Registry
@@ -114,12 +114,16 @@ func (c *core) newPolicy() (err error) {
 }
 
 // openStore opens the registry's database; close releases it.
-func (c *core) openStore() (err error) {
+func (c *core) openStore() error {
 	so := c.o.storeOpts
 	so.LockTimeout = c.cfg.Store.LockTimeout
-	if c.store, err = store.Open(c.cfg.Store.Path, so); err != nil {
+	// Through a variable of its own: a failed Open's nil *Bolt in c.store
+	// would be a non-nil Store that close then calls.
+	st, err := store.Open(c.cfg.Store.Path, so)
+	if err != nil {
 		return fmt.Errorf("store.path: %w", err)
 	}
+	c.store = st
 	return nil
 }
 

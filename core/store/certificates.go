@@ -19,7 +19,7 @@ import (
 // SeenCertificate remembers a certificate a device used, once. Callers
 // that hold the device check HasCertificate first; this checks again
 // inside its transaction.
-func (s *Store) SeenCertificate(serial string, c Certificate) error {
+func (s *Bolt) SeenCertificate(serial string, c Certificate) error {
 	add := func(d *Device) *Event {
 		if d.HasCertificate(c.Fingerprint) {
 			return nil
@@ -51,7 +51,7 @@ func (s *Store) SeenCertificate(serial string, c Certificate) error {
 // decides on and whose key core accepts from the device. For a revoked
 // device the certificate is recorded, queued for revocation at the CA and
 // refused with ErrRevoked.
-func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
+func (s *Bolt) RecordIssued(serial string, c Issued) (*View, error) {
 	add := func(d *Device) *Event {
 		if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
 			return nil
@@ -87,7 +87,7 @@ func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
 // lateCertificate records a certificate of a revoked device with add (nil
 // event: already recorded) and queues it for revocation at the CA, in one
 // transaction.
-func (s *Store) lateCertificate(op, serial, certSerial string, add func(d *Device) *Event) (*Device, error) {
+func (s *Bolt) lateCertificate(op, serial, certSerial string, add func(d *Device) *Event) (*Device, error) {
 	var d *Device
 	err := s.updateDevice(op, serial, func(tx *bolt.Tx) (*Device, error) {
 		var err error
@@ -114,7 +114,7 @@ func (s *Store) lateCertificate(op, serial, certSerial string, add func(d *Devic
 // if issued, and from then on core accepts only that key. It returns the
 // device as stored and whether this call pinned the key; if another key
 // was pinned first, the caller finds it in Issued.
-func (s *Store) PinFirstKey(serial string, c Issued) (*View, bool, error) {
+func (s *Bolt) PinFirstKey(serial string, c Issued) (*View, bool, error) {
 	pinned := false
 	d, err := s.modifyDevice("key pinned", serial, func(d *Device) (*Event, error) {
 		pinned = false

@@ -21,7 +21,7 @@ type Registration struct {
 // Register creates the record of a hardware ID, or returns the existing one
 // unchanged (idempotent: immutable data is never recomputed). A different
 // hardware ID with the same serial is ErrCollision and changes nothing.
-func (s *Store) Register(r Registration) (v *View, created bool, err error) {
+func (s *Bolt) Register(r Registration) (v *View, created bool, err error) {
 	for range maxOptimistic {
 		v, created, err = s.registerPrepared(r)
 		if !errors.Is(err, errStale) {
@@ -35,7 +35,7 @@ func (s *Store) Register(r Registration) (v *View, created bool, err error) {
 // registerPrepared is Register with the record prepared outside the
 // writer (prepare.go); errStale when the group changed meanwhile or the
 // hardware ID was registered by another call.
-func (s *Store) registerPrepared(r Registration) (*View, bool, error) {
+func (s *Bolt) registerPrepared(r Registration) (*View, bool, error) {
 	var g Group
 	var groupBase []byte
 	var existing string
@@ -73,7 +73,7 @@ func (s *Store) registerPrepared(r Registration) (*View, bool, error) {
 
 // registerInWriter is Register done entirely inside one write
 // transaction, for when the prepared way keeps going stale.
-func (s *Store) registerInWriter(r Registration) (*View, bool, error) {
+func (s *Bolt) registerInWriter(r Registration) (*View, bool, error) {
 	var v *View
 	created := false
 	err := s.updateDevice("register", r.ID.Serial(), func(tx *bolt.Tx) (*Device, error) {
@@ -132,7 +132,7 @@ func viewOr(tx *bolt.Tx, serial string, err error) (*View, error) {
 }
 
 // newDevice is a registration's new record and its audit event.
-func (s *Store) newDevice(r Registration, g *Group) (*Device, *Event) {
+func (s *Bolt) newDevice(r Registration, g *Group) (*Device, *Event) {
 	now := s.stamp()
 	serial := r.ID.Serial()
 	d := &Device{
