@@ -54,7 +54,7 @@ func readCARevocation(k, raw []byte) (CARevocation, error) {
 
 // queueCARevocations queues every certificate known for device d.
 func queueCARevocations(tx *bolt.Tx, d *Device, reason string, now time.Time) error {
-	for _, cert := range d.certificateSerials() {
+	for _, cert := range d.CertificateSerials() {
 		if err := queueCARevocation(tx, d.Serial, cert, reason, now); err != nil {
 			return err
 		}

@@ -29,14 +29,14 @@ func view(tx *bolt.Tx, serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // Device returns a device and its group.
 func (s *Bolt) Device(serial string) (*View, error) {
 	if d, ok := s.devices.get(serial); ok {
 		if g := s.cachedGroup(d.Group); g != nil {
-			return newView(d, g), nil
+			return NewView(d, g), nil
 		}
 	}
 	var d *Device
@@ -60,7 +60,7 @@ func (s *Bolt) Device(serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // withGroup is a device's view with its group as it is now.
@@ -72,7 +72,7 @@ func (s *Bolt) withGroup(d *Device) (*View, error) {
 			return nil, fmt.Errorf("device %s: %w", d.Serial, err)
 		}
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // List returns up to limit devices with serials after cursor, in serial
@@ -110,11 +110,11 @@ func (s *Bolt) SetDeviceData(serial string, ifGeneration uint64, c Change, actor
 		if v.Generation() != ifGeneration {
 			return nil, fmt.Errorf("device %s is at generation %d, not %d: %w", serial, v.Generation(), ifGeneration, ErrConflict)
 		}
-		v.Data = c.apply(v.Data)
+		v.Data = c.Apply(v.Data)
 		if err := check(v); err != nil {
 			return nil, err
 		}
-		return c.detail(), nil
+		return c.Detail(), nil
 	})
 }
 

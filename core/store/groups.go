@@ -24,7 +24,7 @@ func (s *Bolt) EnsureGroup(name string, data map[string]string, actor string) (g
 		if err := putRecord(b, name, g); err != nil {
 			return err
 		}
-		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "create", Detail: Change{Set: data}.detail()})
+		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "create", Detail: Change{Set: data}.Detail()})
 	})
 	return g, created, err
 }
@@ -103,7 +103,7 @@ func (s *Bolt) SetGroupData(name string, ifVersion uint64, c Change, actor strin
 		if g.Version != ifVersion {
 			return fmt.Errorf("group %s is at version %d, not %d: %w", name, g.Version, ifVersion, ErrConflict)
 		}
-		g.Data = c.apply(g.Data)
+		g.Data = c.Apply(g.Data)
 		if err := check(&g); err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func (s *Bolt) SetGroupData(name string, ifVersion uint64, c Change, actor strin
 		if err := putRecord(tx.Bucket(bucketGroups), name, &g); err != nil {
 			return err
 		}
-		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.detail()})
+		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.Detail()})
 	})
 	if err != nil {
 		return nil, err

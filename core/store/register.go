@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -68,7 +69,7 @@ func (s *Bolt) registerPrepared(r Registration) (*View, bool, error) {
 	if err := s.commitPrepared("register", d.Serial, d, ev, still, indexes); err != nil {
 		return nil, false, err
 	}
-	return newView(d, &g), true, nil
+	return NewView(d, &g), true, nil
 }
 
 // registerInWriter is Register done entirely inside one write
@@ -94,7 +95,7 @@ func (s *Bolt) registerInWriter(r Registration) (*View, bool, error) {
 		if err := audit(tx, *ev); err != nil {
 			return nil, err
 		}
-		v, created = newView(d, &g), true
+		v, created = NewView(d, &g), true
 		return d, nil
 	})
 	if err != nil {
@@ -133,7 +134,12 @@ func viewOr(tx *bolt.Tx, serial string, err error) (*View, error) {
 
 // newDevice is a registration's new record and its audit event.
 func (s *Bolt) newDevice(r Registration, g *Group) (*Device, *Event) {
-	now := s.stamp()
+	return NewDevice(r, g, s.stamp())
+}
+
+// NewDevice is the record a registration makes in group g at now, and its
+// audit event: what every engine stores.
+func NewDevice(r Registration, g *Group, now time.Time) (*Device, *Event) {
 	serial := r.ID.Serial()
 	d := &Device{
 		Serial: serial, Board: r.ID.Board, HardwareID: r.ID.Canonical, Group: r.Group,

@@ -3,6 +3,7 @@ package store_test
 import (
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"sync"
 	"sync/atomic"
@@ -11,6 +12,8 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/core/store/postgres"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 )
 
 // engine is one implementation of the store's contract. Every test of
@@ -27,6 +30,48 @@ type engine struct {
 
 var engines = []engine{
 	{name: "bbolt", open: openBolt, restart: restartBolt},
+	{name: "postgres", open: openPostgres, restart: restartPostgres},
+}
+
+// The PostgreSQL engine's tests share one private cluster (pgtest).
+func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+
+// pgStore is the PostgreSQL engine with the database it is on.
+type pgStore struct {
+	*postgres.Store
+	connString string
+}
+
+// openPostgres opens a store on a new database of the test cluster,
+// cloned from one migrated to this core's schema.
+func openPostgres(t *testing.T, opts store.Options) store.Store {
+	t.Helper()
+	conn := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
+	s := openPostgresAt(t, conn, postgres.Options{Now: opts.Now, BeforeCommit: opts.BeforeCommit})
+	ensureDefault(t, s)
+	return s
+}
+
+func openPostgresAt(t *testing.T, conn string, opts postgres.Options) *pgStore {
+	t.Helper()
+	s, err := postgres.Open(t.Context(), conn, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close() })
+	return &pgStore{Store: s, connString: conn}
+}
+
+func restartPostgres(t *testing.T, s store.Store) store.Store {
+	t.Helper()
+	p, ok := s.(*pgStore)
+	if !ok {
+		t.Fatalf("restartPostgres of a %T", s)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return openPostgresAt(t, p.connString, postgres.Options{})
 }
 
 // forEngines runs test on every engine.
