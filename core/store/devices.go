@@ -132,20 +132,14 @@ func (s *Bolt) changeDevice(serial, action, actor string, fn func(*View) (map[st
 		if v, err = view(tx, serial); err != nil {
 			return nil, err
 		}
-		if v.Status == Revoked {
-			return nil, fmt.Errorf("device %s: %w", serial, ErrRevoked)
-		}
-		detail, err := fn(v)
+		ev, err := Advance(v, action, actor, s.stamp(), fn)
 		if err != nil {
 			return nil, err
 		}
-		now := s.stamp()
-		v.Version++
-		v.VersionAt, v.UpdatedAt = now, now
 		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return nil, err
 		}
-		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: action, Generation: v.Generation(), Detail: detail})
+		return &v.Device, audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, err
@@ -167,17 +161,17 @@ func (s *Bolt) Revoke(serial, actor, reason string) (*View, error) {
 			return nil, err
 		}
 		now := s.stamp()
-		if err := queueCARevocations(tx, &v.Device, "device revoked: "+reason, now); err != nil {
+		if err := queueCARevocations(tx, &v.Device, RevokedReason(reason), now); err != nil {
 			return nil, err
 		}
-		if v.Status == Revoked {
+		ev := MarkRevoked(&v.Device, actor, reason, now)
+		if ev == nil {
 			return &v.Device, nil
 		}
-		v.Status, v.UpdatedAt = Revoked, now
 		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return nil, err
 		}
-		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: "revoke", Detail: map[string]string{"reason": reason}})
+		return &v.Device, audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, err

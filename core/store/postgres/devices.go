@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -202,17 +200,7 @@ func (s *Store) Reprovision(serial, actor string) (*store.View, error) {
 // change moves an active device to its next version after fn changed it.
 func (s *Store) change(serial, action, actor string, fn func(*store.View) (map[string]string, error)) (*store.View, error) {
 	return s.modify(action, serial, func(_ context.Context, _ pgx.Tx, v *store.View) (*store.Event, error) {
-		if v.Status == store.Revoked {
-			return nil, fmt.Errorf("device %s: %w", serial, store.ErrRevoked)
-		}
-		detail, err := fn(v)
-		if err != nil {
-			return nil, err
-		}
-		now := s.stamp()
-		v.Version++
-		v.VersionAt, v.UpdatedAt = now, now
-		return &store.Event{At: now, Actor: actor, Subject: "device/" + serial, Action: action, Generation: v.Generation(), Detail: detail}, nil
+		return store.Advance(v, action, actor, s.stamp(), fn)
 	})
 }
 
@@ -222,21 +210,13 @@ func (s *Store) Revoke(serial, actor, reason string) (*store.View, error) {
 	return s.modify("revoke", serial, func(ctx context.Context, tx pgx.Tx, v *store.View) (*store.Event, error) {
 		now := s.stamp()
 		for _, cert := range v.CertificateSerials() {
-			if err := queueCARevocation(ctx, tx, serial, cert, "device revoked: "+reason, now); err != nil {
+			if err := queueCARevocation(ctx, tx, serial, cert, store.RevokedReason(reason), now); err != nil {
 				return nil, err
 			}
 		}
-		if v.Status == store.Revoked {
-			return nil, nil
-		}
-		v.Status, v.UpdatedAt = store.Revoked, now
-		return &store.Event{At: now, Actor: actor, Subject: "device/" + serial, Action: "revoke", Detail: map[string]string{"reason": reason}}, nil
+		return store.MarkRevoked(&v.Device, actor, reason, now), nil
 	})
 }
-
-// lateReason is why a certificate known after its device's revoke is
-// queued.
-const lateReason = "device revoked: a certificate that became known after the revoke"
 
 // SeenCertificate remembers a certificate a device used, once; for a
 // revoked device it is also queued for revocation at the CA.
@@ -244,21 +224,11 @@ func (s *Store) SeenCertificate(serial string, c store.Certificate) error {
 	_, err := s.modify("certificate seen", serial, func(ctx context.Context, tx pgx.Tx, v *store.View) (*store.Event, error) {
 		now := s.stamp()
 		if v.Status == store.Revoked {
-			if err := queueCARevocation(ctx, tx, serial, c.Serial, lateReason, now); err != nil {
+			if err := queueCARevocation(ctx, tx, serial, c.Serial, store.LateReason, now); err != nil {
 				return nil, err
 			}
 		}
-		if v.HasCertificate(c.Fingerprint) {
-			return nil, nil
-		}
-		c.FirstSeen = now
-		v.Certificates = append(v.Certificates, c)
-		if len(v.Certificates) > store.MaxCertificates {
-			v.Certificates = v.Certificates[len(v.Certificates)-store.MaxCertificates:]
-		}
-		v.UpdatedAt = now
-		return &store.Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
-			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}}, nil
+		return store.AddSeen(&v.Device, c, now), nil
 	})
 	return err
 }
@@ -271,21 +241,11 @@ func (s *Store) RecordIssued(serial string, c store.Issued) (*store.View, error)
 	v, err := s.modify("certificate issued", serial, func(ctx context.Context, tx pgx.Tx, v *store.View) (*store.Event, error) {
 		now := s.stamp()
 		if revoked = v.Status == store.Revoked; revoked {
-			if err := queueCARevocation(ctx, tx, serial, c.Serial, lateReason, now); err != nil {
+			if err := queueCARevocation(ctx, tx, serial, c.Serial, store.LateReason, now); err != nil {
 				return nil, err
 			}
 		}
-		if slices.ContainsFunc(v.Issued, func(x store.Issued) bool { return x.Serial == c.Serial }) {
-			return nil, nil
-		}
-		v.Issued = append(v.Issued, c)
-		if len(v.Issued) > store.MaxCertificates {
-			v.Issued = v.Issued[len(v.Issued)-store.MaxCertificates:]
-		}
-		v.KeysPinned = true
-		v.UpdatedAt = now
-		return &store.Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}, nil
+		return store.AddIssued(&v.Device, c, now), nil
 	})
 	if err != nil {
 		return nil, err
@@ -301,13 +261,9 @@ func (s *Store) RecordIssued(serial string, c store.Issued) (*store.View, error)
 func (s *Store) PinFirstKey(serial string, c store.Issued) (*store.View, bool, error) {
 	pinned := false
 	v, err := s.modify("key pinned", serial, func(_ context.Context, _ pgx.Tx, v *store.View) (*store.Event, error) {
-		if pinned = !v.PinsKeys(); !pinned {
-			return nil, nil
-		}
-		now := s.stamp()
-		v.Issued, v.KeysPinned, v.UpdatedAt = []store.Issued{c}, true, now
-		return &store.Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "key pinned on first use",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256}}, nil
+		ev := store.PinKey(&v.Device, c, s.stamp())
+		pinned = ev != nil
+		return ev, nil
 	})
 	if err != nil {
 		return nil, false, err
