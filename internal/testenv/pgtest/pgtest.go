@@ -10,6 +10,8 @@
 // A package that uses it stops the cluster in its TestMain:
 //
 //	func TestMain(m *testing.M) { os.Exit(pgtest.Main(m)) }
+//
+// or, with another helper's Main, os.Exit(pgtest.After(catest.Main(m))).
 package pgtest
 
 import (
@@ -18,6 +20,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -62,7 +65,13 @@ var (
 
 // Main runs the tests and stops the cluster if one was started.
 func Main(m *testing.M) int {
-	code := m.Run()
+	return After(m.Run())
+}
+
+// After stops the cluster if one was started and returns the test
+// binary's exit code, failed if the cluster would not stop: for a
+// TestMain that runs the tests through another helper's Main.
+func After(code int) int {
 	if shared != nil {
 		if err := shared.stop(); err != nil {
 			fmt.Fprintf(os.Stderr, "pgtest: %v\n", err)
@@ -163,8 +172,12 @@ func (c *cluster) stop() error {
 	return c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-m", "fast", "-w", "stop")
 }
 
+// connString is a postgres:// URL, the form core's configuration takes:
+// the socket's directory is the host query parameter.
 func (c *cluster) connString(db string) string {
-	return fmt.Sprintf("host=%s port=5432 user=postgres dbname=%s sslmode=disable", c.dir, db)
+	u := url.URL{Scheme: "postgres", User: url.User("postgres"), Path: "/" + db,
+		RawQuery: url.Values{"host": {c.dir}, "port": {"5432"}, "sslmode": {"disable"}}.Encode()}
+	return u.String()
 }
 
 // exec runs one statement on the postgres database.
