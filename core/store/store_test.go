@@ -22,7 +22,7 @@ type engine struct {
 	name string
 	// open opens an empty store with the group "default", closed (and
 	// checked, where the engine can) on cleanup.
-	open func(t *testing.T, opts store.Options) store.Store
+	open func(t testing.TB, opts store.Options) store.Store
 	// restart closes s and opens the same store again, as a new core
 	// process would.
 	restart func(t *testing.T, s store.Store) store.Store
@@ -44,7 +44,7 @@ type pgStore struct {
 
 // openPostgres opens a store on a new database of the test cluster,
 // cloned from one migrated to this core's schema.
-func openPostgres(t *testing.T, opts store.Options) store.Store {
+func openPostgres(t testing.TB, opts store.Options) store.Store {
 	t.Helper()
 	conn := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
 	s := openPostgresAt(t, conn, postgres.Options{Now: opts.Now, BeforeCommit: opts.BeforeCommit})
@@ -52,7 +52,7 @@ func openPostgres(t *testing.T, opts store.Options) store.Store {
 	return s
 }
 
-func openPostgresAt(t *testing.T, conn string, opts postgres.Options) *pgStore {
+func openPostgresAt(t testing.TB, conn string, opts postgres.Options) *pgStore {
 	t.Helper()
 	s, err := postgres.Open(t.Context(), conn, opts)
 	if err != nil {
@@ -82,7 +82,7 @@ func forEngines(t *testing.T, test func(t *testing.T, e engine)) {
 }
 
 // ensureDefault creates the group every test registers in.
-func ensureDefault(t *testing.T, s store.Store) {
+func ensureDefault(t testing.TB, s store.Store) {
 	t.Helper()
 	if _, _, err := s.EnsureGroup("default", map[string]string{"/etc/prov/data/a": "1"}, "config"); err != nil {
 		t.Fatal(err)
@@ -91,14 +91,14 @@ func ensureDefault(t *testing.T, s store.Store) {
 
 // openBolt opens a store in a temporary directory and checks it on
 // cleanup, as bbolt's own tests do.
-func openBolt(t *testing.T, opts store.Options) store.Store {
+func openBolt(t testing.TB, opts store.Options) store.Store {
 	t.Helper()
 	s := openBoltAt(t, filepath.Join(t.TempDir(), "registry.db"), opts)
 	ensureDefault(t, s)
 	return s
 }
 
-func openBoltAt(t *testing.T, path string, opts store.Options) *store.Bolt {
+func openBoltAt(t testing.TB, path string, opts store.Options) *store.Bolt {
 	t.Helper()
 	s, err := store.Open(path, opts)
 	if err != nil {
