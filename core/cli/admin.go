@@ -384,6 +384,9 @@ func writeBackup(ctx context.Context, client *coreapi.Client, path string, stdou
 		info, err = client.Backup(ctx, w)
 		return err
 	})
+	if se := (*coreapi.StatusError)(nil); errors.As(err, &se) && se.Body.Code == coreapi.CodeNoBackup {
+		return fmt.Errorf("backup: core's store is on PostgreSQL, which core does not copy: back it up with pg_dump (docs/operations.md, \"PostgreSQL\"): %w", err)
+	}
 	if err != nil {
 		return fmt.Errorf("--out: %w", err)
 	}

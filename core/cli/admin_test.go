@@ -11,12 +11,15 @@ import (
 	"github.com/fleetprov/prov/core/cli"
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
 )
 
-func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
+// The shared step-ca and, for the tests on PostgreSQL, the private
+// cluster (pgtest) stop when the tests end.
+func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
 
 func TestAdmin(t *testing.T) {
 	core := coretest.Start(t, "")

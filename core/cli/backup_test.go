@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -14,6 +15,8 @@ import (
 	"github.com/fleetprov/prov/core/cli"
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/core/store/postgres"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -69,5 +72,23 @@ func TestBackupAndRestore(t *testing.T) {
 	var d coreapi.Device
 	if code != cli.ExitOK || json.Unmarshal([]byte(out), &d) != nil || d.Generation != 2 || d.Data["/etc/prov/data/site"] != "lab-9" {
 		t.Fatalf("show after restore: %d\n%s", code, out)
+	}
+}
+
+// A core on PostgreSQL copies nothing: admin backup fails, writes no
+// file, and says that pg_dump is the way (docs/operations.md).
+func TestBackupOnPostgreSQLNamesPgDump(t *testing.T) {
+	url := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
+	c := catest.Shared(t)
+	dir := t.TempDir()
+	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", url)), dir)
+	core.Register(t, "rpi4", coretest.RPi4(0xb10))
+	backup := filepath.Join(t.TempDir(), "registry-backup.db")
+	code, out, errs := run("admin", "--core", core.URL, "--identity", core.IdentityDir(pki.RoleAdmin, deployment.DefaultAdminName), "backup", "--out", backup)
+	if code == cli.ExitOK || !strings.Contains(errs, "pg_dump") {
+		t.Fatalf("backup of a core on PostgreSQL: %d\n%s%s\nwant a failure naming pg_dump", code, out, errs)
+	}
+	if _, err := os.Stat(backup); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a failed backup left a file: %v", err)
 	}
 }

@@ -24,8 +24,13 @@ type Config struct {
 	serve.Identity `yaml:",inline"`
 	// Signer is the image signer's certificate and Ed25519 key.
 	Signer serve.KeyPairFiles `yaml:"signer"`
-	Store  struct {
+	// Store is where the registry lives: one bbolt file (engine bbolt, the
+	// default: path) or a PostgreSQL database that several cores can share
+	// (engine postgres: url).
+	Store struct {
+		Engine      string        `yaml:"engine"`
 		Path        string        `yaml:"path"`
+		URL         string        `yaml:"url"`
 		LockTimeout time.Duration `yaml:"lockTimeout"`
 	} `yaml:"store"`
 	Policy struct {
@@ -83,6 +88,12 @@ var httpDefaults = serve.HTTPConfig{
 	MaxConnections:    10000,
 }
 
+// The store's engines.
+const (
+	EngineBolt     = "bbolt"
+	EnginePostgres = "postgres"
+)
+
 // Defaults fills every unset value; all defaults live here.
 func (c *Config) Defaults() {
 	set := func(p *time.Duration, d time.Duration) {
@@ -92,6 +103,9 @@ func (c *Config) Defaults() {
 	}
 	if c.Listen == "" {
 		c.Listen = ":8443"
+	}
+	if c.Store.Engine == "" {
+		c.Store.Engine = EngineBolt
 	}
 	set(&c.Store.LockTimeout, time.Second)
 	if len(c.Policy.AllowedPrefixes) == 0 {
@@ -143,10 +157,13 @@ func (c *Config) Validate() error {
 	if err := c.Identity.Validate(); err != nil {
 		return err
 	}
-	for _, f := range []struct{ key, v string }{{"signer.cert", c.Signer.Cert}, {"signer.key", c.Signer.Key}, {"store.path", c.Store.Path}} {
+	for _, f := range []struct{ key, v string }{{"signer.cert", c.Signer.Cert}, {"signer.key", c.Signer.Key}} {
 		if f.v == "" {
 			return bad(f.key, "required")
 		}
+	}
+	if err := c.validateStore(); err != nil {
+		return err
 	}
 	if len(c.Policy.Groups) == 0 {
 		return bad("policy.groups", "name at least one group")
@@ -195,6 +212,34 @@ func (c *Config) Validate() error {
 	}
 	if c.Images.CacheBytes < 1<<20 {
 		return bad("images.cacheBytes", "at least 1 MiB")
+	}
+	return nil
+}
+
+// validateStore checks the store's engine and that it has its own key (and
+// not the other engine's, which would be silently ignored).
+func (c *Config) validateStore() error {
+	bad := serve.Bad
+	switch c.Store.Engine {
+	case EngineBolt:
+		if c.Store.Path == "" {
+			return bad("store.path", "required with engine bbolt")
+		}
+		if c.Store.URL != "" {
+			return bad("store.url", "only with engine postgres")
+		}
+	case EnginePostgres:
+		if c.Store.URL == "" {
+			return bad("store.url", "required with engine postgres")
+		}
+		if u, err := url.Parse(c.Store.URL); err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") {
+			return bad("store.url", "not a postgres:// URL")
+		}
+		if c.Store.Path != "" {
+			return bad("store.path", "only with engine bbolt")
+		}
+	default:
+		return bad("store.engine", "%q is not bbolt or postgres", c.Store.Engine)
 	}
 	return nil
 }

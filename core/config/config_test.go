@@ -45,3 +45,32 @@ func TestRenewalNeedsTheCA(t *testing.T) {
 		}
 	}
 }
+
+// The store is bbolt by default; each engine needs its own key and
+// refuses the other's, and every error names the key that is wrong.
+func TestStoreEngine(t *testing.T) {
+	base := "trustBundle: r.pem\ntls: {cert: c.pem, key: k.pem}\nsigner: {cert: s.pem, key: s.key}\npolicy: {groups: {default: {}}}\n"
+	for _, tc := range []struct {
+		store, engine, err string
+	}{
+		{"{path: r.db}", config.EngineBolt, ""},
+		{"{engine: bbolt, path: r.db}", config.EngineBolt, ""},
+		{`{engine: postgres, url: "postgres://core@db.fleet.example.com/prov?sslmode=verify-full"}`, config.EnginePostgres, ""},
+		{"{}", "", "store.path"},
+		{`{path: r.db, url: "postgres://db/prov"}`, "", "store.url"},
+		{"{engine: postgres}", "", "store.url"},
+		{`{engine: postgres, url: "host=/run/postgresql dbname=prov"}`, "", "store.url"},
+		{`{engine: postgres, url: "postgres://db/prov", path: r.db}`, "", "store.path"},
+		{"{engine: sqlite, path: r.db}", "", "store.engine"},
+	} {
+		c, err := config.Parse([]byte(base + "store: " + tc.store + "\n"))
+		switch {
+		case tc.err != "":
+			if !errors.Is(err, config.ErrBadConfig) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("store: %s: %v, want an error naming %s", tc.store, err, tc.err)
+			}
+		case err != nil || c.Store.Engine != tc.engine:
+			t.Errorf("store: %s: %v, want engine %s", tc.store, err, tc.engine)
+		}
+	}
+}

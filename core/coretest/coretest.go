@@ -286,7 +286,7 @@ func (c *Core) Bundle(t testing.TB, serial string) ([]byte, string) {
 func RPi4(n int) string { return "10000000" + fmt.Sprintf("%08x", n) }
 
 // OpenStore opens the registry of a stopped core.
-func (c *Core) OpenStore(t testing.TB) *store.Store {
+func (c *Core) OpenStore(t testing.TB) *store.Bolt {
 	t.Helper()
 	s, err := store.Open(filepath.Join(c.Dir, "registry.db"), store.Options{})
 	if err != nil {

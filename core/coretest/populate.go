@@ -90,7 +90,7 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 
 // populateOne registers, enrolls and sees one device; the certificate
 // values are what step-ca would have issued.
-func populateOne(st *store.Store, pol *policy.Policy, group, raw string) (string, error) {
+func populateOne(st store.Store, pol *policy.Policy, group, raw string) (string, error) {
 	id, err := hwid.Parse("rpi4", raw)
 	if err != nil {
 		return "", err

@@ -28,7 +28,7 @@ type Notifier interface {
 	Notify(ctx context.Context, n coreapi.Notification) error
 }
 
-// Devices is what the worker reads of the registry (*store.Store).
+// Devices is what the worker reads of the registry (store.Store).
 type Devices interface {
 	Device(serial string) (*store.View, error)
 	GroupMembers(group string, fn func(serial string) error) error

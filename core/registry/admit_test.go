@@ -182,7 +182,7 @@ func TestLegacyDeviceKeyPinnedOnFirstUse(t *testing.T) {
 
 // openStore opens the store at path (a core's that stops and starts) with
 // the fixture's groups.
-func openStore(t *testing.T, f *registrytest.Fixture, path string) *store.Store {
+func openStore(t *testing.T, f *registrytest.Fixture, path string) *store.Bolt {
 	t.Helper()
 	st, err := store.Open(path, store.Options{})
 	if err != nil {

@@ -87,7 +87,7 @@ type Options struct {
 
 // Registry is core's registry behind its API.
 type Registry struct {
-	store   *store.Store
+	store   store.Store
 	policy  *policy.Policy
 	bundles *bundlecache.Cache
 	changes Changes
@@ -101,7 +101,7 @@ type Registry struct {
 }
 
 // New makes a registry. changes may be nil (nothing is told).
-func New(st *store.Store, pol *policy.Policy, bundles *bundlecache.Cache, changes Changes, o Options) *Registry {
+func New(st store.Store, pol *policy.Policy, bundles *bundlecache.Cache, changes Changes, o Options) *Registry {
 	if o.DefaultGroup == "" {
 		o.DefaultGroup = "default"
 	}
@@ -346,7 +346,11 @@ func (r *Registry) Ready() error {
 // Backup writes a consistent copy of the store to w; start is called with
 // what it holds before the first byte.
 func (r *Registry) Backup(w io.Writer, start func(store.BackupInfo)) error {
-	return r.store.Backup(w, start)
+	b, ok := r.store.(store.Backuper)
+	if !ok {
+		return store.ErrNoBackup
+	}
+	return b.Backup(w, start)
 }
 
 // HasGroup says whether the configuration names the group.

@@ -37,6 +37,9 @@ func classify(err error) *httpapi.Error {
 		errors.Is(err, imagebuild.ErrBadRecord), errors.Is(err, imagespec.ErrBadPath), errors.Is(err, imagespec.ErrTooLarge),
 		errors.Is(err, imagespec.ErrBadValue):
 		return httpapi.BadRequest(err.Error(), err)
+	case errors.Is(err, store.ErrNoBackup):
+		return httpapi.NewError(http.StatusNotImplemented, coreapi.CodeNoBackup,
+			"core's store is on PostgreSQL: back it up with pg_dump (docs/operations.md), not through core", err)
 	case errors.Is(err, store.ErrUnavailable):
 		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry cannot write now; try again later", err)
 		e.RetryAfter = 5

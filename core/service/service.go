@@ -30,6 +30,7 @@ import (
 	"github.com/fleetprov/prov/core/revocation"
 	"github.com/fleetprov/prov/core/server"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/core/store/postgres"
 	"github.com/fleetprov/prov/internal/renewal"
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
@@ -61,7 +62,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&c.o)
 	}
-	return serve.Compose(ctx, []func() error{c.newIdentity, c.newSigner, c.newPolicy, c.openStore, c.seedGroups, c.newBundles, c.newRevocation, c.newRenewal}, c.run, c.close)
+	return serve.Compose(ctx, []func() error{c.newIdentity, c.newSigner, c.newPolicy, func() error { return c.openStore(ctx) }, c.seedGroups, c.newBundles, c.newRevocation, c.newRenewal}, c.run, c.close)
 }
 
 // core is the service being built, then run.
@@ -75,7 +76,7 @@ type core struct {
 	signer   *signedimage.Signer
 	rules    imagespec.Rules
 	policy   *policy.Policy
-	store    *store.Store
+	store    store.Store
 	bundles  *bundlecache.Cache
 	worker   *notify.Worker
 	registry *registry.Registry
@@ -113,13 +114,29 @@ func (c *core) newPolicy() (err error) {
 	return err
 }
 
-// openStore opens the registry's database; close releases it.
-func (c *core) openStore() (err error) {
+// openStore opens the registry's database, on the configured engine
+// (PostgreSQL: migrating its schema first); close releases it.
+func (c *core) openStore(ctx context.Context) error {
 	so := c.o.storeOpts
-	so.LockTimeout = c.cfg.Store.LockTimeout
-	if c.store, err = store.Open(c.cfg.Store.Path, so); err != nil {
-		return fmt.Errorf("store.path: %w", err)
+	// Through a variable of its own per engine: a failed Open's nil
+	// pointer in c.store would be a non-nil Store that close then calls.
+	switch c.cfg.Store.Engine {
+	case config.EnginePostgres:
+		st, err := postgres.Open(ctx, c.cfg.Store.URL, postgres.Options{Now: so.Now, BeforeCommit: so.BeforeCommit})
+		if err != nil {
+			// Not the URL itself: it may hold a password.
+			return fmt.Errorf("store.url: %w", err)
+		}
+		c.store = st
+	default:
+		so.LockTimeout = c.cfg.Store.LockTimeout
+		st, err := store.Open(c.cfg.Store.Path, so)
+		if err != nil {
+			return fmt.Errorf("store.path: %w", err)
+		}
+		c.store = st
 	}
+	c.log.Info("store open", "engine", c.cfg.Store.Engine)
 	return nil
 }
 

@@ -23,13 +23,16 @@ import (
 	"github.com/fleetprov/prov/core/service"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/pkitest"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
 
-func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
+// The shared step-ca and, for the tests on PostgreSQL, the private
+// cluster (pgtest) stop when the tests end.
+func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
 
 var ctx = context.Background()
 

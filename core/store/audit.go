@@ -9,7 +9,7 @@ import (
 
 // Audit returns up to limit events of a subject (device/<serial> or
 // group/<name>), oldest first, after sequence number after.
-func (s *Store) Audit(subject string, after uint64, limit int) ([]Event, error) {
+func (s *Bolt) Audit(subject string, after uint64, limit int) ([]Event, error) {
 	var out []Event
 	err := s.db.View(func(tx *bolt.Tx) error {
 		prefix := []byte(subject + "\x00")
@@ -34,7 +34,7 @@ func (s *Store) Audit(subject string, after uint64, limit int) ([]Event, error) 
 
 // AppendAudit writes an event that changes no record (a refusal worth
 // keeping) to its subject's audit trail.
-func (s *Store) AppendAudit(e Event) error {
+func (s *Bolt) AppendAudit(e Event) error {
 	return s.update(e.Action, func(tx *bolt.Tx) error { return audit(tx, e) })
 }
 

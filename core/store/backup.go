@@ -18,7 +18,7 @@ type BackupInfo struct {
 // transaction: writers go on meanwhile); before the first byte it tells
 // start its size and contents. The copy is a bbolt file: restore it by
 // putting it in place of the store's file while core is stopped.
-func (s *Store) Backup(w io.Writer, start func(BackupInfo)) error {
+func (s *Bolt) Backup(w io.Writer, start func(BackupInfo)) error {
 	err := s.db.View(func(tx *bolt.Tx) error {
 		info := BackupInfo{Size: tx.Size(), Devices: tx.Bucket(bucketDevices).Stats().KeyN, Groups: tx.Bucket(bucketGroups).Stats().KeyN}
 		if start != nil {

@@ -54,7 +54,7 @@ func readCARevocation(k, raw []byte) (CARevocation, error) {
 
 // queueCARevocations queues every certificate known for device d.
 func queueCARevocations(tx *bolt.Tx, d *Device, reason string, now time.Time) error {
-	for _, cert := range d.certificateSerials() {
+	for _, cert := range d.CertificateSerials() {
 		if err := queueCARevocation(tx, d.Serial, cert, reason, now); err != nil {
 			return err
 		}
@@ -80,7 +80,7 @@ func queueCARevocation(tx *bolt.Tx, device, certSerial, reason string, now time.
 
 // PendingCARevocations are the device's certificates still to be revoked
 // at the CA, by certificate serial.
-func (s *Store) PendingCARevocations(device string) ([]CARevocation, error) {
+func (s *Bolt) PendingCARevocations(device string) ([]CARevocation, error) {
 	var out []CARevocation
 	err := s.db.View(func(tx *bolt.Tx) error {
 		prefix := []byte(device + "\x00")
@@ -106,7 +106,7 @@ type CARevocationQueue struct {
 
 // CARevocations reads the queue: what is due at now, and when the next
 // entry falls due.
-func (s *Store) CARevocations(now time.Time) (*CARevocationQueue, error) {
+func (s *Bolt) CARevocations(now time.Time) (*CARevocationQueue, error) {
 	q := &CARevocationQueue{}
 	err := s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketCARevocations).ForEach(func(k, raw []byte) error {
@@ -132,7 +132,7 @@ func (s *Store) CARevocations(now time.Time) (*CARevocationQueue, error) {
 // queue and writes the device's audit event; outcome says how the CA
 // answered. It reports false, writing nothing, when the entry was already
 // gone (another attempt confirmed it first).
-func (s *Store) CARevocationDone(device, certSerial, outcome string) (bool, error) {
+func (s *Bolt) CARevocationDone(device, certSerial, outcome string) (bool, error) {
 	done := false
 	err := s.changeCARevocation("CA revocation done", device, certSerial, func(b *bolt.Bucket, key []byte, r *CARevocation) error {
 		if err := b.Delete(key); err != nil {
@@ -146,7 +146,7 @@ func (s *Store) CARevocationDone(device, certSerial, outcome string) (bool, erro
 }
 
 // CARevocationFailed records a failed attempt and when to try again.
-func (s *Store) CARevocationFailed(device, certSerial, errText string, next time.Time) error {
+func (s *Bolt) CARevocationFailed(device, certSerial, errText string, next time.Time) error {
 	return s.changeCARevocation("CA revocation failed", device, certSerial, func(b *bolt.Bucket, key []byte, r *CARevocation) error {
 		if len(errText) > maxErrorText {
 			errText = errText[:maxErrorText] + "…"
@@ -159,7 +159,7 @@ func (s *Store) CARevocationFailed(device, certSerial, errText string, next time
 
 // changeCARevocation applies fn to a queued entry in one write; an entry
 // no longer queued is left alone.
-func (s *Store) changeCARevocation(op, device, certSerial string, fn func(b *bolt.Bucket, key []byte, r *CARevocation) error) error {
+func (s *Bolt) changeCARevocation(op, device, certSerial string, fn func(b *bolt.Bucket, key []byte, r *CARevocation) error) error {
 	return s.update(op, func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketCARevocations)
 		key := caRevocationKey(device, certSerial)

@@ -3,8 +3,6 @@ package store
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
@@ -19,21 +17,8 @@ import (
 // SeenCertificate remembers a certificate a device used, once. Callers
 // that hold the device check HasCertificate first; this checks again
 // inside its transaction.
-func (s *Store) SeenCertificate(serial string, c Certificate) error {
-	add := func(d *Device) *Event {
-		if d.HasCertificate(c.Fingerprint) {
-			return nil
-		}
-		now := s.stamp()
-		c.FirstSeen = now
-		d.Certificates = append(d.Certificates, c)
-		if len(d.Certificates) > MaxCertificates {
-			d.Certificates = d.Certificates[len(d.Certificates)-MaxCertificates:]
-		}
-		d.UpdatedAt = now
-		return &Event{At: now, Actor: "device/" + serial, Subject: "device/" + serial, Action: "certificate seen",
-			Detail: map[string]string{"serial": c.Serial, "fingerprint": c.Fingerprint}}
-	}
+func (s *Bolt) SeenCertificate(serial string, c Certificate) error {
+	add := func(d *Device) *Event { return AddSeen(d, c, s.stamp()) }
 	_, err := s.modifyDevice("certificate seen", serial, func(d *Device) (*Event, error) {
 		if d.Status == Revoked {
 			return nil, errLate
@@ -51,21 +36,8 @@ func (s *Store) SeenCertificate(serial string, c Certificate) error {
 // decides on and whose key core accepts from the device. For a revoked
 // device the certificate is recorded, queued for revocation at the CA and
 // refused with ErrRevoked.
-func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
-	add := func(d *Device) *Event {
-		if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
-			return nil
-		}
-		now := s.stamp()
-		d.Issued = append(d.Issued, c)
-		if len(d.Issued) > MaxCertificates {
-			d.Issued = d.Issued[len(d.Issued)-MaxCertificates:]
-		}
-		d.KeysPinned = true
-		d.UpdatedAt = now
-		return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "certificate issued",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}
-	}
+func (s *Bolt) RecordIssued(serial string, c Issued) (*View, error) {
+	add := func(d *Device) *Event { return AddIssued(d, c, s.stamp()) }
 	d, err := s.modifyDevice("certificate issued", serial, func(d *Device) (*Event, error) {
 		if d.Status == Revoked {
 			return nil, errLate
@@ -87,14 +59,14 @@ func (s *Store) RecordIssued(serial string, c Issued) (*View, error) {
 // lateCertificate records a certificate of a revoked device with add (nil
 // event: already recorded) and queues it for revocation at the CA, in one
 // transaction.
-func (s *Store) lateCertificate(op, serial, certSerial string, add func(d *Device) *Event) (*Device, error) {
+func (s *Bolt) lateCertificate(op, serial, certSerial string, add func(d *Device) *Event) (*Device, error) {
 	var d *Device
 	err := s.updateDevice(op, serial, func(tx *bolt.Tx) (*Device, error) {
 		var err error
 		if d, err = device(tx, serial); err != nil {
 			return nil, err
 		}
-		if err := queueCARevocation(tx, serial, certSerial, "device revoked: a certificate that became known after the revoke", s.stamp()); err != nil {
+		if err := queueCARevocation(tx, serial, certSerial, LateReason, s.stamp()); err != nil {
 			return nil, err
 		}
 		ev := add(d)
@@ -114,18 +86,12 @@ func (s *Store) lateCertificate(op, serial, certSerial string, add func(d *Devic
 // if issued, and from then on core accepts only that key. It returns the
 // device as stored and whether this call pinned the key; if another key
 // was pinned first, the caller finds it in Issued.
-func (s *Store) PinFirstKey(serial string, c Issued) (*View, bool, error) {
+func (s *Bolt) PinFirstKey(serial string, c Issued) (*View, bool, error) {
 	pinned := false
 	d, err := s.modifyDevice("key pinned", serial, func(d *Device) (*Event, error) {
-		pinned = false
-		if d.PinsKeys() {
-			return nil, nil
-		}
-		now := s.stamp()
-		d.Issued, d.KeysPinned, d.UpdatedAt = []Issued{c}, true, now
-		pinned = true
-		return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + serial, Action: "key pinned on first use",
-			Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256}}, nil
+		ev := PinKey(d, c, s.stamp())
+		pinned = ev != nil
+		return ev, nil
 	})
 	if err != nil {
 		return nil, false, err

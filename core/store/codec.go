@@ -83,3 +83,10 @@ func decode(stored []byte, v any) error {
 		return fmt.Errorf("%w (starts % x)", errUnknownEncoding, stored[:min(len(stored), 4)])
 	}
 }
+
+// EncodeRecord is encode for the other engines (core/store/postgres): every
+// engine stores records in this one compact format.
+func EncodeRecord(v any) ([]byte, error) { return encode(v) }
+
+// DecodeRecord reads a record EncodeRecord wrote.
+func DecodeRecord(stored []byte, v any) error { return decode(stored, v) }

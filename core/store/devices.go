@@ -29,14 +29,14 @@ func view(tx *bolt.Tx, serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // Device returns a device and its group.
-func (s *Store) Device(serial string) (*View, error) {
+func (s *Bolt) Device(serial string) (*View, error) {
 	if d, ok := s.devices.get(serial); ok {
 		if g := s.cachedGroup(d.Group); g != nil {
-			return newView(d, g), nil
+			return NewView(d, g), nil
 		}
 	}
 	var d *Device
@@ -60,11 +60,11 @@ func (s *Store) Device(serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // withGroup is a device's view with its group as it is now.
-func (s *Store) withGroup(d *Device) (*View, error) {
+func (s *Bolt) withGroup(d *Device) (*View, error) {
 	g := s.cachedGroup(d.Group)
 	if g == nil {
 		var err error
@@ -72,12 +72,12 @@ func (s *Store) withGroup(d *Device) (*View, error) {
 			return nil, fmt.Errorf("device %s: %w", d.Serial, err)
 		}
 	}
-	return newView(d, g), nil
+	return NewView(d, g), nil
 }
 
 // List returns up to limit devices with serials after cursor, in serial
 // order, and the cursor of the next page ("" at the end).
-func (s *Store) List(cursor string, limit int) ([]View, string, error) {
+func (s *Bolt) List(cursor string, limit int) ([]View, string, error) {
 	var out []View
 	next := ""
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -105,47 +105,41 @@ func (s *Store) List(cursor string, limit int) ([]View, string, error) {
 // SetDeviceData changes a device's own mutable data if its generation is
 // still ifGeneration (else ErrConflict). check validates the device as it
 // would be; an error from it aborts the change.
-func (s *Store) SetDeviceData(serial string, ifGeneration uint64, c Change, actor string, check func(*View) error) (*View, error) {
+func (s *Bolt) SetDeviceData(serial string, ifGeneration uint64, c Change, actor string, check func(*View) error) (*View, error) {
 	return s.changeDevice(serial, "set data", actor, func(v *View) (map[string]string, error) {
 		if v.Generation() != ifGeneration {
 			return nil, fmt.Errorf("device %s is at generation %d, not %d: %w", serial, v.Generation(), ifGeneration, ErrConflict)
 		}
-		v.Data = c.apply(v.Data)
+		v.Data = c.Apply(v.Data)
 		if err := check(v); err != nil {
 			return nil, err
 		}
-		return c.detail(), nil
+		return c.Detail(), nil
 	})
 }
 
 // Reprovision moves a device to a new generation with the same data.
-func (s *Store) Reprovision(serial, actor string) (*View, error) {
+func (s *Bolt) Reprovision(serial, actor string) (*View, error) {
 	return s.changeDevice(serial, "reprovision", actor, func(*View) (map[string]string, error) { return nil, nil })
 }
 
 // changeDevice moves an active device to its next version after fn has
 // changed it; fn returns the detail of the audit event.
-func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[string]string, error)) (*View, error) {
+func (s *Bolt) changeDevice(serial, action, actor string, fn func(*View) (map[string]string, error)) (*View, error) {
 	var v *View
 	err := s.updateDevice(action, serial, func(tx *bolt.Tx) (*Device, error) {
 		var err error
 		if v, err = view(tx, serial); err != nil {
 			return nil, err
 		}
-		if v.Status == Revoked {
-			return nil, fmt.Errorf("device %s: %w", serial, ErrRevoked)
-		}
-		detail, err := fn(v)
+		ev, err := Advance(v, action, actor, s.stamp(), fn)
 		if err != nil {
 			return nil, err
 		}
-		now := s.stamp()
-		v.Version++
-		v.VersionAt, v.UpdatedAt = now, now
 		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return nil, err
 		}
-		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: action, Generation: v.Generation(), Detail: detail})
+		return &v.Device, audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, err
@@ -159,7 +153,7 @@ func (s *Store) changeDevice(serial, action, actor string, fn func(*View) (map[s
 // reaches the CA even if core stops first. Revoking a revoked device
 // changes nothing but queues its certificates again: a way to repeat the
 // CA's part.
-func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
+func (s *Bolt) Revoke(serial, actor, reason string) (*View, error) {
 	var v *View
 	err := s.updateDevice("revoke", serial, func(tx *bolt.Tx) (*Device, error) {
 		var err error
@@ -167,17 +161,17 @@ func (s *Store) Revoke(serial, actor, reason string) (*View, error) {
 			return nil, err
 		}
 		now := s.stamp()
-		if err := queueCARevocations(tx, &v.Device, "device revoked: "+reason, now); err != nil {
+		if err := queueCARevocations(tx, &v.Device, RevokedReason(reason), now); err != nil {
 			return nil, err
 		}
-		if v.Status == Revoked {
+		ev := MarkRevoked(&v.Device, actor, reason, now)
+		if ev == nil {
 			return &v.Device, nil
 		}
-		v.Status, v.UpdatedAt = Revoked, now
 		if err := putRecord(tx.Bucket(bucketDevices), serial, &v.Device); err != nil {
 			return nil, err
 		}
-		return &v.Device, audit(tx, Event{At: now, Actor: actor, Subject: "device/" + serial, Action: "revoke", Detail: map[string]string{"reason": reason}})
+		return &v.Device, audit(tx, *ev)
 	})
 	if err != nil {
 		return nil, err

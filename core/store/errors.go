@@ -13,6 +13,12 @@ var (
 	// ErrUnavailable wraps failures of the disk or the database itself
 	// (full disk, I/O error): the caller may retry later.
 	ErrUnavailable = errors.New("store unavailable")
+	// ErrNoBackup: the engine is backed up with its database's own tools
+	// (PostgreSQL: pg_dump), not through core.
+	ErrNoBackup = errors.New("this store engine is backed up with its database's tools, not through core")
+	// ErrNewerSchema: the database was migrated by a newer core; this one
+	// refuses to run against it rather than misread it.
+	ErrNewerSchema = errors.New("store schema is newer than this core")
 )
 
 // Errors that never leave the package.

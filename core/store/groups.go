@@ -10,7 +10,7 @@ import (
 // EnsureGroup creates a group with its initial data if it does not exist;
 // an existing group is returned as it is (the store, not the
 // configuration, holds its current data).
-func (s *Store) EnsureGroup(name string, data map[string]string, actor string) (g *Group, created bool, err error) {
+func (s *Bolt) EnsureGroup(name string, data map[string]string, actor string) (g *Group, created bool, err error) {
 	err = s.update("ensure group", func(tx *bolt.Tx) error {
 		b := tx.Bucket(bucketGroups)
 		g = &Group{}
@@ -24,13 +24,13 @@ func (s *Store) EnsureGroup(name string, data map[string]string, actor string) (
 		if err := putRecord(b, name, g); err != nil {
 			return err
 		}
-		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "create", Detail: Change{Set: data}.detail()})
+		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "create", Detail: Change{Set: data}.Detail()})
 	})
 	return g, created, err
 }
 
 // Group returns a group.
-func (s *Store) Group(name string) (*Group, error) {
+func (s *Bolt) Group(name string) (*Group, error) {
 	var g Group
 	err := s.db.View(func(tx *bolt.Tx) error {
 		found, err := getRecord(tx.Bucket(bucketGroups), name, &g)
@@ -58,14 +58,14 @@ func deviceGroup(tx *bolt.Tx, serial, name string) (*Group, error) {
 }
 
 // cachedGroup is a group from the read path's cache, or nil.
-func (s *Store) cachedGroup(name string) *Group {
+func (s *Bolt) cachedGroup(name string) *Group {
 	s.groupsMu.RLock()
 	defer s.groupsMu.RUnlock()
 	return s.groups[name]
 }
 
 // cacheGroup keeps the newest version of a group.
-func (s *Store) cacheGroup(g *Group) {
+func (s *Bolt) cacheGroup(g *Group) {
 	s.groupsMu.Lock()
 	defer s.groupsMu.Unlock()
 	if old := s.groups[g.Name]; old == nil || old.Version <= g.Version {
@@ -74,7 +74,7 @@ func (s *Store) cacheGroup(g *Group) {
 }
 
 // GroupMembers calls fn with the serial of each device of a group.
-func (s *Store) GroupMembers(group string, fn func(serial string) error) error {
+func (s *Bolt) GroupMembers(group string, fn func(serial string) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		prefix := []byte(group + "\x00")
 		c := tx.Bucket(bucketMembers).Cursor()
@@ -90,7 +90,7 @@ func (s *Store) GroupMembers(group string, fn func(serial string) error) error {
 // SetGroupData changes a group's mutable data if its version is still
 // ifVersion (else ErrConflict); every device of the group moves to a new
 // generation. check validates the group's data as it would be.
-func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor string, check func(*Group) error) (*Group, error) {
+func (s *Bolt) SetGroupData(name string, ifVersion uint64, c Change, actor string, check func(*Group) error) (*Group, error) {
 	var g Group
 	err := s.update("set group data", func(tx *bolt.Tx) error {
 		found, err := getRecord(tx.Bucket(bucketGroups), name, &g)
@@ -103,7 +103,7 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor stri
 		if g.Version != ifVersion {
 			return fmt.Errorf("group %s is at version %d, not %d: %w", name, g.Version, ifVersion, ErrConflict)
 		}
-		g.Data = c.apply(g.Data)
+		g.Data = c.Apply(g.Data)
 		if err := check(&g); err != nil {
 			return err
 		}
@@ -113,7 +113,7 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c Change, actor stri
 		if err := putRecord(tx.Bucket(bucketGroups), name, &g); err != nil {
 			return err
 		}
-		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.detail()})
+		return audit(tx, Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.Detail()})
 	})
 	if err != nil {
 		return nil, err

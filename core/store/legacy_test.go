@@ -86,7 +86,7 @@ func TestPlainJSONRecordsAndDamagedOnes(t *testing.T) {
 
 // openWithOne opens a new store at path with the group "default" holding
 // data and one device registered in it.
-func openWithOne(t *testing.T, path string, data map[string]string) (*Store, *View) {
+func openWithOne(t *testing.T, path string, data map[string]string) (*Bolt, *View) {
 	t.Helper()
 	s, err := Open(path, Options{})
 	if err != nil {

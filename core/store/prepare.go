@@ -25,7 +25,7 @@ const maxOptimistic = 4
 // returns the audit event of the change, or nil for no change; it must
 // depend only on d, since it may run more than once. It returns the
 // device as stored.
-func (s *Store) modifyDevice(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
+func (s *Bolt) modifyDevice(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
 	for range maxOptimistic {
 		d, err := s.modifyPrepared(op, serial, fn)
 		if !errors.Is(err, errStale) {
@@ -38,7 +38,7 @@ func (s *Store) modifyDevice(op, serial string, fn func(d *Device) (*Event, erro
 
 // modifyPrepared is one optimistic attempt of modifyDevice; errStale when
 // the record changed between the snapshot and the commit.
-func (s *Store) modifyPrepared(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
+func (s *Bolt) modifyPrepared(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
 	var base []byte
 	var d *Device
 	err := s.db.View(func(tx *bolt.Tx) error {
@@ -69,7 +69,7 @@ func (s *Store) modifyPrepared(op, serial string, fn func(d *Device) (*Event, er
 
 // modifyInWriter is modifyDevice done entirely inside one write
 // transaction.
-func (s *Store) modifyInWriter(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
+func (s *Bolt) modifyInWriter(op, serial string, fn func(d *Device) (*Event, error)) (*Device, error) {
 	var d *Device
 	err := s.updateDevice(op, serial, func(tx *bolt.Tx) (*Device, error) {
 		var err error
@@ -96,7 +96,7 @@ func (s *Store) modifyInWriter(op, serial string, fn func(d *Device) (*Event, er
 // checks that what d was computed from is unchanged (errStale if not),
 // and also, if set, writes what goes with the record. Once committed, d
 // is cached as stored.
-func (s *Store) commitPrepared(op, serial string, d *Device, ev *Event, still, also func(tx *bolt.Tx) error) error {
+func (s *Bolt) commitPrepared(op, serial string, d *Device, ev *Event, still, also func(tx *bolt.Tx) error) error {
 	record, err := encode(d)
 	if err != nil {
 		return err

@@ -86,9 +86,9 @@ func (d *Device) KeyRecorded(keySHA256 string) bool {
 	return slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.KeySHA256 == keySHA256 })
 }
 
-// certificateSerials are the serials of every certificate known for the
+// CertificateSerials are the serials of every certificate known for the
 // device, issued or seen, each once.
-func (d *Device) certificateSerials() []string {
+func (d *Device) CertificateSerials() []string {
 	var out []string
 	for _, c := range d.Issued {
 		out = append(out, c.Serial)
@@ -117,8 +117,8 @@ type View struct {
 	GroupData      map[string]string
 }
 
-// newView is device d (copied) with group g.
-func newView(d *Device, g *Group) *View {
+// NewView is device d (copied) with group g.
+func NewView(d *Device, g *Group) *View {
 	return &View{Device: *d, GroupVersion: g.Version, GroupVersionAt: g.VersionAt, GroupData: g.Data}
 }
 
@@ -160,7 +160,7 @@ type Change struct {
 	Unset []string
 }
 
-func (c Change) apply(data map[string]string) map[string]string {
+func (c Change) Apply(data map[string]string) map[string]string {
 	out := maps.Clone(data)
 	if out == nil {
 		out = map[string]string{}
@@ -175,9 +175,9 @@ func (c Change) apply(data map[string]string) map[string]string {
 	return out
 }
 
-// detail is the change as its audit event shows it: the keys and the
+// Detail is the change as its audit event shows it: the keys and the
 // sizes of the values, never the values themselves.
-func (c Change) detail() map[string]string {
+func (c Change) Detail() map[string]string {
 	d := map[string]string{}
 	for _, k := range slices.Sorted(maps.Keys(c.Set)) {
 		d["set "+k] = fmt.Sprintf("%d bytes", len(c.Set[k]))

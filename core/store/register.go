@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"time"
 
 	bolt "go.etcd.io/bbolt"
 
@@ -21,7 +22,7 @@ type Registration struct {
 // Register creates the record of a hardware ID, or returns the existing one
 // unchanged (idempotent: immutable data is never recomputed). A different
 // hardware ID with the same serial is ErrCollision and changes nothing.
-func (s *Store) Register(r Registration) (v *View, created bool, err error) {
+func (s *Bolt) Register(r Registration) (v *View, created bool, err error) {
 	for range maxOptimistic {
 		v, created, err = s.registerPrepared(r)
 		if !errors.Is(err, errStale) {
@@ -35,7 +36,7 @@ func (s *Store) Register(r Registration) (v *View, created bool, err error) {
 // registerPrepared is Register with the record prepared outside the
 // writer (prepare.go); errStale when the group changed meanwhile or the
 // hardware ID was registered by another call.
-func (s *Store) registerPrepared(r Registration) (*View, bool, error) {
+func (s *Bolt) registerPrepared(r Registration) (*View, bool, error) {
 	var g Group
 	var groupBase []byte
 	var existing string
@@ -68,12 +69,12 @@ func (s *Store) registerPrepared(r Registration) (*View, bool, error) {
 	if err := s.commitPrepared("register", d.Serial, d, ev, still, indexes); err != nil {
 		return nil, false, err
 	}
-	return newView(d, &g), true, nil
+	return NewView(d, &g), true, nil
 }
 
 // registerInWriter is Register done entirely inside one write
 // transaction, for when the prepared way keeps going stale.
-func (s *Store) registerInWriter(r Registration) (*View, bool, error) {
+func (s *Bolt) registerInWriter(r Registration) (*View, bool, error) {
 	var v *View
 	created := false
 	err := s.updateDevice("register", r.ID.Serial(), func(tx *bolt.Tx) (*Device, error) {
@@ -94,7 +95,7 @@ func (s *Store) registerInWriter(r Registration) (*View, bool, error) {
 		if err := audit(tx, *ev); err != nil {
 			return nil, err
 		}
-		v, created = newView(d, &g), true
+		v, created = NewView(d, &g), true
 		return d, nil
 	})
 	if err != nil {
@@ -132,8 +133,13 @@ func viewOr(tx *bolt.Tx, serial string, err error) (*View, error) {
 }
 
 // newDevice is a registration's new record and its audit event.
-func (s *Store) newDevice(r Registration, g *Group) (*Device, *Event) {
-	now := s.stamp()
+func (s *Bolt) newDevice(r Registration, g *Group) (*Device, *Event) {
+	return NewDevice(r, g, s.stamp())
+}
+
+// NewDevice is the record a registration makes in group g at now, and its
+// audit event: what every engine stores.
+func NewDevice(r Registration, g *Group, now time.Time) (*Device, *Event) {
 	serial := r.ID.Serial()
 	d := &Device{
 		Serial: serial, Board: r.ID.Board, HardwareID: r.ID.Canonical, Group: r.Group,

@@ -1,4 +1,5 @@
-// Package store is core's device registry on bbolt: devices with their
+// Package store is core's device registry: its contract (Store, contract.go),
+// its records and errors, and its embedded engine on bbolt (Bolt): devices with their
 // frozen immutable data, mutable data per device and per group, status,
 // certificates issued (whose keys core accepts) and seen, an audit trail of
 // every change with who made it, and the queue of certificates to revoke
@@ -60,8 +61,8 @@ type Options struct {
 	CacheDevices int
 }
 
-// Store is the registry.
-type Store struct {
+// Bolt is the registry on one bbolt file: the embedded engine, the default.
+type Bolt struct {
 	db     *bolt.DB
 	now    func() time.Time
 	before func(op string) error
@@ -77,7 +78,7 @@ type Store struct {
 }
 
 // Open opens (creating if needed) the registry at path.
-func Open(path string, opts Options) (*Store, error) {
+func Open(path string, opts Options) (*Bolt, error) {
 	if opts.LockTimeout == 0 {
 		opts.LockTimeout = time.Second
 	}
@@ -97,7 +98,7 @@ func Open(path string, opts Options) (*Store, error) {
 	if opts.CacheDevices == 0 {
 		opts.CacheDevices = 100_000
 	}
-	s := &Store{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices),
+	s := &Bolt{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices),
 		committer: &groupCommitter{db: db, before: opts.BeforeCommit, max: opts.BatchSize}}
 	if s.now == nil {
 		s.now = time.Now
@@ -109,7 +110,7 @@ func Open(path string, opts Options) (*Store, error) {
 	return s, nil
 }
 
-func (s *Store) init() error {
+func (s *Bolt) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta, bucketCARevocations} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -128,13 +129,13 @@ func (s *Store) init() error {
 }
 
 // Close closes the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Bolt) Close() error { return s.db.Close() }
 
 // Path is the database file.
-func (s *Store) Path() string { return s.db.Path() }
+func (s *Bolt) Path() string { return s.db.Path() }
 
 // Check runs bbolt's consistency check.
-func (s *Store) Check() error {
+func (s *Bolt) Check() error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		for err := range tx.Check() {
 			return err
@@ -143,11 +144,11 @@ func (s *Store) Check() error {
 	})
 }
 
-func (s *Store) stamp() time.Time { return s.now().UTC().Truncate(time.Second) }
+func (s *Bolt) stamp() time.Time { return s.now().UTC().Truncate(time.Second) }
 
 // update runs fn in a write transaction, with the fault-injection seam, and
 // marks disk and database failures ErrUnavailable.
-func (s *Store) update(op string, fn func(tx *bolt.Tx) error) error {
+func (s *Bolt) update(op string, fn func(tx *bolt.Tx) error) error {
 	var fnErr error
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		if fnErr = fn(tx); fnErr != nil {
@@ -166,7 +167,7 @@ func (s *Store) update(op string, fn func(tx *bolt.Tx) error) error {
 // updateDevice is update for a write of one device's record: fn returns
 // the device as it left it in the transaction (nil when it wrote none),
 // which is cached as of that transaction once it has committed.
-func (s *Store) updateDevice(op, serial string, fn func(tx *bolt.Tx) (*Device, error)) error {
+func (s *Bolt) updateDevice(op, serial string, fn func(tx *bolt.Tx) (*Device, error)) error {
 	var d *Device
 	txid := 0
 	err := s.update(op, func(tx *bolt.Tx) error {
@@ -188,7 +189,7 @@ func (s *Store) updateDevice(op, serial string, fn func(tx *bolt.Tx) (*Device, e
 // batch is update through the group committer: concurrent calls share one
 // commit. fn may run more than once (when another call of its batch
 // fails), so it must only depend on the transaction.
-func (s *Store) batch(op string, fn func(tx *bolt.Tx) error) error {
+func (s *Bolt) batch(op string, fn func(tx *bolt.Tx) error) error {
 	return s.committer.do(op, fn)
 }
 

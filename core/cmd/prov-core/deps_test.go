@@ -1,6 +1,7 @@
 package main
 
 import (
+	"maps"
 	"testing"
 
 	"github.com/fleetprov/prov/internal/deptest"
@@ -8,9 +9,12 @@ import (
 
 // coreRules: core talks to step-ca over HTTP (pki/stepca: revoke, CRL), so
 // it links nothing of step-ca's server, its databases or its KMS code, and
-// nothing of the PKI directory's tooling.
+// nothing of the PKI directory's tooling. The one exception is pgx, the
+// PostgreSQL driver: step-ca's nosql links it, and so does core's own
+// registry engine on PostgreSQL (core/store/postgres); step-ca's nosql
+// itself stays forbidden.
 var coreRules = deptest.Rules{
-	Forbidden: deptest.Join(deptest.StepCA, map[string]string{
+	Forbidden: deptest.Join(withoutPgx(deptest.StepCA), map[string]string{
 		deptest.Module + "/pki/ca":         "embeds step-ca's server and authority; core revokes and reads the CRL with pki/stepca",
 		deptest.Module + "/pki/deployment": "the PKI directory and step-ca's configuration (links step-ca's authority/config); provisioner names are in pki/stepca",
 	}),
@@ -27,6 +31,13 @@ var coreRules = deptest.Rules{
 		"internal/atomicfile": "the admin's backup file and core's renewed certificates, written atomically",
 		"internal/renewal":    "core renews its own TLS and signer certificates at step-ca",
 	},
+}
+
+// withoutPgx is m without the PostgreSQL driver.
+func withoutPgx(m map[string]string) map[string]string {
+	out := maps.Clone(m)
+	delete(out, "github.com/jackc/pgx")
+	return out
 }
 
 func TestCoreDependencies(t *testing.T) {

@@ -30,5 +30,6 @@ const (
 	CodeKeyNotEnrolled   ErrorCode = "key_not_enrolled" // a device key core never recorded: enroll again at a factory
 	CodeUnavailable      ErrorCode = "unavailable"
 	CodeNotReady         ErrorCode = "not_ready"
+	CodeNoBackup         ErrorCode = "no_backup" // core's store is on PostgreSQL: back it up with pg_dump
 	CodeInternal         ErrorCode = "internal"
 )

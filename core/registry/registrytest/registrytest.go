@@ -41,7 +41,7 @@ type Fixture struct {
 	CA       *pkitest.CA
 	Roots    *pki.TrustBundle
 	Signer   *signedimage.Signer
-	Store    *store.Store
+	Store    *store.Bolt
 	Policy   *policy.Policy
 	Bundles  *bundlecache.Cache
 	Registry *registry.Registry

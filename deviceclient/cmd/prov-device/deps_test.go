@@ -19,6 +19,7 @@ var deviceTargets = []deptest.Platform{
 // that runs on a BeagleBone Black.
 var forbidden = deptest.Join(deptest.StepCA, map[string]string{
 	"github.com/gorilla/mux":              "the servers' HTTP router; the device serves nothing",
+	"github.com/jackc/pgx":                "the PostgreSQL driver: core's registry engine (core/store/postgres) and step-ca's nosql",
 	"go.etcd.io/bbolt":                    "core's registry store; the device's state is plain files",
 	"github.com/mochi-mqtt/server":        "core's embedded MQTT broker; the device is only a client",
 	"github.com/prometheus/client_golang": "the servers' metrics",

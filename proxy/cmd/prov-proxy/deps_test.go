@@ -13,6 +13,7 @@ var proxyRules = deptest.Rules{
 	Forbidden: deptest.Join(deptest.StepCA, map[string]string{
 		deptest.Module + "/pki/ca":         "embeds step-ca's server and authority; the proxy signs and revokes with pki/stepca",
 		deptest.Module + "/pki/deployment": "the PKI directory and step-ca's configuration (links step-ca's authority/config); provisioner names are in pki/stepca",
+		"github.com/jackc/pgx":             "the PostgreSQL driver: core's registry engine (core/store/postgres) and step-ca's nosql",
 		"go.etcd.io/bbolt":                 "core's registry store; the proxy's factory record is a JSON-lines file",
 	}),
 	Own: map[string]string{

@@ -1,0 +1,82 @@
+package store_test
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/core/store/postgres"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
+)
+
+// BenchmarkEngines measures, on each engine, a registration (a new
+// hardware ID each time) and a data change (If-Match at the generation
+// just read), one caller at a time: the cost of one request's store work.
+// Not a durability-for-durability comparison: the test cluster runs with
+// fsync=off (pgtest), while bbolt syncs every commit to the disk.
+func BenchmarkEngines(b *testing.B) {
+	for _, e := range engines {
+		b.Run(e.name+"/register", func(b *testing.B) {
+			s := e.open(b, store.Options{})
+			b.ReportAllocs()
+			for i := range b.N {
+				if _, _, err := s.Register(reg(b, fmt.Sprintf("20%014x", i))); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(e.name+"/change", func(b *testing.B) {
+			s := e.open(b, store.Options{})
+			v, _, err := s.Register(reg(b, "10000000abcdef12"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			for i := range b.N {
+				c := store.Change{Set: map[string]string{"/etc/prov/data/k": fmt.Sprint(i)}}
+				if v, err = s.SetDeviceData(v.Serial, v.Generation(), c, "spiffe://fleet.test/admin/a", func(*store.View) error { return nil }); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkPostgresStateBytes registers 10,000 devices on PostgreSQL and
+// reports the bytes per device of the devices table with its indexes and
+// TOAST (pg_total_relation_size), after VACUUM, and of the audit trail
+// beside it (one event per registration).
+func BenchmarkPostgresStateBytes(b *testing.B) {
+	const n = 10000
+	for range b.N {
+		conn := pgtest.New(b, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
+		s := openPostgresAt(b, conn, postgres.Options{})
+		ensureDefault(b, s)
+		for i := range n {
+			if _, _, err := s.Register(reg(b, fmt.Sprintf("30%014x", i))); err != nil {
+				b.Fatal(err)
+			}
+		}
+		ctx := context.Background()
+		db, err := pgx.Connect(ctx, conn)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := db.Exec(ctx, "VACUUM ANALYZE"); err != nil {
+			b.Fatal(err)
+		}
+		var rows, devices, audit int64
+		if err := db.QueryRow(ctx, `SELECT (SELECT count(*) FROM devices), pg_total_relation_size('devices'), pg_total_relation_size('audit')`).Scan(&rows, &devices, &audit); err != nil {
+			b.Fatal(err)
+		}
+		_ = db.Close(ctx)
+		if rows != n {
+			b.Fatalf("%d rows, want %d", rows, n)
+		}
+		b.ReportMetric(float64(devices)/n, "device-bytes/device")
+		b.ReportMetric(float64(audit)/n, "audit-bytes/device")
+	}
+}

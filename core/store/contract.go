@@ -1,0 +1,89 @@
+package store
+
+import (
+	"io"
+	"time"
+)
+
+// Store is the registry's contract: what core/registry and core/notify
+// need of it, whatever engine holds the records. Two engines implement it:
+// Bolt (one bbolt file, this package; the embedded default) and
+// core/store/postgres (one PostgreSQL database that several cores can
+// share). Both pass the same test suite (store_test.go).
+//
+// What every engine guarantees:
+//   - A method that returns without error has made its change durable.
+//   - Registering a hardware ID is idempotent, and one serial belongs to one
+//     hardware ID (ErrCollision), decided by the engine's single writer or
+//     by a constraint, never by a read followed by a write.
+//   - Every data change is checked against the version the caller read
+//     (If-Match: ErrConflict), in the statement or transaction that writes.
+//   - A device's generation (its version plus its group's) only grows.
+//   - Failures of the disk or the database are ErrUnavailable; every error
+//     a caller acts on is a sentinel of errors.go, matched with errors.Is.
+type Store interface {
+	// Register creates the record of a hardware ID, or returns the
+	// existing one unchanged (created false).
+	Register(r Registration) (v *View, created bool, err error)
+	// Device returns a device with its group; ErrNotFound.
+	Device(serial string) (*View, error)
+	// List pages through devices in serial order after cursor; next is ""
+	// at the end.
+	List(cursor string, limit int) (page []View, next string, err error)
+	// SetDeviceData changes a device's own data if its generation is still
+	// ifGeneration; check validates the device as it would be.
+	SetDeviceData(serial string, ifGeneration uint64, c Change, actor string, check func(*View) error) (*View, error)
+	// Reprovision moves an active device to a new generation.
+	Reprovision(serial, actor string) (*View, error)
+	// Revoke marks a device revoked and queues its certificates for
+	// revocation at the CA, in one change.
+	Revoke(serial, actor, reason string) (*View, error)
+
+	// EnsureGroup creates a group unless it exists.
+	EnsureGroup(name string, data map[string]string, actor string) (g *Group, created bool, err error)
+	// Group returns a group; ErrNotFound.
+	Group(name string) (*Group, error)
+	// GroupMembers calls fn with each member's serial.
+	GroupMembers(group string, fn func(serial string) error) error
+	// SetGroupData changes a group's data if its version is still
+	// ifVersion.
+	SetGroupData(name string, ifVersion uint64, c Change, actor string, check func(*Group) error) (*Group, error)
+
+	// SeenCertificate remembers a certificate a device used, once.
+	SeenCertificate(serial string, c Certificate) error
+	// RecordIssued remembers a certificate issued for a device.
+	RecordIssued(serial string, c Issued) (*View, error)
+	// PinFirstKey pins the first key of a device whose record predates
+	// key pinning.
+	PinFirstKey(serial string, c Issued) (v *View, pinned bool, err error)
+
+	// PendingCARevocations are a device's certificates still to revoke at
+	// the CA.
+	PendingCARevocations(device string) ([]CARevocation, error)
+	// CARevocations reads the queue of revocations at the CA as of now.
+	CARevocations(now time.Time) (*CARevocationQueue, error)
+	// CARevocationDone takes a confirmed entry off the queue.
+	CARevocationDone(device, certSerial, outcome string) (bool, error)
+	// CARevocationFailed records a failed attempt and the next one.
+	CARevocationFailed(device, certSerial, errText string, next time.Time) error
+
+	// Audit returns a subject's events after sequence number after.
+	Audit(subject string, after uint64, limit int) ([]Event, error)
+	// AppendAudit writes an event that changes no record.
+	AppendAudit(e Event) error
+
+	// Close releases the engine.
+	Close() error
+}
+
+// Backuper is an engine that writes its own consistent copy (Bolt: the
+// bbolt file). Engines without it are backed up with their database's
+// tools (PostgreSQL: pg_dump).
+type Backuper interface {
+	Backup(w io.Writer, start func(BackupInfo)) error
+}
+
+var (
+	_ Store    = (*Bolt)(nil)
+	_ Backuper = (*Bolt)(nil)
+)
