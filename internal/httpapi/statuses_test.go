@@ -24,6 +24,7 @@ var statusConsts = map[string]int{
 	"StatusPreconditionRequired": http.StatusPreconditionRequired, "StatusTooManyRequests": http.StatusTooManyRequests,
 	"StatusInternalServerError": http.StatusInternalServerError, "StatusBadGateway": http.StatusBadGateway,
 	"StatusServiceUnavailable": http.StatusServiceUnavailable, "StatusGatewayTimeout": http.StatusGatewayTimeout,
+	"StatusNotImplemented": http.StatusNotImplemented,
 }
 
 // Issue 14: 428, 409 revoked, 413 and 405 were not in docs/api.md. The
