@@ -152,15 +152,24 @@ func (s *Server) bundle(w http.ResponseWriter, r *http.Request, id pki.Identity)
 	return err
 }
 
-// writeAdminView answers with the admin's view of v and its entity tag.
-func (s *Server) writeAdminView(w http.ResponseWriter, v *store.View) error {
+// taggedAdminView is the admin's view of v and its entity tag.
+func (s *Server) taggedAdminView(v *store.View) (coreapi.Device, string, error) {
 	d, err := s.adminView(v)
 	if err != nil {
-		return err
+		return d, "", err
 	}
 	tag, err := viewTag(v.Generation(), d)
 	if err != nil {
-		return httpapi.Internal(err)
+		return d, "", httpapi.Internal(err)
+	}
+	return d, tag, nil
+}
+
+// writeAdminView answers with the admin's view of v and its entity tag.
+func (s *Server) writeAdminView(w http.ResponseWriter, v *store.View) error {
+	d, tag, err := s.taggedAdminView(v)
+	if err != nil {
+		return err
 	}
 	w.Header().Set("ETag", tag)
 	return httpapi.WriteJSON(w, http.StatusOK, d)
@@ -192,13 +201,9 @@ func (s *Server) setDeviceData(w http.ResponseWriter, r *http.Request, id pki.Id
 	// gave is accepted too (strong comparison: the device as read is
 	// unchanged). The store then changes it only if it is still at that
 	// generation, so a change in between is a 412 all the same.
-	d, err := s.adminView(v)
+	_, tag, err := s.taggedAdminView(v)
 	if err != nil {
 		return err
-	}
-	tag, err := viewTag(v.Generation(), d)
-	if err != nil {
-		return httpapi.Internal(err)
 	}
 	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(v.Generation()), tag); err != nil {
 		return err
