@@ -81,7 +81,7 @@ func TestBackupOnPostgreSQLNamesPgDump(t *testing.T) {
 	url := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", url)), dir)
+	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", url)), dir)
 	core.Register(t, "rpi4", coretest.RPi4(0xb10))
 	backup := filepath.Join(t.TempDir(), "registry-backup.db")
 	code, out, errs := run("admin", "--core", core.URL, "--identity", core.IdentityDir(pki.RoleAdmin, deployment.DefaultAdminName), "backup", "--out", backup)

@@ -32,6 +32,10 @@ type Config struct {
 		Path        string        `yaml:"path"`
 		URL         string        `yaml:"url"`
 		LockTimeout time.Duration `yaml:"lockTimeout"`
+		// SingleCore says this core is the only one on its PostgreSQL
+		// database, which lets it run the embedded MQTT broker (several
+		// cores need an external one); checked at start with a lock.
+		SingleCore bool `yaml:"singleCore"`
 	} `yaml:"store"`
 	Policy struct {
 		// MachineIDSecretFile holds the key of the machine-id function;
@@ -180,6 +184,10 @@ func (c *Config) Validate() error {
 		}
 	} else if _, _, err := net.SplitHostPort(c.MQTT.Embedded.Listen); err != nil {
 		return bad("mqtt.embedded.listen", "%q is not host:port", c.MQTT.Embedded.Listen)
+	} else if c.Store.Engine == EnginePostgres && !c.Store.SingleCore {
+		return bad("mqtt.external.url", "required with store.engine postgres: several cores share the registry, and a device "+
+			"connected to one core's embedded broker would miss what the others publish; run an external broker "+
+			"(docs/mosquitto.md), or set store.singleCore: true if this core is the only one on its database")
 	}
 	if c.CA.URL != "" {
 		if u, err := url.Parse(c.CA.URL); err != nil || u.Scheme != "https" || u.Host == "" {
@@ -227,6 +235,9 @@ func (c *Config) validateStore() error {
 		}
 		if c.Store.URL != "" {
 			return bad("store.url", "only with engine postgres")
+		}
+		if c.Store.SingleCore {
+			return bad("store.singleCore", "only with engine postgres (a bbolt file has one core)")
 		}
 	case EnginePostgres:
 		if c.Store.URL == "" {

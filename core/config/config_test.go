@@ -55,12 +55,15 @@ func TestStoreEngine(t *testing.T) {
 	}{
 		{"{path: r.db}", config.EngineBolt, ""},
 		{"{engine: bbolt, path: r.db}", config.EngineBolt, ""},
-		{`{engine: postgres, url: "postgres://core@db.fleet.example.com/prov?sslmode=verify-full"}`, config.EnginePostgres, ""},
+		{`{engine: postgres, url: "postgres://core@db.fleet.example.com/prov?sslmode=verify-full", singleCore: true}`, config.EnginePostgres, ""},
+		{`{engine: postgres, url: "postgres://db/prov"}`, "", "mqtt.external.url"}, // several cores, the embedded broker
+		{`{path: r.db, singleCore: true}`, "", "store.singleCore"},
 		{"{}", "", "store.path"},
 		{`{path: r.db, url: "postgres://db/prov"}`, "", "store.url"},
 		{"{engine: postgres}", "", "store.url"},
 		{`{engine: postgres, url: "host=/run/postgresql dbname=prov"}`, "", "store.url"},
 		{`{engine: postgres, url: "postgres://db/prov", path: r.db}`, "", "store.path"},
+		{"{engine: postgres, url: \"postgres://db/prov\"}\nmqtt: {external: {url: \"tls://mqtt:8883\"}}", config.EnginePostgres, ""},
 		{"{engine: sqlite, path: r.db}", "", "store.engine"},
 	} {
 		c, err := config.Parse([]byte(base + "store: " + tc.store + "\n"))

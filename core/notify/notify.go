@@ -9,6 +9,7 @@ package notify
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"runtime"
 	"sync"
@@ -53,6 +54,7 @@ type Worker struct {
 	jobs     chan job
 	log      *slog.Logger
 	results  *prometheus.CounterVec
+	outbox   *prometheus.CounterVec
 }
 
 // DefaultQueue is how many changes wait at most.
@@ -67,9 +69,12 @@ func New(devices Devices, bundles Bundles, notifier Notifier, queue int, log *sl
 	w := &Worker{devices: devices, bundles: bundles, notifier: notifier, jobs: make(chan job, queue), log: log.With("component", "notify"),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prov_core_notifications_total", Help: "Update notifications by result (published, failed, dropped).",
-		}, []string{"result"})}
+		}, []string{"result"}),
+		outbox: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "prov_core_outbox_devices_total", Help: "Devices acted on from jobs claimed from the shared outbox, by kind of job (device, members).",
+		}, []string{"kind"})}
 	if metrics != nil {
-		metrics.MustRegister(w.results)
+		metrics.MustRegister(w.results, w.outbox)
 	}
 	return w
 }
@@ -143,18 +148,25 @@ func (w *Worker) device(ctx context.Context, serial string) {
 		w.log.Error("notify: cannot read device", "serial", serial, "err", err)
 		return
 	}
+	_ = w.publish(ctx, v) //nolint:errcheck // logged and counted; the device polls
+}
+
+// publish builds a device's bundle and publishes its notification; a
+// failure is logged and counted, and returned for a job to try again.
+func (w *Worker) publish(ctx context.Context, v *store.View) error {
 	b, err := w.bundles.Get(policy.Record(v))
 	if err != nil {
-		w.log.Error("notify: cannot build bundle", "serial", serial, "err", err)
-		return
+		w.log.Error("notify: cannot build bundle", "serial", v.Serial, "err", err)
+		return err
 	}
 	if w.notifier == nil {
-		return
+		return nil
 	}
-	if err := w.notifier.Notify(ctx, coreapi.Notification{Serial: serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
+	if err := w.notifier.Notify(ctx, coreapi.Notification{Serial: v.Serial, Generation: b.Generation, SHA256: b.SHA256}); err != nil {
 		w.results.WithLabelValues("failed").Inc()
-		w.log.Warn("notify: publish failed; the device will find the change by polling", "serial", serial, "err", err)
-		return
+		w.log.Warn("notify: publish failed; the device will find the change by polling", "serial", v.Serial, "err", err)
+		return fmt.Errorf("notify %s: %w", v.Serial, err)
 	}
 	w.results.WithLabelValues("published").Inc()
+	return nil
 }

@@ -26,7 +26,7 @@ func TestCoreOnPostgreSQL(t *testing.T) {
 	url := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	cfg := coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", url))
+	cfg := coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", url))
 	core := coretest.Run(t, c, cfg, dir)
 
 	d := core.Register(t, "rpi4", coretest.RPi4(21))

@@ -122,7 +122,7 @@ func (c *core) openStore(ctx context.Context) error {
 	// pointer in c.store would be a non-nil Store that close then calls.
 	switch c.cfg.Store.Engine {
 	case config.EnginePostgres:
-		st, err := postgres.Open(ctx, c.cfg.Store.URL, postgres.Options{Now: so.Now, BeforeCommit: so.BeforeCommit})
+		st, err := postgres.Open(ctx, c.cfg.Store.URL, postgres.Options{Now: so.Now, BeforeCommit: so.BeforeCommit, SingleCore: c.cfg.Store.SingleCore})
 		if err != nil {
 			// Not the URL itself: it may hold a password.
 			return fmt.Errorf("store.url: %w", err)
@@ -165,14 +165,28 @@ func (c *core) newBundles() error {
 }
 
 // newRegistry makes the change worker, publishing with notifier, and the
-// registry that tells it of changes.
+// registry that tells it of changes: in memory, unless the engine writes
+// each change's job itself (store.Outbox: several cores share the jobs).
 func (c *core) newRegistry(notifier notify.Notifier) {
 	c.worker = notify.New(c.store, c.bundles, notifier, 0, c.log, c.metrics)
 	o := registry.Options{DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, Metrics: c.metrics, Log: c.log}
 	if c.broker != nil {
 		o.Sessions = c.broker
 	}
-	c.registry = registry.New(c.store, c.policy, c.bundles, c.worker, o)
+	var changes registry.Changes = c.worker
+	if _, ok := c.store.(store.Outbox); ok {
+		changes = nil
+	}
+	c.registry = registry.New(c.store, c.policy, c.bundles, changes, o)
+}
+
+// runWorker acts on changes: the shared outbox's jobs, or the in-memory
+// queue.
+func (c *core) runWorker(ctx context.Context) error {
+	if box, ok := c.store.(store.Outbox); ok {
+		return c.worker.RunOutbox(ctx, box)
+	}
+	return c.worker.Run(ctx)
 }
 
 // newRevocation sets up the CA's CRL (checked at every handshake) and,
@@ -270,7 +284,7 @@ func (c *core) run(ctx context.Context) error {
 	if c.crl != nil {
 		g.Go(func() error { return c.crl.Run(gctx) })
 	}
-	g.Go(func() error { return c.worker.Run(gctx) })
+	g.Go(func() error { return c.runWorker(gctx) })
 	g.Go(func() error { return c.renewer.Run(gctx) })
 	g.Go(func() error {
 		return serve.HTTPS(gctx, ln, api, server.TLSConfig(c.self.KeyPair, c.self.Roots, checkRevoked), c.cfg.HTTP, c.log)

@@ -43,6 +43,9 @@ func (s *Store) Register(r store.Registration) (v *store.View, created bool, err
 			return s.existingOr(ctx, tx, r, &v, nil)
 		}
 		v, created = store.NewView(d, g), true
+		if err := enqueue(ctx, tx, store.JobDevice, d.Serial); err != nil {
+			return err
+		}
 		return audit(ctx, tx, *ev)
 	})
 	return v, created, err
@@ -199,8 +202,12 @@ func (s *Store) Reprovision(serial, actor string) (*store.View, error) {
 
 // change moves an active device to its next version after fn changed it.
 func (s *Store) change(serial, action, actor string, fn func(*store.View) (map[string]string, error)) (*store.View, error) {
-	return s.modify(action, serial, func(_ context.Context, _ pgx.Tx, v *store.View) (*store.Event, error) {
-		return store.Advance(v, action, actor, s.stamp(), fn)
+	return s.modify(action, serial, func(ctx context.Context, tx pgx.Tx, v *store.View) (*store.Event, error) {
+		ev, err := store.Advance(v, action, actor, s.stamp(), fn)
+		if err != nil {
+			return nil, err
+		}
+		return ev, enqueue(ctx, tx, store.JobDevice, serial)
 	})
 }
 

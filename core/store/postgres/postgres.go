@@ -15,6 +15,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -32,13 +34,17 @@ type Options struct {
 	// writes; an error rolls it back as a failing database would. A test
 	// seam for fault injection.
 	BeforeCommit func(op string) error
+	// SingleCore: this core must be the only one on the database;
+	// otherwise it shares it with other cores, none single (ErrNotAlone).
+	SingleCore bool
 }
 
 // Store is the registry on PostgreSQL.
 type Store struct {
-	pool   *pgxpool.Pool
-	now    func() time.Time
-	before func(op string) error
+	pool     *pgxpool.Pool
+	now      func() time.Time
+	before   func(op string) error
+	lockConn *pgx.Conn // holds the cores' lock
 }
 
 var _ store.Store = (*Store)(nil)
@@ -46,7 +52,17 @@ var _ store.Store = (*Store)(nil)
 // Open connects to the database at connString and migrates it to this
 // core's schema (store.ErrNewerSchema if a newer core migrated it).
 func Open(ctx context.Context, connString string, opts Options) (*Store, error) {
-	pool, err := pgxpool.New(ctx, connString)
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	if !strings.Contains(connString, "pool_max_conns") {
+		// pgxpool's default (one per CPU, at least 4) leaves requests
+		// waiting while the change worker's claimers, one per CPU, each
+		// hold a connection for a job's transaction.
+		cfg.MaxConns = max(cfg.MaxConns, int32(3*runtime.GOMAXPROCS(0))) //nolint:gosec // a CPU count
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -58,11 +74,18 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	if s.now == nil {
 		s.now = time.Now
 	}
+	if err := s.holdCoresLock(ctx, opts.SingleCore); err != nil {
+		pool.Close()
+		return nil, fmt.Errorf("store: %w", classify(err))
+	}
 	return s, nil
 }
 
-// Close closes the pool.
+// Close closes the pool and lets the cores' lock go.
 func (s *Store) Close() error {
+	if s.lockConn != nil {
+		_ = s.lockConn.Close(context.Background()) //nolint:errcheck // closing; the server drops the lock either way
+	}
 	s.pool.Close()
 	return nil
 }
@@ -79,7 +102,7 @@ func (e *fnError) Unwrap() error { return e.err }
 // came from the database or the connection, and is ErrUnavailable.
 func classify(err error) error {
 	for _, known := range []error{store.ErrNotFound, store.ErrCollision, store.ErrConflict, store.ErrUnknownGroup,
-		store.ErrRevoked, store.ErrNewerSchema, store.ErrUnavailable} {
+		store.ErrRevoked, store.ErrNewerSchema, store.ErrUnavailable, ErrNotAlone} {
 		if errors.Is(err, known) {
 			return err
 		}

@@ -1,0 +1,90 @@
+package notify
+
+import (
+	"context"
+	"fmt"
+	"runtime"
+	"sync"
+	"time"
+
+	"github.com/fleetprov/prov/core/store"
+)
+
+// pollEvery is how often the claimers look for jobs without being woken:
+// for jobs whose retry time has come, and in case a wake-up was lost.
+const pollEvery = 5 * time.Second
+
+// claimLimit is how many device jobs one claim holds.
+const claimLimit = 64
+
+// maxAttempts is how often a job whose notification fails is tried
+// before it is given up (the device still finds its generation by
+// polling; the bundle is built either way).
+const maxAttempts = 8
+
+// RunOutbox acts on the jobs of a shared outbox (store.Outbox) until ctx
+// ends: one claimer per CPU, woken by the engine's notifications and
+// polling besides. Changes are not told to the worker in memory then:
+// the engine wrote each change's job in the change's own transaction.
+func (w *Worker) RunOutbox(ctx context.Context, box store.Outbox) error {
+	wake := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := box.ListenJobs(ctx, signal, func(err error) { w.log.Warn("jobs: listener reconnecting; polling meanwhile", "err", err) }); err != nil {
+			w.log.Error("jobs: listener stopped; polling only", "err", err)
+		}
+	})
+	for range runtime.GOMAXPROCS(0) {
+		wg.Go(func() { w.claimLoop(ctx, box, wake, signal) })
+	}
+	wg.Wait()
+	return nil
+}
+
+// claimLoop claims jobs while there are some, waking another claimer
+// whenever it found work (there may be more), then waits.
+func (w *Worker) claimLoop(ctx context.Context, box store.Outbox, wake <-chan struct{}, signal func()) {
+	t := time.NewTicker(pollEvery)
+	defer t.Stop()
+	for ctx.Err() == nil {
+		n, err := box.ClaimJobs(ctx, claimLimit, w.job)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			w.log.Warn("jobs: cannot claim; trying again", "err", err)
+		case n > 0:
+			signal()
+			continue
+		}
+		select {
+		case <-ctx.Done():
+		case <-wake:
+		case <-t.C:
+		}
+	}
+}
+
+// job builds and publishes each device of a claimed job; a failed
+// publication fails the job, to be tried again, until maxAttempts.
+func (w *Worker) job(ctx context.Context, j *store.Job) error {
+	var failed error
+	for i := range j.Devices {
+		if err := w.publish(ctx, &j.Devices[i]); err != nil {
+			failed = err
+		}
+	}
+	w.outbox.WithLabelValues(j.Kind).Add(float64(len(j.Devices)))
+	if failed == nil {
+		return nil
+	}
+	if j.Attempts+1 >= maxAttempts {
+		w.log.Error("jobs: notification given up; the devices will find their generation by polling", "job", j.ID, "kind", j.Kind, "subject", j.Subject, "err", failed)
+		return nil
+	}
+	return fmt.Errorf("job %d: %w", j.ID, failed)
+}
