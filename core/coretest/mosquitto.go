@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -56,6 +57,15 @@ const mosquittoTestOnly = "user root\nlog_dest stderr\n"
 // one it got was taken meanwhile.
 func Mosquitto(t testing.TB, c *catest.CA, host string) int {
 	t.Helper()
+	return MosquittoFor(t, c, host, []string{deployment.DefaultCoreName}, "")
+}
+
+// MosquittoFor is Mosquitto for several cores that publish (one user block
+// of the documented ACL each, as the page says to add) and, if observer is
+// not "", a test's observer: a core identity that may read every device's
+// topic, a line the page does not have.
+func MosquittoFor(t testing.TB, c *catest.CA, host string, cores []string, observer string) int {
+	t.Helper()
 	bin := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
 	files, err := DocumentedFiles(MosquittoDocPath())
 	if err != nil {
@@ -66,9 +76,17 @@ func Mosquitto(t testing.TB, c *catest.CA, host string) int {
 	if err := SamePlaceholders(files[MosquittoConf]+files[MosquittoACL], vals); err != nil {
 		t.Fatalf("%s: %v", MosquittoDoc, err)
 	}
-	acl, err := FillPlaceholders(files[MosquittoACL], vals)
-	if err != nil {
-		t.Fatalf("%s, %s: %v", MosquittoDoc, MosquittoACL, err)
+	var acl string
+	for _, core := range cores {
+		vals["CORE"] = core
+		block, err := FillPlaceholders(files[MosquittoACL], vals)
+		if err != nil {
+			t.Fatalf("%s, %s: %v", MosquittoDoc, MosquittoACL, err)
+		}
+		acl += block
+	}
+	if observer != "" {
+		acl += "\n# Test only: an observer of every notification.\nuser core/" + observer + "\ntopic read " + coreapi.TopicPrefix + "+\n"
 	}
 	if err := os.WriteFile(filepath.Join(dir, MosquittoACL), []byte(acl), 0o600); err != nil {
 		t.Fatal(err)
@@ -139,15 +157,21 @@ var brokers struct {
 // issueBroker issues the deployment's broker identity once, as
 // `prov-pki issue --role core --name broker --host ...` does, for the host
 // names of core's certificate (the names clients use in the tests).
-func issueBroker(c *catest.CA) error {
+func issueBroker(c *catest.CA) error { return IssueCoreIdentity(c, BrokerName) }
+
+// IssueCoreIdentity issues (once per CA) an identity of role core named
+// name, for the host names of the default core's certificate, as
+// `prov-pki issue --role core --name NAME --host ...` does: the broker's,
+// or a core replica's own. Its files are c.IdentityCert/IdentityKey.
+func IssueCoreIdentity(c *catest.CA, name string) error {
 	brokers.Lock()
 	defer brokers.Unlock()
-	if brokers.issued[c.Dir] {
+	if brokers.issued[c.Dir+"/"+name] {
 		return nil
 	}
 	core, err := pki.LoadKeyPair(c.IdentityCert(pki.RoleCore, deployment.DefaultCoreName), c.IdentityKey(pki.RoleCore, deployment.DefaultCoreName))
 	if err != nil {
-		return fmt.Errorf("broker identity: %w", err)
+		return fmt.Errorf("%s identity: %w", name, err)
 	}
 	leaf := core.Certificate().Leaf
 	hosts := slices.Clone(leaf.DNSNames)
@@ -156,17 +180,17 @@ func issueBroker(c *catest.CA) error {
 	}
 	admin, err := c.AdminProvisioner(catest.Password)
 	if err != nil {
-		return fmt.Errorf("broker identity: %w", err)
+		return fmt.Errorf("%s identity: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	if _, err := c.IssueIdentity(ctx, c.Client, admin, deployment.IdentityRequest{Role: pki.RoleCore, Name: BrokerName, Hosts: hosts, Replace: true}, time.Now()); err != nil {
-		return fmt.Errorf("broker identity: %w", err)
+	if _, err := c.IssueIdentity(ctx, c.Client, admin, deployment.IdentityRequest{Role: pki.RoleCore, Name: name, Hosts: hosts, Replace: true}, time.Now()); err != nil {
+		return fmt.Errorf("%s identity: %w", name, err)
 	}
 	if brokers.issued == nil {
 		brokers.issued = map[string]bool{}
 	}
-	brokers.issued[c.Dir] = true
+	brokers.issued[c.Dir+"/"+name] = true
 	return nil
 }
 

@@ -17,20 +17,35 @@ import (
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/store"
+	"github.com/fleetprov/prov/core/store/postgres"
 )
 
 // Populate puts n Raspberry Pis (hardware IDs from first on) in group
 // straight into the store of the core configured at configPath, as they
 // are in service: registered by a proxy, their enrollment certificate
 // recorded, and seen by core with it. It goes through the store's own
-// paths (the group committer, up to 1,000 writes at a time). Core must not
-// be running. It returns the serials.
+// paths (bbolt: the group committer, up to 1,000 writes at a time). A
+// bbolt core must not be running; on PostgreSQL cores may. It returns the
+// serials.
 //
 // Serials are 40 bits of a hash, so a large fleet has collisions (about a
 // third of fleets of a million have one); a hardware ID whose serial is
 // taken is refused by core, and is replaced here by one from the top of
 // the range, as a factory would set that board aside.
 func Populate(t testing.TB, configPath, group string, first, n int) []string {
+	t.Helper()
+	return populate(t, configPath, group, first, n, true)
+}
+
+// PopulateRegistered is Populate with devices registered only, never
+// enrolled: a third of the writes, for tests that need members of a group
+// and nothing of their certificates.
+func PopulateRegistered(t testing.TB, configPath, group string, first, n int) []string {
+	t.Helper()
+	return populate(t, configPath, group, first, n, false)
+}
+
+func populate(t testing.TB, configPath, group string, first, n int, enrolled bool) []string {
 	t.Helper()
 	cfg, err := config.Load(configPath)
 	if err != nil {
@@ -40,10 +55,17 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// As many writers as a commit takes (core's default batch): the store
-	// grows as it does in service (larger commits leave more free pages).
-	const writers = 1000
-	st, err := store.Open(cfg.Store.Path, store.Options{CacheDevices: -1})
+	// bbolt: as many writers as a commit takes (core's default batch):
+	// the store grows as it does in service (larger commits leave more
+	// free pages). PostgreSQL: a few connections' worth.
+	writers := 1000
+	var st store.Store
+	if cfg.Store.Engine == config.EnginePostgres {
+		writers = 16
+		st, err = postgres.Open(t.Context(), cfg.Store.URL, postgres.Options{})
+	} else {
+		st, err = store.Open(cfg.Store.Path, store.Options{CacheDevices: -1})
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -68,9 +90,9 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 				if i >= n {
 					return
 				}
-				serial, err := populateOne(st, pol, group, RPi4(first+i))
+				serial, err := populateOne(st, pol, group, RPi4(first+i), enrolled)
 				for errors.Is(err, store.ErrCollision) {
-					serial, err = populateOne(st, pol, group, RPi4(math.MaxUint32-int(collisions.Add(1))))
+					serial, err = populateOne(st, pol, group, RPi4(math.MaxUint32-int(collisions.Add(1))), enrolled)
 				}
 				if err != nil {
 					errs <- fmt.Errorf("device %d: %w", i, err)
@@ -88,9 +110,10 @@ func Populate(t testing.TB, configPath, group string, first, n int) []string {
 	return serials
 }
 
-// populateOne registers, enrolls and sees one device; the certificate
-// values are what step-ca would have issued.
-func populateOne(st store.Store, pol *policy.Policy, group, raw string) (string, error) {
+// populateOne registers one device and, if enrolled, records its
+// certificate and sees it; the certificate values are what step-ca would
+// have issued.
+func populateOne(st store.Store, pol *policy.Policy, group, raw string, enrolled bool) (string, error) {
 	id, err := hwid.Parse("rpi4", raw)
 	if err != nil {
 		return "", err
@@ -102,6 +125,9 @@ func populateOne(st store.Store, pol *policy.Policy, group, raw string) (string,
 	v, _, err := st.Register(store.Registration{ID: id, Group: group, Immutable: imm, Actor: "spiffe://fleet.test/proxy/bench"})
 	if err != nil {
 		return "", err
+	}
+	if !enrolled {
+		return v.Serial, nil
 	}
 	sum := sha256.Sum256([]byte(raw))
 	certSerial := new(big.Int).SetBytes(sum[:16]).String()

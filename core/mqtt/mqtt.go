@@ -132,7 +132,17 @@ func NewExternal(ctx context.Context, brokerURL, clientID string, tlsCfg *tls.Co
 		ConnectTimeout:                10 * time.Second,
 		ReconnectBackoff:              func(n int) time.Duration { return min(time.Duration(n+1)*time.Second, 30*time.Second) },
 		OnConnectError:                func(err error) { log.Warn("external broker connection failed", "err", err) },
-		ClientConfig:                  paho.ClientConfig{ClientID: clientID},
+		ClientConfig: paho.ClientConfig{ClientID: clientID, OnServerDisconnect: func(d *paho.Disconnect) {
+			if d.ReasonCode == sessionTakenOver {
+				// Mosquitto, as documented, makes the client ID the
+				// certificate's CN: two cores with one identity knock
+				// each other off the broker, over and over.
+				log.Error("the broker let another client take this core's session: every core needs its own identity "+
+					"(prov-pki issue --role core --name …) and its own user block in the broker's ACL", "clientId", clientID)
+				return
+			}
+			log.Warn("the external broker disconnected core", "reason", d.ReasonCode)
+		}},
 	}
 	cm, err := autopaho.NewConnection(ctx, cfg)
 	if err != nil {
@@ -140,6 +150,9 @@ func NewExternal(ctx context.Context, brokerURL, clientID string, tlsCfg *tls.Co
 	}
 	return &External{cm: cm, log: log}, nil
 }
+
+// sessionTakenOver is MQTT 5's DISCONNECT reason 0x8E.
+const sessionTakenOver = 0x8e
 
 // Notify publishes a notification, retained, QoS 1, and waits for the
 // broker's acknowledgement.

@@ -69,22 +69,45 @@ func (w *Worker) claimLoop(ctx context.Context, box store.Outbox, wake <-chan st
 	}
 }
 
-// job builds and publishes each device of a claimed job; a failed
-// publication fails the job, to be tried again, until maxAttempts.
+// inFlight is how many of a job's notifications wait for the broker's
+// acknowledgement at once: one at a time, a members job would spend most
+// of its time waiting for round trips.
+const inFlight = 32
+
+// job builds and publishes each device of a claimed job, up to inFlight
+// at once. A failed publication fails the job (the broker is likely away:
+// what is not started yet is not), to be tried again, until maxAttempts.
 func (w *Worker) job(ctx context.Context, j *store.Job) error {
-	var failed error
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	sem := make(chan struct{}, inFlight)
+	var wg sync.WaitGroup
 	for i := range j.Devices {
-		if err := w.publish(ctx, &j.Devices[i]); err != nil {
-			failed = err
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
 		}
+		if ctx.Err() != nil {
+			break
+		}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			if err := w.publish(ctx, &j.Devices[i]); err != nil {
+				cancel(err)
+				return
+			}
+			w.outbox.WithLabelValues(j.Kind).Inc()
+		})
 	}
-	w.outbox.WithLabelValues(j.Kind).Add(float64(len(j.Devices)))
-	if failed == nil {
+	wg.Wait()
+	err := context.Cause(ctx)
+	if err == nil {
 		return nil
 	}
 	if j.Attempts+1 >= maxAttempts {
-		w.log.Error("jobs: notification given up; the devices will find their generation by polling", "job", j.ID, "kind", j.Kind, "subject", j.Subject, "err", failed)
+		w.log.Error("jobs: notification given up; the devices will find their generation by polling",
+			"job", j.ID, "kind", j.Kind, "subject", j.Subject, "attempts", j.Attempts+1, "err", err)
 		return nil
 	}
-	return fmt.Errorf("job %d: %w", j.ID, failed)
+	return fmt.Errorf("job %d: %w", j.ID, err)
 }
