@@ -50,6 +50,21 @@ type Admitted struct {
 	Revoke      []string
 }
 
+// Refusal is an admission refused by a rule: Rule is ErrQuota,
+// ErrReenrollment or ErrAdmissionHeld (errors.Is matches it), Reason says
+// why in words a proxy can pass on to the board's operator.
+type Refusal struct {
+	Rule   error
+	Reason string
+}
+
+func (r *Refusal) Error() string { return r.Reason }
+func (r *Refusal) Unwrap() error { return r.Rule }
+
+func refuse(rule error, format string, args ...any) *Refusal {
+	return &Refusal{Rule: rule, Reason: fmt.Sprintf(format, args...)}
+}
+
 // AdmissionState is what an admission is decided on, read in the
 // transaction that then writes the reservation.
 type AdmissionState struct {
@@ -74,12 +89,12 @@ type AdmissionState struct {
 func DecideAdmission(r AdmissionRequest, st AdmissionState, now time.Time) (*Admitted, error) {
 	held := st.Held
 	if held.Live(now) && held.KeySHA256 != r.KeySHA256 {
-		return nil, fmt.Errorf("device %s is being enrolled with another key by %s until %s: %w",
-			r.Serial, held.Proxy, held.Expires.UTC().Format(time.RFC3339), ErrAdmissionHeld)
+		return nil, refuse(ErrAdmissionHeld, "device %s is being enrolled with another key by %s until %s",
+			r.Serial, held.Proxy, held.Expires.UTC().Format(time.RFC3339))
 	}
 	holding := held.Live(now) && held.Batch == r.Batch
 	if r.Batch != "" && !st.Member && !holding && st.Taken >= r.Quota {
-		return nil, fmt.Errorf("batch %s has used its quota of %d devices: %w", r.Batch, r.Quota, ErrQuota)
+		return nil, refuse(ErrQuota, "batch %s has used its quota of %d devices", r.Batch, r.Quota)
 	}
 	revoke, err := reenroll(r, st.Issued, now)
 	if err != nil {
@@ -123,12 +138,12 @@ func reenroll(r AdmissionRequest, issued []Issued, now time.Time) ([]string, err
 		if sameKey {
 			return nil, nil
 		}
-		return nil, fmt.Errorf("device %s is enrolled with another key; policy same-key-only: %w", r.Serial, ErrReenrollment)
+		return nil, refuse(ErrReenrollment, "device %s is enrolled with another key; policy same-key-only", r.Serial)
 	default:
 		if sameKey && recent {
 			return nil, nil // a retry of an unfinished enrollment
 		}
-		return nil, fmt.Errorf("device %s is already enrolled; policy deny: %w", r.Serial, ErrReenrollment)
+		return nil, refuse(ErrReenrollment, "device %s is already enrolled; policy deny", r.Serial)
 	}
 }
 
