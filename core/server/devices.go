@@ -279,3 +279,31 @@ func auditAfter(r *http.Request) (uint64, error) {
 	}
 	return n, nil
 }
+
+func (s *Server) admit(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	var req coreapi.AdmissionRequest
+	if err := decode(w, r, &req); err != nil {
+		return err
+	}
+	a, err := s.reg.AdmitEnrollment(req, id)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, a)
+}
+
+func (s *Server) endAdmission(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
+	var end coreapi.AdmissionEnd
+	if err := decode(w, r, &end); err != nil {
+		return err
+	}
+	sn, err := serial(r)
+	if err != nil {
+		return err
+	}
+	if err := s.reg.EndEnrollment(sn, end, id); err != nil {
+		return err
+	}
+	w.WriteHeader(http.StatusNoContent)
+	return nil
+}

@@ -18,6 +18,7 @@ import (
 // echoes only validated or quoted-and-truncated input.
 func classify(err error) *httpapi.Error {
 	var bad *registry.BadInput
+	var refusal *store.Refusal
 	switch {
 	case errors.As(err, &bad):
 		return httpapi.BadRequest(bad.Error(), err)
@@ -40,6 +41,15 @@ func classify(err error) *httpapi.Error {
 	case errors.Is(err, store.ErrNoBackup):
 		return httpapi.NewError(http.StatusNotImplemented, coreapi.CodeNoBackup,
 			"core's store is on PostgreSQL: back it up with pg_dump (docs/operations.md), not through core", err)
+	case errors.As(err, &refusal):
+		code := coreapi.CodeAdmissionQuota
+		switch {
+		case errors.Is(err, store.ErrReenrollment):
+			code = coreapi.CodeAdmissionReenrollment
+		case errors.Is(err, store.ErrAdmissionHeld):
+			code = coreapi.CodeAdmissionInProgress
+		}
+		return httpapi.NewError(http.StatusConflict, code, refusal.Reason, err)
 	case errors.Is(err, store.ErrUnavailable):
 		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry cannot write now; try again later", err)
 		e.RetryAfter = 5

@@ -124,6 +124,8 @@ func (s *Server) routes(metrics http.Handler) *mux.Router {
 		coreapi.RouteBackup.Name:        s.backup,
 		coreapi.RouteHealthz.Name:       s.healthz,
 		coreapi.RouteReadyz.Name:        s.readyz,
+		coreapi.RouteAdmit.Name:         s.admit,
+		coreapi.RouteEndAdmission.Name:  s.endAdmission,
 		coreapi.RouteMetrics.Name: func(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
 			metrics.ServeHTTP(w, r)
 			return nil

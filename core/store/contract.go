@@ -67,6 +67,14 @@ type Store interface {
 	// CARevocationFailed records a failed attempt and the next one.
 	CARevocationFailed(device, certSerial, errText string, next time.Time) error
 
+	// Admit decides, in one write, on a proxy's request to enroll a
+	// board (DecideAdmission) and reserves its place: ErrQuota,
+	// ErrReenrollment or ErrAdmissionHeld refuse it.
+	Admit(r AdmissionRequest) (*Admitted, error)
+	// EndAdmission ends one admitted attempt: enrolled counts the serial
+	// in its batch for good, otherwise the place is given back.
+	EndAdmission(batch, serial, keySHA256 string, enrolled bool) error
+
 	// Audit returns a subject's events after sequence number after.
 	Audit(subject string, after uint64, limit int) ([]Event, error)
 	// AppendAudit writes an event that changes no record.

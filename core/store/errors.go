@@ -19,6 +19,11 @@ var (
 	// ErrNewerSchema: the database was migrated by a newer core; this one
 	// refuses to run against it rather than misread it.
 	ErrNewerSchema = errors.New("store schema is newer than this core")
+
+	// Refusals of an admission (admission.go), each a rule.
+	ErrQuota         = errors.New("the batch has used its quota")
+	ErrReenrollment  = errors.New("the re-enrollment policy refuses it")
+	ErrAdmissionHeld = errors.New("another key is being enrolled for this serial")
 )
 
 // Errors that never leave the package.

@@ -48,6 +48,8 @@ type Core interface {
 	Register(ctx context.Context, r coreapi.RegisterRequest) (*coreapi.Device, bool, error)
 	RecordIssued(ctx context.Context, serial string, c coreapi.IssuedCertificate) (*coreapi.Device, error)
 	Bundle(ctx context.Context, serial, etag string) (io.ReadCloser, string, error)
+	Admit(ctx context.Context, r coreapi.AdmissionRequest) (*coreapi.Admission, error)
+	EndAdmission(ctx context.Context, serial string, e coreapi.AdmissionEnd) error
 }
 
 // CA is what the proxy needs of step-ca (pki/stepca.Client). Revoke's
@@ -94,6 +96,8 @@ type Enroller struct {
 	observe  func(result string, d time.Duration)
 	certLife time.Duration
 	recorded func(auditlog.Record)
+	lease    time.Duration
+	endWait  time.Duration
 	locksMu  sync.Mutex
 	locks    map[string]*serialLock
 }
@@ -121,7 +125,17 @@ type Options struct {
 	// record (the status page follows it).
 	Recorded func(auditlog.Record)
 	CertLife time.Duration // zero: the provisioner's default
+	// Lease is how long core holds a board's place without an outcome
+	// (DefaultLease if zero): longer than an enrollment's upstream calls
+	// take, short enough that a proxy that died frees its places soon.
+	Lease time.Duration
+	// EndTimeout bounds telling core an enrollment's outcome (the
+	// enrollment's own context may have ended); 30 s if zero.
+	EndTimeout time.Duration
 }
+
+// DefaultLease is Options.Lease's default.
+const DefaultLease = 5 * time.Minute
 
 // New makes an enroller.
 func New(o Options) *Enroller {
@@ -134,9 +148,15 @@ func New(o Options) *Enroller {
 	if o.Recorded == nil {
 		o.Recorded = func(auditlog.Record) {}
 	}
+	if o.Lease <= 0 {
+		o.Lease = DefaultLease
+	}
+	if o.EndTimeout <= 0 {
+		o.EndTimeout = 30 * time.Second
+	}
 	return &Enroller{name: o.Name, core: o.Core, ca: o.CA, prov: o.Prov, policy: o.Policy, record: o.Record, roots: o.Roots,
 		rootPEM: string(o.RootPEM), field: o.Field, log: o.Log.With("component", "enroll"), now: o.Now, observe: o.Observe,
-		certLife: o.CertLife, recorded: o.Recorded, locks: map[string]*serialLock{}}
+		certLife: o.CertLife, recorded: o.Recorded, lease: o.Lease, endWait: o.EndTimeout, locks: map[string]*serialLock{}}
 }
 
 // attempt is what is known of an attempt, for its record.
@@ -173,23 +193,27 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	if err != nil {
 		return nil, err
 	}
-	adm, err := e.policy.Admit(in.id, in.serial, now)
+	adm, err := e.policy.Admit(in.id, now)
 	if err != nil {
 		return nil, err
 	}
-	enrolled := false
-	defer func() { adm.Done(enrolled) }()
 	if adm.Batch != nil {
 		a.rec.Batch = adm.Batch.Name
 	}
 	unlock := e.lock(in.serial)
 	defer unlock()
 
+	admitted, err := e.admit(ctx, in, adm)
+	if err != nil {
+		return nil, err
+	}
+	enrolled := false
+	defer func() { e.endAdmission(in, a.rec.Batch, enrolled) }()
 	dev, err := e.register(ctx, in, adm.Group())
 	if err != nil {
 		return nil, err
 	}
-	if err := e.revokeOld(ctx, in, dev, now); err != nil {
+	if err := e.revokeOld(ctx, in, admitted.Revoke); err != nil {
 		return nil, err
 	}
 	// The first bundle does not depend on the certificate: fetch it while
@@ -262,14 +286,47 @@ func (e *Enroller) register(ctx context.Context, in *request, group string) (*co
 	return dev, nil
 }
 
-// revokeOld applies the re-enrollment policy to the certificates issued
-// before, revoking at step-ca those it says to (one already revoked is
-// fine: a retry).
-func (e *Enroller) revokeOld(ctx context.Context, in *request, dev *coreapi.Device, now time.Time) error {
-	revoke, err := e.policy.Reenroll(dev.Issued, in.keySHA, now)
-	if err != nil {
-		return err
+// admit asks core to admit the board: its batch's quota and the
+// re-enrollment policy are decided there, for every proxy of the line at
+// once; a refusal is the policy's, naming the rule.
+func (e *Enroller) admit(ctx context.Context, in *request, adm *vouch.Admission) (*coreapi.Admission, error) {
+	req := coreapi.AdmissionRequest{Board: in.id.Board, HardwareID: in.id.Canonical, KeySHA256: in.keySHA,
+		Policy: e.policy.Reenrollment(), RetryWindowSeconds: int(e.policy.RetryWindow() / time.Second), LeaseSeconds: int(e.lease / time.Second)}
+	if adm.Batch != nil {
+		req.Batch, req.Quota = adm.Batch.Name, adm.Batch.Quota
 	}
+	got, err := e.core.Admit(ctx, req)
+	if refusal := vouch.CoreRefusal(err); refusal != nil {
+		return nil, refusal
+	}
+	if err != nil {
+		return nil, &Upstream{Step: "admission at core", Err: err}
+	}
+	if got.Serial != in.serial {
+		return nil, &Upstream{Step: "admission at core", Err: fmt.Errorf("core admitted serial %s, the rule gives %s: core and proxy disagree on the serial rule", got.Serial, in.serial)}
+	}
+	return got, nil
+}
+
+// endAdmission tells core how the admitted enrollment ended: enrolled
+// keeps the board's place in its batch, anything else gives it back. If
+// core cannot be told, the place is given back when its lease ends (a
+// board enrolled is still counted: core keeps its certificate).
+func (e *Enroller) endAdmission(in *request, batch string, enrolled bool) {
+	outcome := coreapi.OutcomeReleased
+	if enrolled {
+		outcome = coreapi.OutcomeEnrolled
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), e.endWait)
+	defer cancel()
+	if err := e.core.EndAdmission(ctx, in.serial, coreapi.AdmissionEnd{KeySHA256: in.keySHA, Batch: batch, Outcome: outcome}); err != nil {
+		e.log.Warn("could not tell core the admission's outcome; its lease will end it", "serial", in.serial, "outcome", outcome, "err", err)
+	}
+}
+
+// revokeOld revokes at step-ca the certificates core's admission listed
+// (policy allow; one already revoked is fine: a retry).
+func (e *Enroller) revokeOld(ctx context.Context, in *request, revoke []string) error {
 	for _, old := range revoke {
 		tok, err := e.prov.RevokeToken(e.ca.RevokeAudience(), old, e.now())
 		if err != nil {

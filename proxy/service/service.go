@@ -1,7 +1,8 @@
 // Package service is prov-proxy serve, the proxy's composition root: it
 // builds the proxy from its configuration with one named constructor each,
 // refusing to start without its provisioner key, its client certificate or
-// the root (fail closed), replays the factory record (quotas, status page),
+// the root (fail closed), replays the factory record (the status page;
+// batch quotas are counted by core, shared by every proxy),
 // waits (startupTimeout) for core and step-ca to answer as themselves, each
 // pinned by its certificate, refusing to start if either does not, and
 // serves the factory side until the context ends.
@@ -164,15 +165,11 @@ func (p *proxy) checkCoreName(cs tls.ConnectionState) error {
 	return nil
 }
 
-// openRecord opens the factory record, replaying it into the batch quotas
-// and the status page.
+// openRecord opens the factory record, replaying it into the status page.
+// The batches' counts are core's (admissions), not replayed from this
+// proxy's record: another proxy may have enrolled from the same batch.
 func (p *proxy) openRecord() (err error) {
-	p.record, err = auditlog.Open(p.cfg.Record.Path, func(r auditlog.Record) {
-		if r.Result == auditlog.Enrolled && r.Batch != "" {
-			p.policy.Replay(r.Batch, r.Serial)
-		}
-		p.line.Observe(r)
-	})
+	p.record, err = auditlog.Open(p.cfg.Record.Path, p.line.Observe)
 	if err != nil {
 		return fmt.Errorf("record.path: %w", err)
 	}
@@ -185,7 +182,10 @@ func (p *proxy) newEnroller() error {
 	f := p.cfg.Field
 	p.enroller = enroll.New(enroll.Options{Name: p.self.ID.String(), Core: p.core, CA: p.ca, Prov: p.prov, Policy: p.policy,
 		Record: p.record, Roots: p.self.Roots, RootPEM: p.self.RootPEM, Field: enroll.Field{CoreURL: f.CoreURL, CAURL: f.CAURL, MQTTURL: f.MQTTURL},
-		Log: p.log, Observe: p.metrics.Observe, Recorded: p.line.Observe, CertLife: p.cfg.CertificateLifetime})
+		Log: p.log, Observe: p.metrics.Observe, Recorded: p.line.Observe, CertLife: p.cfg.CertificateLifetime,
+		// An enrollment makes up to six calls upstream while it holds its
+		// place at core (admit, register, revoke, sign, record, bundle).
+		Lease: max(enroll.DefaultLease, 6*p.cfg.HTTP.UpstreamTimeout), EndTimeout: p.cfg.HTTP.UpstreamTimeout})
 	return nil
 }
 

@@ -31,6 +31,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/signedimage"
@@ -70,7 +71,9 @@ func startWith(t testing.TB, coreYAML, vouching string, opts ...service.Option) 
 	return &env{core: core, url: p.URL, record: p.Record, roots: roots}
 }
 
-func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
+// The shared step-ca, and the private PostgreSQL cluster for a core on
+// PostgreSQL (sharedbatch_test.go).
+func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
 
 const local = "networks: [\"127.0.0.0/8\"]\n"
 

@@ -3,6 +3,13 @@
 // a quota), what a re-enrollment of a known serial may do, and how fast.
 // Every refusal is a *Refusal naming the rule and the reason, which the
 // proxy logs, records and answers.
+//
+// The network, rate, manifest and window rules are decided here, from the
+// proxy's own configuration. The quota and the re-enrollment policy are
+// decided by core (POST /v1/admissions), which keeps each batch's count
+// and each serial's enrollment in progress in its store, shared by every
+// proxy of a line and every core replica: this package supplies the
+// quota, the policy and the retry window core applies.
 package vouch
 
 import (
@@ -12,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -26,20 +34,21 @@ import (
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
-// Reenrollment is the policy for a serial that already has a certificate.
-type Reenrollment string
+// Reenrollment is the policy for a serial that already has a certificate,
+// which core applies (coreapi.ReenrollmentPolicy).
+type Reenrollment = coreapi.ReenrollmentPolicy
 
 // Re-enrollment policies.
 const (
 	// Deny refuses it, except a retry of an unfinished enrollment: the
 	// same key within the retry window of its certificate.
-	Deny Reenrollment = "deny"
+	Deny = coreapi.ReenrollDeny
 	// Allow issues a new certificate for any key; the old ones are
 	// revoked and the change is recorded.
-	Allow Reenrollment = "allow"
+	Allow = coreapi.ReenrollAllow
 	// SameKeyOnly issues a new certificate only for the key the device
 	// had (a device that lost its certificate, not a reflashed card).
-	SameKeyOnly Reenrollment = "same-key-only"
+	SameKeyOnly = coreapi.ReenrollSameKeyOnly
 )
 
 // Refusal is a policy refusal.
@@ -93,15 +102,13 @@ type Policy struct {
 
 	mu       sync.Mutex
 	limiters map[netip.Addr]*rate.Limiter
-	used     map[string]map[string]bool // batch -> serials enrolled
-	reserved map[string]map[string]int  // batch -> serials being enrolled
 }
 
 // Load validates the configuration and reads the manifests; errors name
 // the key or the file and line.
 func Load(c Config) (*Policy, error) {
 	p := &Policy{reenroll: c.Reenrollment, retryWindow: c.RetryWindow, rate: rate.Limit(c.Rate), burst: c.Burst,
-		limiters: map[netip.Addr]*rate.Limiter{}, used: map[string]map[string]bool{}, reserved: map[string]map[string]int{}}
+		limiters: map[netip.Addr]*rate.Limiter{}}
 	if len(c.Networks) == 0 {
 		return nil, errors.New("vouching.networks: name the factory networks that may enroll (CIDRs)")
 	}
@@ -252,13 +259,10 @@ func (p *Policy) Allow(a netip.Addr, now time.Time) error {
 	return nil
 }
 
-// Admission is a device admitted by the batch rules; Done ends it.
+// Admission is a device that passed the manifest and window rules; core
+// decides on its batch's quota and its re-enrollment.
 type Admission struct {
 	Batch *Batch // nil when no batches are configured
-	p     *Policy
-	// serial whose quota place is reserved
-	serial string
-	done   bool
 }
 
 // Group is the group the batch puts its devices in ("" for the default).
@@ -269,11 +273,12 @@ func (a *Admission) Group() string {
 	return a.Batch.Group
 }
 
-// Admit checks the manifests, the window and the quota for a device whose
-// serial core gave, and reserves its quota place until Done.
-func (p *Policy) Admit(id hwid.ID, serial string, now time.Time) (*Admission, error) {
+// Admit checks the manifests and the window for a device whose serial
+// core gave; the quota is core's (the batch's Quota, counted by core for
+// every proxy).
+func (p *Policy) Admit(id hwid.ID, now time.Time) (*Admission, error) {
 	if len(p.batches) == 0 {
-		return &Admission{p: p}, nil
+		return &Admission{}, nil
 	}
 	var b *Batch
 	for _, c := range p.batches {
@@ -291,86 +296,30 @@ func (p *Policy) Admit(id hwid.ID, serial string, now time.Time) (*Admission, er
 	if !b.NotAfter.IsZero() && !now.Before(b.NotAfter) {
 		return nil, refuse(enrollapi.RuleWindow, "batch %s closed at %s", b.Name, b.NotAfter.UTC().Format(time.RFC3339))
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if !p.used[b.Name][serial] && p.reserved[b.Name][serial] == 0 {
-		if n := len(p.used[b.Name]) + len(p.reserved[b.Name]); n >= b.Quota {
-			return nil, refuse(enrollapi.RuleQuota, "batch %s has used its quota of %d devices", b.Name, b.Quota)
-		}
-	}
-	if p.reserved[b.Name] == nil {
-		p.reserved[b.Name] = map[string]int{}
-	}
-	p.reserved[b.Name][serial]++
-	return &Admission{Batch: b, p: p, serial: serial}, nil
+	return &Admission{Batch: b}, nil
 }
 
-// Done releases the reservation; enrolled counts the device against the
-// batch's quota for good.
-func (a *Admission) Done(enrolled bool) {
-	if a.Batch == nil || a.done {
-		return
-	}
-	a.done = true
-	p := a.p
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	name := a.Batch.Name
-	if p.reserved[name][a.serial]--; p.reserved[name][a.serial] <= 0 {
-		delete(p.reserved[name], a.serial)
-	}
-	if enrolled {
-		p.markUsed(name, a.serial)
-	}
-}
+// Reenrollment is the re-enrollment policy core applies for this proxy.
+func (p *Policy) Reenrollment() Reenrollment { return p.reenroll }
 
-// Replay counts an enrollment from the factory record (at start).
-func (p *Policy) Replay(batch, serial string) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.markUsed(batch, serial)
-}
+// RetryWindow is how long after its certificate the same key may finish
+// an unfinished enrollment (policy deny).
+func (p *Policy) RetryWindow() time.Duration { return p.retryWindow }
 
-func (p *Policy) markUsed(batch, serial string) {
-	if p.used[batch] == nil {
-		p.used[batch] = map[string]bool{}
+// CoreRefusal is core's refusal of an admission as the policy refusal the
+// proxy answers, or nil if err is none.
+func CoreRefusal(err error) *Refusal {
+	var se *coreapi.StatusError
+	if !errors.As(err, &se) || se.Status != http.StatusConflict {
+		return nil
 	}
-	p.used[batch][serial] = true
-}
-
-// Reenroll decides on a serial that may already have certificates: it
-// returns the serials of certificates to revoke (Allow), or a refusal.
-func (p *Policy) Reenroll(issued []coreapi.IssuedCertificate, keySHA256 string, now time.Time) ([]string, error) {
-	if len(issued) == 0 {
-		return nil, nil
+	switch se.Body.Code {
+	case coreapi.CodeAdmissionQuota:
+		return &Refusal{Rule: enrollapi.RuleQuota, Reason: se.Body.Message}
+	case coreapi.CodeAdmissionReenrollment, coreapi.CodeAdmissionInProgress:
+		// Another key being enrolled for the serial is a re-enrollment
+		// in all but timing: the device hears the same rule.
+		return &Refusal{Rule: enrollapi.RuleReenrollment, Reason: se.Body.Message}
 	}
-	sameKey, recent := false, false
-	for _, c := range issued {
-		if c.KeySHA256 == keySHA256 {
-			sameKey = true
-			if now.Sub(c.NotBefore) <= p.retryWindow+2*time.Minute { // NotBefore is backdated by step-ca
-				recent = true
-			}
-		}
-	}
-	switch p.reenroll {
-	case Allow:
-		var revoke []string
-		for _, c := range issued {
-			if c.KeySHA256 != keySHA256 && c.NotAfter.After(now) {
-				revoke = append(revoke, c.Serial)
-			}
-		}
-		return revoke, nil
-	case SameKeyOnly:
-		if sameKey {
-			return nil, nil
-		}
-		return nil, refuse(enrollapi.RuleReenrollment, "the device is enrolled with another key; policy same-key-only")
-	default:
-		if sameKey && recent {
-			return nil, nil // a retry of an unfinished enrollment
-		}
-		return nil, refuse(enrollapi.RuleReenrollment, "the device is already enrolled; policy deny")
-	}
+	return nil
 }

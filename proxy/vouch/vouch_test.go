@@ -125,7 +125,7 @@ func TestSourceNetworks(t *testing.T) {
 	}
 }
 
-func TestBatchWindowAndQuota(t *testing.T) {
+func TestBatchManifestAndWindow(t *testing.T) {
 	m := manifest(t, "b.csv", "rpi4,10000000000000a1\nrpi4,10000000000000a2\nrpi4,10000000000000a3\n")
 	p, err := Load(Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{
 		{Name: "b1", Manifest: m, Group: "line-3", NotBefore: t0, NotAfter: t0.Add(8 * time.Hour), Quota: 2},
@@ -133,64 +133,53 @@ func TestBatchWindowAndQuota(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a1, a2, a3 := id(t, "rpi4", "10000000000000a1"), id(t, "rpi4", "10000000000000a2"), id(t, "rpi4", "10000000000000a3")
-	if _, err := p.Admit(id(t, "rpi4", "10000000000000ff"), "x", t0.Add(time.Hour)); rule(t, err) != "manifest" {
+	a1 := id(t, "rpi4", "10000000000000a1")
+	if _, err := p.Admit(id(t, "rpi4", "10000000000000ff"), t0.Add(time.Hour)); rule(t, err) != "manifest" {
 		t.Fatalf("unlisted ID: %v", err)
 	}
-	if _, err := p.Admit(a1, a1.Serial(), t0.Add(-time.Second)); rule(t, err) != "window" {
+	if _, err := p.Admit(a1, t0.Add(-time.Second)); rule(t, err) != "window" {
 		t.Fatalf("before the window: %v", err)
 	}
-	if _, err := p.Admit(a1, a1.Serial(), t0.Add(8*time.Hour)); rule(t, err) != "window" {
+	if _, err := p.Admit(a1, t0.Add(8*time.Hour)); rule(t, err) != "window" {
 		t.Fatalf("at notAfter: %v", err)
 	}
-	now := t0.Add(time.Hour)
-	ad1, err := p.Admit(a1, a1.Serial(), now)
-	if err != nil || ad1.Group() != "line-3" {
-		t.Fatalf("first: %v %v", ad1, err)
+	ad, err := p.Admit(a1, t0.Add(time.Hour))
+	if err != nil || ad.Group() != "line-3" || ad.Batch.Name != "b1" || ad.Batch.Quota != 2 {
+		t.Fatalf("listed, in the window: %+v %v", ad, err)
 	}
-	// A concurrent attempt for the same device shares its place.
-	again, err := p.Admit(a1, a1.Serial(), now)
-	if err != nil {
-		t.Fatalf("same device twice: %v", err)
-	}
-	ad2, err := p.Admit(a2, a2.Serial(), now)
+	// The quota is core's: the manifest's size unless configured.
+	p, err = Load(Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "b1", Manifest: m}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Admit(a3, a3.Serial(), now); rule(t, err) != "quota" {
-		t.Fatalf("third of a quota of two while two are in flight: %v", err)
-	}
-	// A failed enrollment gives its place back; a finished one keeps it.
-	ad2.Done(false)
-	again.Done(true)
-	ad1.Done(true)
-	ad1.Done(true) // idempotent
-	ad3, err := p.Admit(a3, a3.Serial(), now)
-	if err != nil {
-		t.Fatalf("place given back: %v", err)
-	}
-	ad3.Done(true)
-	if _, err := p.Admit(a2, a2.Serial(), now); rule(t, err) != "quota" {
-		t.Fatalf("quota used: %v", err)
-	}
-	// A device already counted may come back (re-enrollment is its own rule).
-	if ad, err := p.Admit(a1, a1.Serial(), now); err != nil {
-		t.Fatalf("enrolled device again: %v", err)
-	} else {
-		ad.Done(true)
+	if ad, err := p.Admit(a1, t0); err != nil || ad.Batch.Quota != 3 {
+		t.Fatalf("default quota: %+v %v, want 3", ad, err)
 	}
 }
 
-func TestQuotaSurvivesRestartByReplay(t *testing.T) {
-	m := manifest(t, "b.csv", "rpi4,10000000000000a1\nrpi4,10000000000000a2\n")
-	p, err := Load(Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "b1", Manifest: m, Quota: 1}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	a1, a2 := id(t, "rpi4", "10000000000000a1"), id(t, "rpi4", "10000000000000a2")
-	p.Replay("b1", a1.Serial())
-	if _, err := p.Admit(a2, a2.Serial(), t0); rule(t, err) != "quota" {
-		t.Fatalf("after replay: %v", err)
+// Core's refusals of an admission reach the board as the rule they name;
+// anything else is not a refusal (the proxy answers it as core's failure).
+func TestCoreRefusal(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{&coreapi.StatusError{Status: 409, Body: coreapi.Error{Code: coreapi.CodeAdmissionQuota, Message: "batch b1 has used its quota of 2 devices"}}, "quota"},
+		{&coreapi.StatusError{Status: 409, Body: coreapi.Error{Code: coreapi.CodeAdmissionReenrollment, Message: "policy deny"}}, "reenrollment"},
+		{&coreapi.StatusError{Status: 409, Body: coreapi.Error{Code: coreapi.CodeAdmissionInProgress, Message: "another key"}}, "reenrollment"},
+		{&coreapi.StatusError{Status: 409, Body: coreapi.Error{Code: coreapi.CodeSerialCollision}}, ""},
+		{&coreapi.StatusError{Status: 503, Body: coreapi.Error{Code: coreapi.CodeUnavailable}}, ""},
+		{errors.New("connection refused"), ""},
+		{nil, ""},
+	} {
+		r := CoreRefusal(tc.err)
+		got := ""
+		if r != nil {
+			got = string(r.Rule)
+		}
+		if got != tc.want {
+			t.Errorf("%v: rule %q, want %q", tc.err, got, tc.want)
+		}
 	}
 }
 
@@ -215,40 +204,5 @@ func TestRate(t *testing.T) {
 	}
 	if err := p.Allow(a, t0.Add(1100*time.Millisecond)); err != nil {
 		t.Fatalf("after a second: %v", err)
-	}
-}
-
-func TestReenrollmentPolicies(t *testing.T) {
-	old := coreapi.IssuedCertificate{Serial: "111", KeySHA256: "k1", NotBefore: t0.Add(-time.Minute), NotAfter: t0.Add(24 * time.Hour)}
-	expired := coreapi.IssuedCertificate{Serial: "100", KeySHA256: "k0", NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour)}
-	stale := old
-	stale.NotBefore = t0.Add(-2 * time.Hour)
-	for _, tc := range []struct {
-		policy Reenrollment
-		issued []coreapi.IssuedCertificate
-		key    string
-		refuse bool
-		revoke []string
-	}{
-		{Deny, nil, "k1", false, nil},
-		{Deny, []coreapi.IssuedCertificate{old}, "k1", false, nil},  // a retry within the window
-		{Deny, []coreapi.IssuedCertificate{stale}, "k1", true, nil}, // the same key, long after
-		{Deny, []coreapi.IssuedCertificate{old}, "k2", true, nil},   // a reflashed card
-		{SameKeyOnly, []coreapi.IssuedCertificate{stale}, "k1", false, nil},
-		{SameKeyOnly, []coreapi.IssuedCertificate{old}, "k2", true, nil},
-		{Allow, []coreapi.IssuedCertificate{old, expired}, "k2", false, []string{"111"}}, // expired ones need no revocation
-		{Allow, []coreapi.IssuedCertificate{old}, "k1", false, nil},
-	} {
-		p, err := Load(Config{Networks: []string{"10.0.0.0/8"}, Reenrollment: tc.policy, RetryWindow: 15 * time.Minute})
-		if err != nil {
-			t.Fatal(err)
-		}
-		revoke, err := p.Reenroll(tc.issued, tc.key, t0)
-		if (err != nil) != tc.refuse || (err != nil && rule(t, err) != "reenrollment") {
-			t.Errorf("%s %v key %s: %v", tc.policy, tc.issued, tc.key, err)
-		}
-		if strings.Join(revoke, ",") != strings.Join(tc.revoke, ",") {
-			t.Errorf("%s: revokes %v, want %v", tc.policy, revoke, tc.revoke)
-		}
 	}
 }

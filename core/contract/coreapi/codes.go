@@ -32,4 +32,9 @@ const (
 	CodeNotReady         ErrorCode = "not_ready"
 	CodeNoBackup         ErrorCode = "no_backup" // core's store is on PostgreSQL: back it up with pg_dump
 	CodeInternal         ErrorCode = "internal"
+	// Refusals of an admission (POST /v1/admissions, 409), each naming
+	// its rule.
+	CodeAdmissionQuota        ErrorCode = "admission_quota"        // the batch has used its quota
+	CodeAdmissionReenrollment ErrorCode = "admission_reenrollment" // the re-enrollment policy says no
+	CodeAdmissionInProgress   ErrorCode = "admission_in_progress"  // another key is being enrolled for the serial
 )

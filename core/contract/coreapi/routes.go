@@ -66,11 +66,17 @@ var (
 	RouteMetrics       = Route{"metrics", http.MethodGet, "/metrics", anyone, unversioned}
 )
 
+// A board's admission for enrollment and its end (admission.go).
+var (
+	RouteAdmit        = Route{"admit", http.MethodPost, "/v1/admissions", proxy, unversioned}
+	RouteEndAdmission = Route{"end_admission", http.MethodPost, "/v1/admissions/{serial}/outcome", proxy, unversioned}
+)
+
 // Routes is every route of core's API.
 var Routes = []Route{
 	RouteRegister, RouteRecordIssued, RouteListDevices, RouteDevice, RouteBundle, RouteSetDeviceData, RouteReprovision,
 	RouteRevoke, RouteDeviceAudit, RouteGroup, RouteSetGroupData, RouteGroupAudit, RouteBackup, RouteHealthz, RouteReadyz,
-	RouteMetrics,
+	RouteMetrics, RouteAdmit, RouteEndAdmission,
 }
 
 // URL is the route's path with its variables filled in order, each
