@@ -129,7 +129,7 @@ func (m *mqttClient) registration(t *testing.T, d *coreapi.Device) {
 	}
 }
 
-func deviceTLS(t *testing.T, c *catest.CA, cert *tls.Certificate) *tls.Config {
+func deviceTLS(t testing.TB, c *catest.CA, cert *tls.Certificate) *tls.Config {
 	t.Helper()
 	bundle, err := pki.LoadTrustBundle(c.RootCert())
 	if err != nil {

@@ -15,6 +15,7 @@ import (
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetprov/prov/core/config"
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/core/store/postgres"
@@ -35,10 +36,24 @@ type replicaSet struct {
 	dirs []string
 }
 
-func newReplicaSet(t *testing.T, n int) *replicaSet {
+func newReplicaSet(t testing.TB, n int) *replicaSet {
+	t.Helper()
+	return newCores(t, n, config.EnginePostgres)
+}
+
+// newCores is newReplicaSet on an engine: on bbolt, one core (a bbolt
+// file has one) publishing to Mosquitto as well.
+func newCores(t testing.TB, n int, engine string) *replicaSet {
 	t.Helper()
 	c := catest.Shared(t)
-	rs := &replicaSet{c: c, db: pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)}
+	rs := &replicaSet{c: c}
+	storeYAML := ""
+	if engine == config.EnginePostgres {
+		rs.db = pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
+		storeYAML = fmt.Sprintf("store: {engine: postgres, url: %q}\n", rs.db)
+	} else if n != 1 {
+		t.Fatalf("%d cores on one bbolt file", n)
+	}
 	var names []string
 	for i := range n {
 		names = append(names, fmt.Sprintf("core-%d", i+1))
@@ -54,15 +69,14 @@ func newReplicaSet(t *testing.T, n int) *replicaSet {
 		dir := t.TempDir()
 		rs.dirs = append(rs.dirs, dir)
 		rs.cfgs = append(rs.cfgs, coretest.Config(t, c.Deployment, dir, fmt.Sprintf(`tls: {cert: %q, key: %q}
-store: {engine: postgres, url: %q}
-mqtt: {embedded: {listen: ""}, external: {url: "tls://localhost:%d", clientId: %q}}
-`, c.IdentityCert(pki.RoleCore, name), c.IdentityKey(pki.RoleCore, name), rs.db, port, name)))
+%smqtt: {embedded: {listen: ""}, external: {url: "tls://localhost:%d", clientId: %q}}
+%s`, c.IdentityCert(pki.RoleCore, name), c.IdentityKey(pki.RoleCore, name), storeYAML, port, name, benchLimits)))
 	}
 	return rs
 }
 
 // run starts every replica in this process.
-func (rs *replicaSet) run(t *testing.T) []*coretest.Core {
+func (rs *replicaSet) run(t testing.TB) []*coretest.Core {
 	t.Helper()
 	var cores []*coretest.Core
 	for i, cfg := range rs.cfgs {
@@ -80,7 +94,7 @@ type notified struct {
 	err  error
 }
 
-func (rs *replicaSet) observe(t *testing.T) *notified {
+func (rs *replicaSet) observe(t testing.TB) *notified {
 	t.Helper()
 	kp, err := pki.LoadKeyPair(rs.c.IdentityCert(pki.RoleCore, "observer"), rs.c.IdentityKey(pki.RoleCore, "observer"))
 	if err != nil {
@@ -149,7 +163,7 @@ func (o *notified) reached(serials map[string]uint64) (missing []string, repeate
 
 // waitReached waits until every one of serials was notified of its
 // generation (or a later one), and returns the repeats.
-func (o *notified) waitReached(t *testing.T, serials map[string]uint64, timeout time.Duration) int {
+func (o *notified) waitReached(t testing.TB, serials map[string]uint64, timeout time.Duration) int {
 	t.Helper()
 	repeats := 0
 	if err := testenv.WaitFor(timeout, func() error {
@@ -327,7 +341,7 @@ func kill9(t *testing.T, cmd *exec.Cmd) {
 }
 
 // jobsLeft is how many jobs wait in the database's outbox.
-func (rs *replicaSet) jobsLeft(t *testing.T) int {
+func (rs *replicaSet) jobsLeft(t testing.TB) int {
 	t.Helper()
 	db, err := pgx.Connect(ctx, rs.db)
 	if err != nil {
@@ -339,6 +353,16 @@ func (rs *replicaSet) jobsLeft(t *testing.T) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// jobsDone waits until the outbox is empty.
+func (rs *replicaSet) jobsDone(t testing.TB, timeout time.Duration) error {
+	return testenv.WaitFor(timeout, func() error {
+		if n := rs.jobsLeft(t); n != 0 {
+			return fmt.Errorf("%d jobs left in the outbox", n)
+		}
+		return nil
+	})
 }
 
 // kill -9 of one of three replicas in the middle of a burst of 2,000
@@ -441,12 +465,7 @@ func TestKill9AReplicaDuringRegistrations(t *testing.T) {
 		t.Fatalf("%d registrations acknowledged, %d devices stored; want %d each", len(acked), len(stored), total)
 	}
 	repeats := obs.waitReached(t, want, 60*time.Second)
-	if err := testenv.WaitFor(30*time.Second, func() error {
-		if n := rs.jobsLeft(t); n != 0 {
-			return fmt.Errorf("%d jobs left in the outbox", n)
-		}
-		return nil
-	}); err != nil {
+	if err := rs.jobsDone(t, 30*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("%d registrations acknowledged (%d after a retry at another replica), %d devices stored, all notified; %d notifications repeated", len(acked), retried, len(stored), repeats)
@@ -465,12 +484,7 @@ func TestKill9AReplicaDuringAGroupChange(t *testing.T) {
 	const members, killAt, victim = 10000, 2000, 1
 	cmds, cores, logs := rs.runProcesses(t, bin)
 	coretest.PopulateRegistered(t, rs.cfgs[0], "default", 0x30000, members)
-	if err := testenv.WaitFor(60*time.Second, func() error {
-		if n := rs.jobsLeft(t); n != 0 {
-			return fmt.Errorf("%d registrations' jobs left", n)
-		}
-		return nil
-	}); err != nil {
+	if err := rs.jobsDone(t, 60*time.Second); err != nil {
 		t.Fatal(err)
 	}
 	admin := cores[0].Client(t, cores[0].Admin(t))
@@ -517,12 +531,7 @@ func TestKill9AReplicaDuringAGroupChange(t *testing.T) {
 	kill9(t, cmds[victim])
 	repeats := obs.waitReached(t, want, 120*time.Second)
 	elapsed := time.Since(started)
-	if err := testenv.WaitFor(30*time.Second, func() error {
-		if n := rs.jobsLeft(t); n != 0 {
-			return fmt.Errorf("%d jobs left in the outbox", n)
-		}
-		return nil
-	}); err != nil {
+	if err := rs.jobsDone(t, 30*time.Second); err != nil {
 		t.Fatalf("%v\nthe killed replica's log:\n%s", err, logs[victim].String())
 	}
 	t.Logf("group change of %d members: %d notified when replica %d was killed, all %d at the new generation after %s; %d notifications repeated (a members job the dead replica held, done again)",

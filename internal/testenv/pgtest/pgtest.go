@@ -144,13 +144,48 @@ func startCluster() (*cluster, error) {
 	}
 	// listen_addresses empty: a unix socket in dir and no TCP port, so no
 	// port is picked and none can be taken by another test binary.
-	opts := fmt.Sprintf("-k %s -c listen_addresses= -c fsync=off -c max_connections=200", dir)
+	opts := fmt.Sprintf("-k %s -c listen_addresses= -c max_connections=200", dir)
 	if err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
 		return nil, fmt.Errorf("%w (log in %s)", err, filepath.Join(dir, "log"))
 	}
 	c.started = true
 	c.admin = c.connString("postgres")
+	// fsync off in postgresql.auto.conf, not on the command line (which
+	// would win over it): Durable turns it on for a benchmark.
+	if err := c.setFsync(context.Background(), false); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// Durable makes the cluster sync every commit to the disk, as a real
+// one does, until tb ends: for benchmarks that compare the engines'
+// costs (bbolt syncs every commit). The cluster is the test binary's, so
+// tb must not run beside other tests.
+func Durable(tb testing.TB) {
+	tb.Helper()
+	if shared == nil {
+		tb.Fatal("pgtest: Durable before New")
+	}
+	if err := shared.setFsync(tb.Context(), true); err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := shared.setFsync(context.Background(), false); err != nil {
+			tb.Errorf("pgtest: %v", err)
+		}
+	})
+}
+
+func (c *cluster) setFsync(ctx context.Context, on bool) error {
+	v := "off"
+	if on {
+		v = "on"
+	}
+	if err := c.exec(ctx, "ALTER SYSTEM SET fsync = "+v); err != nil {
+		return err
+	}
+	return c.exec(ctx, "SELECT pg_reload_conf()")
 }
 
 // run runs a PostgreSQL program as the cluster's owner.
