@@ -91,7 +91,9 @@ func openTarget(ctx context.Context, connString string) (*postgres.Store, error)
 	return dst, nil
 }
 
-func storeMigrate(ctx context.Context, env *cmdline.Env, args []string) error {
+// storeRun opens both registries for a store command and runs fn with
+// them.
+func storeRun(ctx context.Context, env *cmdline.Env, args []string, fn func(f storeFlags, src *store.Bolt, dst *postgres.Store, sample int) error) error {
 	f, sample, err := parseStoreFlags(env, args)
 	if err != nil {
 		return err
@@ -106,34 +108,28 @@ func storeMigrate(ctx context.Context, env *cmdline.Env, args []string) error {
 		return err
 	}
 	defer func() { _ = dst.Close() }()
-	start := time.Now()
-	n, err := dst.Import(ctx, src)
-	if errors.Is(err, postgres.ErrNotEmpty) {
-		return fmt.Errorf("--to %s: %w; nothing was written (migrate into a new, empty database; prov-core store verify compares an earlier copy)", redacted(f.to), err)
-	}
-	if err != nil {
-		return fmt.Errorf("copy into %s: %w; nothing was written", redacted(f.to), err)
-	}
-	_, _ = fmt.Fprintf(env.Stdout, "copied %s from %s into %s in %s\n", n, f.from, redacted(f.to), time.Since(start).Round(time.Millisecond))
-	return verify(env.Stdout, src, dst, sample)
+	return fn(f, src, dst, sample)
+}
+
+func storeMigrate(ctx context.Context, env *cmdline.Env, args []string) error {
+	return storeRun(ctx, env, args, func(f storeFlags, src *store.Bolt, dst *postgres.Store, sample int) error {
+		start := time.Now()
+		n, err := dst.Import(ctx, src)
+		if errors.Is(err, postgres.ErrNotEmpty) {
+			return fmt.Errorf("--to %s: %w; nothing was written (migrate into a new, empty database; prov-core store verify compares an earlier copy)", redacted(f.to), err)
+		}
+		if err != nil {
+			return fmt.Errorf("copy into %s: %w; nothing was written", redacted(f.to), err)
+		}
+		_, _ = fmt.Fprintf(env.Stdout, "copied %s from %s into %s in %s\n", n, f.from, redacted(f.to), time.Since(start).Round(time.Millisecond))
+		return verify(env.Stdout, src, dst, sample)
+	})
 }
 
 func storeVerify(ctx context.Context, env *cmdline.Env, args []string) error {
-	f, sample, err := parseStoreFlags(env, args)
-	if err != nil {
-		return err
-	}
-	src, err := openSource(f.from)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = src.Close() }()
-	dst, err := openTarget(ctx, f.to)
-	if err != nil {
-		return err
-	}
-	defer func() { _ = dst.Close() }()
-	return verify(env.Stdout, src, dst, sample)
+	return storeRun(ctx, env, args, func(_ storeFlags, src *store.Bolt, dst *postgres.Store, sample int) error {
+		return verify(env.Stdout, src, dst, sample)
+	})
 }
 
 // verify compares the copy with its source and prints what differs; a
