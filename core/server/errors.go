@@ -41,7 +41,7 @@ func classify(err error) *httpapi.Error {
 		return httpapi.NewError(http.StatusNotImplemented, coreapi.CodeNoBackup,
 			"core's store is on PostgreSQL: back it up with pg_dump (docs/operations.md), not through core", err)
 	case errors.Is(err, store.ErrUnavailable):
-		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry cannot write now; try again later", err)
+		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry's store (its disk or database) is unavailable now; try again later", err)
 		e.RetryAfter = 5
 		return e
 	}

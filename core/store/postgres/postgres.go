@@ -34,6 +34,10 @@ type Options struct {
 	BeforeCommit func(op string) error
 }
 
+// DefaultConnectTimeout bounds a new connection when the URL sets no
+// connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Store is the registry on PostgreSQL.
 type Store struct {
 	pool   *pgxpool.Pool
@@ -46,7 +50,16 @@ var _ store.Store = (*Store)(nil)
 // Open connects to the database at connString and migrates it to this
 // core's schema (store.ErrNewerSchema if a newer core migrated it).
 func Open(ctx context.Context, connString string, opts Options) (*Store, error) {
-	pool, err := pgxpool.New(ctx, connString)
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, fmt.Errorf("store: %w", err) // pgconn's message shows the URL without its password
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// libpq waits for ever by default; a request, and /readyz, would
+		// hang as long on a database host that went away without a word.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("store: %w", err)
 	}
@@ -59,6 +72,18 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 		s.now = time.Now
 	}
 	return s, nil
+}
+
+var _ store.Pinger = (*Store)(nil)
+
+// Ping checks that the database answers within ctx: a connection of the
+// pool (a new one if the old ones died with the server) runs an empty
+// statement.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: the database does not answer: %w", store.ErrUnavailable, err)
+	}
+	return nil
 }
 
 // Close closes the pool.
