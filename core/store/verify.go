@@ -40,29 +40,22 @@ const maxMismatches = 100
 
 // Verify compares target with source: counts of every kind, every group,
 // the CA revocation queue, and sample devices (all of them when there are
-// no more) spread over the registry, each with its audit trail.
+// no more) drawn uniformly over the registry, each with its audit trail.
 func Verify(source, target Copy, sample int) (*Verification, error) {
 	v := &Verification{}
-	var serials []string // a uniform sample (reservoir), with the first and last
+	var serials []string // a uniform sample of sample devices (reservoir)
 	var groups []string
-	var last string
 	seen := 0
 	err := source.Export(Exported{
 		Group: func(g *Group) error { v.Source.Groups++; groups = append(groups, g.Name); return nil },
 		Device: func(_ string, d *Device) error {
 			v.Source.Devices++
-			switch {
-			case seen == 0:
+			if len(serials) < sample {
 				serials = append(serials, d.Serial)
-			case len(serials) < max(sample, 2)-1:
-				serials = append(serials, d.Serial)
-			default:
-				if i := rand.IntN(seen + 1); i > 0 && i < len(serials) { //nolint:gosec // sampling, not secrets
-					serials[i] = d.Serial
-				}
+			} else if i := rand.IntN(seen + 1); i < sample { //nolint:gosec // sampling, not secrets
+				serials[i] = d.Serial
 			}
 			seen++
-			last = d.Serial
 			return nil
 		},
 		Audit:        func(*Event) error { v.Source.Audit++; return nil },
@@ -70,9 +63,6 @@ func Verify(source, target Copy, sample int) (*Verification, error) {
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read the source: %w", err)
-	}
-	if last != "" && !slices.Contains(serials, last) {
-		serials = append(serials, last)
 	}
 	if v.Target, err = Count(target); err != nil {
 		return nil, fmt.Errorf("read the target: %w", err)
