@@ -35,6 +35,7 @@ var program = &cmdline.Program{
 			{Name: "conformance", Args: "--out DIR",
 				Short: "write the bundle verifier's conformance suite (a root, bundles, cases.json; testdata/conformance)", Run: imageConformance},
 		}},
+		{Name: "store", Sub: storeCommands()},
 		{Name: "serve", Args: "--config FILE", Short: "run the provisioning service (API, broker, registry)",
 			Run: cmdline.Serve(config.Load, func(c *config.Config) string { return c.Log.Level },
 				func(ctx context.Context, c *config.Config, log *slog.Logger) error { return service.Run(ctx, c, log) })},

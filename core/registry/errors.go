@@ -11,4 +11,6 @@ var (
 	// with another key (a stolen provisioner key), or a device that must
 	// be enrolled again.
 	ErrKeyNotEnrolled = errors.New("the certificate's key is not one enrolled for the device")
+	// ErrDatabaseAway: the store's database does not answer (Ready).
+	ErrDatabaseAway = errors.New("the registry's database does not answer")
 )

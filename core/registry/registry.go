@@ -335,8 +335,20 @@ func (r *Registry) GroupMembers(group string, fn func(serial string) error) erro
 	return r.store.GroupMembers(group, fn)
 }
 
-// Ready says whether the store can be read.
+// pingTimeout bounds Ready's check of a store's database: /readyz answers
+// a load balancer's health check well within its own timeout.
+const pingTimeout = 2 * time.Second
+
+// Ready says whether the store can be read: its database, if it has one,
+// answers (ErrDatabaseAway if not), and a record reads.
 func (r *Registry) Ready() error {
+	if p, ok := r.store.(store.Pinger); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), pingTimeout)
+		defer cancel()
+		if err := p.Ping(ctx); err != nil {
+			return fmt.Errorf("%w: %w", ErrDatabaseAway, err)
+		}
+	}
 	if _, err := r.store.Group(r.o.DefaultGroup); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return fmt.Errorf("read the registry: %w", err)
 	}

@@ -51,7 +51,7 @@ func classify(err error) *httpapi.Error {
 		}
 		return httpapi.NewError(http.StatusConflict, code, refusal.Reason, err)
 	case errors.Is(err, store.ErrUnavailable):
-		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry cannot write now; try again later", err)
+		e := httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeUnavailable, "the registry's store (its disk or database) is unavailable now; try again later", err)
 		e.RetryAfter = 5
 		return e
 	}

@@ -1,10 +1,12 @@
 package server
 
 import (
+	"errors"
 	"net/http"
 	"strconv"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/registry"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/internal/httpapi"
 	"github.com/fleetprov/prov/pki"
@@ -15,7 +17,9 @@ func (s *Server) healthz(w http.ResponseWriter, _ *http.Request, _ pki.Identity)
 }
 
 func (s *Server) readyz(w http.ResponseWriter, _ *http.Request, _ pki.Identity) error {
-	if err := s.reg.Ready(); err != nil {
+	if err := s.reg.Ready(); errors.Is(err, registry.ErrDatabaseAway) {
+		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, "the registry's database does not answer", err)
+	} else if err != nil {
 		return httpapi.NewError(http.StatusServiceUnavailable, coreapi.CodeNotReady, "the registry is not readable", err)
 	}
 	if s.ready != nil {

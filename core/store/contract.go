@@ -1,6 +1,7 @@
 package store
 
 import (
+	"context"
 	"io"
 	"time"
 )
@@ -89,6 +90,14 @@ type Store interface {
 // tools (PostgreSQL: pg_dump).
 type Backuper interface {
 	Backup(w io.Writer, start func(BackupInfo)) error
+}
+
+// Pinger is an engine whose database is a server it can lose (PostgreSQL):
+// Ping says, within ctx, whether it answers (ErrUnavailable if not).
+// core's /readyz asks it, so a load balancer stops sending requests to a
+// core whose database is away, and sends them again once it is back.
+type Pinger interface {
+	Ping(ctx context.Context) error
 }
 
 var (

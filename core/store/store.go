@@ -59,6 +59,10 @@ type Options struct {
 	// CacheDevices bounds the decoded device records kept in memory for
 	// reads; zero means 100,000, negative turns the cache off.
 	CacheDevices int
+	// ReadOnly opens an existing file for reading only (store migrate
+	// copies from it): nothing is created or written, and the file is
+	// locked against writers (a running core) but not other readers.
+	ReadOnly bool
 }
 
 // Bolt is the registry on one bbolt file: the embedded engine, the default.
@@ -85,7 +89,7 @@ func Open(path string, opts Options) (*Bolt, error) {
 	// The hashmap freelist: finding free pages for a commit does not scan
 	// the whole free list, as the array type does, and a store of a million
 	// devices rewritten page by page keeps a long one (etcd runs it too).
-	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType})
+	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: opts.LockTimeout, FreelistType: bolt.FreelistMapType, ReadOnly: opts.ReadOnly})
 	if errors.Is(err, berrors.ErrTimeout) {
 		return nil, fmt.Errorf("%w: %s: another prov-core (or a backup tool) holds it", ErrLocked, path)
 	}
@@ -103,7 +107,11 @@ func Open(path string, opts Options) (*Bolt, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
-	if err := s.init(); err != nil {
+	initialize := s.init
+	if opts.ReadOnly {
+		initialize = s.checkSchema
+	}
+	if err := initialize(); err != nil {
 		_ = db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
@@ -125,6 +133,22 @@ func (s *Bolt) init() error {
 			return nil
 		}
 		return meta.Put(keySchema, binary.BigEndian.AppendUint64(nil, schemaVersion))
+	})
+}
+
+// checkSchema is init for a file opened read-only: it must be a registry
+// this core reads.
+func (s *Bolt) checkSchema() error {
+	return s.db.View(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta, bucketCARevocations} {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("not a registry: no bucket %q", b)
+			}
+		}
+		if v := tx.Bucket(bucketMeta).Get(keySchema); len(v) != 8 || binary.BigEndian.Uint64(v) != schemaVersion {
+			return fmt.Errorf("schema version % x, this core reads %d", v, schemaVersion)
+		}
+		return nil
 	})
 }
 

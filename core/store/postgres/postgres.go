@@ -39,6 +39,10 @@ type Options struct {
 	SingleCore bool
 }
 
+// DefaultConnectTimeout bounds a new connection when the URL sets no
+// connect_timeout.
+const DefaultConnectTimeout = 5 * time.Second
+
 // Store is the registry on PostgreSQL.
 type Store struct {
 	pool     *pgxpool.Pool
@@ -54,13 +58,18 @@ var _ store.Store = (*Store)(nil)
 func Open(ctx context.Context, connString string, opts Options) (*Store, error) {
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+		return nil, fmt.Errorf("store: %w", err) // pgconn's message shows the URL without its password
 	}
 	if !strings.Contains(connString, "pool_max_conns") {
 		// pgxpool's default (one per CPU, at least 4) leaves requests
 		// waiting while the change worker's claimers, one per CPU, each
 		// hold a connection for a job's transaction.
 		cfg.MaxConns = max(cfg.MaxConns, int32(3*runtime.GOMAXPROCS(0))) //nolint:gosec // a CPU count
+	}
+	if cfg.ConnConfig.ConnectTimeout == 0 {
+		// libpq waits for ever by default; a request, and /readyz, would
+		// hang as long on a database host that went away without a word.
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
 	}
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -79,6 +88,18 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 		return nil, fmt.Errorf("store: %w", classify(err))
 	}
 	return s, nil
+}
+
+var _ store.Pinger = (*Store)(nil)
+
+// Ping checks that the database answers within ctx: a connection of the
+// pool (a new one if the old ones died with the server) runs an empty
+// statement.
+func (s *Store) Ping(ctx context.Context) error {
+	if err := s.pool.Ping(ctx); err != nil {
+		return fmt.Errorf("%w: the database does not answer: %w", store.ErrUnavailable, err)
+	}
+	return nil
 }
 
 // Close closes the pool and lets the cores' lock go.

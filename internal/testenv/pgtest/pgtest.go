@@ -88,6 +88,26 @@ func After(code int) int {
 // by key (a schema version, say), each made once per test binary.
 func New(t testing.TB, key string, migrate Migrate) string {
 	t.Helper()
+	startShared(t)
+	tmpl, err := shared.template(t.Context(), key, migrate)
+	if err != nil {
+		t.Fatalf("pgtest: template %s: %v", key, err)
+	}
+	return newDatabase(t, tmpl)
+}
+
+// Empty returns the connection string of a new database with nothing in
+// it (made from template0), for a test that fills it itself (a restore
+// with pg_restore, say); dropped when the test ends.
+func Empty(t testing.TB) string {
+	t.Helper()
+	startShared(t)
+	return newDatabase(t, "template0")
+}
+
+// startShared starts the test binary's cluster if no test did yet.
+func startShared(t testing.TB) {
+	t.Helper()
 	if _, err := os.Stat(filepath.Join(BinDir, "initdb")); err != nil {
 		testenv.Missing(t, "PostgreSQL 15 not found (%s/initdb); %s", BinDir, installHint)
 	}
@@ -95,11 +115,12 @@ func New(t testing.TB, key string, migrate Migrate) string {
 	if initErr != nil {
 		t.Fatalf("pgtest: %v", initErr)
 	}
+}
+
+// newDatabase makes a database of the test from template tmpl.
+func newDatabase(t testing.TB, tmpl string) string {
+	t.Helper()
 	ctx := t.Context()
-	tmpl, err := shared.template(ctx, key, migrate)
-	if err != nil {
-		t.Fatalf("pgtest: template %s: %v", key, err)
-	}
 	name := fmt.Sprintf("test_%d", databases.Add(1))
 	if err := shared.exec(ctx, fmt.Sprintf("CREATE DATABASE %s TEMPLATE %s", name, tmpl)); err != nil {
 		t.Fatalf("pgtest: %v", err)
@@ -136,17 +157,13 @@ func startCluster() (*cluster, error) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		return nil, err
 	}
-	data := filepath.Join(dir, "data")
 	// --no-sync and fsync=off: the tests crash processes, not machines, and
 	// these make a cluster start in a second and a database in a few ms.
-	if err := c.run("initdb", "-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
+	if err := c.run("initdb", "-D", filepath.Join(dir, "data"), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"); err != nil {
 		return nil, err
 	}
-	// listen_addresses empty: a unix socket in dir and no TCP port, so no
-	// port is picked and none can be taken by another test binary.
-	opts := fmt.Sprintf("-k %s -c listen_addresses= -c max_connections=200", dir)
-	if err := c.run("pg_ctl", "-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
-		return nil, fmt.Errorf("%w (log in %s)", err, filepath.Join(dir, "log"))
+	if err := c.start(); err != nil {
+		return nil, err
 	}
 	c.started = true
 	c.admin = c.connString("postgres")
@@ -158,34 +175,69 @@ func startCluster() (*cluster, error) {
 	return c, nil
 }
 
-// Durable makes the cluster sync every commit to the disk, as a real
-// one does, until tb ends: for benchmarks that compare the engines'
-// costs (bbolt syncs every commit). The cluster is the test binary's, so
-// tb must not run beside other tests.
-func Durable(tb testing.TB) {
-	tb.Helper()
+// start starts the server on the cluster's data.
+func (c *cluster) start() error {
+	// listen_addresses empty: a unix socket in dir and no TCP port, so no
+	// port is picked and none can be taken by another test binary.
+	opts := fmt.Sprintf("-k %s -c listen_addresses= -c max_connections=200", c.dir)
+	if err := c.run("pg_ctl", "-D", filepath.Join(c.dir, "data"), "-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
+		return fmt.Errorf("%w (log in %s)", err, filepath.Join(c.dir, "log"))
+	}
+	return nil
+}
+
+// down is whether a test stopped the cluster (Stop) and has not started
+// it again.
+var (
+	downMu sync.Mutex
+	down   bool
+)
+
+// Stop stops the test binary's cluster the way a crash would (pg_ctl stop
+// -m immediate: every connection cut, no checkpoint), for a test of the
+// database going away; Start starts it again with every database as it
+// was. The cluster is shared by the tests of the binary: a test that stops
+// it must not run in parallel with others (no t.Parallel in it or beside
+// it), and if it ends without starting it, its cleanup does.
+func Stop(t testing.TB) {
+	t.Helper()
 	if shared == nil {
-		tb.Fatal("pgtest: Durable before New")
+		t.Fatal("pgtest.Stop: no cluster (pgtest.New first)")
 	}
-	if err := shared.setFsync(tb.Context(), true); err != nil {
-		tb.Fatalf("pgtest: %v", err)
+	downMu.Lock()
+	defer downMu.Unlock()
+	if down {
+		t.Fatal("pgtest.Stop: already stopped")
 	}
-	tb.Cleanup(func() {
-		if err := shared.setFsync(context.Background(), false); err != nil {
-			tb.Errorf("pgtest: %v", err)
+	if err := shared.run("pg_ctl", "-D", filepath.Join(shared.dir, "data"), "-m", "immediate", "-w", "stop"); err != nil {
+		t.Fatalf("pgtest: %v", err)
+	}
+	down = true
+	t.Cleanup(func() {
+		downMu.Lock()
+		defer downMu.Unlock()
+		if down {
+			if err := shared.start(); err != nil {
+				t.Errorf("pgtest: start again: %v", err)
+			}
+			down = false
 		}
 	})
 }
 
-func (c *cluster) setFsync(ctx context.Context, on bool) error {
-	v := "off"
-	if on {
-		v = "on"
+// Start starts the cluster a test stopped (Stop) and returns once it
+// accepts connections.
+func Start(t testing.TB) {
+	t.Helper()
+	downMu.Lock()
+	defer downMu.Unlock()
+	if !down {
+		t.Fatal("pgtest.Start: not stopped")
 	}
-	if err := c.exec(ctx, "ALTER SYSTEM SET fsync = "+v); err != nil {
-		return err
+	if err := shared.start(); err != nil {
+		t.Fatalf("pgtest: %v", err)
 	}
-	return c.exec(ctx, "SELECT pg_reload_conf()")
+	down = false
 }
 
 // run runs a PostgreSQL program as the cluster's owner.
@@ -245,4 +297,36 @@ func (c *cluster) template(ctx context.Context, key string, migrate Migrate) (st
 	}
 	templates[key] = name
 	return name, nil
+}
+
+// Durable makes the cluster sync every commit to the disk, as a real
+// one does, until tb ends: for benchmarks that compare the engines'
+// costs (bbolt syncs every commit). The cluster is the test binary's, so
+// tb must not run beside other tests.
+func Durable(tb testing.TB) {
+	tb.Helper()
+	if shared == nil {
+		tb.Fatal("pgtest: Durable before New")
+	}
+	if err := shared.setFsync(tb.Context(), true); err != nil {
+		tb.Fatalf("pgtest: %v", err)
+	}
+	tb.Cleanup(func() {
+		if err := shared.setFsync(context.Background(), false); err != nil {
+			tb.Errorf("pgtest: %v", err)
+		}
+	})
+}
+
+// setFsync sets fsync in postgresql.auto.conf (kept across restarts) and
+// reloads: not on the command line, which would win over it.
+func (c *cluster) setFsync(ctx context.Context, on bool) error {
+	v := "off"
+	if on {
+		v = "on"
+	}
+	if err := c.exec(ctx, "ALTER SYSTEM SET fsync = "+v); err != nil {
+		return err
+	}
+	return c.exec(ctx, "SELECT pg_reload_conf()")
 }

@@ -56,3 +56,45 @@ func TestDatabasesAreClonedAndSeparate(t *testing.T) {
 		t.Fatalf("server version %q %v", version, err)
 	}
 }
+
+// Stop cuts every connection as a crash would; Start brings the cluster
+// back with what was committed; Empty is a database with no table.
+func TestStopAndStart(t *testing.T) {
+	url := pgtest.New(t, "things-v1", migrate)
+	ctx := t.Context()
+	conn, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	if _, err := conn.Exec(ctx, "INSERT INTO things VALUES ('kept')"); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Stop(t)
+	if _, err := conn.Exec(ctx, "SELECT 1"); err == nil {
+		t.Fatal("a connection still answers with the cluster stopped")
+	}
+	if c, err := pgx.Connect(ctx, url); err == nil {
+		_ = c.Close(ctx)
+		t.Fatal("a new connection with the cluster stopped")
+	}
+	pgtest.Start(t)
+	again, err := pgx.Connect(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = again.Close(context.Background()) }()
+	var name string
+	if err := again.QueryRow(ctx, "SELECT name FROM things").Scan(&name); err != nil || name != "kept" {
+		t.Fatalf("after the restart: %q %v", name, err)
+	}
+	empty, err := pgx.Connect(ctx, pgtest.Empty(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = empty.Close(context.Background()) }()
+	var tables int
+	if err := empty.QueryRow(ctx, "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'").Scan(&tables); err != nil || tables != 0 {
+		t.Fatalf("an empty database has %d tables (%v)", tables, err)
+	}
+}
