@@ -77,7 +77,7 @@ func HAProxy(t testing.TB, c *catest.CA, addrs ...string) *Balancer {
 		pem = append(pem, b...)
 	}
 	certFile := filepath.Join(dir, "lb.pem")
-	if err := os.WriteFile(certFile, pem, 0o600); err != nil {
+	if err := os.WriteFile(certFile, pem, 0o600); err != nil { //nolint:gosec // a test directory
 		t.Fatal(err)
 	}
 	vals := map[string]string{"LISTEN": "fd@3", "CORE_HOST": HAProxyHost, "ROOT": c.RootCert(), "CERT": certFile}
@@ -136,7 +136,10 @@ func HAProxy(t testing.TB, c *catest.CA, addrs ...string) *Balancer {
 	if err := testenv.WaitFor(10*time.Second, func() error {
 		select {
 		case <-exited:
-			return testenv.Final(fmt.Errorf("haproxy exited: %v\n%s", exitErr, out.String()))
+			if exitErr == nil {
+				exitErr = errors.New("exited with status 0")
+			}
+			return testenv.Final(fmt.Errorf("haproxy: %w\n%s", exitErr, out.String()))
 		default:
 		}
 		_, err := b.Servers()
