@@ -57,14 +57,30 @@ const mosquittoTestOnly = "user root\nlog_dest stderr\n"
 // one it got was taken meanwhile.
 func Mosquitto(t testing.TB, c *catest.CA, host string) int {
 	t.Helper()
-	return MosquittoFor(t, c, host, []string{deployment.DefaultCoreName}, "")
+	return MosquittoFor(t, c, host, deployment.DefaultCoreName)
 }
 
-// MosquittoFor is Mosquitto for several cores that publish (one user block
-// of the documented ACL each, as the page says to add) and, if observer is
-// not "", a test's observer: a core identity that may read every device's
-// topic, a line the page does not have.
-func MosquittoFor(t testing.TB, c *catest.CA, host string, cores []string, observer string) int {
+// MosquittoFor is Mosquitto for several publishing cores (replicas, each
+// with its own identity): the ACL holds the page's `user core/${CORE}`
+// block once per name, as the page says to add one per core.
+func MosquittoFor(t testing.TB, c *catest.CA, host string, cores ...string) int {
+	t.Helper()
+	return mosquitto(t, c, host, "", cores)
+}
+
+// MosquittoObserved is MosquittoFor with a test's observer: the core
+// identity observer (issued here, with no host names) may read every
+// device's topic, a line the page does not have. Its files are
+// c.IdentityCert/IdentityKey(pki.RoleCore, observer).
+func MosquittoObserved(t testing.TB, c *catest.CA, host, observer string, cores ...string) int {
+	t.Helper()
+	if err := issueCore(c, observer, nil); err != nil {
+		t.Fatal(err)
+	}
+	return mosquitto(t, c, host, observer, cores)
+}
+
+func mosquitto(t testing.TB, c *catest.CA, host, observer string, cores []string) int {
 	t.Helper()
 	bin := testenv.Tool(t, "mosquitto", "install Debian's mosquitto")
 	files, err := DocumentedFiles(MosquittoDocPath())
@@ -72,18 +88,20 @@ func MosquittoFor(t testing.TB, c *catest.CA, host string, cores []string, obser
 		t.Fatal(err)
 	}
 	dir := brokerDir(t, c)
-	vals := map[string]string{"PORT": "", "ADDRESS": host, "DIR": dir, "CORE": deployment.DefaultCoreName}
+	vals := map[string]string{"PORT": "", "ADDRESS": host, "DIR": dir, "CORE": cores[0]}
 	if err := SamePlaceholders(files[MosquittoConf]+files[MosquittoACL], vals); err != nil {
 		t.Fatalf("%s: %v", MosquittoDoc, err)
 	}
-	var acl string
-	for _, core := range cores {
-		vals["CORE"] = core
-		block, err := FillPlaceholders(files[MosquittoACL], vals)
+	acl, err := FillPlaceholders(files[MosquittoACL], vals)
+	if err != nil {
+		t.Fatalf("%s, %s: %v", MosquittoDoc, MosquittoACL, err)
+	}
+	for _, name := range cores[1:] {
+		block, err := publisherBlock(files[MosquittoACL], name)
 		if err != nil {
 			t.Fatalf("%s, %s: %v", MosquittoDoc, MosquittoACL, err)
 		}
-		acl += block
+		acl += "\n" + block
 	}
 	if observer != "" {
 		acl += "\n# Test only: an observer of every notification.\nuser core/" + observer + "\ntopic read " + coreapi.TopicPrefix + "+\n"
@@ -107,6 +125,17 @@ func MosquittoFor(t testing.TB, c *catest.CA, host string, cores []string, obser
 		t.Fatalf("mosquitto: %v", err)
 	}
 	return port
+}
+
+// publisherBlock is the ACL's `user core/${CORE}` block (to the next blank
+// line) for the core identity name.
+func publisherBlock(acl, name string) (string, error) {
+	start := strings.Index(acl, "user core/${CORE}\n")
+	if start < 0 {
+		return "", fmt.Errorf("%w: no line user core/${CORE}", ErrPlaceholder)
+	}
+	block, _, _ := strings.Cut(acl[start:], "\n\n")
+	return FillPlaceholders(block+"\n", map[string]string{"CORE": name})
 }
 
 // MosquittoDocPath is the absolute path of MosquittoDoc in this source tree.
@@ -147,50 +176,60 @@ func WriteCRL(t testing.TB, c *catest.CA, dir string) {
 	}
 }
 
-// brokers are the deployments (by directory) whose broker identity this
+// issued are the identities (by deployment directory and name) that this
 // test binary has issued.
-var brokers struct {
+var issued struct {
 	sync.Mutex
-	issued map[string]bool
+	names map[string]bool
 }
 
 // issueBroker issues the deployment's broker identity once, as
 // `prov-pki issue --role core --name broker --host ...` does, for the host
 // names of core's certificate (the names clients use in the tests).
-func issueBroker(c *catest.CA) error { return IssueCoreIdentity(c, BrokerName) }
-
-// IssueCoreIdentity issues (once per CA) an identity of role core named
-// name, for the host names of the default core's certificate, as
-// `prov-pki issue --role core --name NAME --host ...` does: the broker's,
-// or a core replica's own. Its files are c.IdentityCert/IdentityKey.
-func IssueCoreIdentity(c *catest.CA, name string) error {
-	brokers.Lock()
-	defer brokers.Unlock()
-	if brokers.issued[c.Dir+"/"+name] {
-		return nil
+func issueBroker(c *catest.CA) error {
+	hosts, err := coreHosts(c)
+	if err != nil {
+		return fmt.Errorf("broker identity: %w", err)
 	}
+	return issueCore(c, BrokerName, hosts)
+}
+
+// coreHosts are the host names of core's certificate.
+func coreHosts(c *catest.CA) ([]string, error) {
 	core, err := pki.LoadKeyPair(c.IdentityCert(pki.RoleCore, deployment.DefaultCoreName), c.IdentityKey(pki.RoleCore, deployment.DefaultCoreName))
 	if err != nil {
-		return fmt.Errorf("%s identity: %w", name, err)
+		return nil, err
 	}
 	leaf := core.Certificate().Leaf
 	hosts := slices.Clone(leaf.DNSNames)
 	for _, ip := range leaf.IPAddresses {
 		hosts = append(hosts, ip.String())
 	}
+	return hosts, nil
+}
+
+// issueCore issues the core identity name for hosts once per deployment, as
+// `prov-pki issue --role core --name NAME [--host HOST]...` does.
+func issueCore(c *catest.CA, name string, hosts []string) error {
+	issued.Lock()
+	defer issued.Unlock()
+	key := c.Dir + "\x00" + name
+	if issued.names[key] {
+		return nil
+	}
 	admin, err := c.AdminProvisioner(catest.Password)
 	if err != nil {
-		return fmt.Errorf("%s identity: %w", name, err)
+		return fmt.Errorf("core identity %s: %w", name, err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if _, err := c.IssueIdentity(ctx, c.Client, admin, deployment.IdentityRequest{Role: pki.RoleCore, Name: name, Hosts: hosts, Replace: true}, time.Now()); err != nil {
-		return fmt.Errorf("%s identity: %w", name, err)
+		return fmt.Errorf("core identity %s: %w", name, err)
 	}
-	if brokers.issued == nil {
-		brokers.issued = map[string]bool{}
+	if issued.names == nil {
+		issued.names = map[string]bool{}
 	}
-	brokers.issued[c.Dir+"/"+name] = true
+	issued.names[key] = true
 	return nil
 }
 

@@ -91,3 +91,29 @@ func TestPlaceholders(t *testing.T) {
 		}
 	}
 }
+
+// The HAProxy page's configuration is there to be read, with the
+// placeholders coretest.HAProxy fills in, even on a machine without
+// HAProxy: TCP mode, checks of /readyz over verified TLS with HAProxy's
+// own certificate.
+func TestHAProxyDocumentedFile(t *testing.T) {
+	files, err := coretest.DocumentedFiles(coretest.HAProxyDocPath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	vals := map[string]string{"LISTEN": ":8443", "CORE_HOST": "core.fleet.example.com", "ROOT": "/r.crt", "CERT": "/lb.pem",
+		"CORE_1": "10.0.1.11:8443", "CORE_2": "10.0.1.12:8443", "CORE_3": "10.0.1.13:8443"}
+	if err := coretest.SamePlaceholders(files[coretest.HAProxyConf], vals); err != nil {
+		t.Fatal(err)
+	}
+	conf, err := coretest.FillPlaceholders(files[coretest.HAProxyConf], vals)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"mode tcp", "backend " + coretest.HAProxyBackend, "option httpchk", "uri /readyz",
+		"check-ssl", "verify required ca-file /r.crt", "verifyhost core.fleet.example.com", "crt /lb.pem", "server core-2 10.0.1.12:8443"} {
+		if !strings.Contains(conf, want) {
+			t.Errorf("%s: no %q in:\n%s", coretest.HAProxyConf, want, conf)
+		}
+	}
+}

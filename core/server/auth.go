@@ -35,6 +35,13 @@ func (s *Server) authorize(route coreapi.Route, h handler) httpapi.HandlerFunc {
 			if !route.Allows(id.Role) {
 				return httpapi.NewError(http.StatusForbidden, coreapi.CodeForbidden, "this identity's role may not use this route", nil)
 			}
+		} else if peer, err := pki.PeerIdentity(r.TLS); err == nil {
+			// A caller that presents a certificate on a public route is
+			// counted under its identity, not its address: behind a load
+			// balancer every anonymous caller has the balancer's address,
+			// and its health checks (docs/haproxy.md) must not share their
+			// budget with them. The handshake verified the certificate.
+			id = peer
 		}
 		if wait, lim, ok := s.limiter.allow(id, r); !ok {
 			e := httpapi.NewError(http.StatusTooManyRequests, coreapi.CodeRateLimited,

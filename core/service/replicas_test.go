@@ -58,19 +58,13 @@ func newCores(t testing.TB, n int, engine string) *replicaSet {
 	for i := range n {
 		names = append(names, fmt.Sprintf("core-%d", i+1))
 	}
-	for _, name := range append(names, "observer") {
-		if err := coretest.IssueCoreIdentity(c, name); err != nil {
-			t.Fatal(err)
-		}
-	}
-	port := coretest.MosquittoFor(t, c, "127.0.0.1", names, "observer")
+	port := coretest.MosquittoObserved(t, c, "127.0.0.1", "observer", names...)
 	rs.addr = fmt.Sprintf("127.0.0.1:%d", port)
 	for _, name := range names {
 		dir := t.TempDir()
 		rs.dirs = append(rs.dirs, dir)
-		rs.cfgs = append(rs.cfgs, coretest.Config(t, c.Deployment, dir, fmt.Sprintf(`tls: {cert: %q, key: %q}
-%smqtt: {embedded: {listen: ""}, external: {url: "tls://localhost:%d", clientId: %q}}
-%s`, c.IdentityCert(pki.RoleCore, name), c.IdentityKey(pki.RoleCore, name), storeYAML, port, name, benchLimits)))
+		rs.cfgs = append(rs.cfgs, coretest.ReplicaConfig(t, c, dir, name, fmt.Sprintf(`%smqtt: {embedded: {listen: ""}, external: {url: "tls://localhost:%d", clientId: %q}}
+%s`, storeYAML, port, name, benchLimits)))
 	}
 	return rs
 }
