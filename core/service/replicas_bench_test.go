@@ -86,7 +86,7 @@ func BenchmarkReplicaGroupChange(b *testing.B) {
 		rs := newReplicaSet(b, 3)
 		coretest.PopulateRegistered(b, rs.cfgs[0], "default", 0, n)
 		cores := rs.run(b)
-		if err := rs.jobsDone(b, 10*time.Minute); err != nil {
+		if err := rs.jobsDone(b, 2*time.Minute); err != nil {
 			b.Fatal(err)
 		}
 		admin := cores[0].Client(b, cores[0].Admin(b))

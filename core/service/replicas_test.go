@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -353,10 +354,29 @@ func (rs *replicaSet) jobsLeft(t testing.TB) int {
 func (rs *replicaSet) jobsDone(t testing.TB, timeout time.Duration) error {
 	return testenv.WaitFor(timeout, func() error {
 		if n := rs.jobsLeft(t); n != 0 {
-			return fmt.Errorf("%d jobs left in the outbox", n)
+			return fmt.Errorf("%d jobs left in the outbox (%s)", n, rs.jobsSummary(t))
 		}
 		return nil
 	})
+}
+
+// jobsSummary counts the outbox's jobs by kind and attempts.
+func (rs *replicaSet) jobsSummary(t testing.TB) string {
+	t.Helper()
+	db, err := pgx.Connect(ctx, rs.db)
+	if err != nil {
+		return err.Error()
+	}
+	defer func() { _ = db.Close(ctx) }()
+	rows, err := db.Query(ctx, "SELECT kind || ' attempts ' || attempts || ': ' || count(*) FROM jobs GROUP BY kind, attempts ORDER BY 1")
+	if err != nil {
+		return err.Error()
+	}
+	lines, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return err.Error()
+	}
+	return strings.Join(lines, ", ")
 }
 
 // kill -9 of one of three replicas in the middle of a burst of 2,000
