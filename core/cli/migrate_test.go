@@ -69,7 +69,7 @@ func TestStoreMigrate(t *testing.T) {
 	}
 	t.Log(out)
 
-	core = coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", url)), dir)
+	core = coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", url)), dir)
 	for _, d := range devices[:5] {
 		b, etag := core.Bundle(t, d.Serial)
 		if was := before[d.Serial]; !bytes.Equal(b, was.bundle) || etag != was.etag {

@@ -84,7 +84,7 @@ func openSource(path string) (*store.Bolt, error) {
 }
 
 func openTarget(ctx context.Context, connString string) (*postgres.Store, error) {
-	dst, err := postgres.Open(ctx, connString, postgres.Options{})
+	dst, err := postgres.Open(ctx, connString, postgres.Options{NotACore: true})
 	if err != nil {
 		return nil, fmt.Errorf("--to %s: %w", redacted(connString), err)
 	}

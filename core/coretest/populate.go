@@ -62,7 +62,7 @@ func populate(t testing.TB, configPath, group string, first, n int, enrolled boo
 	var st store.Store
 	if cfg.Store.Engine == config.EnginePostgres {
 		writers = 16
-		st, err = postgres.Open(t.Context(), cfg.Store.URL, postgres.Options{})
+		st, err = postgres.Open(t.Context(), cfg.Store.URL, postgres.Options{NotACore: true})
 	} else {
 		st, err = store.Open(cfg.Store.Path, store.Options{CacheDevices: -1})
 	}

@@ -74,7 +74,7 @@ func TestDatabaseAway(t *testing.T) {
 	dbURL := u.String()
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", dbURL)), dir)
+	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", dbURL)), dir)
 	var fetched []string
 	for i := range 3 {
 		fetched = append(fetched, core.Register(t, "rpi4", coretest.RPi4(0xd00+i)).Serial)

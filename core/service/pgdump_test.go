@@ -24,7 +24,7 @@ func TestPgDumpAndRestore(t *testing.T) {
 	url := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
 	c := catest.Shared(t)
 	dir := t.TempDir()
-	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", url)), dir)
+	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", url)), dir)
 	var serials []string
 	for i := range 4 {
 		serials = append(serials, core.Register(t, "rpi4", coretest.RPi4(0xf00+i)).Serial)
@@ -61,7 +61,7 @@ func TestPgDumpAndRestore(t *testing.T) {
 	pg(t, "pg_restore", "--no-owner", "--exit-on-error", "--dbname="+restored, dump)
 	core.Stop()
 
-	core = coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q}\n", restored)), dir)
+	core = coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", restored)), dir)
 	after := list(core)
 	if len(after) != len(before) {
 		t.Fatalf("restored: %d devices, were %d", len(after), len(before))

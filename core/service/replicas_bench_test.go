@@ -119,6 +119,7 @@ func BenchmarkReplicaGroupChange(b *testing.B) {
 		}
 		elapsed := time.Since(started)
 		b.StopTimer()
+		b.ReportMetric(float64(n), "devices")
 		b.ReportMetric(float64(n)/elapsed.Seconds(), "devices/s")
 		b.ReportMetric(float64(repeats), "repeated")
 		for _, c := range cores {

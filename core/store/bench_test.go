@@ -14,7 +14,8 @@ import (
 
 // BenchmarkEngines measures, on each engine, a registration (a new
 // hardware ID each time) and a data change (If-Match at the generation
-// just read), one caller at a time: the cost of one request's store work.
+// just read), one caller at a time, and a device read (a fetch's store
+// work) by 8 callers: the cost of one request's store work.
 // Not a durability-for-durability comparison: the test cluster runs with
 // fsync=off (pgtest), while bbolt syncs every commit to the disk.
 func BenchmarkEngines(b *testing.B) {
@@ -27,6 +28,23 @@ func BenchmarkEngines(b *testing.B) {
 					b.Fatal(err)
 				}
 			}
+		})
+		b.Run(e.name+"/read", func(b *testing.B) {
+			s := e.open(b, store.Options{})
+			v, _, err := s.Register(reg(b, "10000000abcdef13"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.ReportAllocs()
+			b.SetParallelism(4) // 8 readers on 2 CPUs, as BenchmarkReplicas' fetches
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					if _, err := s.Device(v.Serial); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
 		})
 		b.Run(e.name+"/change", func(b *testing.B) {
 			s := e.open(b, store.Options{})

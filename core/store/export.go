@@ -24,6 +24,10 @@ type Exported struct {
 	Device       func(hardwareKey string, d *Device) error
 	Audit        func(e *Event) error // with its Seq and Subject
 	CARevocation func(r *CARevocation) error
+	// BatchMember is a serial counted in a batch's quota for good (its
+	// places in use; reservations in progress are not exported: a
+	// registry is moved with its proxies stopped).
+	BatchMember func(batch, serial string) error
 }
 
 // Exporter is an engine that can be read whole, consistently (one
@@ -83,23 +87,35 @@ func (s *Bolt) Export(to Exported) error {
 		if err != nil {
 			return err
 		}
-		return tx.Bucket(bucketCARevocations).ForEach(func(k, raw []byte) error {
+		err = tx.Bucket(bucketCARevocations).ForEach(func(k, raw []byte) error {
 			r, err := readCARevocation(k, raw)
 			if err != nil {
 				return err
 			}
 			return to.CARevocation(&r)
 		})
+		members := tx.Bucket(bucketBatchMembers) // made on first use
+		if err != nil || members == nil {
+			return err
+		}
+		return members.ForEach(func(k, _ []byte) error {
+			batch, serial, ok := bytes.Cut(k, []byte{0})
+			if !ok {
+				return fmt.Errorf("%w: batch member key %q is malformed", ErrUnavailable, k)
+			}
+			return to.BatchMember(string(batch), string(serial))
+		})
 	})
 }
 
 // Counts are how many records of each kind a registry holds.
 type Counts struct {
-	Groups, Devices, Audit, CARevocations int
+	Groups, Devices, Audit, CARevocations, BatchMembers int
 }
 
 func (c Counts) String() string {
-	return fmt.Sprintf("%d groups, %d devices, %d audit events, %d CA revocations queued", c.Groups, c.Devices, c.Audit, c.CARevocations)
+	return fmt.Sprintf("%d groups, %d devices, %d audit events, %d CA revocations queued, %d batch places used",
+		c.Groups, c.Devices, c.Audit, c.CARevocations, c.BatchMembers)
 }
 
 // Count reads an engine whole and counts its records.
@@ -110,6 +126,7 @@ func Count(e Exporter) (Counts, error) {
 		Device:       func(string, *Device) error { c.Devices++; return nil },
 		Audit:        func(*Event) error { c.Audit++; return nil },
 		CARevocation: func(*CARevocation) error { c.CARevocations++; return nil },
+		BatchMember:  func(string, string) error { c.BatchMembers++; return nil },
 	})
 	return c, err
 }

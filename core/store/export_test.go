@@ -7,6 +7,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/core/store/postgres"
 	"github.com/fleetprov/prov/internal/testenv/pgtest"
@@ -57,6 +58,19 @@ func populate(t testing.TB, s store.Store, devices int) {
 	if err := s.AppendAudit(store.Event{At: now, Actor: "admin", Subject: "device/" + serials[2], Action: "refused"}); err != nil {
 		t.Fatal(err)
 	}
+	// Two places of batch b1 used for good, one reservation in progress.
+	for i, serial := range serials[:3] {
+		key := fmt.Sprintf("key-%d", i)
+		if _, err := s.Admit(store.AdmissionRequest{Serial: serial, KeySHA256: key, Batch: "b1", Quota: 10, Policy: coreapi.ReenrollAllow,
+			Lease: time.Hour, Proxy: "proxy"}); err != nil {
+			t.Fatal(err)
+		}
+		if i < 2 {
+			if err := s.EndAdmission("b1", serial, key, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 }
 
 // Export yields what the contract's reads return, each kind in its order,
@@ -67,7 +81,9 @@ func TestExport(t *testing.T) {
 		populate(t, s, 7)
 		var groups, devices, subjects []string
 		var events, queued int
+		var members []string
 		err := s.(store.Exporter).Export(store.Exported{
+			BatchMember: func(batch, serial string) error { members = append(members, batch+"/"+serial); return nil },
 			Group: func(g *store.Group) error {
 				groups = append(groups, g.Name)
 				got, err := s.Group(g.Name)
@@ -107,8 +123,8 @@ func TestExport(t *testing.T) {
 			t.Fatal(err)
 		}
 		sorted := func(s []string) bool { return strings.Join(s, "\n") == strings.Join(sortedCopy(s), "\n") }
-		if len(groups) != 2 || len(devices) != 7 || !sorted(devices) || !sorted(subjects) || queued != 2 {
-			t.Fatalf("exported groups %v, devices %v, subjects %v, %d queued", groups, devices, subjects, queued)
+		if len(groups) != 2 || len(devices) != 7 || !sorted(devices) || !sorted(subjects) || queued != 2 || len(members) != 2 || !sorted(members) {
+			t.Fatalf("exported groups %v, devices %v, subjects %v, %d queued, batch members %v", groups, devices, subjects, queued, members)
 		}
 		// 2 groups created + 1 change; 7 registrations, 1 change, 4
 		// certificates, 1 revoke, 1 refusal.

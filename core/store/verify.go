@@ -60,6 +60,7 @@ func Verify(source, target Copy, sample int) (*Verification, error) {
 		},
 		Audit:        func(*Event) error { v.Source.Audit++; return nil },
 		CARevocation: func(*CARevocation) error { v.Source.CARevocations++; return nil },
+		BatchMember:  func(string, string) error { v.Source.BatchMembers++; return nil },
 	})
 	if err != nil {
 		return nil, fmt.Errorf("read the source: %w", err)

@@ -11,7 +11,9 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/core/store/postgres"
 	"github.com/fleetprov/prov/internal/cmdline"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/token"
 )
@@ -41,6 +43,14 @@ func BenchmarkEnroll(b *testing.B) {
 			csrs <- csr
 		}
 	}()
+	// The same with core's registry on PostgreSQL (one core, the test
+	// cluster syncing every commit as bbolt does), at concurrency 16.
+	pg := func(b *testing.B) *env {
+		url := pgtest.New(b, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
+		pgtest.Durable(b)
+		return startWith(b, fmt.Sprintf("limits: {proxy: {rate: 100000, burst: 100000}}\nstore: {engine: postgres, url: %q, singleCore: true}\n", url),
+			local+"rate: 100000\nburst: 100000\n")
+	}
 	for _, conc := range []int{1, 16, 64} {
 		b.Run(fmt.Sprintf("stepca-sign/c=%d", conc), func(b *testing.B) {
 			coretest.Load(b, conc, func(int) error {
@@ -55,19 +65,23 @@ func BenchmarkEnroll(b *testing.B) {
 				return err
 			})
 		})
-		b.Run(fmt.Sprintf("enroll/c=%d", conc), func(b *testing.B) {
-			devs := make([]*device, b.N)
-			for i := range devs {
-				devs[i] = newDevice(b)
-			}
-			base := benchRun.Add(int64(b.N)) - int64(b.N) // IDs base .. base+N-1
-			coretest.Load(b, conc, func(i int) error {
-				code, _, ae := e.enroll(b, req("bbb", fmt.Sprintf("BENCH%011d", base+int64(i)), devs[i]))
-				if code != 200 {
-					return fmt.Errorf("enroll %d of %d (BENCH%011d): %d %+v", i, b.N, base+int64(i), code, ae)
-				}
-				return nil
-			})
-		})
+		b.Run(fmt.Sprintf("enroll/c=%d", conc), func(b *testing.B) { enrollLoad(b, e, conc) })
 	}
+	b.Run("enroll-postgres/c=16", func(b *testing.B) { enrollLoad(b, pg(b), 16) })
+}
+
+// enrollLoad enrolls b.N new devices through e at concurrency conc.
+func enrollLoad(b *testing.B, e *env, conc int) {
+	devs := make([]*device, b.N)
+	for i := range devs {
+		devs[i] = newDevice(b)
+	}
+	base := benchRun.Add(int64(b.N)) - int64(b.N) // IDs base .. base+N-1
+	coretest.Load(b, conc, func(i int) error {
+		code, _, ae := e.enroll(b, req("bbb", fmt.Sprintf("BENCH%011d", base+int64(i)), devs[i]))
+		if code != 200 {
+			return fmt.Errorf("enroll %d of %d (BENCH%011d): %d %+v", i, b.N, base+int64(i), code, ae)
+		}
+		return nil
+	})
 }

@@ -38,7 +38,7 @@ func TestProxiesShareABatch(t *testing.T) {
 			storeYAML := ""
 			if engine == "postgres" {
 				url := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
-				storeYAML = fmt.Sprintf("store: {engine: postgres, url: %q}\n", url)
+				storeYAML = fmt.Sprintf("store: {engine: postgres, url: %q, singleCore: true}\n", url)
 			}
 			core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir, storeYAML), dir)
 			roots, err := pki.LoadTrustBundle(core.RootCert())

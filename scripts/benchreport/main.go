@@ -60,9 +60,12 @@ func main() {
 		{"./core/service/", "BenchmarkStore", "3x", []string{fmt.Sprintf("-store-devices=%d", *storeN)}},
 		{"./deviceclient/cmd/prov-device/", "BenchmarkFootprint", "3x", nil},
 		{"./deviceclient/install/", "BenchmarkInstall", "200x", nil},
+		{"./core/service/", "BenchmarkReplicas", "3000x", nil},
+		{"./core/service/", "BenchmarkReplicaGroupChange", "1x", []string{fmt.Sprintf("-reprovision-devices=%d", *reprovision)}},
+		{"./core/store/", "BenchmarkEngines", "2000x", nil},
 	}
 	if *quick {
-		runs[0].benchtime, runs[1].benchtime, runs[6].benchtime = "300ms", "500x", "20x"
+		runs[0].benchtime, runs[1].benchtime, runs[6].benchtime, runs[7].benchtime, runs[9].benchtime = "300ms", "500x", "20x", "300x", "300x"
 	}
 	results := map[string]result{}
 	var commands, raw []string
@@ -218,6 +221,35 @@ func table(results map[string]result) ([]row, error) {
 			fmt.Sprintf("%.0f/s, p50 %.1f p99 %.1f ms, CPU %.1f ms each", e["ops/s"], e["p50-ms"], e["p99-ms"], e["cpu-ms/op"]),
 			fmt.Sprintf("step-ca /1.0/sign %.0f/s, p50 %.1f p99 %.1f ms, CPU %.1f ms each", s["ops/s"], s["p50-ms"], s["p99-ms"], s["cpu-ms/op"]),
 			fmt.Sprintf("%.2f", ratio), "≥ 300/s and ≥ 0.5", verdict(e["ops/s"] >= 300 && ratio >= 0.5)})
+	}
+	// 3b. enrollment on PostgreSQL beside bbolt, at concurrency 16
+	eb, ep := p.of("BenchmarkEnroll/enroll/c=16", latency...), p.of("BenchmarkEnroll/enroll-postgres/c=16", latency...)
+	rows = append(rows, row{"enrollment end to end, concurrency 16, core on PostgreSQL",
+		fmt.Sprintf("%.0f/s, p50 %.1f p99 %.1f ms", ep["ops/s"], ep["p50-ms"], ep["p99-ms"]),
+		fmt.Sprintf("on bbolt %.0f/s, p50 %.1f p99 %.1f ms", eb["ops/s"], eb["p50-ms"], eb["p99-ms"]),
+		fmt.Sprintf("%.2f", ep["ops/s"]/eb["ops/s"]), "≥ 0.5", verdict(ep["ops/s"]/eb["ops/s"] >= 0.5)})
+	// 3c. replicas: registrations and fetches, bbolt vs PostgreSQL behind 1, 2, 3
+	for _, op := range []struct{ name, what string }{{"register", "registrations (64 clients)"}, {"fetch", "fetches, keep-alive (8 clients)"}} {
+		bolt := p.of("BenchmarkReplicas/bbolt/1/"+op.name, latency...)
+		for _, n := range []string{"1", "2", "3"} {
+			pg := p.of("BenchmarkReplicas/postgres/"+n+"/"+op.name, latency...)
+			goal, met := "", "n/a"
+			if n == "1" {
+				goal, met = "≥ 0.5", verdict(pg["ops/s"]/bolt["ops/s"] >= 0.5)
+			}
+			rows = append(rows, row{op.what + ", PostgreSQL behind " + n + " replica(s)",
+				fmt.Sprintf("%.0f/s, p50 %.2f p99 %.2f ms", pg["ops/s"], pg["p50-ms"], pg["p99-ms"]),
+				fmt.Sprintf("bbolt, 1 core: %.0f/s, p50 %.2f p99 %.2f ms", bolt["ops/s"], bolt["p50-ms"], bolt["p99-ms"]),
+				fmt.Sprintf("%.2f", pg["ops/s"]/bolt["ops/s"]), goal, met})
+		}
+	}
+	gc := p.of("BenchmarkReplicaGroupChange", "devices", "devices/s", "repeated")
+	rows = append(rows, row{fmt.Sprintf("group change of %.0f members across 3 replicas on PostgreSQL, to every notification at Mosquitto", gc["devices"]),
+		fmt.Sprintf("%.0f devices/s", gc["devices/s"]), "", "", "≥ 10,000/s", verdict(gc["devices/s"] >= 10000)})
+	for _, op := range []string{"register", "read", "change"} {
+		bo, pg := p.of("BenchmarkEngines/bbolt/"+op, "ns/op"), p.of("BenchmarkEngines/postgres/"+op, "ns/op")
+		rows = append(rows, row{"store alone: " + op + " (PostgreSQL test cluster, fsync off)", fmt.Sprintf("%.0f µs", pg["ns/op"]/1e3),
+			fmt.Sprintf("bbolt %.0f µs", bo["ns/op"]/1e3), fmt.Sprintf("%.2f", bo["ns/op"]/pg["ns/op"]), "", "n/a"})
 	}
 	// 4. re-provision
 	rp := p.of("BenchmarkReprovision", "devices", "devices/s", "busy-p50-ms", "busy-p99-ms", "idle-p50-ms", "idle-p99-ms")

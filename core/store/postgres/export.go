@@ -78,7 +78,13 @@ func (s *Store) Export(to store.Exported) error {
 				return err
 			}
 		}
-		return nil
+		return each(ctx, tx, `SELECT batch, serial FROM batch_members ORDER BY batch COLLATE "C", serial COLLATE "C"`, func(rows pgx.Rows) error {
+			var batch, serial string
+			if err := rows.Scan(&batch, &serial); err != nil {
+				return err
+			}
+			return own(to.BatchMember(batch, serial))
+		})
 	})
 	if err != nil {
 		return fmt.Errorf("export: %w", classify(err))
@@ -122,18 +128,20 @@ const importBatch = 5000
 func (s *Store) Import(ctx context.Context, from store.Exporter) (store.Counts, error) {
 	var n store.Counts
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "LOCK TABLE groups, devices, audit, ca_revocations IN ACCESS EXCLUSIVE MODE"); err != nil {
+		if _, err := tx.Exec(ctx, "LOCK TABLE groups, devices, audit, ca_revocations, batches, batch_members IN ACCESS EXCLUSIVE MODE"); err != nil {
 			return err
 		}
 		var held store.Counts
 		if err := tx.QueryRow(ctx, `SELECT (SELECT count(*) FROM groups), (SELECT count(*) FROM devices),
-			(SELECT count(*) FROM audit), (SELECT count(*) FROM ca_revocations)`).Scan(&held.Groups, &held.Devices, &held.Audit, &held.CARevocations); err != nil {
+			(SELECT count(*) FROM audit), (SELECT count(*) FROM ca_revocations), (SELECT count(*) FROM batch_members)`).Scan(
+			&held.Groups, &held.Devices, &held.Audit, &held.CARevocations, &held.BatchMembers); err != nil {
 			return err
 		}
 		if held != (store.Counts{}) {
 			return &fnError{fmt.Errorf("%w (%s): import only into an empty database", ErrNotEmpty, held)}
 		}
 		c := &copier{ctx: ctx, tx: tx}
+		batches := map[string]bool{}
 		err := from.Export(store.Exported{
 			Group: func(g *store.Group) error {
 				raw, err := store.EncodeRecord(g)
@@ -155,6 +163,16 @@ func (s *Store) Import(ctx context.Context, from store.Exporter) (store.Counts, 
 			CARevocation: func(r *store.CARevocation) error {
 				n.CARevocations++
 				return c.add(tableCARevocations, nil, r.Device, r.Serial, r.Reason, r.Since, r.Attempts, r.LastError, r.NextAttempt)
+			},
+			BatchMember: func(batch, serial string) error {
+				n.BatchMembers++
+				if !batches[batch] {
+					batches[batch] = true
+					if err := c.add(tableBatches, nil, batch); err != nil {
+						return err
+					}
+				}
+				return c.add(tableBatchMembers, nil, batch, serial)
 			},
 		})
 		if err != nil {
@@ -180,6 +198,8 @@ const (
 	tableDevices
 	tableAudit
 	tableCARevocations
+	tableBatches
+	tableBatchMembers
 )
 
 var importTables = [...]struct {
@@ -190,6 +210,8 @@ var importTables = [...]struct {
 	tableDevices:       {"devices", []string{"serial", "hardware_key", "group_name", "version", "record"}},
 	tableAudit:         {"audit", []string{"seq", "subject", "event"}},
 	tableCARevocations: {"ca_revocations", []string{"device", "cert_serial", "reason", "since", "attempts", "last_error", "next_attempt"}},
+	tableBatches:       {"batches", []string{"name"}},
+	tableBatchMembers:  {"batch_members", []string{"batch", "serial"}},
 }
 
 // copier batches rows per table and writes them with COPY, every table

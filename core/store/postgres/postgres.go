@@ -37,6 +37,9 @@ type Options struct {
 	// SingleCore: this core must be the only one on the database;
 	// otherwise it shares it with other cores, none single (ErrNotAlone).
 	SingleCore bool
+	// NotACore: opened by a command (store migrate, verify), not by a
+	// core that serves: it takes no part in the cores' lock.
+	NotACore bool
 }
 
 // DefaultConnectTimeout bounds a new connection when the URL sets no
@@ -82,6 +85,9 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 	s := &Store{pool: pool, now: opts.Now, before: opts.BeforeCommit}
 	if s.now == nil {
 		s.now = time.Now
+	}
+	if opts.NotACore {
+		return s, nil
 	}
 	if err := s.holdCoresLock(ctx, opts.SingleCore); err != nil {
 		pool.Close()
