@@ -19,10 +19,10 @@ GOLANGCI_LINT_VERSION := v2.15.0
 GOLANGCI_LINT := $(TOOLS)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 
 .DEFAULT_GOAL := help
-.PHONY: help build test lint bench demo up clean
+.PHONY: help build test lint bench demo demo-ha up clean
 
 help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z]+:.*## / {printf "  make %-6s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  make %-7s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 build: ## build prov-pki, prov-core, prov-proxy and prov-device into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(CMDS)
@@ -44,6 +44,9 @@ bench: ## measure every hot path beside its baseline; prints a table, writes BEN
 
 demo: build ## the whole system end to end: PKI, CA, core, proxy, three devices, an update over MQTT
 	./scripts/demo
+
+demo-ha: build ## as root: PostgreSQL, two step-ca, three core replicas behind HAProxy, Mosquitto, two proxies; one replica killed mid-change
+	./scripts/demo-ha
 
 up: build ## run CA, core and proxy on loopback in the foreground, with commands to try (Ctrl-C stops)
 	./scripts/dev-up

@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/internal/testenv"
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
+	"github.com/fleetprov/prov/pki/ca/catest"
 )
 
 // The four binaries, built once for the package's tests.
@@ -79,6 +81,39 @@ func TestDemo(t *testing.T) {
 	}
 	if !strings.Contains(string(out), want) {
 		t.Fatalf("demo output lacks %q:\n%s", want, out)
+	}
+}
+
+// TestDemoHA runs make demo-ha's script on freshly built binaries: a
+// private PostgreSQL cluster, two step-ca instances on one database, three
+// core replicas behind HAProxy on docs/haproxy.md's file, Mosquitto on
+// docs/mosquitto.md's, two proxies on one batch; one replica SIGKILLed
+// during a group change and every board at the new generation. Every step
+// passes (the script checks each, and exits non-zero on the first failure).
+func TestDemoHA(t *testing.T) {
+	testenv.Root(t, "the demo runs PostgreSQL as the postgres user and mounts images")
+	if _, err := os.Stat(filepath.Join(pgtest.BinDir, "initdb")); err != nil {
+		testenv.Missing(t, "PostgreSQL 15 not found (%s/initdb); install Debian's postgresql", pgtest.BinDir)
+	}
+	for _, tool := range []struct{ name, hint string }{
+		{"haproxy", "apt-get install haproxy"}, {"mosquitto", "apt-get install mosquitto"},
+		{"psql", "apt-get install postgresql"}, {"jq", "apt-get install jq"},
+		{"envsubst", "apt-get install gettext-base"}, {"curl", "apt-get install curl"},
+		{"openssl", "apt-get install openssl"}, {"runuser", "apt-get install util-linux"},
+	} {
+		testenv.Tool(t, tool.name, tool.hint)
+	}
+	stepCA := catest.Binary(t)
+	cmd := exec.Command("bash", filepath.Join(repoRoot(t), "scripts", "demo-ha"))
+	cmd.Env = append(os.Environ(), "BIN="+binaries(t), "TMPDIR="+t.TempDir(), "STEP_CA="+stepCA, "PG_BIN="+pgtest.BinDir)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("demo-ha: %v\n%s", err, out)
+	}
+	for _, want := range []string{"Every step passed.", "core-2=DOWN", "603 of 603 devices at their next generation"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("demo-ha output lacks %q:\n%s", want, out)
+		}
 	}
 }
 
