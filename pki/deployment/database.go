@@ -6,17 +6,14 @@ import (
 	"net/url"
 
 	"github.com/smallstep/certificates/db"
+
+	"github.com/fleetprov/prov/pki/ca"
 )
 
-// step-ca's database drivers that init writes (smallstep/nosql's names).
-const (
-	// dbBolt is the embedded default: one bbolt file in ca/db, which one
-	// step-ca at a time holds open.
-	dbBolt = "bbolt"
-	// dbPostgreSQL is one PostgreSQL database that several step-ca
-	// instances share (init's --db).
-	dbPostgreSQL = "postgresql"
-)
+// dbBolt is the embedded default type of step-ca's database: one bbolt
+// file in ca/db, which one step-ca at a time holds open (the other:
+// ca.DBPostgreSQL, init's --db).
+const dbBolt = "bbolt"
 
 // validateDatabaseURL checks init's --db: a postgres:// (or postgresql://)
 // URL naming a database. Its errors never repeat the URL, which may hold
@@ -60,5 +57,5 @@ func (b *builder) caDatabase() *db.Config {
 	if b.opts.DB == "" {
 		return &db.Config{Type: dbBolt, DataSource: b.l.CADatabase()}
 	}
-	return &db.Config{Type: dbPostgreSQL, DataSource: b.opts.DB}
+	return &db.Config{Type: ca.DBPostgreSQL, DataSource: b.opts.DB}
 }
