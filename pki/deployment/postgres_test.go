@@ -258,3 +258,34 @@ func execSQL(t *testing.T, dbURL, sql string) {
 		t.Fatalf("%s: %v", sql, err)
 	}
 }
+
+// prov-pki ca (step-ca in this process) puts the replay guard back on a
+// database that lacks it, at every start: a database restored without it,
+// or guarded by hand after init, is guarded once prov-pki ca has run on it.
+func TestCAStartGuardsTokenReplay(t *testing.T) {
+	dbURL := pgtest.New(t, "step-ca-empty", emptyDatabase)
+	d := catest.NewPKI(t, func(o *deployment.InitOptions) { o.DB = dbURL })
+	if n := guards(t, dbURL); n != 1 {
+		t.Fatalf("init left %d replay guards, want 1", n)
+	}
+	execSQL(t, dbURL, "DROP TRIGGER prov_used_ott_once ON used_ott")
+	catest.Run(t, d)
+	if n := guards(t, dbURL); n != 1 {
+		t.Fatalf("after prov-pki ca started: %d replay guards, want 1", n)
+	}
+}
+
+// guards counts the replay guard's triggers on used_ott.
+func guards(t *testing.T, dbURL string) int {
+	t.Helper()
+	conn, err := pgx.Connect(t.Context(), dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	var n int
+	if err := conn.QueryRow(t.Context(), "SELECT count(*) FROM pg_trigger WHERE tgname = 'prov_used_ott_once' AND tgrelid = 'used_ott'::regclass").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
