@@ -28,7 +28,7 @@ func TestInitRefusesBadDatabaseURLs(t *testing.T) {
 		{"a plain path", "/var/lib/step-ca/db", `--db: scheme ""`},
 		{"no host", "postgres://u:" + secretPW + "@/ca", "names no host"},
 		{"no database", "postgres://u:" + secretPW + "@db.example:5432", "names no database"},
-		{"unreachable", "postgres://u:" + secretPW + "@/ca?host=" + url.QueryEscape(filepath.Join(t.TempDir(), "no-socket")) + "&connect_timeout=5", "PostgreSQL"},
+		{"unreachable", "postgres://u:" + secretPW + "@/ca?host=" + url.QueryEscape(filepath.Join(t.TempDir(), "no-socket")) + "&connect_timeout=5", "--db: cannot connect to postgres://u:xxxxx@"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "pki")
@@ -77,6 +77,22 @@ func TestInitOnPostgreSQL(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(dir, "ca", "db")); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("init on PostgreSQL made ca/db (%v)", err)
 	}
+
+	// A second PKI in the same database would share the first's used
+	// tokens, revocations and CRL: refused before anything is written.
+	again := filepath.Join(t.TempDir(), "pki")
+	code, stdout, stderr := run(t, initArgs(again, passwordFile(t, testPassword), "--db", u.String())...)
+	if code != cli.ExitError || !strings.Contains(stderr, "already exists: it holds a step-ca's tables") || strings.Contains(stdout+stderr, secretPW) {
+		t.Fatalf("init into a database that holds a step-ca: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if _, err := os.Stat(again); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a refused init left %s (%v)", again, err)
+	}
+
+	// A database that does not exist yet is step-ca's to create.
+	fresh := *u
+	fresh.Path = "/stepca_not_yet"
+	initPKIOut(t, fresh.String())
 }
 
 func initPKIOut(t *testing.T, db string) (dir, stdout string) {

@@ -1,9 +1,14 @@
 package deployment
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/smallstep/certificates/db"
 
@@ -58,4 +63,44 @@ func (b *builder) caDatabase() *db.Config {
 		return &db.Config{Type: dbBolt, DataSource: b.l.CADatabase()}
 	}
 	return &db.Config{Type: ca.DBPostgreSQL, DataSource: b.opts.DB}
+}
+
+// invalidCatalogName is PostgreSQL's error code for a database that does
+// not exist.
+const invalidCatalogName = "3D000"
+
+// dbCheckTimeout bounds init's look at the database before it writes.
+const dbCheckTimeout = 30 * time.Second
+
+// checkFreshDatabase refuses a database that cannot be reached or already
+// holds a step-ca's tables: a new PKI there would share the old one's used
+// tokens, revocations and last CRL (signed by another intermediate). It
+// runs before init writes anything. The database itself may be missing
+// (step-ca creates it), so only a connection to an existing one is read.
+func checkFreshDatabase(ctx context.Context, raw string) error {
+	ctx, cancel := context.WithTimeout(ctx, dbCheckTimeout)
+	defer cancel()
+	cfg, err := pgx.ParseConfig(raw) // its errors redact the password
+	if err != nil {
+		return fmt.Errorf("--db: %w", err)
+	}
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) && pgErr.Code == invalidCatalogName {
+		return nil // no such database yet: step-ca makes it
+	}
+	if err != nil {
+		// pgx's connection errors name the user and database, never the
+		// password.
+		return fmt.Errorf("--db: cannot connect to %s: %w", RedactedDatabase(raw), err)
+	}
+	defer func() { _ = conn.Close(context.Background()) }()
+	var exists bool
+	if err := conn.QueryRow(ctx, "SELECT to_regclass('x509_certs') IS NOT NULL").Scan(&exists); err != nil {
+		return fmt.Errorf("--db: %s: %w", RedactedDatabase(raw), err)
+	}
+	if exists {
+		return fmt.Errorf("--db: %s %w: it holds a step-ca's tables (x509_certs); a new PKI needs a new database", RedactedDatabase(raw), ErrExists)
+	}
+	return nil
 }

@@ -224,6 +224,11 @@ func Init(ctx context.Context, opts InitOptions) (res *InitResult, err error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	if opts.DB != "" {
+		if err := checkFreshDatabase(ctx, opts.DB); err != nil {
+			return nil, err
+		}
+	}
 	abs, err := filepath.Abs(opts.Dir)
 	if err != nil {
 		return nil, fmt.Errorf("--dir: %w", err)
