@@ -67,6 +67,11 @@ func NewServer(configFile string, password []byte, opts ...ServerOption) (*Serve
 	if err != nil {
 		return nil, fmt.Errorf("start step-ca from %s: %w", configFile, explain(err))
 	}
+	// After step-ca made its tables: the guard is a trigger on one.
+	if err := GuardTokenReplay(context.Background(), cfg.DB); err != nil {
+		_ = c.Stop() // nothing listens yet; this closes its database
+		return nil, fmt.Errorf("start step-ca from %s: %w", configFile, err)
+	}
 	return &Server{ca: c, cfg: cfg}, nil
 }
 
@@ -115,6 +120,10 @@ func OpenAuthority(configFile string, password []byte) (*Authority, error) {
 	a, err := authority.New(cfg, authority.WithPassword(password), authority.WithQuietInit())
 	if err != nil {
 		return nil, fmt.Errorf("open CA authority from %s: %w", configFile, explain(err))
+	}
+	if err := GuardTokenReplay(context.Background(), cfg.DB); err != nil {
+		_ = a.Shutdown()
+		return nil, fmt.Errorf("open CA authority from %s: %w", configFile, err)
 	}
 	if len(cfg.DNSNames) == 0 {
 		_ = a.Shutdown()

@@ -15,6 +15,7 @@ import (
 
 	"go.step.sm/crypto/pemutil"
 
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/cli"
@@ -41,7 +42,7 @@ func passwordFile(t *testing.T, pw string) string {
 const testPassword = "a long enough deployment password"
 
 func TestMain(m *testing.M) {
-	code := catest.Main(m)
+	code := pgtest.After(catest.Main(m))
 	if cliPKI.dir != "" {
 		_ = os.RemoveAll(filepath.Dir(cliPKI.dir))
 	}

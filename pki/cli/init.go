@@ -54,6 +54,7 @@ func runInit(ctx context.Context, e *env, args []string) error {
 	fs.Var(&coreHosts, "core-host", "host name of core's TLS server (repeatable; default "+defaultHosts+hostsNote+")")
 	fs.StringVar(&o.SignerName, "signer-name", deployment.DefaultSignerName, "name of the image-signer identity")
 	fs.StringVar(&o.AdminName, "admin-name", deployment.DefaultAdminName, "name of the first admin identity")
+	fs.StringVar(&o.DB, "db", "", "step-ca's database: empty for the embedded bbolt file in ca/db (one CA), or postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE, which several step-ca instances share (docs/operations.md)")
 	fs.BoolVar(&o.Force, "force", false, "replace an existing PKI in --dir (it is moved aside, not deleted)")
 	if err := parse(fs, args); err != nil {
 		return err
@@ -90,7 +91,11 @@ func printInit(e *env, res *deployment.InitResult) {
 	if res.Replaced != "" {
 		_, _ = fmt.Fprintf(w, "The previous PKI was moved to %s\n", res.Replaced)
 	}
-	_, _ = fmt.Fprintf(w, "Online CA: %s (run: prov-pki ca --dir %s --password-file FILE)\n\n", d.CAURL, d.Dir)
+	_, _ = fmt.Fprintf(w, "Online CA: %s (run: prov-pki ca --dir %s --password-file FILE)\n", d.CAURL, d.Dir)
+	if res.Database != "" {
+		_, _ = fmt.Fprintf(w, "step-ca's database: PostgreSQL %s (several step-ca instances may share it: the same ca/ on each host)\n", res.Database)
+	}
+	_, _ = fmt.Fprintln(w)
 	// Group by placement, offline first: that is what the admin must act on.
 	order := []deployment.Placement{deployment.Offline, deployment.Public, deployment.CAHost}
 	seen := map[deployment.Placement]bool{}

@@ -73,7 +73,11 @@ func (b *builder) build(ctx context.Context) error {
 }
 
 func (b *builder) makeDirs() error {
-	for _, d := range []string{filepath.Dir(b.l.RootCert()), b.l.OfflineDir(), b.l.CADir(), filepath.Dir(b.l.CADatabase()), filepath.Dir(b.l.Template(""))} {
+	dirs := []string{filepath.Dir(b.l.RootCert()), b.l.OfflineDir(), b.l.CADir(), filepath.Dir(b.l.Template(""))}
+	if b.opts.DB == "" {
+		dirs = append(dirs, filepath.Dir(b.l.CADatabase()))
+	}
+	for _, d := range dirs {
 		if err := mkdir(d); err != nil {
 			return err
 		}

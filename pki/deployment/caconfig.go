@@ -15,7 +15,6 @@ import (
 
 	"github.com/smallstep/certificates/authority/config"
 	"github.com/smallstep/certificates/authority/provisioner"
-	"github.com/smallstep/certificates/db"
 
 	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
@@ -116,7 +115,7 @@ func (b *builder) caConfig(admin, revoker *token.Provisioner, proxies []*token.P
 		Address:          o.CAAddress,
 		DNSNames:         slices.Clone(o.CAHosts),
 		Logger:           json.RawMessage(`{"format":"json"}`),
-		DB:               &db.Config{Type: "bbolt", DataSource: b.l.CADatabase()},
+		DB:               b.caDatabase(),
 		AuthorityConfig: &config.AuthConfig{
 			Provisioners: provs,
 			Backdate:     stepDuration(time.Minute),

@@ -74,6 +74,12 @@ type InitOptions struct {
 	AdminName           string
 	DeviceCertLifetime  time.Duration
 	ServiceCertLifetime time.Duration
+	// DB is step-ca's database: empty for the embedded bbolt file in
+	// ca/db (one step-ca at a time), or a postgres:// URL of a database
+	// that several step-ca instances share (the same ca.json, keys and
+	// database on each host, each its own listen address). Its password,
+	// if it has one, is written into ca.json (0600) and never printed.
+	DB string
 	// Force replaces an existing PKI; the old directory is moved aside.
 	Force bool
 	Now   time.Time
@@ -167,6 +173,9 @@ func (o *InitOptions) validate() error {
 	if o.ServiceCertLifetime < time.Hour || o.ServiceCertLifetime > maxServiceLife {
 		return fmt.Errorf("--service-cert-lifetime: %s is outside [1h, %s]", o.ServiceCertLifetime, maxServiceLife)
 	}
+	if o.DB != "" {
+		return validateDatabaseURL(o.DB)
+	}
 	return nil
 }
 
@@ -199,6 +208,9 @@ type InitResult struct {
 	Files      []CreatedFile
 	// Replaced is where an existing PKI was moved (with Force).
 	Replaced string
+	// Database is step-ca's PostgreSQL database with its password
+	// redacted; empty for the embedded bbolt file.
+	Database string
 }
 
 // Init creates a complete PKI for one deployment in opts.Dir: root and
@@ -211,6 +223,11 @@ func Init(ctx context.Context, opts InitOptions) (res *InitResult, err error) {
 	opts.applyDefaults()
 	if err := opts.validate(); err != nil {
 		return nil, err
+	}
+	if opts.DB != "" {
+		if err := checkFreshDatabase(ctx, opts.DB); err != nil {
+			return nil, err
+		}
 	}
 	abs, err := filepath.Abs(opts.Dir)
 	if err != nil {
@@ -239,7 +256,11 @@ func Init(ctx context.Context, opts InitOptions) (res *InitResult, err error) {
 	if err != nil {
 		return nil, err
 	}
-	return &InitResult{Deployment: d, Files: b.files, Replaced: replaced}, nil
+	res = &InitResult{Deployment: d, Files: b.files, Replaced: replaced}
+	if opts.DB != "" {
+		res.Database = RedactedDatabase(opts.DB)
+	}
+	return res, nil
 }
 
 // prepareDir makes dir an empty 0700 directory, moving a non-empty one
@@ -315,7 +336,9 @@ func (b *builder) issueFirstIdentities(ctx context.Context, admin *token.Provisi
 			err = cerr
 		}
 	}()
-	b.record(b.l.CADatabase(), "step-ca database", CAHost)
+	if b.opts.DB == "" {
+		b.record(b.l.CADatabase(), "step-ca database", CAHost)
+	}
 	reqs := []IdentityRequest{
 		{Role: pki.RoleCore, Name: o.CoreName, Hosts: o.CoreHosts},
 		{Role: pki.RoleSigner, Name: o.SignerName},

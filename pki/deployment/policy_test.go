@@ -22,6 +22,7 @@ import (
 
 	"go.step.sm/crypto/jose"
 
+	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
@@ -132,7 +133,7 @@ func cnfOf(csr *x509.CertificateRequest) map[string]any {
 	return map[string]any{"x5rt#S256": base64.RawURLEncoding.EncodeToString(sum[:])}
 }
 
-func TestMain(m *testing.M) { os.Exit(catest.Main(m)) }
+func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
 
 func TestDeviceTokenGetsExactlyTheDeviceIdentity(t *testing.T) {
 	c := catest.Shared(t)
