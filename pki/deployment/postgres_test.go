@@ -125,11 +125,12 @@ func renewClient(t *testing.T, c *catest.CA, chain []*x509.Certificate, key *ecd
 
 // replayRounds is how many one-time tokens each phase of the replay test
 // sends to both step-ca instances at once. Unguarded, both signed in about
-// a quarter of the rounds here (43 and 54 of 200 in two runs), so a
-// guard that let one through would all but surely show in 100; and 100
-// keep the package within make test's timeout under the race detector on
-// a loaded machine (about 1.6 s a round there, 0.15 s without).
-const replayRounds = 100
+// a quarter to a half of the rounds here (43 and 54 of 200, 56 of 100),
+// so a guard that let races through would all but surely show in 40
+// (about 10 expected); and 40 keep make test's whole run short under the
+// race detector (about 1.6 s a round there on a loaded machine, 0.15 s
+// without).
+const replayRounds = 40
 
 // replayRoundTimeout bounds one round (two sign requests).
 const replayRoundTimeout = time.Minute
