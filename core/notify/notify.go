@@ -55,6 +55,7 @@ type Worker struct {
 	log      *slog.Logger
 	results  *prometheus.CounterVec
 	outbox   *prometheus.CounterVec
+	wake     chan struct{} // the outbox's claimers (RunOutbox)
 }
 
 // DefaultQueue is how many changes wait at most.
@@ -66,7 +67,7 @@ func New(devices Devices, bundles Bundles, notifier Notifier, queue int, log *sl
 	if queue == 0 {
 		queue = DefaultQueue
 	}
-	w := &Worker{devices: devices, bundles: bundles, notifier: notifier, jobs: make(chan job, queue), log: log.With("component", "notify"),
+	w := &Worker{devices: devices, bundles: bundles, notifier: notifier, jobs: make(chan job, queue), wake: make(chan struct{}, 1), log: log.With("component", "notify"),
 		results: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "prov_core_notifications_total", Help: "Update notifications by result (published, failed, dropped).",
 		}, []string{"result"}),

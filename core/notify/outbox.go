@@ -27,13 +27,7 @@ const maxAttempts = 8
 // polling besides. Changes are not told to the worker in memory then:
 // the engine wrote each change's job in the change's own transaction.
 func (w *Worker) RunOutbox(ctx context.Context, box store.Outbox) error {
-	wake := make(chan struct{}, 1)
-	signal := func() {
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
-	}
+	wake, signal := w.wake, w.wakeUp
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := box.ListenJobs(ctx, signal, func(err error) { w.log.Warn("jobs: listener reconnecting; polling meanwhile", "err", err) }); err != nil {
@@ -46,6 +40,29 @@ func (w *Worker) RunOutbox(ctx context.Context, box store.Outbox) error {
 	wg.Wait()
 	return nil
 }
+
+// wakeUp wakes a claimer (which wakes another if it finds work).
+func (w *Worker) wakeUp() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// OutboxChanges is what the registry tells of changes when the engine
+// writes their jobs (store.Outbox): the jobs are in the database already,
+// so a change only wakes this core's claimers, at once.
+func (w *Worker) OutboxChanges() interface {
+	DeviceChanged(serial string)
+	GroupChanged(group string)
+} {
+	return outboxChanges{w}
+}
+
+type outboxChanges struct{ w *Worker }
+
+func (c outboxChanges) DeviceChanged(string) { c.w.wakeUp() }
+func (c outboxChanges) GroupChanged(string)  { c.w.wakeUp() }
 
 // claimLoop claims jobs while there are some, waking another claimer
 // whenever it found work (there may be more), then waits.

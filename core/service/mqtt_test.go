@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -37,6 +39,13 @@ func (r *refused) Error() string { return fmt.Sprintf("connack reason %#x", r.co
 func refusedWith(err error, code byte) bool {
 	var r *refused
 	return errors.As(err, &r) && r.code == code
+}
+
+// closedByBroker: the broker closed the connection before answering
+// CONNECT, as it does after a handshake whose client certificate it
+// refused (TLS 1.3: the client's handshake ends first).
+func closedByBroker(err error) bool {
+	return errors.Is(err, syscall.EPIPE) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, io.EOF) || errors.Is(err, net.ErrClosed)
 }
 
 func dialMQTT(t *testing.T, addr string, tlsCfg *tls.Config, clientID string) (*mqttClient, error) {

@@ -175,7 +175,7 @@ func (c *core) newRegistry(notifier notify.Notifier) {
 	}
 	var changes registry.Changes = c.worker
 	if _, ok := c.store.(store.Outbox); ok {
-		changes = nil
+		changes = c.worker.OutboxChanges()
 	}
 	c.registry = registry.New(c.store, c.policy, c.bundles, changes, o)
 }

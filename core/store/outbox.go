@@ -22,8 +22,10 @@ const (
 // Outbox is an engine whose changes write their own jobs, in the change's
 // transaction, for any core sharing the engine to claim: an acknowledged
 // change always has its job, and a core that dies while acting on one
-// leaves it to another (the PostgreSQL engine). Without one (bbolt, a
-// single core) changes are told to the change worker in memory.
+// leaves it to another (the PostgreSQL engine). A group's job wakes every
+// core's listener; a device's job only the core that made the change,
+// which is told in memory as without an outbox (bbolt, a single core),
+// and others find it when they next look.
 type Outbox interface {
 	// ClaimJobs holds up to limit ready jobs no other core holds and calls
 	// do with each; a job do returns nil for is deleted, any other is

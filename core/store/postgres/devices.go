@@ -34,19 +34,29 @@ func (s *Store) Register(r store.Registration) (v *store.View, created bool, err
 		if err != nil {
 			return err
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO devices (serial, hardware_key, group_name, version, record) VALUES ($1, $2, $3, $4, $5)
-			ON CONFLICT DO NOTHING`, d.Serial, r.ID.Key(), r.Group, int64(d.Version), raw) //nolint:gosec // versions are far below 2^63
+		subject := ev.Subject
+		ev.Subject = "" // in its column
+		event, err := store.EncodeRecord(ev)
 		if err != nil {
 			return err
 		}
-		if tag.RowsAffected() == 0 {
+		// The device, its job and its event in one statement (one round
+		// trip): the job and the event only if the device was inserted.
+		var inserted int
+		if err := tx.QueryRow(ctx, `WITH d AS (
+				INSERT INTO devices (serial, hardware_key, group_name, version, record) VALUES ($1, $2, $3, $4, $5)
+				ON CONFLICT DO NOTHING RETURNING serial),
+			j AS (INSERT INTO jobs (kind, subject) SELECT $6, serial FROM d),
+			a AS (INSERT INTO audit (subject, event) SELECT $7, $8 FROM d)
+			SELECT count(*) FROM d`,
+			d.Serial, r.ID.Key(), r.Group, int64(d.Version), raw, store.JobDevice, subject, event).Scan(&inserted); err != nil { //nolint:gosec // versions are far below 2^63
+			return err
+		}
+		if inserted == 0 {
 			return s.existingOr(ctx, tx, r, &v, nil)
 		}
 		v, created = store.NewView(d, g), true
-		if err := enqueue(ctx, tx, store.JobDevice, d.Serial); err != nil {
-			return err
-		}
-		return audit(ctx, tx, *ev)
+		return nil
 	})
 	return v, created, err
 }

@@ -120,7 +120,7 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c store.Change, acto
 		if tag.RowsAffected() != 1 {
 			return fmt.Errorf("group %s changed meanwhile: %w", name, store.ErrConflict)
 		}
-		if err := enqueue(ctx, tx, "group", name); err != nil {
+		if err := enqueueShared(ctx, tx, "group", name); err != nil {
 			return err
 		}
 		return audit(ctx, tx, store.Event{At: now, Actor: actor, Subject: "group/" + name, Action: "set data", Detail: c.Detail()})

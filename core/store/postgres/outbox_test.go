@@ -241,8 +241,9 @@ func TestJobsOfADeadClaimerAreNotLost(t *testing.T) {
 	}
 }
 
-// The listener wakes on a change committed by another core, and again
-// after its connection is cut (a reconnection may have missed some).
+// The listener wakes on a group change committed by another core, and
+// again after its connection is cut (a reconnection may have missed
+// some).
 func TestListenerWakesAndRereadsAfterReconnecting(t *testing.T) {
 	s, conn := open(t)
 	other := openAt(t, conn)
@@ -262,8 +263,11 @@ func TestListenerWakesAndRereadsAfterReconnecting(t *testing.T) {
 		}
 	}
 	waitWakes(1, "on connecting")
-	register(t, other, 1)
-	waitWakes(2, "on another core's change")
+	register(t, other, 1) // a device's job wakes only its own core
+	if _, err := other.SetGroupData("default", 0, store.Change{Set: map[string]string{"/etc/prov/data/a": "2"}}, "admin", func(*store.Group) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	waitWakes(2, "on another core's group change")
 	db, err := pgx.Connect(t.Context(), conn)
 	if err != nil {
 		t.Fatal(err)
