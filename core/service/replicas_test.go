@@ -106,6 +106,9 @@ func (rs *replicaSet) observe(t testing.TB) *notified {
 	}
 	o := &notified{gens: map[string][]uint64{}}
 	o.add(m.got)
+	if err := m.conn.SetReadDeadline(time.Time{}); err != nil { // ask's; the reader waits as long as the test
+		t.Fatal(err)
+	}
 	go func() {
 		for {
 			p, err := packets.ReadPacket(m.conn)
