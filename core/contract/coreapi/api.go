@@ -82,6 +82,8 @@ type Device struct {
 	// revoke at step-ca (admins). A revoke is acknowledged once it is
 	// stored; core retries each one until step-ca confirms it.
 	PendingCARevocations []PendingRevocation `json:"pendingCaRevocations,omitempty"`
+	// Report is the device's latest report of what it runs (admins).
+	Report *DeviceReport `json:"report,omitempty"`
 }
 
 // PendingRevocation is a certificate of a revoked device that step-ca has

@@ -72,11 +72,14 @@ var (
 	RouteEndAdmission = Route{"end_admission", http.MethodPost, "/v1/admissions/{serial}/outcome", proxy, unversioned}
 )
 
+// A device's report of what it runs (report.go).
+var RouteReport = Route{"report", http.MethodPost, "/v1/devices/{serial}/report", []pki.Role{pki.RoleDevice}, unversioned}
+
 // Routes is every route of core's API.
 var Routes = []Route{
 	RouteRegister, RouteRecordIssued, RouteListDevices, RouteDevice, RouteBundle, RouteSetDeviceData, RouteReprovision,
 	RouteRevoke, RouteDeviceAudit, RouteGroup, RouteSetGroupData, RouteGroupAudit, RouteBackup, RouteHealthz, RouteReadyz,
-	RouteMetrics, RouteAdmit, RouteEndAdmission,
+	RouteMetrics, RouteAdmit, RouteEndAdmission, RouteReport,
 }
 
 // URL is the route's path with its variables filled in order, each
