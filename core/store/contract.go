@@ -4,6 +4,8 @@ import (
 	"context"
 	"io"
 	"time"
+
+	"github.com/fleetprov/prov/core/contract/coreapi"
 )
 
 // Store is the registry's contract: what core/registry and core/notify
@@ -75,6 +77,33 @@ type Store interface {
 	// EndAdmission ends one admitted attempt: enrolled counts the serial
 	// in its batch for good, otherwise the place is given back.
 	EndAdmission(batch, serial, keySHA256 string, enrolled bool) error
+
+	// SaveReport keeps a device's latest report (NextReport); its
+	// transitions go to the device's audit trail. ErrNotFound.
+	SaveReport(serial string, r coreapi.Report) (*Report, error)
+	// Report is a device's latest report; nil if it never reported.
+	Report(serial string) (*Report, error)
+	// GroupStates calls fn with each member of a group, in serial order.
+	GroupStates(group string, fn func(MemberState) error) error
+
+	// StartRollout changes a group's data as a rollout that holds every
+	// member at the data it had (rollouts.go); ErrRolloutActive.
+	StartRollout(ro *Rollout, ifVersion uint64, c Change, actor string, check func(*Group) error) (*Rollout, *Group, error)
+	// StepRollout stores a rollout's next state and releases members, in
+	// one write; it returns the members it released.
+	StepRollout(st RolloutStep) (*Rollout, []string, error)
+	// AbortRollout ends a rollout by changing its group's data back, as a
+	// new version.
+	AbortRollout(next *Rollout, ifRev uint64, actor, reason string, check func(*Group) error) (*Rollout, *Group, error)
+	// Rollout reads a rollout; ErrNotFound.
+	Rollout(id uint64) (*Rollout, error)
+	// Rollouts are a group's rollouts ("": every group's), newest first,
+	// only the active ones if active.
+	Rollouts(group string, active bool) ([]Rollout, error)
+	// HeldMembers calls fn with each member of a group a rollout holds.
+	HeldMembers(group string, fn func(serial string) error) error
+	// WaveStates calls fn with each member a rollout's wave released.
+	WaveStates(id uint64, wave int, fn func(MemberState) error) error
 
 	// Audit returns a subject's events after sequence number after.
 	Audit(subject string, after uint64, limit int) ([]Event, error)

@@ -29,12 +29,12 @@ func view(tx *bolt.Tx, serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
-	return NewView(d, g), nil
+	return heldView(tx, NewView(d, g))
 }
 
 // Device returns a device and its group.
 func (s *Bolt) Device(serial string) (*View, error) {
-	if d, ok := s.devices.get(serial); ok {
+	if d, ok := s.devices.get(serial); ok && !s.held.has(d.Group) {
 		if g := s.cachedGroup(d.Group); g != nil {
 			return NewView(d, g), nil
 		}
@@ -60,7 +60,22 @@ func (s *Bolt) Device(serial string) (*View, error) {
 	if err != nil {
 		return nil, err
 	}
+	if s.held.has(d.Group) {
+		return s.heldViewOf(d, g)
+	}
 	return NewView(d, g), nil
+}
+
+// heldViewOf is device d with group g, or with the version of g it is
+// held at.
+func (s *Bolt) heldViewOf(d *Device, g *Group) (*View, error) {
+	var v *View
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		v, err = heldView(tx, NewView(d, g))
+		return err
+	})
+	return v, err
 }
 
 // withGroup is a device's view with its group as it is now.
@@ -71,6 +86,9 @@ func (s *Bolt) withGroup(d *Device) (*View, error) {
 		if g, err = s.Group(d.Group); err != nil {
 			return nil, fmt.Errorf("device %s: %w", d.Serial, err)
 		}
+	}
+	if s.held.has(d.Group) {
+		return s.heldViewOf(d, g)
 	}
 	return NewView(d, g), nil
 }

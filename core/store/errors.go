@@ -20,6 +20,12 @@ var (
 	// refuses to run against it rather than misread it.
 	ErrNewerSchema = errors.New("store schema is newer than this core")
 
+	// ErrRolloutActive: the group's data changes only through its active
+	// rollout until it is done or aborted.
+	ErrRolloutActive = errors.New("the group has an active rollout")
+	// ErrRolloutOver: the rollout is done or aborted; nothing changes it.
+	ErrRolloutOver = errors.New("the rollout is over")
+
 	// Refusals of an admission (admission.go), each a rule.
 	ErrQuota         = errors.New("the batch has used its quota")
 	ErrReenrollment  = errors.New("the re-enrollment policy refuses it")

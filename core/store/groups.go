@@ -100,8 +100,15 @@ func (s *Bolt) SetGroupData(name string, ifVersion uint64, c Change, actor strin
 		if !found {
 			return fmt.Errorf("%w %q", ErrUnknownGroup, name)
 		}
+		if g.Rollout != 0 {
+			return fmt.Errorf("group %s: rollout %d: %w", name, g.Rollout, ErrRolloutActive)
+		}
 		if g.Version != ifVersion {
 			return fmt.Errorf("group %s is at version %d, not %d: %w", name, g.Version, ifVersion, ErrConflict)
+		}
+		// A plain change moves every member to it, held ones too.
+		if err := releaseGroup(tx, name); err != nil {
+			return err
 		}
 		g.Data = c.Apply(g.Data)
 		if err := check(&g); err != nil {

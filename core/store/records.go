@@ -107,14 +107,20 @@ type Group struct {
 	Version   uint64            `json:"version"`
 	VersionAt time.Time         `json:"versionAt"`
 	CreatedAt time.Time         `json:"createdAt"`
+	// Rollout is the group's active rollout (0: none): while it runs the
+	// group's data changes only through it (ErrRolloutActive).
+	Rollout uint64 `json:"rollout,omitempty"`
 }
 
-// View is a device with its group: what its image is built from.
+// View is a device with its group: what its image is built from. A
+// device a rollout holds (Held) is seen with the version of its group's
+// data it is held at, so its generation and image stay what they were.
 type View struct {
 	Device
 	GroupVersion   uint64
 	GroupVersionAt time.Time
 	GroupData      map[string]string
+	Held           bool
 }
 
 // NewView is device d (copied) with group g.

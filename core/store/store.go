@@ -78,6 +78,7 @@ type Bolt struct {
 	groupsMu  sync.RWMutex
 	groups    map[string]*Group
 	devices   *deviceCache
+	held      heldGroups
 	committer *groupCommitter
 }
 
@@ -103,6 +104,7 @@ func Open(path string, opts Options) (*Bolt, error) {
 		opts.CacheDevices = 100_000
 	}
 	s := &Bolt{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices),
+		held: heldGroups{m: map[string]bool{}},
 		committer: &groupCommitter{db: db, before: opts.BeforeCommit, max: opts.BatchSize}}
 	if s.now == nil {
 		s.now = time.Now
@@ -115,12 +117,16 @@ func Open(path string, opts Options) (*Bolt, error) {
 		_ = db.Close()
 		return nil, fmt.Errorf("store %s: %w", path, err)
 	}
+	_ = db.View(func(tx *bolt.Tx) error { loadHeldGroups(tx, &s.held); return nil }) //nolint:errcheck // the function returns nil
 	return s, nil
 }
 
 func (s *Bolt) init() error {
 	return s.db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta, bucketCARevocations} {
+		// Buckets added since schema 1 (reports, rollouts) are created
+		// in a file that lacks them; a read-only open reads them as empty.
+		for _, b := range [][]byte{bucketDevices, bucketHWIDs, bucketGroups, bucketMembers, bucketAudit, bucketMeta, bucketCARevocations,
+			bucketReports, bucketHolds, bucketGroupVersions, bucketRollouts, bucketRolloutWaves} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}

@@ -82,6 +82,9 @@ type Device struct {
 	// revoke at step-ca (admins). A revoke is acknowledged once it is
 	// stored; core retries each one until step-ca confirms it.
 	PendingCARevocations []PendingRevocation `json:"pendingCaRevocations,omitempty"`
+	// Held: a rollout keeps the device at its group's earlier data
+	// (admins).
+	Held bool `json:"held,omitempty"`
 	// Report is the device's latest report of what it runs (admins).
 	Report *DeviceReport `json:"report,omitempty"`
 }
@@ -120,6 +123,9 @@ type Group struct {
 	Version   uint64            `json:"version"`
 	VersionAt time.Time         `json:"versionAt"`
 	Data      map[string]string `json:"data,omitempty"`
+	// Rollout is the group's active rollout (0: none): its data changes
+	// only through it meanwhile.
+	Rollout uint64 `json:"rollout,omitempty"`
 }
 
 // Event is an audit record.

@@ -79,7 +79,8 @@ var RouteReport = Route{"report", http.MethodPost, "/v1/devices/{serial}/report"
 var Routes = []Route{
 	RouteRegister, RouteRecordIssued, RouteListDevices, RouteDevice, RouteBundle, RouteSetDeviceData, RouteReprovision,
 	RouteRevoke, RouteDeviceAudit, RouteGroup, RouteSetGroupData, RouteGroupAudit, RouteBackup, RouteHealthz, RouteReadyz,
-	RouteMetrics, RouteAdmit, RouteEndAdmission, RouteReport,
+	RouteMetrics, RouteAdmit, RouteEndAdmission, RouteReport, RouteStartRollout, RouteGroupRollouts, RouteFleet, RouteRollout,
+	RoutePauseRollout, RouteResumeRollout, RouteForceRollout, RouteAbortRollout,
 }
 
 // URL is the route's path with its variables filled in order, each

@@ -87,22 +87,31 @@ func (s *Store) existingOr(ctx context.Context, tx pgx.Tx, r store.Registration,
 	return err
 }
 
+// Every read of a device with its group selects viewColumns from
+// viewFrom: a device a rollout holds (held_at) is read with the record of
+// the group's version it is held at.
+const (
+	viewColumns = "d.record, COALESCE(h.record, g.record), d.held_at IS NOT NULL"
+	viewFrom    = "devices d JOIN groups g ON g.name = d.group_name LEFT JOIN group_versions h ON h.group_name = d.group_name AND h.version = d.held_at"
+)
+
 // view reads a device with its group; lock holds the device's row.
 func view(ctx context.Context, q querier, serial string, lock bool) (*store.View, error) {
-	sql := "SELECT d.record, g.record FROM devices d JOIN groups g ON g.name = d.group_name WHERE d.serial = $1"
+	sql := "SELECT " + viewColumns + " FROM " + viewFrom + " WHERE d.serial = $1"
 	if lock {
 		sql += " FOR UPDATE OF d"
 	}
 	var draw, graw []byte
-	if err := q.QueryRow(ctx, sql, serial).Scan(&draw, &graw); errors.Is(err, pgx.ErrNoRows) {
+	var held bool
+	if err := q.QueryRow(ctx, sql, serial).Scan(&draw, &graw, &held); errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("device %s: %w", serial, store.ErrNotFound)
 	} else if err != nil {
 		return nil, err
 	}
-	return decodeView(serial, draw, graw)
+	return decodeView(serial, draw, graw, held)
 }
 
-func decodeView(serial string, draw, graw []byte) (*store.View, error) {
+func decodeView(serial string, draw, graw []byte, held bool) (*store.View, error) {
 	var d store.Device
 	var g store.Group
 	if err := decodeRecord(draw, &d, "device "+serial); err != nil {
@@ -111,7 +120,9 @@ func decodeView(serial string, draw, graw []byte) (*store.View, error) {
 	if err := decodeRecord(graw, &g, "group of "+serial); err != nil {
 		return nil, err
 	}
-	return store.NewView(&d, &g), nil
+	v := store.NewView(&d, &g)
+	v.Held = held
+	return v, nil
 }
 
 // Device returns a device and its group.
@@ -127,8 +138,7 @@ func (s *Store) Device(serial string) (*store.View, error) {
 // cursor of the next page ("" at the end).
 func (s *Store) List(cursor string, limit int) ([]store.View, string, error) {
 	ctx := context.Background()
-	rows, err := s.pool.Query(ctx, `SELECT d.serial, d.record, g.record FROM devices d JOIN groups g ON g.name = d.group_name
-		WHERE d.serial > $1 ORDER BY d.serial LIMIT $2`, cursor, limit+1)
+	rows, err := s.pool.Query(ctx, "SELECT d.serial, "+viewColumns+" FROM "+viewFrom+" WHERE d.serial > $1 ORDER BY d.serial LIMIT $2", cursor, limit+1)
 	if err != nil {
 		return nil, "", classify(err)
 	}
@@ -142,10 +152,11 @@ func (s *Store) List(cursor string, limit int) ([]store.View, string, error) {
 		}
 		var serial string
 		var draw, graw []byte
-		if err := rows.Scan(&serial, &draw, &graw); err != nil {
+		var held bool
+		if err := rows.Scan(&serial, &draw, &graw, &held); err != nil {
 			return nil, "", classify(err)
 		}
-		v, err := decodeView(serial, draw, graw)
+		v, err := decodeView(serial, draw, graw, held)
 		if err != nil {
 			return nil, "", err
 		}

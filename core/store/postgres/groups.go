@@ -99,8 +99,15 @@ func (s *Store) SetGroupData(name string, ifVersion uint64, c store.Change, acto
 		} else if err != nil {
 			return err
 		}
+		if g.Rollout != 0 {
+			return fmt.Errorf("group %s: rollout %d: %w", name, g.Rollout, store.ErrRolloutActive)
+		}
 		if g.Version != ifVersion {
 			return fmt.Errorf("group %s is at version %d, not %d: %w", name, g.Version, ifVersion, store.ErrConflict)
+		}
+		// A plain change moves every member to it, held ones too.
+		if _, err := tx.Exec(ctx, "UPDATE devices SET held_at = NULL WHERE group_name = $1 AND held_at IS NOT NULL", name); err != nil {
+			return err
 		}
 		g.Data = c.Apply(g.Data)
 		if err := check(g); err != nil {

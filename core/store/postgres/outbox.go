@@ -162,7 +162,7 @@ func readDevices(ctx context.Context, tx pgx.Tx, jobs []claimed) error {
 	}
 	if len(serials) > 0 {
 		if err := scanViews(ctx, tx, func(v *store.View) { bySerial[v.Serial].Devices = append(bySerial[v.Serial].Devices, *v) },
-			`SELECT d.serial, d.record, g.record FROM devices d JOIN groups g ON g.name = d.group_name WHERE d.serial = ANY($1)`, serials); err != nil {
+			"SELECT d.serial, "+viewColumns+" FROM "+viewFrom+" WHERE d.serial = ANY($1)", serials); err != nil {
 			return err
 		}
 	}
@@ -171,8 +171,8 @@ func readDevices(ctx context.Context, tx pgx.Tx, jobs []claimed) error {
 			continue
 		}
 		if err := scanViews(ctx, tx, func(v *store.View) { j.Devices = append(j.Devices, *v) },
-			`SELECT d.serial, d.record, g.record FROM devices d JOIN groups g ON g.name = d.group_name
-			WHERE d.group_name = $1 AND d.serial > $2 AND d.serial <= $3 ORDER BY d.serial`, j.Subject, j.after, j.upto); err != nil {
+			"SELECT d.serial, "+viewColumns+" FROM "+viewFrom+" WHERE d.group_name = $1 AND d.serial > $2 AND d.serial <= $3 ORDER BY d.serial",
+			j.Subject, j.after, j.upto); err != nil {
 			return err
 		}
 	}
@@ -188,10 +188,11 @@ func scanViews(ctx context.Context, q querier, fn func(*store.View), sql string,
 	for rows.Next() {
 		var serial string
 		var draw, graw []byte
-		if err := rows.Scan(&serial, &draw, &graw); err != nil {
+		var held bool
+		if err := rows.Scan(&serial, &draw, &graw, &held); err != nil {
 			return err
 		}
-		v, err := decodeView(serial, draw, graw)
+		v, err := decodeView(serial, draw, graw, held)
 		if err != nil {
 			return err
 		}

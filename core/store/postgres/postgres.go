@@ -129,7 +129,7 @@ func (e *fnError) Unwrap() error { return e.err }
 // came from the database or the connection, and is ErrUnavailable.
 func classify(err error) error {
 	for _, known := range []error{store.ErrNotFound, store.ErrCollision, store.ErrConflict, store.ErrUnknownGroup,
-		store.ErrRevoked, store.ErrNewerSchema, store.ErrUnavailable, ErrNotAlone} {
+		store.ErrRevoked, store.ErrNewerSchema, store.ErrUnavailable, ErrNotAlone, store.ErrRolloutActive, store.ErrRolloutOver} {
 		if errors.Is(err, known) {
 			return err
 		}
