@@ -76,6 +76,11 @@ type Config struct {
 		Rate  float64 `yaml:"rate"`
 		Burst int     `yaml:"burst"`
 	} `yaml:"limits"`
+	// Rollouts: how often core looks at running rollouts when no report
+	// wakes it (docs/operations.md "Rollouts").
+	Rollouts struct {
+		Tick time.Duration `yaml:"tick"`
+	} `yaml:"rollouts"`
 	HTTP serve.HTTPConfig `yaml:"http"`
 	Log  serve.LogConfig  `yaml:"log"`
 }
@@ -128,6 +133,7 @@ func (c *Config) Defaults() {
 		c.MQTT.External.ClientID = "prov-core"
 	}
 	set(&c.CA.CRLInterval, time.Minute)
+	set(&c.Rollouts.Tick, 5*time.Second)
 	c.Renewal.Default(c.CA.URL != "")
 	c.HTTP.Default(httpDefaults)
 	c.Log.Default()

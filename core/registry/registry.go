@@ -80,6 +80,9 @@ type Options struct {
 	// CARetry is the first pause after a failed revocation at the CA;
 	// DefaultCARetry if zero.
 	CARetry time.Duration
+	// RolloutTick is how often RunRollouts looks at running rollouts
+	// unwoken; DefaultRolloutTick if zero.
+	RolloutTick time.Duration
 	// Metrics, if set, registers the registry's metrics.
 	Metrics prometheus.Registerer
 	Log     *slog.Logger
@@ -98,6 +101,7 @@ type Registry struct {
 	collisions    prometheus.Counter
 	keys          *keyMetrics
 	ca            *caQueue
+	rollouts      *rolloutRunner
 }
 
 // New makes a registry. changes may be nil (nothing is told).
@@ -124,10 +128,12 @@ func New(st store.Store, pol *policy.Policy, bundles *bundlecache.Cache, changes
 	}
 	r.keys = newKeyMetrics()
 	r.ca = newCAQueue()
+	r.rollouts = newRolloutRunner()
 	if o.Metrics != nil {
 		o.Metrics.MustRegister(r.registrations, r.collisions)
 		o.Metrics.MustRegister(r.keys.collectors()...)
 		o.Metrics.MustRegister(r.ca.collectors()...)
+		o.Metrics.MustRegister(r.rollouts.steps)
 	}
 	return r
 }

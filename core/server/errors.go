@@ -28,6 +28,10 @@ func classify(err error) *httpapi.Error {
 		return httpapi.NewError(http.StatusNotFound, coreapi.CodeNotFound, "no such group", nil)
 	case errors.Is(err, store.ErrCollision):
 		return httpapi.NewError(http.StatusConflict, coreapi.CodeSerialCollision, "another hardware ID already has the serial this one maps to; the device was not registered", err)
+	case errors.Is(err, store.ErrRolloutActive):
+		return httpapi.NewError(http.StatusConflict, coreapi.CodeRolloutActive, err.Error()+": the group's data changes through it until it is done or aborted", err)
+	case errors.Is(err, store.ErrRolloutOver):
+		return httpapi.NewError(http.StatusConflict, coreapi.CodeRolloutOver, err.Error(), err)
 	case errors.Is(err, store.ErrConflict):
 		return httpapi.NewError(http.StatusPreconditionFailed, coreapi.CodeVersionConflict, err.Error(), err)
 	case errors.Is(err, store.ErrUnknownGroup):

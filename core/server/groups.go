@@ -89,5 +89,5 @@ func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identi
 // writeGroup answers with a group and its version as the ETag.
 func writeGroup(w http.ResponseWriter, g *store.Group) error {
 	w.Header().Set("ETag", coreapi.IfMatch(g.Version))
-	return httpapi.WriteJSON(w, http.StatusOK, coreapi.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data})
+	return httpapi.WriteJSON(w, http.StatusOK, coreapi.Group{Name: g.Name, Version: g.Version, VersionAt: g.VersionAt, Data: g.Data, Rollout: g.Rollout})
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/json"
 	"encoding/pem"
+	"fmt"
 	"net/http"
 	"net/textproto"
 	"os"
@@ -38,14 +39,22 @@ func newRouteEnv(t *testing.T) *routeEnv {
 	// A device's rate limit is not what these tests are about.
 	e := newEnv(t, server.Options{Limits: map[pki.Role]server.Limit{pki.RoleDevice: {Rate: 1000, Burst: 1000}}}, store.Options{})
 	d := e.register(t, "10000000000000a1")
+	// A rollout, for the rollout routes ({rollout} is 1), aborted so that
+	// the group's data can change (its version is 2).
+	if a := e.do(t, e.admin, "POST", "/v1/groups/default/rollouts", `{"set":{"/etc/prov/data/x":"1"}}`, "If-Match", `"0"`); a.Code != http.StatusCreated {
+		t.Fatalf("start a rollout: %d %s", a.Code, a.Body)
+	}
+	if a := e.do(t, e.admin, "POST", "/v1/rollouts/1/abort", `{}`, "If-Match", `"1"`); a.Code != http.StatusOK {
+		t.Fatalf("abort it: %d %s", a.Code, a.Body)
+	}
 	return &routeEnv{env: e, serial: d.Serial, self: e.enrolled(t, d.Serial)}
 }
 
 func (e *routeEnv) url(r coreapi.Route) string {
 	var vars []string
-	for _, v := range []string{coreapi.VarSerial, coreapi.VarGroup} {
+	for _, v := range []string{coreapi.VarSerial, coreapi.VarGroup, coreapi.VarRollout} {
 		if i := strings.Index(r.Path, "{"+v+"}"); i >= 0 {
-			vars = append(vars, map[string]string{coreapi.VarSerial: e.serial, coreapi.VarGroup: "default"}[v])
+			vars = append(vars, map[string]string{coreapi.VarSerial: e.serial, coreapi.VarGroup: "default", coreapi.VarRollout: "1"}[v])
 		}
 	}
 	return r.URL(vars...)
@@ -118,7 +127,7 @@ func TestEveryRouteAnswersItsMethods(t *testing.T) {
 func TestEveryVersionedRouteIsConditional(t *testing.T) {
 	e := newRouteEnv(t)
 	for _, route := range coreapi.Routes {
-		if !route.Versioned {
+		if !route.Versioned || rolloutChanges[route.Name] {
 			continue
 		}
 		url, who := e.url(route), e.caller(route)
@@ -307,4 +316,46 @@ func TestWithCurl(t *testing.T) {
 	if a := run(devCert, devKey, "-H", "If-None-Match: "+b.header.Get("ETag"), dev+"/bundle"); a.status != 304 || a.body != "" {
 		t.Errorf("the bundle If-None-Match its ETag: %d %q", a.status, a.body)
 	}
+}
+
+// rolloutChanges are the versioned routes that change a rollout, or start
+// one: their version is a rollout's rev or a group's, read elsewhere than
+// at their own path (TestRolloutRoutesAreConditional).
+var rolloutChanges = map[string]bool{
+	coreapi.RouteStartRollout.Name: true, coreapi.RoutePauseRollout.Name: true, coreapi.RouteResumeRollout.Name: true,
+	coreapi.RouteForceRollout.Name: true, coreapi.RouteAbortRollout.Name: true,
+}
+
+// Starting a rollout takes the group's version, an action on it the
+// rollout's rev; as for every versioned route: 428 without If-Match, 412
+// when stale, * and lists taken.
+func TestRolloutRoutesAreConditional(t *testing.T) {
+	e := newRouteEnv(t) // rollout 1 aborted; group default at version 2
+	const start = `{"set":{"/etc/prov/data/y":"1"}}`
+	want(t, "start without If-Match", e.do(t, e.admin, "POST", "/v1/groups/default/rollouts", start), http.StatusPreconditionRequired, coreapi.CodeIfMatchRequired)
+	want(t, "start stale", e.do(t, e.admin, "POST", "/v1/groups/default/rollouts", start, "If-Match", `"1"`), http.StatusPreconditionFailed, coreapi.CodeVersionConflict)
+	if a := e.do(t, e.admin, "POST", "/v1/groups/default/rollouts", start, "If-Match", `"2"`); a.Code != http.StatusCreated || decodeAs[coreapi.Rollout](t, a).ID != 2 {
+		t.Fatalf("start: %d %s", a.Code, a.Body)
+	}
+	want(t, "start while one is active", e.do(t, e.admin, "POST", "/v1/groups/default/rollouts", start, "If-Match", `"3"`), http.StatusConflict, coreapi.CodeRolloutActive)
+	want(t, "a plain change while one is active", e.do(t, e.admin, "PATCH", "/v1/groups/default/data", start, "If-Match", `"3"`), http.StatusConflict, coreapi.CodeRolloutActive)
+	rev := 1
+	for _, action := range []string{"pause", "resume", "force", "pause", "abort"} {
+		path := "/v1/rollouts/2/" + action
+		want(t, action+" without If-Match", e.do(t, e.admin, "POST", path, `{}`), http.StatusPreconditionRequired, coreapi.CodeIfMatchRequired)
+		want(t, action+" stale", e.do(t, e.admin, "POST", path, `{}`, "If-Match", fmt.Sprintf(`"%d"`, rev+7)), http.StatusPreconditionFailed, coreapi.CodeVersionConflict)
+		im := "*"
+		if rev%2 == 0 {
+			im = fmt.Sprintf(`"999", "%d"`, rev)
+		}
+		a := e.do(t, e.admin, "POST", path, `{"reason":"because"}`, "If-Match", im)
+		ro := decodeAs[coreapi.Rollout](t, a)
+		if a.Code != http.StatusOK || ro.Rev != uint64(rev+1) || a.Header().Get("ETag") != coreapi.IfMatch(ro.Rev) || ro.Reason != "because" { //nolint:gosec // small
+			t.Fatalf("%s: %d %+v", action, a.Code, ro)
+		}
+		rev++
+	}
+	want(t, "an action after the abort", e.do(t, e.admin, "POST", "/v1/rollouts/2/resume", `{}`, "If-Match", "*"), http.StatusConflict, coreapi.CodeRolloutOver)
+	want(t, "a rollout that does not exist", e.do(t, e.admin, "GET", "/v1/rollouts/77", ""), http.StatusNotFound, coreapi.CodeNotFound)
+	want(t, "a rollout that is not a number", e.do(t, e.admin, "GET", "/v1/rollouts/x1", ""), http.StatusNotFound, coreapi.CodeNotFound)
 }

@@ -126,6 +126,15 @@ func (s *Server) routes(metrics http.Handler) *mux.Router {
 		coreapi.RouteReadyz.Name:        s.readyz,
 		coreapi.RouteAdmit.Name:         s.admit,
 		coreapi.RouteEndAdmission.Name:  s.endAdmission,
+		coreapi.RouteReport.Name:        s.report,
+		coreapi.RouteFleet.Name:         s.fleet,
+		coreapi.RouteStartRollout.Name:  s.startRollout,
+		coreapi.RouteGroupRollouts.Name: s.groupRollouts,
+		coreapi.RouteRollout.Name:       s.rollout,
+		coreapi.RoutePauseRollout.Name:  s.rolloutAction(registry.ActionPause),
+		coreapi.RouteResumeRollout.Name: s.rolloutAction(registry.ActionResume),
+		coreapi.RouteForceRollout.Name:  s.rolloutAction(registry.ActionForce),
+		coreapi.RouteAbortRollout.Name:  s.rolloutAction(registry.ActionAbort),
 		coreapi.RouteMetrics.Name: func(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
 			metrics.ServeHTTP(w, r)
 			return nil

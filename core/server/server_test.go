@@ -202,6 +202,8 @@ func TestRolesAndIdentity(t *testing.T) {
 			path = route.URL(d.Serial)
 		case strings.Contains(route.Path, "{group}"):
 			path = route.URL("default")
+		case strings.Contains(route.Path, "{rollout}"):
+			path = route.URL("1")
 		default:
 			path = route.URL()
 		}

@@ -38,6 +38,12 @@ func (s *Server) adminView(v *store.View) (coreapi.Device, error) {
 	for _, c := range v.Certificates {
 		d.Certificates = append(d.Certificates, coreapi.Certificate(c))
 	}
+	d.Held = v.Held
+	report, err := s.reg.DeviceReport(v.Serial)
+	if err != nil {
+		return d, err
+	}
+	d.Report = report
 	if v.Status != store.Revoked {
 		return d, nil // only a revoke queues
 	}

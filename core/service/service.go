@@ -169,7 +169,7 @@ func (c *core) newBundles() error {
 // each change's job itself (store.Outbox: several cores share the jobs).
 func (c *core) newRegistry(notifier notify.Notifier) {
 	c.worker = notify.New(c.store, c.bundles, notifier, 0, c.log, c.metrics)
-	o := registry.Options{DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, Metrics: c.metrics, Log: c.log}
+	o := registry.Options{DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, RolloutTick: c.cfg.Rollouts.Tick, Metrics: c.metrics, Log: c.log}
 	if c.broker != nil {
 		o.Sessions = c.broker
 	}
@@ -270,6 +270,7 @@ func (c *core) run(ctx context.Context) error {
 	c.newRegistry(notifier)
 	c.startBroker(gctx, g)
 	g.Go(func() error { return c.registry.RunCARevocations(gctx) })
+	g.Go(func() error { return c.registry.RunRollouts(gctx) })
 	limits := map[pki.Role]server.Limit{}
 	for role, l := range c.cfg.Limits {
 		limits[pki.Role(role)] = server.Limit{Rate: l.Rate, Burst: l.Burst}

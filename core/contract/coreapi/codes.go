@@ -32,6 +32,8 @@ const (
 	CodeNotReady         ErrorCode = "not_ready"
 	CodeNoBackup         ErrorCode = "no_backup" // core's store is on PostgreSQL: back it up with pg_dump
 	CodeInternal         ErrorCode = "internal"
+	CodeRolloutActive    ErrorCode = "rollout_active" // the group's data changes only through its active rollout
+	CodeRolloutOver      ErrorCode = "rollout_over"   // the rollout is done or aborted
 	// Refusals of an admission (POST /v1/admissions, 409), each naming
 	// its rule.
 	CodeAdmissionQuota        ErrorCode = "admission_quota"        // the batch has used its quota

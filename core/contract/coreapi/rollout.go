@@ -178,7 +178,7 @@ var (
 	RouteStartRollout  = Route{"start_rollout", http.MethodPost, "/v1/groups/{group}/rollouts", admin, versioned}
 	RouteGroupRollouts = Route{"group_rollouts", http.MethodGet, "/v1/groups/{group}/rollouts", admin, unversioned}
 	RouteFleet         = Route{"fleet", http.MethodGet, "/v1/groups/{group}/fleet", admin, unversioned}
-	RouteRollout       = Route{"rollout", http.MethodGet, "/v1/rollouts/{rollout}", admin, versioned}
+	RouteRollout       = Route{"rollout", http.MethodGet, "/v1/rollouts/{rollout}", admin, unversioned}
 	RoutePauseRollout  = Route{"pause_rollout", http.MethodPost, "/v1/rollouts/{rollout}/pause", admin, versioned}
 	RouteResumeRollout = Route{"resume_rollout", http.MethodPost, "/v1/rollouts/{rollout}/resume", admin, versioned}
 	RouteForceRollout  = Route{"force_rollout", http.MethodPost, "/v1/rollouts/{rollout}/force", admin, versioned}
