@@ -37,6 +37,7 @@ type admin struct {
 	coreURL, identity      string
 	group, reason, outFile string
 	unset, from            cmdline.List
+	rollout                rolloutFlags
 	client                 *coreapi.Client
 	out                    printer
 }
@@ -46,7 +47,10 @@ func (a *admin) commands() []cmdline.Command {
 	const change = "PATH=VALUE... [--unset PATH]... [--from PATH=FILE]..."
 	return []cmdline.Command{
 		{Name: "list", Short: "all devices", Run: a.list},
-		{Name: "show", Args: "SERIAL", Short: "one device", Run: a.show},
+		{Name: "show", Args: "SERIAL", Short: "one device, with its latest report", Run: a.show},
+		{Name: "device", Short: "one device", Sub: []cmdline.Command{{Name: "show", Args: "SERIAL", Short: "one device, with its latest report (as show)", Run: a.show}}},
+		{Name: "fleet", Args: "--group GROUP [--stale-after D]", Short: "what a group's members run, from their reports", Run: a.fleet},
+		{Name: "rollout", Short: "staged changes of a group's data", Sub: a.rolloutCommands()},
 		{Name: "set", Args: "SERIAL " + change, Short: "change a device's own mutable data (a new generation)", Run: a.set},
 		{Name: "set-group", Args: "GROUP " + change, Short: "change a group's data (every member gets a new generation)", Run: a.setGroup},
 		{Name: "reprovision", Args: "SERIAL", Short: "a new generation with the same data", Run: a.reprovision},
@@ -76,8 +80,15 @@ func runAdmin(ctx context.Context, env *cmdline.Env, args []string) error {
 	fs.StringVar(&a.coreURL, "core", "", "core's API, https://host:port")
 	fs.StringVar(&a.identity, "identity", "", "admin identity directory (cert.pem, key.pem, root_ca.crt)")
 	fs.BoolVar(&a.out.json, "json", false, "print JSON")
-	fs.StringVar(&a.group, "group", "", "with audit: a group instead of a device")
-	fs.StringVar(&a.reason, "reason", "", "with revoke: why")
+	fs.StringVar(&a.group, "group", "", "with audit: a group instead of a device; with fleet: the group")
+	fs.Var(&a.rollout.canary, "canary", "with rollout start: a board of the first wave (repeatable)")
+	fs.Var(&a.rollout.percent, "percent", "with rollout start: a wave up to this percentage of the other members (repeatable, growing)")
+	fs.Var(&a.rollout.sizes, "sizes", "with rollout start: a wave of this many more members (repeatable)")
+	fs.Float64Var(&a.rollout.minHealthy, "min-healthy", 0, "with rollout start: percent of a wave healthy before the next (default 100)")
+	fs.Float64Var(&a.rollout.maxFailed, "max-failed", 0, "with rollout start: percent of a wave that may fail before it pauses (default 0)")
+	fs.DurationVar(&a.rollout.waveTimeout, "wave-timeout", 0, "with rollout start: pause when a wave is not healthy enough by then (default 30m)")
+	fs.DurationVar(&a.rollout.stale, "stale-after", 0, "with fleet: a device without a report for this long is stale (default 26h)")
+	fs.StringVar(&a.reason, "reason", "", "with revoke (required) and rollout actions: why")
 	fs.StringVar(&a.outFile, "out", "", "with backup: the file to write")
 	fs.Var(&a.unset, "unset", "with set: a data path to remove (repeatable)")
 	fs.Var(&a.from, "from", "with set: PATH=FILE, the content of FILE (repeatable)")
@@ -330,6 +341,18 @@ func (p printer) device(d *coreapi.Device) error {
 			origin = "device"
 		}
 		_, _ = fmt.Fprintf(tw, "data %s\t%d bytes (%s)\n", k, len(d.Data[k]), origin)
+	}
+	if d.Held {
+		_, _ = fmt.Fprintf(tw, "held\tby its group's rollout, at the data it had\n")
+	}
+	if r := d.Report; r != nil {
+		_, _ = fmt.Fprintf(tw, "report\t%s at generation %d, running %d (boot %s, at %s, received %s)\n", r.State, r.Generation, r.Running, r.BootID,
+			r.At.UTC().Format(time.RFC3339), r.Received.UTC().Format(time.RFC3339))
+		if r.Error != "" {
+			_, _ = fmt.Fprintf(tw, "report error\t%s\n", oneLine(r.Error))
+		}
+	} else {
+		_, _ = fmt.Fprintf(tw, "report\tnone yet\n")
 	}
 	for _, c := range d.Certificates {
 		_, _ = fmt.Fprintf(tw, "certificate\tserial %s, until %s\n", c.Serial, c.NotAfter.UTC().Format(time.RFC3339))

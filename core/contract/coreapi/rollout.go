@@ -214,9 +214,13 @@ func (c *Client) RolloutAction(ctx context.Context, route Route, id, rev uint64,
 	return &out, err
 }
 
-// Fleet is what a group's members run.
-func (c *Client) Fleet(ctx context.Context, group string) (*Fleet, error) {
+// Fleet is what a group's members run; staleAfter 0 is core's default.
+func (c *Client) Fleet(ctx context.Context, group string, staleAfter time.Duration) (*Fleet, error) {
 	var out Fleet
-	_, err := c.do(ctx, RouteFleet, RouteFleet.URL(group), nil, nil, &out)
+	path := RouteFleet.URL(group)
+	if staleAfter > 0 {
+		path += "?staleAfter=" + strconv.Itoa(int(staleAfter/time.Second))
+	}
+	_, err := c.do(ctx, RouteFleet, path, nil, nil, &out)
 	return &out, err
 }
