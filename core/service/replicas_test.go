@@ -65,6 +65,7 @@ func newCores(t testing.TB, n int, engine string) *replicaSet {
 		dir := t.TempDir()
 		rs.dirs = append(rs.dirs, dir)
 		rs.cfgs = append(rs.cfgs, coretest.ReplicaConfig(t, c, dir, name, fmt.Sprintf(`%smqtt: {embedded: {listen: ""}, external: {url: "tls://localhost:%d", clientId: %q}}
+rollouts: {tick: 100ms}
 %s`, storeYAML, port, name, benchLimits)))
 	}
 	return rs
