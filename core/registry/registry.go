@@ -133,7 +133,7 @@ func New(st store.Store, pol *policy.Policy, bundles *bundlecache.Cache, changes
 		o.Metrics.MustRegister(r.registrations, r.collisions)
 		o.Metrics.MustRegister(r.keys.collectors()...)
 		o.Metrics.MustRegister(r.ca.collectors()...)
-		o.Metrics.MustRegister(r.rollouts.steps)
+		o.Metrics.MustRegister(r.rollouts.steps, newFleetCollector(r))
 	}
 	return r
 }

@@ -53,6 +53,7 @@ func Plan(req *coreapi.RolloutRequest, members []string) ([]coreapi.Wave, coreap
 		return nil, p, &BadRequest{"percent", fmt.Sprintf("at most %d waves", MaxWaves)}
 	}
 	var waves []coreapi.Wave
+	canaries := 0
 	if len(req.Canary) > 0 {
 		canary := slices.Clone(req.Canary)
 		slices.Sort(canary)
@@ -63,8 +64,9 @@ func Plan(req *coreapi.RolloutRequest, members []string) ([]coreapi.Wave, coreap
 			}
 		}
 		waves = append(waves, coreapi.Wave{Serials: canary})
+		canaries = len(canary)
 	}
-	rest := len(members) - len(req.Canary)
+	rest := len(members) - canaries
 	prev := 0.0
 	released := 0
 	for i, pct := range req.Percent {

@@ -138,6 +138,13 @@ func TestDeviceReports(t *testing.T) {
 	if err != nil || events[len(events)-1].Action != "report" || events[len(events)-1].Detail["state"] != "failed" {
 		t.Fatalf("b's audit %+v %v", events, err)
 	}
+	metrics := get(t, core.HTTP(t, nil), core.URL+"/metrics")
+	for _, line := range []string{`prov_core_fleet_devices{group="default",state="healthy"} 1`, `prov_core_fleet_devices{group="default",state="failed"} 1`,
+		`prov_core_fleet_devices{group="default",state="none"} 1`, `prov_core_fleet_stale_devices{group="default"} 1`} {
+		if !strings.Contains(metrics, line) {
+			t.Errorf("metrics lack %s", line)
+		}
+	}
 }
 
 // A rollout through its waves on both engines: the canary first, held
@@ -238,7 +245,7 @@ func TestRolloutThroughWaves(t *testing.T) {
 				t.Fatal(err)
 			}
 			reported := map[string]uint64{}
-			ro2 = waitRollout(t, admin, ro2.ID, "done", func(r *coreapi.Rollout) bool {
+			waitRollout(t, admin, ro2.ID, "done", func(r *coreapi.Rollout) bool {
 				for _, b := range bs {
 					d, err := admin.Device(ctx, b.serial)
 					if err == nil && !d.Held && reported[b.serial] != d.Generation {

@@ -104,7 +104,7 @@ func Open(path string, opts Options) (*Bolt, error) {
 		opts.CacheDevices = 100_000
 	}
 	s := &Bolt{db: db, now: opts.Now, before: opts.BeforeCommit, groups: map[string]*Group{}, devices: newDeviceCache(opts.CacheDevices),
-		held: heldGroups{m: map[string]bool{}},
+		held:      heldGroups{m: map[string]bool{}},
 		committer: &groupCommitter{db: db, before: opts.BeforeCommit, max: opts.BatchSize}}
 	if s.now == nil {
 		s.now = time.Now
