@@ -3,10 +3,13 @@ package store_test
 import (
 	"context"
 	"fmt"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/store"
 	"github.com/fleetprov/prov/core/store/postgres"
 	"github.com/fleetprov/prov/internal/testenv/pgtest"
@@ -96,5 +99,68 @@ func BenchmarkPostgresStateBytes(b *testing.B) {
 		}
 		b.ReportMetric(float64(devices)/n, "device-bytes/device")
 		b.ReportMetric(float64(audit)/n, "audit-bytes/device")
+	}
+}
+
+// BenchmarkReports measures, on each engine, what devices' reports cost
+// the store: a report that is a transition (its record and an audit
+// event) from 16 devices at once, as after a group change; and the fleet
+// view's pass over a group of 1,000 reporting members (GroupStates, as
+// `admin fleet`, the fleet gauges and a rollout's wave status read it).
+func BenchmarkReports(b *testing.B) {
+	const members = 1000
+	for _, e := range engines {
+		b.Run(e.name+"/report", func(b *testing.B) {
+			s := e.open(b, store.Options{})
+			var serials []string
+			for i := range 16 {
+				v, _, err := s.Register(reg(b, fmt.Sprintf("40%014x", i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				serials = append(serials, v.Serial)
+			}
+			var next atomic.Int64
+			b.ReportAllocs()
+			b.SetParallelism(8) // 16 devices on 2 CPUs
+			b.RunParallel(func(pb *testing.PB) {
+				serial := serials[next.Add(1)%16]
+				gen := uint64(0)
+				for pb.Next() {
+					gen++
+					if _, err := s.SaveReport(serial, coreapi.Report{Generation: gen, State: coreapi.StateHealthy, Running: gen, BootID: "b",
+						At: time.Now()}); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+		b.Run(e.name+"/fleet-1000", func(b *testing.B) {
+			s := e.open(b, store.Options{})
+			for i := range members {
+				v, _, err := s.Register(reg(b, fmt.Sprintf("41%014x", i)))
+				if err != nil {
+					b.Fatal(err)
+				}
+				if _, err := s.SaveReport(v.Serial, coreapi.Report{Generation: 1, State: coreapi.StateHealthy, Running: 1, BootID: "b", At: time.Now()}); err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				n := 0
+				if err := s.GroupStates("default", func(m store.MemberState) error {
+					if m.Report != nil {
+						n++
+					}
+					return nil
+				}); err != nil || n != members {
+					b.Fatalf("%d reporting members of %d: %v", n, members, err)
+				}
+			}
+			b.ReportMetric(float64(members*b.N)/b.Elapsed().Seconds(), "devices/s")
+		})
 	}
 }
