@@ -36,6 +36,7 @@ meanwhile, core answers 412 and nothing changes.
 type admin struct {
 	coreURL, identity      string
 	group, reason, outFile string
+	before                 string
 	unset, from            cmdline.List
 	rollout                rolloutFlags
 	client                 *coreapi.Client
@@ -55,7 +56,7 @@ func (a *admin) commands() []cmdline.Command {
 		{Name: "set-group", Args: "GROUP " + change, Short: "change a group's data (every member gets a new generation)", Run: a.setGroup},
 		{Name: "reprovision", Args: "SERIAL", Short: "a new generation with the same data", Run: a.reprovision},
 		{Name: "revoke", Args: "SERIAL --reason TEXT", Short: "refuse the device from now on, at core and at step-ca", Run: a.revoke},
-		{Name: "audit", Args: "SERIAL | audit --group GROUP", Short: "the audit trail", Run: a.audit},
+		{Name: "audit", Args: "SERIAL | audit --group GROUP | audit prune --before DATE", Short: "the audit trail; prune removes old events, leaving a summary", Run: a.audit, Own: a.auditCommands()},
 		{Name: "backup", Args: "--out FILE", Short: "a consistent copy of core's store, checked", Run: a.backup},
 	}
 }
@@ -90,6 +91,7 @@ func runAdmin(ctx context.Context, env *cmdline.Env, args []string) error {
 	fs.DurationVar(&a.rollout.stale, "stale-after", 0, "with fleet: a device without a report for this long is stale (default 26h)")
 	fs.StringVar(&a.reason, "reason", "", "with revoke (required) and rollout actions: why")
 	fs.StringVar(&a.outFile, "out", "", "with backup: the file to write")
+	fs.StringVar(&a.before, "before", "", "with audit prune: the date (2006-01-02, UTC, or RFC 3339) before which events are pruned")
 	fs.Var(&a.unset, "unset", "with set: a data path to remove (repeatable)")
 	fs.Var(&a.from, "from", "with set: PATH=FILE, the content of FILE (repeatable)")
 	positional, err := cmdline.ParseInterleaved(fs, args)
@@ -216,7 +218,10 @@ func (a *admin) revoke(ctx context.Context, _ *cmdline.Env, args []string) error
 	return a.out.device(d)
 }
 
-func (a *admin) audit(ctx context.Context, _ *cmdline.Env, args []string) error {
+func (a *admin) audit(ctx context.Context, env *cmdline.Env, args []string) error {
+	if cmd := lookupOwn(a.auditCommands(), args); cmd != nil {
+		return cmd.Run(ctx, env, args[1:])
+	}
 	var ev []coreapi.Event
 	var err error
 	switch {

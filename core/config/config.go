@@ -83,6 +83,8 @@ type Config struct {
 	} `yaml:"rollouts"`
 	HTTP serve.HTTPConfig `yaml:"http"`
 	Log  serve.LogConfig  `yaml:"log"`
+	// Audit is the audit trail's retention (audit.go); off by default.
+	Audit Audit `yaml:"audit"`
 }
 
 // httpDefaults are core's HTTP limits: devices on slow links fetch
@@ -137,6 +139,7 @@ func (c *Config) Defaults() {
 	c.Renewal.Default(c.CA.URL != "")
 	c.HTTP.Default(httpDefaults)
 	c.Log.Default()
+	c.Audit.defaults()
 }
 
 // Load reads, defaults and validates a configuration file.
@@ -226,6 +229,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Images.CacheBytes < 1<<20 {
 		return bad("images.cacheBytes", "at least 1 MiB")
+	}
+	if err := c.Audit.validate(); err != nil {
+		return err
 	}
 	return nil
 }

@@ -135,6 +135,7 @@ func (s *Server) routes(metrics http.Handler) *mux.Router {
 		coreapi.RouteResumeRollout.Name: s.rolloutAction(registry.ActionResume),
 		coreapi.RouteForceRollout.Name:  s.rolloutAction(registry.ActionForce),
 		coreapi.RouteAbortRollout.Name:  s.rolloutAction(registry.ActionAbort),
+		coreapi.RouteAuditPrune.Name:    s.auditPrune,
 		coreapi.RouteMetrics.Name: func(w http.ResponseWriter, r *http.Request, _ pki.Identity) error {
 			metrics.ServeHTTP(w, r)
 			return nil

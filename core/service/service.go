@@ -271,6 +271,10 @@ func (c *core) run(ctx context.Context) error {
 	c.startBroker(gctx, g)
 	g.Go(func() error { return c.registry.RunCARevocations(gctx) })
 	g.Go(func() error { return c.registry.RunRollouts(gctx) })
+	if keep := c.cfg.Audit.Retention.Duration(); keep > 0 {
+		rt := registry.Retention{Keep: keep, Every: c.cfg.Audit.PruneEvery.Duration(), Actor: c.self.ID.String()}
+		g.Go(func() error { return c.registry.RunAuditRetention(gctx, rt) })
+	}
 	limits := map[pki.Role]server.Limit{}
 	for role, l := range c.cfg.Limits {
 		limits[pki.Role(role)] = server.Limit{Rate: l.Rate, Burst: l.Burst}

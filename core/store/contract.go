@@ -109,6 +109,10 @@ type Store interface {
 	Audit(subject string, after uint64, limit int) ([]Event, error)
 	// AppendAudit writes an event that changes no record.
 	AppendAudit(e Event) error
+	// PruneAudit removes the events before `before` that are not the
+	// newest of their action in their subject's trail, leaving a summary
+	// of them (prune.go); ErrPruneDate, ErrPruneRunning.
+	PruneAudit(ctx context.Context, before time.Time, actor string) (PruneResult, error)
 
 	// Close releases the engine.
 	Close() error

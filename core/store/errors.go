@@ -25,6 +25,11 @@ var (
 	ErrRolloutActive = errors.New("the group has an active rollout")
 	// ErrRolloutOver: the rollout is done or aborted; nothing changes it.
 	ErrRolloutOver = errors.New("the rollout is over")
+	// ErrPruneRunning: a prune of the audit trail is running already
+	// (on this store, or on another core of its database).
+	ErrPruneRunning = errors.New("a prune of the audit trail is running already")
+	// ErrPruneDate: the date to prune to is missing or in the future.
+	ErrPruneDate = errors.New("bad date to prune the audit trail to")
 
 	// Refusals of an admission (admission.go), each a rule.
 	ErrQuota         = errors.New("the batch has used its quota")

@@ -20,6 +20,7 @@
 package store
 
 import (
+	"cmp"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -59,6 +60,9 @@ type Options struct {
 	// CacheDevices bounds the decoded device records kept in memory for
 	// reads; zero means 100,000, negative turns the cache off.
 	CacheDevices int
+	// PruneBatch bounds the events one transaction of an audit prune
+	// removes; zero means PruneBatch. A test seam.
+	PruneBatch int
 	// ReadOnly opens an existing file for reading only (store migrate
 	// copies from it): nothing is created or written, and the file is
 	// locked against writers (a running core) but not other readers.
@@ -80,6 +84,8 @@ type Bolt struct {
 	devices   *deviceCache
 	held      heldGroups
 	committer *groupCommitter
+	pruning   sync.Mutex // one audit prune at a time (prune.go)
+	pruneMax  int
 }
 
 // Open opens (creating if needed) the registry at path.
@@ -109,6 +115,7 @@ func Open(path string, opts Options) (*Bolt, error) {
 	if s.now == nil {
 		s.now = time.Now
 	}
+	s.pruneMax = cmp.Or(opts.PruneBatch, PruneBatch)
 	initialize := s.init
 	if opts.ReadOnly {
 		initialize = s.checkSchema

@@ -47,7 +47,7 @@ type pgStore struct {
 func openPostgres(t testing.TB, opts store.Options) store.Store {
 	t.Helper()
 	conn := pgtest.New(t, fmt.Sprintf("registry-v%d", postgres.SchemaVersion()), postgres.Migrate)
-	s := openPostgresAt(t, conn, postgres.Options{Now: opts.Now, BeforeCommit: opts.BeforeCommit})
+	s := openPostgresAt(t, conn, postgres.Options{Now: opts.Now, BeforeCommit: opts.BeforeCommit, PruneBatch: opts.PruneBatch})
 	ensureDefault(t, s)
 	return s
 }

@@ -63,6 +63,8 @@ func main() {
 		{"./core/service/", "BenchmarkReplicas", "3000x", nil},
 		{"./core/service/", "BenchmarkReplicaGroupChange", "1x", []string{fmt.Sprintf("-reprovision-devices=%d", *reprovision)}},
 		{"./core/store/", "BenchmarkEngines", "2000x", nil},
+		// A year of renewals, simulated: ~2 minutes for 100 devices.
+		{"./core/store/", "BenchmarkAuditRetention", "1x", []string{"-retention-devices=100"}},
 	}
 	if *quick {
 		runs[0].benchtime, runs[1].benchtime, runs[6].benchtime, runs[7].benchtime, runs[9].benchtime = "300ms", "500x", "20x", "300x", "300x"
@@ -251,6 +253,16 @@ func table(results map[string]result) ([]row, error) {
 		rows = append(rows, row{"store alone: " + op + " (PostgreSQL test cluster, fsync off)", fmt.Sprintf("%.0f µs", pg["ns/op"]/1e3),
 			fmt.Sprintf("bbolt %.0f µs", bo["ns/op"]/1e3), fmt.Sprintf("%.2f", bo["ns/op"]/pg["ns/op"]), "", "n/a"})
 	}
+	ar := p.of("BenchmarkAuditRetention/bbolt", "year-file-B/device", "year-compact-B/device", "pruned-compact-B/device", "daily-file-B/device")
+	rows = append(rows, row{"store per device after a year of renewals (1.5 a day), bbolt: pruned to 30 days daily",
+		fmt.Sprintf("%.1f KB file", ar["daily-file-B/device"]/1e3),
+		fmt.Sprintf("never pruned: %.1f KB file, %.1f KB compacted; pruned once: %.1f KB compacted", ar["year-file-B/device"]/1e3, ar["year-compact-B/device"]/1e3, ar["pruned-compact-B/device"]/1e3),
+		fmt.Sprintf("%.2f", ar["daily-file-B/device"]/ar["year-file-B/device"]), "", "n/a"})
+	ap := p.of("BenchmarkAuditRetention/postgres", "year-B/device", "pruned-full-B/device", "daily-B/device")
+	rows = append(rows, row{"store per device after a year of renewals (1.5 a day), PostgreSQL: pruned to 30 days daily, VACUUM",
+		fmt.Sprintf("%.1f KB", ap["daily-B/device"]/1e3),
+		fmt.Sprintf("never pruned: %.1f KB; pruned once: %.1f KB after VACUUM FULL", ap["year-B/device"]/1e3, ap["pruned-full-B/device"]/1e3),
+		fmt.Sprintf("%.2f", ap["daily-B/device"]/ap["year-B/device"]), "", "n/a"})
 	// 4. re-provision
 	rp := p.of("BenchmarkReprovision", "devices", "devices/s", "busy-p50-ms", "busy-p99-ms", "idle-p50-ms", "idle-p99-ms")
 	rows = append(rows,

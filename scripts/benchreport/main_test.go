@@ -39,9 +39,10 @@ func TestTableFromBenchmarkOutput(t *testing.T) {
 		"enrollment end to end, concurrency 16, core on PostgreSQL":                                                       {"87/s, p50 177.8 p99 326.4 ms", "**no**"},
 		"fetches, keep-alive (8 clients), PostgreSQL behind 1 replica(s)":                                                 {"4146/s, p50 1.33 p99 7.07 ms", "**no**"},
 		"group change of 100000 members across 3 replicas on PostgreSQL, to every notification acknowledged by Mosquitto": {"3988 devices/s", "**no**"},
+		"store per device after a year of renewals (1.5 a day), bbolt: pruned to 30 days daily":                           {"21.0 KB file", "n/a"},
 	}
-	if len(rows) != 26 {
-		t.Errorf("%d rows, want 26", len(rows))
+	if len(rows) != 28 {
+		t.Errorf("%d rows, want 28", len(rows))
 	}
 	for _, r := range rows {
 		if w, ok := want[r.what]; ok {
@@ -55,7 +56,7 @@ func TestTableFromBenchmarkOutput(t *testing.T) {
 		t.Errorf("no row %q", what)
 	}
 	text := tableText(rows)
-	if !strings.HasPrefix(text, "| benchmark | measured |") || strings.Count(text, "\n") != 28 {
+	if !strings.HasPrefix(text, "| benchmark | measured |") || strings.Count(text, "\n") != 30 {
 		t.Errorf("table text:\n%s", text)
 	}
 }

@@ -81,6 +81,7 @@ var Routes = []Route{
 	RouteRevoke, RouteDeviceAudit, RouteGroup, RouteSetGroupData, RouteGroupAudit, RouteBackup, RouteHealthz, RouteReadyz,
 	RouteMetrics, RouteAdmit, RouteEndAdmission, RouteReport, RouteStartRollout, RouteGroupRollouts, RouteFleet, RouteRollout,
 	RoutePauseRollout, RouteResumeRollout, RouteForceRollout, RouteAbortRollout,
+	RouteAuditPrune,
 }
 
 // URL is the route's path with its variables filled in order, each

@@ -12,6 +12,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,6 +35,9 @@ type Options struct {
 	// writes; an error rolls it back as a failing database would. A test
 	// seam for fault injection.
 	BeforeCommit func(op string) error
+	// PruneBatch bounds the events one transaction of an audit prune
+	// removes; zero means store.PruneBatch. A test seam.
+	PruneBatch int
 	// SingleCore: this core must be the only one on the database;
 	// otherwise it shares it with other cores, none single (ErrNotAlone).
 	SingleCore bool
@@ -52,6 +56,7 @@ type Store struct {
 	now      func() time.Time
 	before   func(op string) error
 	lockConn *pgx.Conn // holds the cores' lock
+	pruneMax int
 }
 
 var _ store.Store = (*Store)(nil)
@@ -82,7 +87,7 @@ func Open(ctx context.Context, connString string, opts Options) (*Store, error) 
 		pool.Close()
 		return nil, fmt.Errorf("store: migrate: %w", classify(err))
 	}
-	s := &Store{pool: pool, now: opts.Now, before: opts.BeforeCommit}
+	s := &Store{pool: pool, now: opts.Now, before: opts.BeforeCommit, pruneMax: cmp.Or(opts.PruneBatch, store.PruneBatch)}
 	if s.now == nil {
 		s.now = time.Now
 	}
