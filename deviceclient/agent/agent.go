@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/url"
+	"sync"
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
@@ -43,6 +44,17 @@ type Options struct {
 	// renewed (default 2/3).
 	RenewAt float64
 	Log     *slog.Logger
+	// Health is the health check of a newly mounted generation, and the
+	// boot counter of its trial.
+	Health Health
+	// WatchInterval is how often the daemon looks at the state directory
+	// for a report to send or a trial to check that another prov-device
+	// process (the mount units) left (default 2 s): a stat and a small
+	// read.
+	WatchInterval time.Duration
+	// ReportBackoff and ReportBackoffCap bound the daemon's retries of a
+	// report core did not take (default 5 s doubling to 10 min, jittered).
+	ReportBackoff, ReportBackoffCap time.Duration
 	// Notify sends systemd notifications (READY=1, WATCHDOG=1, ...); nil
 	// sends them to $NOTIFY_SOCKET if set.
 	Notify func(string) error
@@ -59,6 +71,10 @@ type Agent struct {
 	log   *slog.Logger
 	// fallback is what Recover fell back from, if anything.
 	fallback *install.Fallback
+	// daemon: Run is running; health checks run in the background.
+	daemon bool
+	// mountMu keeps a fallback's mount and an update's apart.
+	mountMu sync.Mutex
 }
 
 // New loads the device's enrollment and identity from st.
@@ -86,6 +102,18 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 	}
 	if o.Log == nil {
 		o.Log = slog.New(slog.DiscardHandler)
+	}
+	if o.Health.Timeout == 0 {
+		o.Health.Timeout = 2 * time.Minute
+	}
+	if o.WatchInterval == 0 {
+		o.WatchInterval = 2 * time.Second
+	}
+	if o.ReportBackoff == 0 {
+		o.ReportBackoff = 5 * time.Second
+	}
+	if o.ReportBackoffCap == 0 {
+		o.ReportBackoffCap = 10 * time.Minute
 	}
 	if o.Notify == nil {
 		o.Notify = sdNotify

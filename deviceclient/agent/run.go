@@ -13,6 +13,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/pki"
 )
 
@@ -21,8 +22,12 @@ import (
 // says, the device asks core and verifies what core sends), and on a
 // jittered poll (often while MQTT is down, rarely while it is up); it
 // renews the certificate when due; it tells systemd it is ready and keeps
-// its watchdog fed. It returns when ctx ends.
+// its watchdog fed. It also runs the health check of a generation on
+// trial (mounted by itself or by the mount units) in the background, and
+// sends the latest report to core, again with back-off until core has it.
+// It returns when ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
+	a.daemon = true
 	checks := make(chan string, 1)
 	trigger := func(why string) {
 		select {
@@ -51,10 +56,47 @@ func (a *Agent) Run(ctx context.Context) error {
 	renew := time.NewTimer(max(time.Until(a.RenewDue()), 0))
 	defer renew.Stop()
 	renewBackoff := time.Minute
+	watch := time.NewTicker(a.o.WatchInterval)
+	defer watch.Stop()
+	rep := &reporter{min: a.o.ReportBackoff, cap: a.o.ReportBackoffCap}
+	settled := make(chan struct{}, 1)
+	settling := false
+	var tried state.Trial // the trial last settled, not to be retried in a loop
+	tend := func() {
+		if !settling {
+			if tr, err := a.st.Trial(); err == nil && tr != nil && *tr != tried {
+				settling, tried = true, *tr
+				go func() {
+					defer func() { settled <- struct{}{} }()
+					if _, err := a.Settle(ctx); err != nil && ctx.Err() == nil {
+						a.log.Warn("trial", "err", err)
+					}
+				}()
+			}
+		}
+		rec, err := a.st.LatestReport()
+		if err != nil {
+			a.log.Warn("report", "err", err)
+			return
+		}
+		var pending *coreapi.Report
+		if rec.Pending() {
+			pending = &rec.Report
+		}
+		if !rep.due(pending, time.Now()) {
+			return
+		}
+		if _, err := a.SendReport(ctx); err != nil && ctx.Err() == nil {
+			a.log.Warn("report not sent; retrying", "err", err, "in", rep.failed(time.Now()))
+		}
+	}
 
 	for {
 		select {
 		case <-ctx.Done():
+			if settling {
+				<-settled // the check's process group is killed with ctx
+			}
 			_ = a.o.Notify("STOPPING=1")
 			dctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			_ = cm.Disconnect(dctx)
@@ -66,6 +108,12 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.log.Warn("check failed", "trigger", why, "err", err)
 			}
 			poll.Reset(a.pollDelay(mqttUp.Load()))
+			tend()
+		case <-watch.C:
+			tend()
+		case <-settled:
+			settling = false
+			tend()
 		case <-poll.C:
 			trigger("poll")
 		case <-renew.C:

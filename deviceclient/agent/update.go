@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/deviceclient/install"
@@ -21,9 +23,9 @@ func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
 	if err != nil {
 		return nil, a.fail(err)
 	}
-	ctx, cancel := context.WithTimeout(ctx, a.o.DownloadTimeout)
+	dctx, cancel := context.WithTimeout(ctx, a.o.DownloadTimeout)
 	defer cancel()
-	body, tag, err := a.core.Bundle(ctx, a.dev.Serial, etag)
+	body, tag, err := a.core.Bundle(dctx, a.dev.Serial, etag)
 	now := a.now().UTC()
 	if errors.Is(err, coreapi.ErrNotModified) {
 		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.ETag, s.LastError = now, tag, "" })
@@ -33,13 +35,28 @@ func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
 	}
 	defer func() { _ = body.Close() }()
 	res, err := install.Install(a.st, body, a.o.Install)
+	if errors.Is(err, install.ErrMarkedBad) {
+		// Core offers again the generation that failed here (its ETag was
+		// not the one kept): keep this one, so that core answers 304 until
+		// it has a newer generation.
+		a.log.Warn("core offers a generation that failed its health check here; not installed", "err", err, "etag", tag)
+		return nil, a.st.UpdateStatus(func(s *state.Status) { s.LastCheck, s.ETag = now, tag })
+	}
 	if err != nil {
-		if ctx.Err() != nil {
-			err = fmt.Errorf("%w (%w: download deadline %s)", err, ctx.Err(), a.o.DownloadTimeout)
+		if dctx.Err() != nil {
+			err = fmt.Errorf("%w (%w: download deadline %s)", err, dctx.Err(), a.o.DownloadTimeout)
+		}
+		if gen, ok := etagGeneration(tag); ok && errors.Is(err, install.ErrRefused) {
+			a.record(coreapi.Report{Generation: gen, State: coreapi.StateFailed, Running: a.running(), Error: err.Error()})
 		}
 		return nil, a.fail(err)
 	}
 	a.log.Info("bundle checked", "generation", res.Generation, "installed", res.Changed)
+	if res.Changed {
+		running := a.running()
+		a.record(coreapi.Report{Generation: res.Generation, State: coreapi.StateVerified, Running: running})
+		a.record(coreapi.Report{Generation: res.Generation, State: coreapi.StateInstalled, Running: running})
+	}
 	if err := a.st.UpdateStatus(func(s *state.Status) {
 		s.LastCheck, s.ETag, s.LastError = now, tag, ""
 		if res.Changed {
@@ -49,11 +66,34 @@ func (a *Agent) Update(ctx context.Context) (*install.Result, error) {
 		return res, err
 	}
 	if res.Changed && a.o.Layout != nil {
-		if err := a.remount(); err != nil {
+		if err := a.remount(ctx); err != nil {
 			return res, a.fail(err)
 		}
 	}
 	return res, nil
+}
+
+// etagGeneration is the generation core's ETag of a bundle names (see
+// coreapi.ETag), to report a bundle refused before its statement could be
+// trusted: the report says which generation core offered.
+func etagGeneration(tag string) (uint64, bool) {
+	gen, _, ok := strings.Cut(strings.Trim(tag, `"`), "-")
+	g, err := strconv.ParseUint(gen, 10, 64)
+	return g, ok && err == nil && g > 0
+}
+
+// running is the generation mounted, as far as the device knows: the
+// kernel's overlay if this agent mounts, else the image last found
+// healthy (what the mount units mount).
+func (a *Agent) running() uint64 {
+	if a.o.Layout != nil {
+		if rec, err := mount.Current(*a.o.Layout); err == nil && rec != nil {
+			return rec.Generation
+		}
+		return 0
+	}
+	h, _ := a.st.Healthy()
+	return h.Generation
 }
 
 // currentETag is the entity tag of the bundle the device has, for
@@ -76,21 +116,16 @@ func (a *Agent) currentETag() (string, error) {
 	return "", nil
 }
 
-// remount mounts the current image if an older one is mounted.
-func (a *Agent) remount() error {
+// remount mounts the current image if an older one is mounted, and puts
+// it on trial: a one-shot update runs its health check at once, the
+// daemon settles it in the background.
+func (a *Agent) remount(ctx context.Context) error {
 	rec, err := mount.Current(*a.o.Layout)
 	if err != nil || rec == nil {
 		return err
 	}
-	in, err := a.VerifyCurrent()
-	if err != nil {
-		return err
-	}
-	if _, err := mount.Mount(*a.o.Layout, in); err != nil {
-		return fmt.Errorf("mount generation %d: %w", in.Generation, err)
-	}
-	a.log.Info("image mounted", "generation", in.Generation, "target", a.o.Layout.Target)
-	return nil
+	_, err = a.Mount(ctx, !a.daemon)
+	return err
 }
 
 // VerifyCurrent verifies the current image again, for mounting.

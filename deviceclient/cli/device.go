@@ -6,6 +6,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -33,6 +34,54 @@ type common struct {
 	hw                    hwinfo.Sources
 	fs                    *flag.FlagSet
 	log                   *slog.Logger // warnings; run logs everything
+	// the health check (withHealth)
+	healthCheck, healthFile string
+	healthTimeout           time.Duration
+	healthAttempts          int
+}
+
+// DefaultHealthCheckFile is where a device's own health check is
+// configured on its rootfs (docs/device.md): one command line, a JSON
+// array of strings or words. Missing: none (unless the image names one).
+const DefaultHealthCheckFile = "/usr/lib/prov-device/health-check"
+
+// bootIDFile is the kernel's boot ID; a test seam (export_test.go).
+var bootIDFile = "/proc/sys/kernel/random/boot_id"
+
+// withHealth adds the health check's flags.
+func (c *common) withHealth() {
+	c.fs.StringVar(&c.healthCheck, "health-check", "", "the health check run after a new generation is mounted: a command line (words, or a JSON array of strings), run without a shell; overrides --health-check-file; the image's "+agent.ImageHealthCheck+" overrides both")
+	c.fs.StringVar(&c.healthFile, "health-check-file", DefaultHealthCheckFile, "the file holding the device's health check, if it exists")
+	c.fs.DurationVar(&c.healthTimeout, "health-timeout", 2*time.Minute, "kill the health check (its whole process group) after this long, and fail it")
+	c.fs.IntVar(&c.healthAttempts, "health-attempts", 1, "how many boots a new generation may be mounted in before its check passes; a restart past them fails it")
+}
+
+// health is the health check's configuration.
+func (c *common) health() (agent.Health, error) {
+	h := agent.Health{Timeout: c.healthTimeout, Attempts: c.healthAttempts, BootID: func() (string, error) {
+		b, err := os.ReadFile(bootIDFile)
+		if err != nil {
+			return "", fmt.Errorf("boot ID: %w", err)
+		}
+		return strings.TrimSpace(string(b)), nil
+	}}
+	if c.healthTimeout <= 0 || c.healthAttempts < 1 {
+		return h, fmt.Errorf("%w: --health-timeout must be positive and --health-attempts at least 1", cmdline.ErrUsage)
+	}
+	line := c.healthCheck
+	if line == "" && c.healthFile != "" {
+		b, err := os.ReadFile(c.healthFile)
+		if err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return h, fmt.Errorf("--health-check-file: %w", err)
+		}
+		line = string(b)
+	}
+	argv, err := agent.ParseCommand(line)
+	if err != nil {
+		return h, fmt.Errorf("%w: --health-check: %w", cmdline.ErrUsage, err)
+	}
+	h.Command = argv
+	return h, nil
 }
 
 func newCommon(env *cmdline.Env, withHW, withMount bool) *common {
@@ -102,6 +151,11 @@ func (c *common) load(st *state.Dir, o agent.Options) (*agent.Agent, error) {
 		return nil, err
 	}
 	o.Install, o.Layout = c.installOptions(st), c.layout()
+	if c.healthTimeout != 0 {
+		if o.Health, err = c.health(); err != nil {
+			return nil, err
+		}
+	}
 	a, err := agent.New(st, o)
 	if err != nil {
 		return nil, err
@@ -150,15 +204,21 @@ func enrollCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 
 func updateCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	c := newCommon(env, true, true)
+	c.withHealth()
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	st, a, err := c.open(agent.Options{})
+	st, a, err := c.open(agent.Options{Log: c.log})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = st.Close() }()
 	res, err := a.Update(ctx)
+	// The report goes once; if core is away it stays pending for the
+	// daemon, and the update is no less done.
+	if _, rerr := a.SendReport(ctx); rerr != nil {
+		c.log.Warn("report pending (the daemon sends it)", "err", rerr)
+	}
 	if err != nil {
 		return err
 	}
@@ -173,7 +233,7 @@ func updateCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	return nil
 }
 
-func mountCmd(_ context.Context, env *cmdline.Env, args []string) (err error) {
+func mountCmd(ctx context.Context, env *cmdline.Env, args []string) (err error) {
 	mounted := ""
 	// Under systemd, the unit's status line says what happened, even where
 	// the journal cannot be read (a new machine-id over /etc).
@@ -185,23 +245,22 @@ func mountCmd(_ context.Context, env *cmdline.Env, args []string) (err error) {
 		_ = agent.SystemdNotify(status)
 	}()
 	c := newCommon(env, true, true)
+	c.withHealth()
 	noHostname := c.fs.Bool("no-hostname", false, "do not set the kernel's hostname from the image (it is set when --target is /etc)")
+	deferCheck := c.fs.Bool("defer-check", false, "do not run the health check of a new generation: leave it on trial for the daemon (the boot-time units: the check may wait for the boot to finish)")
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	st, a, err := c.open(agent.Options{})
+	st, a, err := c.open(agent.Options{Log: c.log})
 	if err != nil {
 		return err
 	}
 	defer func() { _ = st.Close() }()
-	in, err := a.VerifyCurrent()
-	if err != nil {
+	rec, err := a.Mount(ctx, !*deferCheck)
+	if rec == nil && err != nil {
 		return err
 	}
-	rec, err := mount.Mount(*c.layout(), in)
-	if err != nil {
-		return err
-	}
+	checkErr := err
 	// PID 1 set the hostname from the rootfs's /etc before any unit ran.
 	if c.target == "/etc" && !*noHostname {
 		if h, err := os.ReadFile("/etc/hostname"); err == nil {
@@ -212,6 +271,11 @@ func mountCmd(_ context.Context, env *cmdline.Env, args []string) (err error) {
 	}
 	mounted = fmt.Sprintf("mounted generation %d over %s", rec.Generation, rec.Target)
 	_, _ = fmt.Fprintln(env.Stdout, mounted)
+	if checkErr != nil {
+		// The previous generation is mounted (rec), and the unit fails
+		// with the reason.
+		return fmt.Errorf("%w; generation %d is mounted", checkErr, rec.Generation)
+	}
 	if fb := a.FellBack(); fb != nil {
 		// The previous image is mounted, and the unit fails with the reason:
 		// a changed card is worth a look even though the device goes on.
@@ -241,6 +305,7 @@ func unmountCmd(_ context.Context, env *cmdline.Env, args []string) error {
 
 func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	c := newCommon(env, true, true)
+	c.withHealth()
 	poll := c.fs.Duration("poll", 5*time.Minute, "how often to check while MQTT is down (jittered)")
 	noMount := c.fs.Bool("no-mount", false, "do not mount new images (only install them)")
 	renewAt := c.fs.Float64("renew-at", 2.0/3, "renew the certificate after this fraction of its life (0 to 1)")
@@ -285,6 +350,13 @@ type statusReport struct {
 	Disagreements []string        `json:"disagreements,omitempty"`
 	BuildTime     time.Time       `json:"buildTime,omitzero"`
 	ClockFloor    time.Time       `json:"clockFloor,omitzero"`
+	// Trial is the generation on trial (its health check not passed yet),
+	// Healthy the last one found healthy, Bad those that failed here, and
+	// Report the latest report to core and whether core has it.
+	Trial   *state.Trial        `json:"trial,omitempty"`
+	Healthy *state.Healthy      `json:"healthy,omitempty"`
+	Bad     []state.Bad         `json:"bad,omitempty"`
+	Report  *state.ReportRecord `json:"report,omitempty"`
 	state.Status
 }
 
@@ -361,6 +433,13 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	if cur, ok, err := st.Pointer(state.Current); err == nil && ok {
 		r.Image = cur.Name
 	}
+	// What cannot be read is left out: status shows what it can.
+	r.Trial, _ = st.Trial()
+	if h, err := st.Healthy(); err == nil && h.Image != "" {
+		r.Healthy = &h
+	}
+	r.Bad, _ = st.BadGenerations()
+	r.Report, _ = st.LatestReport()
 	if c.target != "" {
 		l := *c.layout()
 		if r.Mounted, err = mount.ReadRecord(l); err != nil {
@@ -407,6 +486,26 @@ func statusCmd(_ context.Context, env *cmdline.Env, args []string) error {
 	}
 	if r.LastError != "" {
 		_, _ = fmt.Fprintf(env.Stdout, "last error   %s: %s\n", ts(r.ErrorAt), r.LastError)
+	}
+	if r.Trial != nil {
+		_, _ = fmt.Fprintf(env.Stdout, "on trial     generation %d since %s (health check not passed; boot %d of %s)\n",
+			r.Trial.Generation, ts(r.Trial.Started), r.Trial.Attempts, r.Trial.BootID)
+	}
+	for _, b := range r.Bad {
+		_, _ = fmt.Fprintf(env.Stdout, "bad          generation %d at %s: %s\n", b.Generation, ts(b.At), b.Reason)
+	}
+	if rp := r.Report; rp != nil {
+		delivery := "sent"
+		switch {
+		case rp.Refused != "":
+			delivery = "refused by core: " + rp.Refused
+		case !rp.Sent && rp.Tries > 0:
+			delivery = fmt.Sprintf("pending, %d tries, last: %s", rp.Tries, rp.LastError)
+		case !rp.Sent:
+			delivery = "pending"
+		}
+		_, _ = fmt.Fprintf(env.Stdout, "report       generation %d %s (running %d) at %s, %s\n",
+			rp.Report.Generation, rp.Report.State, rp.Report.Running, ts(rp.Report.At), delivery)
 	}
 	for _, d := range r.Disagreements {
 		_, _ = fmt.Fprintf(env.Stdout, "DISAGREES    %s\n", d)

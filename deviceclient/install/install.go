@@ -33,6 +33,11 @@ const MaxBundleSize = imagespec.MaxImageSize + 12 + signedimage.MaxStatementSize
 // I/O failure of the device itself).
 var ErrRefused = errors.New("bundle refused")
 
+// ErrMarkedBad is a bundle of a generation that failed its health check
+// on this device (state.Dir.MarkBad): it is not installed again; only a
+// newer generation is.
+var ErrMarkedBad = errors.New("generation failed its health check here")
+
 // Options are what a bundle is checked against.
 type Options struct {
 	Roots  *pki.TrustBundle
@@ -120,6 +125,9 @@ func Install(st *state.Dir, r io.Reader, o Options) (*Result, error) {
 	}
 	if _, err := Check(v, img.Bytes(), o.Rules); err != nil {
 		return nil, refused(err)
+	}
+	if st.IsBad(v.Generation) {
+		return nil, fmt.Errorf("generation %d: %w", v.Generation, ErrMarkedBad)
 	}
 	o.step("written")
 	name := state.ImageName(v.Generation, v.SHA256)
