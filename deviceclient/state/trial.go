@@ -31,8 +31,8 @@ const MaxBad = 8
 
 // Trial is a generation mounted but not yet found healthy.
 type Trial struct {
-	Image      string    `json:"image"`
-	Generation uint64    `json:"generation"`
+	Image      string `json:"image"`
+	Generation uint64 `json:"generation"`
 	// BootID is the boot the image was last mounted in; Attempts counts
 	// the boots it was mounted in without its check passing.
 	BootID   string    `json:"bootId"`
