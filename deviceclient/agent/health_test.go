@@ -287,8 +287,8 @@ func TestRebootBeforeTheCheckPassedFallsBack(t *testing.T) {
 		t.Fatalf("second attempt of two: trial %+v %v", tr, err)
 	}
 	boot.id = "boot-3"
-	if err := bootMount(2); err != nil {
-		t.Fatal(err)
+	if err := bootMount(2); !errors.Is(err, agent.ErrHealthCheck) {
+		t.Fatalf("the boot-time mount that fell back: %v, want it to fail with the reason", err)
 	}
 	wantFailed(t, st, l, next, 1, "restarted before the health check", "2 boots")
 	// The next boot mounts generation 1 with no trial, and the report

@@ -43,7 +43,8 @@ func (a *Agent) Mount(ctx context.Context, check bool) (*mount.Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := a.countBoot(boot); err != nil {
+	failed, err := a.countBoot(boot)
+	if err != nil {
 		return nil, err
 	}
 	in, err := a.VerifyCurrent()
@@ -60,6 +61,11 @@ func (a *Agent) Mount(ctx context.Context, check bool) (*mount.Record, error) {
 	if err := a.beginTrial(in, boot); err != nil {
 		return rec, err
 	}
+	if failed != "" {
+		// Said by the boot-time unit's failure: worth a look, though the
+		// device goes on with the previous generation.
+		return rec, fmt.Errorf("%w: %s", ErrHealthCheck, failed)
+	}
 	if !check {
 		return rec, nil
 	}
@@ -75,32 +81,33 @@ func (a *Agent) Mount(ctx context.Context, check bool) (*mount.Record, error) {
 // countBoot is the boot counter: the current image on trial since an
 // earlier boot has now been mounted in one more; past the attempts it
 // fails. A current image marked bad (a crash in the middle of a fallback)
-// is fallen back from again.
-func (a *Agent) countBoot(boot string) error {
+// is fallen back from again. failed says why, when it fell back.
+func (a *Agent) countBoot(boot string) (failed string, err error) {
 	cur, ok, err := a.st.Pointer(state.Current)
 	if err != nil || !ok {
-		return err
+		return "", err
 	}
 	gen, _, _ := cur.Version()
 	if a.st.IsBad(gen) {
-		_, err := a.fallBack(cur, gen, "marked bad before a restart")
-		return err
+		reason := fmt.Sprintf("generation %d was marked bad before a restart", gen)
+		_, err := a.fallBack(cur, gen, reason)
+		return reason, err
 	}
 	tr, err := a.st.Trial()
 	if err != nil || tr == nil || tr.Image != cur.Name || tr.BootID == boot {
-		return err
+		return "", err
 	}
 	if tr.Attempts < a.attempts() {
 		tr.Attempts++
 		tr.BootID = boot
 		a.log.Warn("the device restarted during the trial of a generation; trying it again",
 			"generation", tr.Generation, "attempt", tr.Attempts, "of", a.attempts())
-		return a.st.SetTrial(*tr)
+		return "", a.st.SetTrial(*tr)
 	}
 	reason := fmt.Sprintf("the device restarted before the health check of generation %d passed (mounted in %d boot%s)",
 		tr.Generation, tr.Attempts, plural(tr.Attempts))
 	_, err = a.fallBack(cur, tr.Generation, reason)
-	return err
+	return reason, err
 }
 
 func plural(n int) string {
