@@ -1,6 +1,7 @@
 // Package state is the device's state directory: its key and certificate,
 // its enrollment, the installed images with the current and previous
-// pointers, the high-water mark, and the last check's outcome. Every file
+// pointers, the high-water mark, the last check's outcome, the health
+// check's trial and bad generations, and the latest report to core. Every file
 // is replaced atomically (temporary file, fsync, rename, fsync of the
 // directory), so a power cut leaves either the old or the new version.
 //
@@ -13,6 +14,10 @@
 //	highwater.json    the highest generation accepted and its issue time
 //	floor.json        the clock floor: the latest time verified chains proved
 //	status.json       the last check, update and error (for `status`)
+//	trial.json        the generation on trial: health check not passed yet
+//	healthy.json      the last image found healthy
+//	bad.json          generations that failed here (never installed again)
+//	report.json       the latest report to core, and whether core has it
 //	images/*.bundle   signed bundles exactly as received and verified
 //	current, previous symlinks into images/
 //	lock              flock'd by whichever prov-device process changes state
