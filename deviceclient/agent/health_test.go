@@ -168,6 +168,14 @@ func TestHealthCheckFailsThenANewerGenerationPasses(t *testing.T) {
 	if s := st.Status(); !strings.Contains(s.LastError, "htp://typo") {
 		t.Fatalf("status %+v", s)
 	}
+	// Core hears of it, with the check's output.
+	if sent, err := a.SendReport(ctx); !sent || err != nil {
+		t.Fatalf("report the failure: %v %v", sent, err)
+	}
+	if got := f.coreReport(t, dev.Serial); got == nil || got.State != coreapi.StateFailed || got.Generation != bad || got.Running != 1 ||
+		!strings.Contains(got.Error, "htp://typo") {
+		t.Fatalf("core keeps %+v", got)
+	}
 
 	// Core still offers the bad generation: it answers 304 to the ETag
 	// kept, and nothing changes.
@@ -201,6 +209,12 @@ func TestHealthCheckFailsThenANewerGenerationPasses(t *testing.T) {
 	}
 	if h, err := st.Healthy(); err != nil || h.Generation != good {
 		t.Fatalf("healthy %+v %v", h, err)
+	}
+	if sent, err := a.SendReport(ctx); !sent || err != nil {
+		t.Fatalf("report healthy: %v %v", sent, err)
+	}
+	if got := f.coreReport(t, dev.Serial); got == nil || got.State != coreapi.StateHealthy || got.Generation != good {
+		t.Fatalf("core keeps %+v", got)
 	}
 	// The bad bundle is pruned with the install.
 	entries, _ := os.ReadDir(st.File(state.ImagesDir))
