@@ -35,6 +35,10 @@ type Options struct {
 	// Layout, if set, is where the image is mounted; after an update the
 	// new image is mounted if the old one was.
 	Layout *mount.Layout
+	// Observe, for a daemon that does not mount (Layout nil), is where the
+	// mount units mount: a trial is settled only while its image is
+	// mounted there, which a mount in this boot did (/run is a tmpfs).
+	Observe *mount.Layout
 	// DownloadTimeout bounds one bundle download (default 60 s).
 	DownloadTimeout time.Duration
 	// PollInterval is how often to check when MQTT is down (default 5

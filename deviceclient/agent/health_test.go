@@ -278,6 +278,14 @@ func TestRebootBeforeTheCheckPassedFallsBack(t *testing.T) {
 	if err := bootMount(1); err != nil {
 		t.Fatal(err)
 	}
+	// No check to run: healthy at once, even deferred (a reboot now must
+	// not fail it).
+	if h, err := st.Healthy(); err != nil || h.Generation != 1 {
+		t.Fatalf("generation 1 mounted with no check: healthy %+v %v", h, err)
+	}
+	if tr, err := st.Trial(); err != nil || tr != nil {
+		t.Fatalf("generation 1 mounted with no check: trial %+v %v", tr, err)
+	}
 	// The daemon installs (it does not mount); the remount unit mounts,
 	// leaving the check to the daemon; the device restarts before it ran.
 	next := f.healthCheck(t, dev.Serial, "slow", "/bin/true")

@@ -33,8 +33,8 @@ func (a *Agent) bootID() (string, error) {
 // fails the generation after Health.Attempts (the previous image is
 // mounted instead); an image not yet found healthy is put on trial; with
 // check set, the health check runs at once (Settle), otherwise it is left
-// to whoever settles it later (the daemon, after the boot). It returns
-// what is mounted.
+// to whoever settles it later (the daemon, after the boot), unless there is
+// none to run. It returns what is mounted.
 func (a *Agent) Mount(ctx context.Context, check bool) (*mount.Record, error) {
 	if a.o.Layout == nil {
 		return nil, errors.New("mount: no target")
@@ -67,7 +67,11 @@ func (a *Agent) Mount(ctx context.Context, check bool) (*mount.Record, error) {
 		return rec, fmt.Errorf("%w: %s", ErrHealthCheck, failed)
 	}
 	if !check {
-		return rec, nil
+		// With no check to run, mounted is healthy now: left to the
+		// daemon, a restart before it looked would fail the generation.
+		if argv, err := a.healthCommand(in); err != nil || argv != nil {
+			return rec, nil
+		}
 	}
 	if _, err := a.Settle(ctx); err != nil {
 		if cur, cerr := mount.Current(*a.o.Layout); cerr == nil && cur != nil {
@@ -155,9 +159,26 @@ func (a *Agent) Settle(ctx context.Context) (*CheckResult, error) {
 		return nil, err
 	}
 	tr, err := a.st.Trial()
-	if err != nil || tr == nil || tr.BootID != boot {
-		// A trial from an earlier boot is the boot-time mount's to count.
+	if err != nil || tr == nil {
 		return nil, err
+	}
+	// Only a trial of this boot is settled: one from an earlier boot is
+	// the boot-time mount's to count. This boot's is the one whose image
+	// is mounted now, where that can be seen (/run, where the mounts are
+	// kept, is a tmpfs); otherwise the one with this boot's ID. (The boot
+	// ID alone is not enough: a sandbox with a /proc of its own, as the
+	// daemon's unit has, sees the kernel's, where a container's init may
+	// have put another over it for the rest of the container.)
+	if l := a.observed(); l != nil {
+		if k, err := mount.Observe(*l); err != nil || k == nil || k.Lower != tr.Image {
+			a.log.Info("the generation on trial is not mounted now; its trial is not settled here",
+				"generation", tr.Generation, "image", tr.Image, "mounted", k, "err", err)
+			return nil, err
+		}
+	} else if tr.BootID != boot {
+		a.log.Info("the generation on trial was mounted in another boot; its trial is not settled here",
+			"generation", tr.Generation, "boot", tr.BootID, "now", boot)
+		return nil, nil
 	}
 	cur, ok, err := a.st.Pointer(state.Current)
 	if err != nil {
@@ -322,4 +343,12 @@ func (a *Agent) healthCommand(in *install.Installed) ([]string, error) {
 		}
 	}
 	return a.o.Health.Command, nil
+}
+
+// observed is where the image is mounted, if this agent can tell.
+func (a *Agent) observed() *mount.Layout {
+	if a.o.Layout != nil {
+		return a.o.Layout
+	}
+	return a.o.Observe
 }

@@ -320,11 +320,12 @@ func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	if *renewAt <= 0 || *renewAt >= 1 {
 		return fmt.Errorf("%w: --renew-at %g: want a fraction between 0 and 1", cmdline.ErrUsage, *renewAt)
 	}
+	var observe *mount.Layout
 	if *noMount {
-		c.target = ""
+		observe, c.target = c.layout(), ""
 	}
 	c.log = log
-	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll, RenewAt: *renewAt})
+	st, a, err := c.open(agent.Options{Log: log, PollInterval: *poll, RenewAt: *renewAt, Observe: observe})
 	if err != nil {
 		return err
 	}

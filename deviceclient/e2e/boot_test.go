@@ -2,15 +2,18 @@ package e2e_test
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/deviceclient/agent"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/internal/testenv/nspawn"
@@ -35,6 +38,9 @@ const bootState = "/var/lib/prov-device"
 //   - the remount unit given a mount namespace of its own (PrivateTmp=)
 //     cannot update the system's /etc, and status says so;
 //   - the watchdog restarts a stopped daemon;
+//   - a generation whose health check fails, and one whose check has not
+//     passed when the device reboots, each end on the previous generation,
+//     marked bad and reported to core; a newer one then installs;
 //   - the card in another board fails the mount unit, mounting nothing;
 //   - poweroff unmounts cleanly.
 func TestBootUnderSystemd(t *testing.T) {
@@ -156,6 +162,38 @@ func TestBootUnderSystemd(t *testing.T) {
 		t.Fatalf("the watchdog: %v\n%s", err, dev.diagnose())
 	}
 
+	// A generation whose own health check fails: the daemon runs it once
+	// the remount unit mounted it, falls back, and the remount unit mounts
+	// generation 6 again; 7 is bad, and core hears of it with the output.
+	setCheck := func(from uint64, change coreapi.DataChange) {
+		if _, err := admin.SetDeviceData(context.Background(), serial, from, change); err != nil {
+			t.Fatal(err)
+		}
+	}
+	check := func(argv string) coreapi.DataChange {
+		return coreapi.DataChange{Set: map[string]string{agent.ImageHealthCheck: argv + "\n"}}
+	}
+	setCheck(6, check(`["/bin/sh","-c","echo broker unreachable; exit 1"]`))
+	dev.wantFellBack(t, admin, 7, 6, "broker unreachable")
+	dev.statusAgrees(t, 6)
+
+	// A reboot before the check passed (it hangs): the boot-time mount
+	// counts the boot, fails generation 8 with the reason in its status,
+	// and mounts 6.
+	setCheck(7, check(`["/bin/sleep","600"]`))
+	dev.waitTrial(t, 8)
+	if err := m.Reboot(); err != nil {
+		t.Fatal(err)
+	}
+	dev.wantFellBack(t, admin, 8, 6, "restarted before the health check")
+	if out, _ := m.Run("systemctl", "status", "--no-pager", "--lines=0", "prov-device-mount.service"); !strings.Contains(out, "health check failed") {
+		t.Fatalf("the mount unit after a reboot during the trial:\n%s", out)
+	}
+	// A newer generation without the check installs and mounts as usual.
+	setCheck(8, coreapi.DataChange{Unset: []string{agent.ImageHealthCheck}})
+	dev.wantGeneration(t, 9)
+	dev.statusAgrees(t, 9)
+
 	// The card in another board: the mount unit fails with the reason in
 	// its status line and mounts nothing; the daemon does not restart.
 	serialFile := filepath.Join(dt, "devicetree", "base", "serial-number")
@@ -178,7 +216,7 @@ func TestBootUnderSystemd(t *testing.T) {
 	if err := m.Reboot(); err != nil {
 		t.Fatal(err)
 	}
-	dev.wantGeneration(t, 6)
+	dev.wantGeneration(t, 9)
 
 	// Poweroff stops the mount unit, which unmounts cleanly.
 	if err := m.Poweroff(); err != nil {
@@ -358,4 +396,78 @@ func (d *booted) mainPID(t *testing.T) int {
 		t.Fatalf("MainPID %q: %v", out, err)
 	}
 	return pid
+}
+
+// deviceState is what status --json says of the health check.
+type deviceState struct {
+	Trial  *state.Trial        `json:"trial"`
+	Bad    []state.Bad         `json:"bad"`
+	Report *state.ReportRecord `json:"report"`
+}
+
+func (d *booted) state(t *testing.T) (deviceState, error) {
+	t.Helper()
+	var s deviceState
+	out, _ := d.m.Run("prov-device", "status", "--state", bootState, "--json") // exits 6 while a remount is pending
+	if err := json.Unmarshal([]byte(out), &s); err != nil {
+		return s, fmt.Errorf("status --json: %w\n%s", err, out)
+	}
+	return s, nil
+}
+
+// mountedGeneration checks that the overlay on the system's /etc is gen's.
+func (d *booted) mountedGeneration(gen uint64) error {
+	img, err := d.m.Run("sh", "-c", "grep -o 'lowerdir=[^,]*' /proc/self/mountinfo | grep prov-device || true")
+	if err != nil {
+		return err
+	}
+	if !strings.Contains(img, fmt.Sprintf("%020d-", gen)) {
+		return fmt.Errorf("the overlay on /etc is not generation %d: %q", gen, img)
+	}
+	return nil
+}
+
+// waitTrial waits until gen is mounted on trial.
+func (d *booted) waitTrial(t *testing.T, gen uint64) {
+	t.Helper()
+	if err := testenv.WaitFor(60*time.Second, func() error {
+		s, err := d.state(t)
+		if err != nil {
+			return err
+		}
+		if s.Trial == nil || s.Trial.Generation != gen {
+			return fmt.Errorf("trial %+v", s.Trial)
+		}
+		return d.mountedGeneration(gen)
+	}); err != nil {
+		t.Fatalf("generation %d on trial: %v\n%s", gen, err, d.diagnose())
+	}
+}
+
+// wantFellBack waits until failed is bad, running is over the system's
+// /etc, and core has the device's report of the failure, saying why.
+func (d *booted) wantFellBack(t *testing.T, admin *coreapi.Client, failed, running uint64, why string) {
+	t.Helper()
+	if err := testenv.WaitFor(60*time.Second, func() error {
+		s, err := d.state(t)
+		if err != nil {
+			return err
+		}
+		if !slices.ContainsFunc(s.Bad, func(b state.Bad) bool { return b.Generation == failed }) {
+			return fmt.Errorf("generation %d is not bad: %+v", failed, s.Bad)
+		}
+		if err := d.mountedGeneration(running); err != nil {
+			return err
+		}
+		dv, err := admin.Device(context.Background(), d.serial)
+		if err != nil {
+			return err
+		}
+		if r := dv.Report; r == nil || r.Generation != failed || r.State != coreapi.StateFailed || r.Running != running || !strings.Contains(r.Error, why) {
+			return fmt.Errorf("core has the report %+v; the device %+v", r, s.Report)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("generation %d failed, %d mounted: %v\n%s", failed, running, err, d.diagnose())
+	}
 }

@@ -24,6 +24,11 @@ type Observed struct {
 	Size        int64  `json:"size,omitempty"`
 	// Deleted: the backing file was removed while mounted.
 	Deleted bool `json:"deleted,omitempty"`
+	// Lower is the bundle file the overlay's lower directory is named
+	// after (images/<name>/etc). Unlike the loop device, it can be read
+	// from another mount namespace, where the run directory's own mounts
+	// do not propagate (it is private).
+	Lower string `json:"lower,omitempty"`
 }
 
 // Image is the name of the bundle file the mounted image comes from.
@@ -53,6 +58,9 @@ func Observe(l Layout) (*Observed, error) {
 	}
 	if lower == "" {
 		return o, nil
+	}
+	if filepath.Base(lower) == "etc" {
+		o.Lower = filepath.Base(filepath.Dir(lower)) + ".bundle"
 	}
 	img, err := topMount(filepath.Dir(lower))
 	if err != nil || img == nil || img.fstype != "squashfs" {
