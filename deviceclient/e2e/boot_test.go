@@ -305,14 +305,7 @@ func (d *booted) wantGeneration(t *testing.T, gen uint64) {
 		if !strings.Contains(out, `"generation": `+want) {
 			return fmt.Errorf("not installed yet: %w\n%s", err, out)
 		}
-		img, err := d.m.Run("sh", "-c", "grep -o 'lowerdir=[^,]*' /proc/self/mountinfo | grep prov-device || true")
-		if err != nil {
-			return err
-		}
-		if !strings.Contains(img, fmt.Sprintf("%020d-", gen)) {
-			return fmt.Errorf("the overlay on /etc is not generation %d: %q", gen, img)
-		}
-		return nil
+		return d.mountedGeneration(gen)
 	}); err != nil {
 		t.Fatalf("generation %d over the system's /etc: %v\n%s", gen, err, d.diagnose())
 	}
