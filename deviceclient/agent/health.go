@@ -119,7 +119,7 @@ func RunCheck(ctx context.Context, argv []string, timeout time.Duration, env []s
 	case ctx.Err() != nil:
 		err = fmt.Errorf("%w: %s was stopped: %w", ErrHealthCheck, quoteArgv(argv), ctx.Err())
 	case errors.As(err, &exitErr):
-		err = fmt.Errorf("%w: %s: %s", ErrHealthCheck, quoteArgv(argv), exitErr.ProcessState.String())
+		err = fmt.Errorf("%w: %s: %s", ErrHealthCheck, quoteArgv(argv), exitErr.String())
 	default:
 		err = fmt.Errorf("%w: %s: %w", ErrHealthCheck, quoteArgv(argv), err)
 	}

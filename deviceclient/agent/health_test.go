@@ -255,7 +255,7 @@ func TestHealthCheckThatHangsIsKilled(t *testing.T) {
 		if errors.Is(err, os.ErrNotExist) || (err == nil && strings.Contains(string(stat), ") Z ")) {
 			return nil
 		}
-		return fmt.Errorf("the check's child %d still runs: %s %v", pid, stat, err)
+		return fmt.Errorf("the check's child %d still runs: %s %w", pid, stat, err)
 	}); err != nil {
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 		t.Fatal(err)

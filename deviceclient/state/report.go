@@ -42,7 +42,7 @@ func (d *Dir) LatestReport() (*ReportRecord, error) {
 
 // sameReport says whether two reports tell core the same: the time aside.
 func sameReport(a, b coreapi.Report) bool {
-	a.At, b.At = b.At, b.At
+	a.At = b.At
 	return a == b
 }
 
