@@ -59,6 +59,11 @@ type Options struct {
 	// ReportBackoff and ReportBackoffCap bound the daemon's retries of a
 	// report core did not take (default 5 s doubling to 10 min, jittered).
 	ReportBackoff, ReportBackoffCap time.Duration
+	// ReportEvery is how often the daemon sends its latest report again
+	// when nothing changed (and once at its start), so that core's fleet
+	// view tells a quiet device from one gone silent (stale after 26 h);
+	// DefaultReportEvery if zero.
+	ReportEvery time.Duration
 	// Notify sends systemd notifications (READY=1, WATCHDOG=1, ...); nil
 	// sends them to $NOTIFY_SOCKET if set.
 	Notify func(string) error
@@ -115,6 +120,9 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 	}
 	if o.ReportBackoff == 0 {
 		o.ReportBackoff = 5 * time.Second
+	}
+	if o.ReportEvery == 0 {
+		o.ReportEvery = DefaultReportEvery
 	}
 	if o.ReportBackoffCap == 0 {
 		o.ReportBackoffCap = 10 * time.Minute

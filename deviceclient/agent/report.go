@@ -78,6 +78,24 @@ func (a *Agent) SendReport(ctx context.Context) (bool, error) {
 	return true, a.st.ReportDelivered(rec.Report, "", nil)
 }
 
+// DefaultReportEvery is how often a quiet daemon reports again.
+const DefaultReportEvery = 12 * time.Hour
+
+// Heartbeat sends the latest report again, if core already has it: core
+// changes nothing but when it last heard of the device. A pending report
+// is SendReport's; a failure is only logged (the next one will do).
+func (a *Agent) Heartbeat(ctx context.Context) {
+	rec, err := a.st.LatestReport()
+	if err != nil || rec == nil || !rec.Sent || rec.Refused != "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if _, err := a.core.Report(ctx, a.dev.Serial, rec.Report); err != nil {
+		a.log.Warn("report again: not sent", "err", err)
+	}
+}
+
 // reporter is the daemon's side of SendReport: it sends the pending
 // report at once when it changes, and after a failure again with a
 // jittered back-off that doubles up to a cap; always the latest report.

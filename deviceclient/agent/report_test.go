@@ -146,3 +146,37 @@ func TestDaemonSendsTheLatestReport(t *testing.T) {
 		t.Fatalf("core keeps %+v, want the latest %+v", got, latest)
 	}
 }
+
+// A quiet daemon reports again, so that core's fleet view does not count
+// it stale: core's copy is the same report, heard of later.
+func TestDaemonReportsAgainWhenQuiet(t *testing.T) {
+	f := newFleet(t, "")
+	st, dev := f.enroll(t, "1813BBBK0166")
+	r := coreapi.Report{Generation: 1, State: coreapi.StateHealthy, Running: 1, BootID: "b", At: time.Now().UTC().Truncate(time.Millisecond)}
+	if _, err := st.SetReport(r); err != nil {
+		t.Fatal(err)
+	}
+	a := newAgent(t, st, agent.Options{PollInterval: time.Hour, WatchInterval: 20 * time.Millisecond, ReportEvery: 1100 * time.Millisecond})
+	if _, err := a.SendReport(ctx); err != nil {
+		t.Fatal(err)
+	}
+	first := f.coreReport(t, dev.Serial)
+	runCtx, stop := context.WithCancel(ctx)
+	done := make(chan error, 1)
+	go func() { done <- a.Run(runCtx) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	// Core stamps a report to the second: two heartbeats make it move.
+	if err := testenv.WaitFor(20*time.Second, func() error {
+		if got := f.coreReport(t, dev.Serial); !got.Received.After(first.Received) || !sameAsKept(got, r) {
+			return fmt.Errorf("core has %+v, first received %s", got, first.Received)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -58,6 +58,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	renewBackoff := time.Minute
 	watch := time.NewTicker(a.o.WatchInterval)
 	defer watch.Stop()
+	heartbeat := time.NewTicker(a.o.ReportEvery)
+	defer heartbeat.Stop()
+	a.Heartbeat(ctx)
 	rep := &reporter{min: a.o.ReportBackoff, cap: a.o.ReportBackoffCap}
 	settled := make(chan struct{}, 1)
 	settling := false
@@ -111,6 +114,8 @@ func (a *Agent) Run(ctx context.Context) error {
 			tend()
 		case <-watch.C:
 			tend()
+		case <-heartbeat.C:
+			a.Heartbeat(ctx)
 		case <-settled:
 			settling = false
 			tend()
