@@ -46,6 +46,7 @@ policy:
   groups:
     default: {hostname: "{{.Board}}-{{.Serial}}", mqttClientId: "{{.Serial}}", mqttGroupId: "line-a"}
 mqtt: {embedded: {listen: "127.0.0.1:$mqtt"}}
+rollouts: {tick: 1s}
 YAML
   "$BIN/prov-core" serve --config "$WORK/core.yaml" >"$WORK/core.log" 2>&1 &
   CORE_PID=$!
