@@ -219,11 +219,18 @@ func failureReason(wave int, st *coreapi.WaveStatus) string {
 			b.WriteString("; …")
 			break
 		}
-		msg := f.Error
-		if len(msg) > 200 {
-			msg = msg[:200] + "…"
-		}
+		msg := shorten(f.Error)
 		fmt.Fprintf(&b, "; %s: %s", f.Serial, msg)
 	}
 	return b.String()
+}
+
+// shorten keeps the start of a long error (what failed) and its end (a
+// health check's output ends it), cut at valid UTF-8.
+func shorten(s string) string {
+	const head, tail = 60, 140
+	if len(s) <= head+tail {
+		return s
+	}
+	return strings.ToValidUTF8(s[:head], "") + " … " + strings.ToValidUTF8(s[len(s)-tail:], "")
 }
