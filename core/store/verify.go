@@ -130,7 +130,7 @@ func Verify(source, target Copy, sample int) (*Verification, error) {
 	}
 	v.groupVersions(src, dst)
 	if src.holds != dst.holds {
-		if err := v.holds(source, target, src.groups); err != nil {
+		if err := v.holds(source, target, src, dst); err != nil {
 			return nil, err
 		}
 	}
@@ -236,14 +236,14 @@ func (v *Verification) groupVersions(src, dst *census) {
 // holds names the members held in one registry and not in the other,
 // group by group; members held in both at other versions are named by the
 // sample's reads (Held, GroupVersion, GroupData), and said here.
-func (v *Verification) holds(source, target Copy, groups []string) error {
+func (v *Verification) holds(source, target Copy, src, dst *census) error {
 	before := len(v.Mismatches)
-	for _, group := range groups {
-		a, err := heldSet(source, group)
+	for _, group := range src.groups {
+		a, err := heldSet(source, src, group)
 		if err != nil {
 			return fmt.Errorf("source: %w", err)
 		}
-		b, err := heldSet(target, group)
+		b, err := heldSet(target, dst, group)
 		if err != nil {
 			return fmt.Errorf("target: %w", err)
 		}
@@ -264,8 +264,14 @@ func (v *Verification) holds(source, target Copy, groups []string) error {
 	return nil
 }
 
-func heldSet(s Store, group string) (map[string]bool, error) {
+// heldSet are the members of group s holds. A registry that holds none is
+// not asked: a bbolt file that predates rollouts, opened read-only, has
+// no holds to read.
+func heldSet(s Store, c *census, group string) (map[string]bool, error) {
 	out := map[string]bool{}
+	if c.Holds == 0 {
+		return out, nil
+	}
 	return out, s.HeldMembers(group, func(serial string) error { out[serial] = true; return nil })
 }
 
