@@ -24,7 +24,7 @@ func storeCommands() []cmdline.Command {
 		{Name: "migrate", Args: storeArgs,
 			Short: "copy a bbolt registry into an empty PostgreSQL database (core stopped), then verify the copy", Run: storeMigrate},
 		{Name: "verify", Args: storeArgs,
-			Short: "compare a PostgreSQL registry with the bbolt one it was copied from: counts and sampled records, field by field", Run: storeVerify},
+			Short: "compare a PostgreSQL registry with the bbolt one it was copied from: counts, holds, rollouts and sampled devices, field by field", Run: storeVerify},
 	}
 }
 
@@ -38,7 +38,7 @@ func parseStoreFlags(env *cmdline.Env, args []string) (storeFlags, int, error) {
 	fs := env.Flags()
 	from := fs.String("from", "", "the registry to copy, bbolt:PATH (its prov-core stopped)")
 	to := fs.String("to", "", "the PostgreSQL database, postgres://… (libpq's URL, as store.url takes it)")
-	sample := fs.Int("sample", defaultSample, "how many devices to compare field by field, with their audit trails")
+	sample := fs.Int("sample", defaultSample, "how many devices to compare field by field, with their audit trails and reports")
 	if err := cmdline.Parse(fs, args); err != nil {
 		return storeFlags{}, 0, err
 	}
@@ -145,6 +145,7 @@ func verify(w io.Writer, src, dst store.Copy, sample int) error {
 	if !v.OK() {
 		return fmt.Errorf("%w: %d mismatches (the first %d above); do not start core on the copy", ErrMismatch, len(v.Mismatches), len(v.Mismatches))
 	}
-	_, _ = fmt.Fprintf(w, "verified: %s in both; %d devices (with their audit trails), every group and the CA revocation queue compared field by field\n", v.Target, v.Sampled)
+	_, _ = fmt.Fprintf(w, "verified: %s in both; %d devices (held or not, with their audit trails and reports), every group, kept group version "+
+		"and rollout (the waves of the active ones), every hold and wave member, and the CA revocation queue compared\n", v.Target, v.Sampled)
 	return nil
 }
