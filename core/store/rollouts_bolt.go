@@ -331,6 +331,9 @@ func (s *Bolt) AbortRollout(next *Rollout, ifRev uint64, actor, reason string, c
 func rolloutIn(tx *bolt.Tx, id uint64) (*Rollout, error) {
 	var ro Rollout
 	b := tx.Bucket(bucketRollouts)
+	if b == nil { // a file opened read-only from before rollouts
+		return nil, fmt.Errorf("rollout %d: %w", id, ErrNotFound)
+	}
 	found, err := getRecord(b, string(u64(id)), &ro)
 	if err != nil {
 		return nil, err
@@ -357,7 +360,11 @@ func (s *Bolt) Rollout(id uint64) (*Rollout, error) {
 func (s *Bolt) Rollouts(group string, active bool) ([]Rollout, error) {
 	var out []Rollout
 	err := s.db.View(func(tx *bolt.Tx) error {
-		c := tx.Bucket(bucketRollouts).Cursor()
+		b := tx.Bucket(bucketRollouts)
+		if b == nil { // a file opened read-only from before rollouts
+			return nil
+		}
+		c := b.Cursor()
 		for k, raw := c.Last(); k != nil; k, raw = c.Prev() {
 			var ro Rollout
 			if err := decode(raw, &ro); err != nil {
@@ -376,7 +383,11 @@ func (s *Bolt) Rollouts(group string, active bool) ([]Rollout, error) {
 func (s *Bolt) HeldMembers(group string, fn func(serial string) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		prefix := []byte(group + "\x00")
-		c := tx.Bucket(bucketHolds).Cursor()
+		b := tx.Bucket(bucketHolds)
+		if b == nil { // a file opened read-only from before rollouts
+			return nil
+		}
+		c := b.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
 			if err := fn(string(k[len(prefix):])); err != nil {
 				return err
@@ -390,7 +401,11 @@ func (s *Bolt) HeldMembers(group string, fn func(serial string) error) error {
 func (s *Bolt) WaveStates(id uint64, wave int, fn func(MemberState) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
 		prefix := waveKey(id, wave, "")
-		c := tx.Bucket(bucketRolloutWaves).Cursor()
+		b := tx.Bucket(bucketRolloutWaves)
+		if b == nil { // a file opened read-only from before rollouts
+			return nil
+		}
+		c := b.Cursor()
 		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
 			m, err := memberState(tx, string(k[len(prefix):]))
 			if err != nil {

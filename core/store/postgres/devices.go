@@ -91,7 +91,7 @@ func (s *Store) existingOr(ctx context.Context, tx pgx.Tx, r store.Registration,
 // viewFrom: a device a rollout holds (held_at) is read with the record of
 // the group's version it is held at.
 const (
-	viewColumns = "d.record, COALESCE(h.record, g.record), d.held_at IS NOT NULL"
+	viewColumns = "d.record, COALESCE(h.record, g.record), CASE WHEN d.held_at IS NULL THEN 0 WHEN h.record IS NULL THEN -1 ELSE 1 END"
 	viewFrom    = "devices d JOIN groups g ON g.name = d.group_name LEFT JOIN group_versions h ON h.group_name = d.group_name AND h.version = d.held_at"
 )
 
@@ -102,7 +102,7 @@ func view(ctx context.Context, q querier, serial string, lock bool) (*store.View
 		sql += " FOR UPDATE OF d"
 	}
 	var draw, graw []byte
-	var held bool
+	var held int
 	if err := q.QueryRow(ctx, sql, serial).Scan(&draw, &graw, &held); errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("device %s: %w", serial, store.ErrNotFound)
 	} else if err != nil {
@@ -111,7 +111,13 @@ func view(ctx context.Context, q querier, serial string, lock bool) (*store.View
 	return decodeView(serial, draw, graw, held)
 }
 
-func decodeView(serial string, draw, graw []byte, held bool) (*store.View, error) {
+// decodeView decodes a device and its group's record; held is viewColumns'
+// last: 0 not held, 1 held, -1 held at a version that is not kept (a
+// damaged registry: never served the group's newer data instead).
+func decodeView(serial string, draw, graw []byte, held int) (*store.View, error) {
+	if held < 0 {
+		return nil, fmt.Errorf("%w: device %s is held at a version of its group that is not kept", store.ErrUnavailable, serial)
+	}
 	var d store.Device
 	var g store.Group
 	if err := decodeRecord(draw, &d, "device "+serial); err != nil {
@@ -121,7 +127,7 @@ func decodeView(serial string, draw, graw []byte, held bool) (*store.View, error
 		return nil, err
 	}
 	v := store.NewView(&d, &g)
-	v.Held = held
+	v.Held = held > 0
 	return v, nil
 }
 
@@ -152,7 +158,7 @@ func (s *Store) List(cursor string, limit int) ([]store.View, string, error) {
 		}
 		var serial string
 		var draw, graw []byte
-		var held bool
+		var held int
 		if err := rows.Scan(&serial, &draw, &graw, &held); err != nil {
 			return nil, "", classify(err)
 		}

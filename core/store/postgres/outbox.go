@@ -188,7 +188,7 @@ func scanViews(ctx context.Context, q querier, fn func(*store.View), sql string,
 	for rows.Next() {
 		var serial string
 		var draw, graw []byte
-		var held bool
+		var held int
 		if err := rows.Scan(&serial, &draw, &graw, &held); err != nil {
 			return err
 		}

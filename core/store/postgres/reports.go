@@ -90,7 +90,7 @@ func (s *Store) memberStates(fn func(store.MemberState) error, where string, arg
 	for rows.Next() {
 		var serial string
 		var draw, graw, rraw []byte
-		var held bool
+		var held int
 		if err := rows.Scan(&serial, &draw, &graw, &held, &rraw); err != nil {
 			return classify(err)
 		}
@@ -98,7 +98,7 @@ func (s *Store) memberStates(fn func(store.MemberState) error, where string, arg
 		if err != nil {
 			return err
 		}
-		m := store.MemberState{Serial: serial, Status: v.Status, Generation: v.Generation(), Held: held}
+		m := store.MemberState{Serial: serial, Status: v.Status, Generation: v.Generation(), Held: v.Held}
 		if rraw != nil {
 			m.Report = &store.Report{}
 			if err := decodeRecord(rraw, m.Report, "report of "+serial); err != nil {
