@@ -240,8 +240,18 @@ func (r *Registry) RunRollouts(ctx context.Context) error {
 	}
 	t := time.NewTicker(tick)
 	defer t.Stop()
+	// A round reads the last wave's members whole: however fast reports
+	// come in (a large wave reporting), at most one round a second.
+	gap := min(tick, time.Second)
 	for {
 		r.rolloutRound()
+		pause := time.NewTimer(gap)
+		select {
+		case <-ctx.Done():
+			pause.Stop()
+			return nil
+		case <-pause.C:
+		}
 		select {
 		case <-ctx.Done():
 			return nil
