@@ -1,12 +1,13 @@
 // Package notify is core's change worker: after every change that gives
 // devices a new generation, it builds each changed device's next bundle, so
 // it is ready before the device asks, and publishes the device's
-// notification. A group change fans out to every member, on every CPU.
+// notification. A group change fans out to every member, on every CPU but
+// one by default.
 //
 // It never blocks a request: when its queue is full a change is dropped
 // and counted, and devices find their new generation by polling. Its share
-// of the CPU is bounded (Pace), so requests go on being served at their
-// usual latency during a large change.
+// of the CPU is bounded (Pace), so a large change leaves a CPU to serve
+// requests.
 package notify
 
 import (
@@ -69,8 +70,9 @@ type Worker struct {
 // goroutine made ready by a request waits for a CPU until a builder gives
 // one up, so with a builder on every CPU another device's fetch waited
 // several scheduling rounds (p99 41 times its idle p99, BenchmarkReprovision
-// on 2 cores). One CPU left to the rest of core keeps fetches near their
-// idle latency.
+// on 2 cores). One CPU left to the rest of core (the default) keeps them
+// far closer to idle, for a change rate a little lower on 2 cores (the
+// second builder spent much of its CPU contending with the first).
 type Pace struct {
 	// Builders is how many bundles are built at once, by a group's fan-out
 	// and the outbox's jobs together; 0 means DefaultBuilders.
