@@ -47,6 +47,12 @@ type Config struct {
 	} `yaml:"policy"`
 	Images struct {
 		CacheBytes int64 `yaml:"cacheBytes"`
+		// Builders is how many bundles the change worker builds at once;
+		// 0: every CPU but one (notify.DefaultBuilders), which leaves a
+		// CPU to serve requests during a large change.
+		Builders int `yaml:"builders"`
+		// BuildsPerSecond caps the change worker's builds; 0: no cap.
+		BuildsPerSecond float64 `yaml:"buildsPerSecond"`
 	} `yaml:"images"`
 	MQTT struct {
 		// Embedded runs core's broker on this TLS address.
@@ -226,6 +232,12 @@ func (c *Config) Validate() error {
 	}
 	if err := c.Log.Validate(); err != nil {
 		return err
+	}
+	if c.Images.Builders < 0 {
+		return bad("images.builders", "0 (every CPU but one) or more")
+	}
+	if c.Images.BuildsPerSecond < 0 {
+		return bad("images.buildsPerSecond", "0 (no cap) or more")
 	}
 	if c.Images.CacheBytes < 1<<20 {
 		return bad("images.cacheBytes", "at least 1 MiB")

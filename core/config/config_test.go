@@ -77,3 +77,30 @@ func TestStoreEngine(t *testing.T) {
 		}
 	}
 }
+
+// The change worker's pace: 0 (the default) or more builders, 0 (no cap)
+// or more builds per second; a negative one is an error naming its key.
+func TestImagesPace(t *testing.T) {
+	base := "trustBundle: r.pem\ntls: {cert: c.pem, key: k.pem}\nsigner: {cert: s.pem, key: s.key}\nstore: {path: r.db}\npolicy: {groups: {default: {}}}\n"
+	for _, tc := range []struct {
+		images   string
+		builders int
+		rate     float64
+		err      string
+	}{
+		{"{}", 0, 0, ""},
+		{"{builders: 3, buildsPerSecond: 2500}", 3, 2500, ""},
+		{"{builders: -1}", 0, 0, "images.builders"},
+		{"{buildsPerSecond: -5}", 0, 0, "images.buildsPerSecond"},
+	} {
+		c, err := config.Parse([]byte(base + "images: " + tc.images + "\n"))
+		switch {
+		case tc.err != "":
+			if !errors.Is(err, config.ErrBadConfig) || !strings.Contains(err.Error(), tc.err) {
+				t.Errorf("images: %s: %v, want an error naming %s", tc.images, err, tc.err)
+			}
+		case err != nil || c.Images.Builders != tc.builders || c.Images.BuildsPerSecond != tc.rate:
+			t.Errorf("images: %s: %+v %v", tc.images, c.Images, err)
+		}
+	}
+}

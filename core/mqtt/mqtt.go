@@ -37,6 +37,7 @@ type Broker struct {
 	checkRevoked func(*x509.Certificate) error
 	devices      atomic.Pointer[Devices]
 	serving      atomic.Bool
+	latest       latest // each device topic's last notification (latest.go)
 }
 
 // NewBroker prepares a broker listening on addr with tlsCfg, which must
@@ -54,6 +55,9 @@ func NewBroker(addr string, tlsCfg *tls.Config, checkRevoked func(*x509.Certific
 	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: log})
 	b := &Broker{srv: srv, log: log, checkRevoked: checkRevoked}
 	if err := srv.AddHook(&aclHook{b: b}, nil); err != nil {
+		return nil, fmt.Errorf("mqtt broker: %w", err)
+	}
+	if err := srv.AddHook(&latestHook{b: b}, nil); err != nil {
 		return nil, fmt.Errorf("mqtt broker: %w", err)
 	}
 	b.ln = listeners.NewTCP(listeners.Config{ID: "tls", Address: addr, TLSConfig: tlsCfg})
@@ -93,14 +97,17 @@ func (b *Broker) Ready() error {
 	return nil
 }
 
-// Notify publishes a notification on the device's topic, retained, QoS 1,
-// so a device that subscribes later still learns of it.
+// Notify publishes a notification on the device's topic, QoS 1, and keeps
+// it as the topic's latest, so a device that subscribes later still learns
+// of it (latest.go: as if retained, without mochi's retained store).
 func (b *Broker) Notify(_ context.Context, n coreapi.Notification) error {
 	payload, err := json.Marshal(n)
 	if err != nil {
 		return err
 	}
-	if err := b.srv.Publish(coreapi.DeviceTopic(n.Serial), payload, true, 1); err != nil {
+	topic := coreapi.DeviceTopic(n.Serial)
+	b.latest.put(topic, payload) // before publishing: a subscriber in between gets it one way or the other
+	if err := b.srv.Publish(topic, payload, false, 1); err != nil {
 		return fmt.Errorf("publish to %s: %w", coreapi.DeviceTopic(n.Serial), err)
 	}
 	return nil

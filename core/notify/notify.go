@@ -1,10 +1,13 @@
 // Package notify is core's change worker: after every change that gives
 // devices a new generation, it builds each changed device's next bundle, so
 // it is ready before the device asks, and publishes the device's
-// notification. A group change fans out to every member, on every CPU.
+// notification. A group change fans out to every member, on every CPU but
+// one by default.
 //
 // It never blocks a request: when its queue is full a change is dropped
-// and counted, and devices find their new generation by polling.
+// and counted, and devices find their new generation by polling. Its share
+// of the CPU is bounded (Pace), so a large change leaves a CPU to serve
+// requests.
 package notify
 
 import (
@@ -16,6 +19,7 @@ import (
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/time/rate"
 
 	"github.com/fleetprov/prov/core/bundlecache"
 	"github.com/fleetprov/prov/core/contract/coreapi"
@@ -56,6 +60,42 @@ type Worker struct {
 	results  *prometheus.CounterVec
 	outbox   *prometheus.CounterVec
 	wake     chan struct{} // the outbox's claimers (RunOutbox)
+	builders int           // devices built and published at once
+	slots    chan struct{} // of builders: taken for each build, whoever asks
+	limit    *rate.Limiter // builds per second; nil: as fast as builders go
+}
+
+// Pace bounds the worker's share of the CPU. Building and signing a bundle
+// is CPU work that never waits, and the Go scheduler has no priorities: a
+// goroutine made ready by a request waits for a CPU until a builder gives
+// one up, so with a builder on every CPU another device's fetch waited
+// several scheduling rounds (p99 41 times its idle p99, BenchmarkReprovision
+// on 2 cores). One CPU left to the rest of core (the default) keeps them
+// far closer to idle, for a change rate a little lower on 2 cores (the
+// second builder spent much of its CPU contending with the first).
+type Pace struct {
+	// Builders is how many bundles are built at once, by a group's fan-out
+	// and the outbox's jobs together; 0 means DefaultBuilders.
+	Builders int
+	// BuildsPerSecond caps the rate of builds (a token bucket as deep as
+	// Builders; waiting for a token sleeps); 0 means no cap.
+	BuildsPerSecond float64
+}
+
+// DefaultBuilders is every CPU but one, and at least one.
+func DefaultBuilders() int { return max(1, runtime.GOMAXPROCS(0)-1) }
+
+// SetPace sets the pace; call it before Run or RunOutbox.
+func (w *Worker) SetPace(p Pace) {
+	w.builders = p.Builders
+	if w.builders <= 0 {
+		w.builders = DefaultBuilders()
+	}
+	w.slots = make(chan struct{}, w.builders)
+	w.limit = nil
+	if p.BuildsPerSecond > 0 {
+		w.limit = rate.NewLimiter(rate.Limit(p.BuildsPerSecond), w.builders)
+	}
 }
 
 // DefaultQueue is how many changes wait at most.
@@ -77,6 +117,7 @@ func New(devices Devices, bundles Bundles, notifier Notifier, queue int, log *sl
 	if metrics != nil {
 		metrics.MustRegister(w.results, w.outbox)
 	}
+	w.SetPace(Pace{})
 	return w
 }
 
@@ -111,13 +152,9 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 }
 
-// group processes every member of a group on every CPU: the list is read
-// first (a short read transaction, not one held for the whole run), then
-// shared out. (Measured with BenchmarkReprovision on 2 cores: one worker
-// per CPU builds and publishes ~13,000 a second and leaves the median
-// fetch of other devices unchanged; one worker fewer cost a quarter of
-// that rate, and neither it nor yielding after each device brought their
-// p99 back to idle.)
+// group processes every member of a group with the pace's builders: the
+// list is read first (a short read transaction, not one held for the
+// whole run), then shared out.
 func (w *Worker) group(ctx context.Context, group string) {
 	var serials []string
 	if err := w.devices.GroupMembers(group, func(serial string) error {
@@ -129,7 +166,7 @@ func (w *Worker) group(ctx context.Context, group string) {
 	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for range min(runtime.GOMAXPROCS(0), len(serials)) {
+	for range min(w.builders, len(serials)) {
 		wg.Go(func() {
 			for ctx.Err() == nil {
 				i := int(next.Add(1)) - 1
@@ -155,8 +192,11 @@ func (w *Worker) device(ctx context.Context, serial string) {
 // publish builds a device's bundle and publishes its notification; a
 // failure is logged and counted, and returned for a job to try again.
 func (w *Worker) publish(ctx context.Context, v *store.View) error {
-	b, err := w.bundles.Get(policy.Record(v))
+	b, err := w.build(ctx, v)
 	if err != nil {
+		if ctx.Err() != nil {
+			return err // stopping, not failing
+		}
 		w.log.Error("notify: cannot build bundle", "serial", v.Serial, "err", err)
 		return err
 	}
@@ -170,4 +210,22 @@ func (w *Worker) publish(ctx context.Context, v *store.View) error {
 	}
 	w.results.WithLabelValues("published").Inc()
 	return nil
+}
+
+// build gets a device's bundle within the pace: a builder's slot, and a
+// token if builds per second are capped (waiting for either sleeps; the
+// publication after it holds neither).
+func (w *Worker) build(ctx context.Context, v *store.View) (*bundlecache.Bundle, error) {
+	select {
+	case w.slots <- struct{}{}:
+	case <-ctx.Done():
+		return nil, context.Cause(ctx)
+	}
+	defer func() { <-w.slots }()
+	if w.limit != nil {
+		if err := w.limit.Wait(ctx); err != nil {
+			return nil, fmt.Errorf("pace: %w", err)
+		}
+	}
+	return w.bundles.Get(policy.Record(v)) //nolint:wrapcheck // bundlecache names the device and generation
 }

@@ -75,15 +75,7 @@ func TestDeviceAndGroupChanges(t *testing.T) {
 	b := &broker{}
 	reg := prometheus.NewRegistry()
 	w := notify.New(f.Store, f.Bundles, b, 0, slog.New(slog.DiscardHandler), reg)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- w.Run(ctx) }()
-	defer func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	run(t, w)
 
 	w.GroupChanged("line-b")
 	if err := testenv.WaitFor(10*time.Second, func() error {
@@ -130,6 +122,20 @@ func TestDeviceAndGroupChanges(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// run runs w until the test ends.
+func run(t *testing.T, w *notify.Worker) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
 }
 
 // A full queue drops the change and counts it; nothing blocks.

@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/pprof"
 	"runtime/trace"
 	"strconv"
 	"strings"
@@ -177,7 +178,9 @@ func BenchmarkReprovision(b *testing.B) {
 				return lat, nil
 			default:
 			}
-			d, err := fetch()
+			var d time.Duration
+			var err error
+			trace.WithRegion(ctx, "fetch", func() { d, err = fetch() }) // a span to find in a trace (PROV_BENCH_TRACE)
 			if err != nil {
 				return lat, err
 			}
@@ -212,6 +215,7 @@ func BenchmarkReprovision(b *testing.B) {
 			sampled <- lat
 		}()
 		stopTrace := traceTo(b, os.Getenv("PROV_BENCH_TRACE"))
+		stopProfile := cpuProfileTo(b, os.Getenv("PROV_BENCH_CPUPROFILE"))
 		t0 := time.Now()
 		if _, err := admin.SetGroupData(ctx, "default", g.Version, coreapi.DataChange{Set: map[string]string{"/etc/prov/data/site": fmt.Sprintf("hall-%d\n", i)}}); err != nil {
 			b.Fatal(err)
@@ -227,6 +231,7 @@ func BenchmarkReprovision(b *testing.B) {
 			b.Fatal(err)
 		}
 		elapsed += time.Since(t0)
+		stopProfile()
 		stopTrace()
 		close(done)
 		busy = append(busy, <-sampled...)
@@ -246,6 +251,19 @@ func BenchmarkReprovision(b *testing.B) {
 // returned function is called: `go tool trace -pprof=sched` on it shows
 // what made a goroutine wait for a CPU in the busy window alone.
 func traceTo(b *testing.B, path string) func() {
+	return captureTo(b, path, trace.Start, trace.Stop)
+}
+
+// cpuProfileTo writes a CPU profile to path (if not empty) until the
+// returned function is called: the busy window alone, without the minute
+// of filling the store that -cpuprofile would add.
+func cpuProfileTo(b *testing.B, path string) func() {
+	return captureTo(b, path, pprof.StartCPUProfile, pprof.StopCPUProfile)
+}
+
+// captureTo runs start on a new file at path (if not empty) until the
+// returned function calls stop and closes it.
+func captureTo(b *testing.B, path string, start func(io.Writer) error, stop func()) func() {
 	b.Helper()
 	if path == "" {
 		return func() {}
@@ -254,11 +272,11 @@ func traceTo(b *testing.B, path string) func() {
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := trace.Start(f); err != nil {
+	if err := start(f); err != nil {
 		b.Fatal(err)
 	}
 	return func() {
-		trace.Stop()
+		stop()
 		if err := f.Close(); err != nil {
 			b.Error(err)
 		}

@@ -169,6 +169,7 @@ func (c *core) newBundles() error {
 // each change's job itself (store.Outbox: several cores share the jobs).
 func (c *core) newRegistry(notifier notify.Notifier) {
 	c.worker = notify.New(c.store, c.bundles, notifier, 0, c.log, c.metrics)
+	c.worker.SetPace(notify.Pace{Builders: c.cfg.Images.Builders, BuildsPerSecond: c.cfg.Images.BuildsPerSecond})
 	o := registry.Options{DefaultGroup: c.cfg.Policy.DefaultGroup, Revoker: c.revoker, RolloutTick: c.cfg.Rollouts.Tick, Metrics: c.metrics, Log: c.log}
 	if c.broker != nil {
 		o.Sessions = c.broker
