@@ -31,6 +31,10 @@ const (
 	Failed   = "failed"
 )
 
+// RuleBadRequest is the Rule of an attempt refused for what it sent (a
+// malformed hardware ID or CSR), not by a vouching rule.
+const RuleBadRequest = "bad_request"
+
 // Genesis is the "previous hash" of the first record.
 var Genesis = strings.Repeat("0", 64)
 
@@ -49,9 +53,15 @@ type Record struct {
 	CertSerial string    `json:"certSerial,omitempty"`
 	Batch      string    `json:"batch,omitempty"`
 	Result     string    `json:"result"`
-	Reason     string    `json:"reason,omitempty"`
-	Prev       string    `json:"prev"`
-	Hash       string    `json:"hash"`
+	// Rule names what refused an attempt: a vouching rule
+	// (enrollapi.RefusalRule: network, rate, manifest, window, quota,
+	// reenrollment) or RuleBadRequest; the console counts refusals by it
+	// and tells the operator what to do. Records written before it have
+	// none (omitted, so their hashes are unchanged).
+	Rule   string `json:"rule,omitempty"`
+	Reason string `json:"reason,omitempty"`
+	Prev   string `json:"prev"`
+	Hash   string `json:"hash"`
 }
 
 // digest is the SHA-256 of the record's JSON with Hash empty.

@@ -479,8 +479,10 @@ func (e *Enroller) finish(a *attempt, resp *enrollapi.EnrollResponse, err error)
 	switch {
 	case err == nil:
 		a.rec.Result = auditlog.Enrolled
-	case errors.As(err, &refusal), errors.As(err, &bad):
-		a.rec.Result, a.rec.Reason = auditlog.Refused, err.Error()
+	case errors.As(err, &refusal):
+		a.rec.Result, a.rec.Rule, a.rec.Reason = auditlog.Refused, string(refusal.Rule), err.Error()
+	case errors.As(err, &bad):
+		a.rec.Result, a.rec.Rule, a.rec.Reason = auditlog.Refused, auditlog.RuleBadRequest, err.Error()
 	default:
 		a.rec.Result, a.rec.Reason = auditlog.Failed, err.Error()
 	}

@@ -229,6 +229,17 @@ func TestVouchingRules(t *testing.T) {
 	if code, _, ae := e.enroll(t, enrollapi.EnrollRequest{Board: "rpi4", HardwareID: "10000000000000a1", CSR: newDevice(t).csr}); code != http.StatusForbidden || ae.Code != "refused_reenrollment" {
 		t.Fatalf("re-enrollment with another key under deny: %d %+v", code, ae)
 	}
+	// The factory record names each refusal's rule.
+	var rules []string
+	if err := auditlog.Read(e.record, func(rec auditlog.Record) error {
+		rules = append(rules, rec.Result+":"+rec.Rule)
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if want := "[enrolled: refused:manifest refused:window enrolled: refused:quota refused:reenrollment]"; fmt.Sprint(rules) != want {
+		t.Fatalf("factory record %v, want %s", rules, want)
+	}
 }
 
 func TestOutsideTheFactoryNetwork(t *testing.T) {
