@@ -1,0 +1,157 @@
+package status
+
+import (
+	"maps"
+	"sync"
+	"time"
+
+	"github.com/fleetprov/prov/proxy/auditlog"
+)
+
+// Plan is what a batch's configuration says of it.
+type Plan struct {
+	Name      string
+	Planned   int // boards in its manifest
+	Quota     int // 0: the manifest's size
+	NotBefore time.Time
+	NotAfter  time.Time
+}
+
+// BatchStats are a batch's numbers, exact: every one is a count over the
+// factory record, as `prov-proxy audit list` shows it.
+type BatchStats struct {
+	Plan
+	Attempts int
+	// Enrolled counts boards (hardware IDs) enrolled at least once.
+	Enrolled int
+	// RefusedBy counts refused attempts by rule; Failed counts attempts
+	// that failed upstream.
+	RefusedBy map[string]int
+	Failed    int
+	// Retrying are boards with an attempt that did not enroll, and none
+	// since that did.
+	Retrying int
+	// Remaining = Planned - Enrolled.
+	Remaining int
+	// FirstPassYield is the share of boards attempted whose first attempt
+	// enrolled (0 to 1).
+	FirstPassYield float64
+	// PerHour is boards enrolled in the last hour; ETA the time to enrol
+	// the remaining ones at that rate (zero when unknown).
+	PerHour int
+	ETA     time.Duration
+}
+
+type board struct {
+	firstOK  bool
+	enrolled bool
+	pending  bool // the last attempt did not enroll
+}
+
+type batchState struct {
+	attempts  int
+	refusedBy map[string]int
+	failed    int
+	boards    map[string]*board // by board/hardware ID
+	enrolled  []time.Time       // enrollment times, in order
+}
+
+// Batches follows the factory record per batch.
+type Batches struct {
+	mu    sync.Mutex
+	plans map[string]Plan
+	state map[string]*batchState
+}
+
+// NewBatches follows the batches of plans.
+func NewBatches(plans []Plan) *Batches {
+	b := &Batches{plans: map[string]Plan{}, state: map[string]*batchState{}}
+	for _, p := range plans {
+		b.plans[p.Name] = p
+	}
+	return b
+}
+
+// Observe takes one record of the factory record, in order; a record of
+// no batch (a refusal before the board was matched to one) is left out.
+func (b *Batches) Observe(r auditlog.Record) {
+	if r.Batch == "" {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	st := b.state[r.Batch]
+	if st == nil {
+		st = &batchState{refusedBy: map[string]int{}, boards: map[string]*board{}}
+		b.state[r.Batch] = st
+	}
+	st.attempts++
+	key := r.Board + "/" + r.HardwareID
+	bd := st.boards[key]
+	first := bd == nil
+	if first {
+		bd = &board{}
+		st.boards[key] = bd
+	}
+	switch r.Result {
+	case auditlog.Enrolled:
+		if first {
+			bd.firstOK = true
+		}
+		if !bd.enrolled {
+			st.enrolled = append(st.enrolled, r.Time)
+		}
+		bd.enrolled, bd.pending = true, false
+	case auditlog.Refused:
+		st.refusedBy[r.Rule]++
+		bd.pending = !bd.enrolled
+	default:
+		st.failed++
+		bd.pending = !bd.enrolled
+	}
+}
+
+// Stats are every batch's numbers at now, by name; a configured batch
+// without attempts is there with zeros.
+func (b *Batches) Stats(now time.Time) map[string]BatchStats {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	out := map[string]BatchStats{}
+	names := maps.Clone(b.plans)
+	for name := range b.state {
+		if _, ok := names[name]; !ok {
+			names[name] = Plan{Name: name}
+		}
+	}
+	for name, plan := range names {
+		s := BatchStats{Plan: plan, RefusedBy: map[string]int{}}
+		if st := b.state[name]; st != nil {
+			s.Attempts, s.Failed = st.attempts, st.failed
+			maps.Copy(s.RefusedBy, st.refusedBy)
+			firstOK := 0
+			for _, bd := range st.boards {
+				if bd.enrolled {
+					s.Enrolled++
+				}
+				if bd.firstOK {
+					firstOK++
+				}
+				if bd.pending {
+					s.Retrying++
+				}
+			}
+			if len(st.boards) > 0 {
+				s.FirstPassYield = float64(firstOK) / float64(len(st.boards))
+			}
+			for i := len(st.enrolled) - 1; i >= 0 && now.Sub(st.enrolled[i]) <= time.Hour; i-- {
+				s.PerHour++
+			}
+		}
+		s.Remaining = max(plan.Planned-s.Enrolled, 0)
+		if s.PerHour > 0 && s.Remaining > 0 {
+			s.ETA = time.Duration(float64(s.Remaining) / float64(s.PerHour) * float64(time.Hour))
+		}
+		out[name] = s
+	}
+	return out
+}
