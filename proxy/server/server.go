@@ -95,6 +95,9 @@ type Options struct {
 	// Warnings, if set, are added to a ready answer of /readyz (the
 	// proxy's certificate near its end).
 	Warnings func() []string
+	// Console, if set, is served at /console/state and /console/events
+	// (Viewers only).
+	Console *status.Console
 }
 
 // New makes the handler.
@@ -112,7 +115,9 @@ func New(e Enroller, line Line, m *Metrics, log *slog.Logger, o Options) *Server
 		enrollapi.RouteHealthz.Name: func(w http.ResponseWriter, _ *http.Request) error {
 			return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		},
-		enrollapi.RouteReadyz.Name: s.readyz,
+		enrollapi.RouteReadyz.Name:        s.readyz,
+		enrollapi.RouteConsoleState.Name:  s.viewersOnly(s.consoleState),
+		enrollapi.RouteConsoleEvents.Name: s.viewersOnly(s.consoleEvents),
 		enrollapi.RouteMetrics.Name: s.viewersOnly(func(w http.ResponseWriter, r *http.Request) error {
 			metrics.ServeHTTP(w, r)
 			return nil

@@ -62,7 +62,8 @@ var factory = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 
 func newServer(t *testing.T, e *enroller, line *status.Line, ready func() error) *server.Server {
 	t.Helper()
-	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: ready, Timeout: time.Second, Viewers: factory})
+	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: ready, Timeout: time.Second, Viewers: factory,
+		Console: status.NewConsole(nil)})
 }
 
 func do(t *testing.T, s http.Handler, method, path, body string) (*httptest.ResponseRecorder, coreapi.Error) {
@@ -256,6 +257,14 @@ func TestEveryRoute(t *testing.T) {
 			}
 		}
 		if route.Method != http.MethodGet {
+			continue
+		}
+		if route.Name == enrollapi.RouteConsoleEvents.Name {
+			// A GET streams until the console goes (proxy/service
+			// TestConsoleStateAndEvents); HEAD answers at once.
+			if head, _ := do(t, s, "HEAD", route.Path, ""); head.Code != http.StatusOK || head.Header().Get("Content-Type") != "text/event-stream" || head.Body.Len() != 0 {
+				t.Errorf("HEAD %s: %d %q with %d bytes", route.Path, head.Code, head.Header().Get("Content-Type"), head.Body.Len())
+			}
 			continue
 		}
 		get, _ := do(t, s, "GET", route.Path, "")

@@ -56,7 +56,7 @@ func WithUpstreams(f func(enroll.Core, enroll.CA) (enroll.Core, enroll.CA)) Opti
 
 // Run runs the proxy until ctx ends.
 func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Option) error {
-	p := &proxy{cfg: cfg, log: log, line: status.New()}
+	p := &proxy{cfg: cfg, log: log}
 	for _, f := range opts {
 		f(&p.o)
 	}
@@ -65,10 +65,10 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 
 // proxy is the service being built, then run.
 type proxy struct {
-	cfg  *config.Config
-	log  *slog.Logger
-	o    options
-	line *status.Line
+	cfg     *config.Config
+	log     *slog.Logger
+	o       options
+	console *status.Console
 
 	self      *serve.Self
 	prov      *token.Provisioner
@@ -165,11 +165,17 @@ func (p *proxy) checkCoreName(cs tls.ConnectionState) error {
 	return nil
 }
 
-// openRecord opens the factory record, replaying it into the status page.
-// The batches' counts are core's (admissions), not replayed from this
-// proxy's record: another proxy may have enrolled from the same batch.
+// openRecord opens the factory record, replaying it into the status page
+// and the console. The batches' quotas are core's (admissions), not
+// replayed from this proxy's record: another proxy may have enrolled from
+// the same batch; the console's numbers are this proxy's record's.
 func (p *proxy) openRecord() (err error) {
-	p.record, err = auditlog.Open(p.cfg.Record.Path, p.line.Observe)
+	var plans []status.Plan
+	for _, b := range p.policy.Batches() {
+		plans = append(plans, status.Plan{Name: b.Name, Planned: b.Size, Quota: b.Quota, NotBefore: b.NotBefore, NotAfter: b.NotAfter})
+	}
+	p.console = status.NewConsole(plans)
+	p.record, err = auditlog.Open(p.cfg.Record.Path, p.console.Observe)
 	if err != nil {
 		return fmt.Errorf("record.path: %w", err)
 	}
@@ -182,7 +188,7 @@ func (p *proxy) newEnroller() error {
 	f := p.cfg.Field
 	p.enroller = enroll.New(enroll.Options{Name: p.self.ID.String(), Core: p.core, CA: p.ca, Prov: p.prov, Policy: p.policy,
 		Record: p.record, Roots: p.self.Roots, RootPEM: p.self.RootPEM, Field: enroll.Field{CoreURL: f.CoreURL, CAURL: f.CAURL, MQTTURL: f.MQTTURL},
-		Log: p.log, Observe: p.metrics.Observe, Recorded: p.line.Observe, CertLife: p.cfg.CertificateLifetime,
+		Log: p.log, Observe: p.metrics.Observe, Recorded: p.console.Observe, CertLife: p.cfg.CertificateLifetime,
 		// An enrollment makes up to six calls upstream while it holds its
 		// place at core (admit, register, revoke, sign, record, bundle).
 		Lease: max(enroll.DefaultLease, 6*p.cfg.HTTP.UpstreamTimeout), EndTimeout: p.cfg.HTTP.UpstreamTimeout})
@@ -199,7 +205,8 @@ func (p *proxy) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	h := server.New(p.enroller, p.line, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers, Warnings: p.renewer.Warnings})
+	h := server.New(p.enroller, p.console, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers,
+		Warnings: p.renewer.Warnings, Console: p.console})
 	// New devices have no certificate yet: the factory network policy,
 	// not TLS, decides who may enroll.
 	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})

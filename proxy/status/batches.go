@@ -10,36 +10,36 @@ import (
 
 // Plan is what a batch's configuration says of it.
 type Plan struct {
-	Name      string
-	Planned   int // boards in its manifest
-	Quota     int // 0: the manifest's size
-	NotBefore time.Time
-	NotAfter  time.Time
+	Name      string    `json:"name"`
+	Planned   int       `json:"planned"` // boards in its manifest
+	Quota     int       `json:"quota"`   // 0: the manifest's size
+	NotBefore time.Time `json:"notBefore,omitzero"`
+	NotAfter  time.Time `json:"notAfter,omitzero"`
 }
 
 // BatchStats are a batch's numbers, exact: every one is a count over the
 // factory record, as `prov-proxy audit list` shows it.
 type BatchStats struct {
 	Plan
-	Attempts int
+	Attempts int `json:"attempts"`
 	// Enrolled counts boards (hardware IDs) enrolled at least once.
-	Enrolled int
+	Enrolled int `json:"enrolled"`
 	// RefusedBy counts refused attempts by rule; Failed counts attempts
 	// that failed upstream.
-	RefusedBy map[string]int
-	Failed    int
+	RefusedBy map[string]int `json:"refusedBy"`
+	Failed    int            `json:"failed"`
 	// Retrying are boards with an attempt that did not enroll, and none
 	// since that did.
-	Retrying int
+	Retrying int `json:"retrying"`
 	// Remaining = Planned - Enrolled.
-	Remaining int
+	Remaining int `json:"remaining"`
 	// FirstPassYield is the share of boards attempted whose first attempt
 	// enrolled (0 to 1).
-	FirstPassYield float64
+	FirstPassYield float64 `json:"firstPassYield"`
 	// PerHour is boards enrolled in the last hour; ETA the time to enrol
 	// the remaining ones at that rate (zero when unknown).
-	PerHour int
-	ETA     time.Duration
+	PerHour int           `json:"perHour"`
+	ETA     time.Duration `json:"etaNs"`
 }
 
 type board struct {

@@ -323,3 +323,19 @@ func CoreRefusal(err error) *Refusal {
 	}
 	return nil
 }
+
+// BatchInfo is what the console shows of a configured batch.
+type BatchInfo struct {
+	BatchConfig
+	// Size is how many boards its manifest lists.
+	Size int
+}
+
+// Batches are the configured batches, in configuration order.
+func (p *Policy) Batches() []BatchInfo {
+	out := make([]BatchInfo, 0, len(p.batches))
+	for _, b := range p.batches {
+		out = append(out, BatchInfo{BatchConfig: b.BatchConfig, Size: len(b.ids)})
+	}
+	return out
+}

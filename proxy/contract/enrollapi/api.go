@@ -21,10 +21,14 @@ var (
 	RouteHealthz    = coreapi.Route{Name: "healthz", Method: http.MethodGet, Path: "/healthz"}
 	RouteReadyz     = coreapi.Route{Name: "readyz", Method: http.MethodGet, Path: "/readyz"}
 	RouteMetrics    = coreapi.Route{Name: "metrics", Method: http.MethodGet, Path: "/metrics"}
+	// The console's whole state (JSON), and each attempt as it is
+	// recorded (server-sent events): the factory network only, read-only.
+	RouteConsoleState  = coreapi.Route{Name: "console_state", Method: http.MethodGet, Path: "/console/state"}
+	RouteConsoleEvents = coreapi.Route{Name: "console_events", Method: http.MethodGet, Path: "/console/events"}
 )
 
 // Routes is every route of the proxy.
-var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics}
+var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics, RouteConsoleState, RouteConsoleEvents}
 
 // PathEnroll is the enrollment route's path.
 const PathEnroll = "/v1/enroll"
