@@ -95,3 +95,21 @@ func TestParse(t *testing.T) {
 		}
 	}
 }
+
+// FuzzParse: Parse reads a report before its signer's chain is checked, so
+// it must take any bytes without panicking, and accept only a header of
+// this version.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte("version,batch,manifest_size,exported_at,record_entries,record_head\nprov-batch-report/1,lot,3,2026-11-30T06:00:00Z,7,ab\n"))
+	f.Add([]byte(`{"version":"prov-batch-report/1","batch":"lot","manifestSize":3,"exportedAt":"2026-11-30T06:00:00Z","record":{"entries":7,"hash":"ab"},"boards":[]}`))
+	f.Add([]byte("\"unterminated\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		r, err := batchreport.Parse(data)
+		if err == nil && r.Version != batchreport.Version {
+			t.Fatalf("accepted version %q", r.Version)
+		}
+		if err != nil && !errors.Is(err, batchreport.ErrMalformed) {
+			t.Fatalf("an error that is not ErrMalformed: %v", err)
+		}
+	})
+}
