@@ -1,5 +1,6 @@
-// Package cli is the prov-proxy command line: serve (the factory proxy) and
-// audit verify|list (the factory record).
+// Package cli is the prov-proxy command line: serve (the factory proxy),
+// audit verify|list (the factory record) and audit report|verify-report
+// (a batch's signed report).
 package cli
 
 import (
@@ -34,7 +35,11 @@ var program = &cmdline.Program{
 				func(ctx context.Context, c *config.Config, log *slog.Logger) error { return service.Run(ctx, c, log) })},
 		{Name: "audit", Sub: []cmdline.Command{
 			{Name: "verify", Args: "--log FILE", Short: "check the factory record's hash chain", Run: verify},
-			{Name: "list", Args: "--log FILE [--json] [--since DURATION]", Short: "print the factory record", Run: list},
+			{Name: "list", Args: "--log FILE [--json] [--since DURATION] [--batch NAME]", Short: "print the factory record", Run: list},
+			{Name: "report", Args: "--batch NAME --format csv|json --out FILE (--config FILE | --log FILE --cert FILE --key FILE --manifest FILE)",
+				Short: "write a batch's report from the factory record, signed by the proxy's key (FILE.sig, chain in FILE.pem)", Run: report},
+			{Name: "verify-report", Args: "--report FILE --root FILE [--log FILE]",
+				Short: "check a batch report's signature, that a proxy signed it, and with --log that the record still holds its head", Run: verifyReport},
 		}},
 	},
 }
@@ -72,6 +77,7 @@ func list(_ context.Context, env *cmdline.Env, args []string) error {
 	path := fs.String("log", "", "the factory record")
 	asJSON := fs.Bool("json", false, "print JSON lines")
 	since := fs.Duration("since", 0, "only the last DURATION (e.g. 24h)")
+	batch := fs.String("batch", "", "only attempts of batch NAME")
 	if err := cmdline.Parse(fs, args); err != nil {
 		return err
 	}
@@ -88,7 +94,7 @@ func list(_ context.Context, env *cmdline.Env, args []string) error {
 	}
 	enc := json.NewEncoder(env.Stdout)
 	err := auditlog.Read(*path, func(r auditlog.Record) error {
-		if r.Time.Before(from) {
+		if r.Time.Before(from) || (*batch != "" && r.Batch != *batch) {
 			return nil
 		}
 		if *asJSON {

@@ -26,6 +26,7 @@ import (
 type Proxy struct {
 	URL    string // https://localhost:port
 	Record string // the factory record's path
+	Config string // the configuration file it runs with
 }
 
 // Start runs a proxy for core until the test ends; vouching is the YAML
@@ -119,7 +120,7 @@ vouching:
 	if host == "127.0.0.1" {
 		host = "localhost"
 	}
-	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record}, nil
+	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record, Config: cfgPath}, nil
 }
 
 func indent(s string) string {

@@ -226,6 +226,16 @@ func readManifest(path string) (map[string]bool, error) {
 	return ids, nil
 }
 
+// ManifestSize reads a batch manifest as the policy does and returns the
+// number of hardware IDs it lists: a batch's planned size, for its report.
+func ManifestSize(path string) (int, error) {
+	ids, err := readManifest(path)
+	if err != nil {
+		return 0, fmt.Errorf("batch manifest: %w", err)
+	}
+	return len(ids), nil
+}
+
 // CheckSource refuses addresses outside the factory networks.
 func (p *Policy) CheckSource(a netip.Addr) error {
 	a = a.Unmap()
