@@ -31,6 +31,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/inspect"
+	"github.com/fleetprov/prov/internal/testenv/browser"
 	"github.com/fleetprov/prov/internal/testenv/pgtest"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
@@ -72,8 +73,9 @@ func startWith(t testing.TB, coreYAML, vouching string, opts ...service.Option) 
 }
 
 // The shared step-ca, and the private PostgreSQL cluster for a core on
-// PostgreSQL (sharedbatch_test.go).
-func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
+// PostgreSQL (sharedbatch_test.go), and the headless browser
+// (browser_test.go).
+func TestMain(m *testing.M) { os.Exit(browser.After(pgtest.After(catest.Main(m)))) }
 
 const local = "networks: [\"127.0.0.0/8\"]\n"
 
