@@ -35,15 +35,7 @@ func TestRolloutWithRealDevices(t *testing.T) {
 	}
 	var boards []board
 	runCtx, stop := context.WithCancel(ctx)
-	var done []chan error
-	t.Cleanup(func() {
-		stop()
-		for _, d := range done {
-			if err := <-d; err != nil {
-				t.Error(err)
-			}
-		}
-	})
+	defer stop()
 	for i := range 4 {
 		st, dev := f.enroll(t, fmt.Sprintf("1813BBBK%04d", 170+i))
 		l := layout(t)
@@ -56,7 +48,14 @@ func TestRolloutWithRealDevices(t *testing.T) {
 		}
 		d := make(chan error, 1)
 		go func() { d <- a.Run(runCtx) }()
-		done = append(done, d)
+		// Registered after the state directory's and the mount's: cleanups
+		// run last first, so the daemon stops before they are closed.
+		t.Cleanup(func() {
+			stop()
+			if err := <-d; err != nil {
+				t.Error(err)
+			}
+		})
 		boards = append(boards, board{dev.Serial, st, l})
 	}
 	// Every board reports its first generation healthy.
