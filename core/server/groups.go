@@ -45,19 +45,8 @@ func (s *Server) group(w http.ResponseWriter, r *http.Request, _ pki.Identity) e
 }
 
 func (s *Server) setGroupData(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	name, err := s.groupName(r)
+	name, g, err := s.groupIfMatch(r)
 	if err != nil {
-		return err
-	}
-	if err := requireIfMatch(r); err != nil {
-		return err
-	}
-	g, err := s.reg.Group(name)
-	if err != nil {
-		return err
-	}
-	// The store changes the group only if it is still at this version.
-	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(g.Version)); err != nil {
 		return err
 	}
 	var c coreapi.DataChange
@@ -84,6 +73,27 @@ func (s *Server) groupAudit(w http.ResponseWriter, r *http.Request, _ pki.Identi
 		return err
 	}
 	return writeEvents(w, events)
+}
+
+// groupIfMatch is the group the request's path names, if the request's
+// If-Match (required) names its version: the store changes the group only
+// if it is still at that version.
+func (s *Server) groupIfMatch(r *http.Request) (string, *store.Group, error) {
+	name, err := s.groupName(r)
+	if err != nil {
+		return "", nil, err
+	}
+	if err := requireIfMatch(r); err != nil {
+		return "", nil, err
+	}
+	g, err := s.reg.Group(name)
+	if err != nil {
+		return "", nil, err
+	}
+	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(g.Version)); err != nil {
+		return "", nil, err
+	}
+	return name, g, nil
 }
 
 // writeGroup answers with a group and its version as the ETag.

@@ -53,18 +53,8 @@ func (s *Server) fleet(w http.ResponseWriter, r *http.Request, _ pki.Identity) e
 }
 
 func (s *Server) startRollout(w http.ResponseWriter, r *http.Request, id pki.Identity) error {
-	name, err := s.groupName(r)
+	name, g, err := s.groupIfMatch(r)
 	if err != nil {
-		return err
-	}
-	if err := requireIfMatch(r); err != nil {
-		return err
-	}
-	g, err := s.reg.Group(name)
-	if err != nil {
-		return err
-	}
-	if _, err := httpapi.Preconditions(r, coreapi.IfMatch(g.Version)); err != nil {
 		return err
 	}
 	var req coreapi.RolloutRequest

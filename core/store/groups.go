@@ -76,15 +76,24 @@ func (s *Bolt) cacheGroup(g *Group) {
 // GroupMembers calls fn with the serial of each device of a group.
 func (s *Bolt) GroupMembers(group string, fn func(serial string) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		prefix := []byte(group + "\x00")
-		c := tx.Bucket(bucketMembers).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
-			if err := fn(string(k[len(prefix):])); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachUnder(tx.Bucket(bucketMembers), []byte(group+"\x00"), func(serial []byte) error { return fn(string(serial)) })
 	})
+}
+
+// eachUnder calls fn with the rest of each key of b that starts with
+// prefix (and is longer), in key order; a missing bucket (a file opened
+// read-only from before it existed) has none.
+func eachUnder(b *bolt.Bucket, prefix []byte, fn func(rest []byte) error) error {
+	if b == nil {
+		return nil
+	}
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
+		if err := fn(k[len(prefix):]); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // SetGroupData changes a group's mutable data if its version is still

@@ -110,19 +110,19 @@ func (s *Bolt) Report(serial string) (*Report, error) {
 // GroupStates calls fn with each member of a group, in serial order.
 func (s *Bolt) GroupStates(group string, fn func(MemberState) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		prefix := []byte(group + "\x00")
-		c := tx.Bucket(bucketMembers).Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
-			m, err := memberState(tx, string(k[len(prefix):]))
-			if err != nil {
-				return err
-			}
-			if err := fn(*m); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachUnder(tx.Bucket(bucketMembers), []byte(group+"\x00"), memberStates(tx, fn))
 	})
+}
+
+// memberStates is fn called with the MemberState of each serial.
+func memberStates(tx *bolt.Tx, fn func(MemberState) error) func(serial []byte) error {
+	return func(serial []byte) error {
+		m, err := memberState(tx, string(serial))
+		if err != nil {
+			return err
+		}
+		return fn(*m)
+	}
 }
 
 // memberState reads one device's MemberState in tx.

@@ -382,40 +382,14 @@ func (s *Bolt) Rollouts(group string, active bool) ([]Rollout, error) {
 // HeldMembers calls fn with each member of a group a rollout holds.
 func (s *Bolt) HeldMembers(group string, fn func(serial string) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		prefix := []byte(group + "\x00")
-		b := tx.Bucket(bucketHolds)
-		if b == nil { // a file opened read-only from before rollouts
-			return nil
-		}
-		c := b.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
-			if err := fn(string(k[len(prefix):])); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachUnder(tx.Bucket(bucketHolds), []byte(group+"\x00"), func(serial []byte) error { return fn(string(serial)) })
 	})
 }
 
 // WaveStates calls fn with each member a rollout's wave released.
 func (s *Bolt) WaveStates(id uint64, wave int, fn func(MemberState) error) error {
 	return s.db.View(func(tx *bolt.Tx) error {
-		prefix := waveKey(id, wave, "")
-		b := tx.Bucket(bucketRolloutWaves)
-		if b == nil { // a file opened read-only from before rollouts
-			return nil
-		}
-		c := b.Cursor()
-		for k, _ := c.Seek(prefix); k != nil && len(k) > len(prefix) && string(k[:len(prefix)]) == string(prefix); k, _ = c.Next() {
-			m, err := memberState(tx, string(k[len(prefix):]))
-			if err != nil {
-				return err
-			}
-			if err := fn(*m); err != nil {
-				return err
-			}
-		}
-		return nil
+		return eachUnder(tx.Bucket(bucketRolloutWaves), waveKey(id, wave, ""), memberStates(tx, fn))
 	})
 }
 
