@@ -24,6 +24,8 @@ var (
 	// deployment that names an identity (a service's, such as core's), not
 	// step-ca's own (WithCAIdentityCheck).
 	ErrNotTheCA = errors.New("server is not the deployment's step-ca")
+	// ErrNoProvisioner: step-ca does not list a provisioner by that name.
+	ErrNoProvisioner = errors.New("no such provisioner")
 )
 
 // Error is step-ca's refusal: an answer outside 2xx, with the message of its

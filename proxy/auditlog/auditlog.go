@@ -35,6 +35,14 @@ const (
 // malformed hardware ID or CSR), not by a vouching rule.
 const RuleBadRequest = "bad_request"
 
+// Step is one step of an attempt and its time, in microseconds (an
+// integer: the chain's hashes are over the JSON, which has one spelling
+// of an integer).
+type Step struct {
+	Name string `json:"name"`
+	US   int64  `json:"us"`
+}
+
 // Genesis is the "previous hash" of the first record.
 var Genesis = strings.Repeat("0", 64)
 
@@ -60,8 +68,12 @@ type Record struct {
 	// none (omitted, so their hashes are unchanged).
 	Rule   string `json:"rule,omitempty"`
 	Reason string `json:"reason,omitempty"`
-	Prev   string `json:"prev"`
-	Hash   string `json:"hash"`
+	// Steps are the time the attempt spent in each step, in order (check,
+	// admit, register, revoke, sign, bundle; as far as it went). Records
+	// written before them have none.
+	Steps []Step `json:"steps,omitempty"`
+	Prev  string `json:"prev"`
+	Hash  string `json:"hash"`
 }
 
 // digest is the SHA-256 of the record's JSON with Hash empty.

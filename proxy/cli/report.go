@@ -2,8 +2,6 @@ package cli
 
 import (
 	"context"
-	"crypto"
-	"encoding/pem"
 	"fmt"
 	"os"
 	"time"
@@ -67,21 +65,13 @@ func report(_ context.Context, env *cmdline.Env, args []string) error {
 	if err != nil {
 		return fmt.Errorf("the proxy's key pair: %w", err)
 	}
-	key, ok := kp.Certificate().PrivateKey.(crypto.Signer)
-	if !ok {
-		return fmt.Errorf("%w: %s", batchreport.ErrNotProxyKey, *keyPath)
-	}
 	data, err := batchreport.Export(*logPath, *batch, size, format, time.Now())
 	if err != nil {
 		return err
 	}
-	sig, err := batchreport.Sign(data, key)
+	sig, chain, err := batchreport.SignWith(data, kp.Certificate())
 	if err != nil {
-		return err
-	}
-	var chain []byte
-	for _, der := range kp.Certificate().Certificate {
-		chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})...)
+		return fmt.Errorf("%s: %w", *keyPath, err)
 	}
 	// The signature and chain first: a report file is never beside a
 	// signature of another.

@@ -7,10 +7,12 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
+	"strings"
 	"time"
 
 	"github.com/fleetprov/prov/internal/serve"
 	"github.com/fleetprov/prov/pki"
+	"github.com/fleetprov/prov/proxy/status"
 	"github.com/fleetprov/prov/proxy/vouch"
 )
 
@@ -51,6 +53,21 @@ type Config struct {
 		// Networks (CIDRs) default to vouching.networks.
 		Networks []string `yaml:"networks"`
 	} `yaml:"status"`
+	// Console is the factory console (its page is GET / on the factory
+	// side; who may read it is status.networks).
+	Console struct {
+		// Stations name the line's stations by their source networks
+		// (CIDRs; the first that holds an address names it), so an
+		// attempt shows "line 2 station B" rather than an address.
+		Stations []struct {
+			Network string `yaml:"network"`
+			Name    string `yaml:"name"`
+		} `yaml:"stations"`
+		// CheckEvery is how often the proxy checks what the health
+		// panel shows (core and step-ca, its provisioner at step-ca, the
+		// clock offset to core, the factory record's chain).
+		CheckEvery time.Duration `yaml:"checkEvery"`
+	} `yaml:"console"`
 	// Field is what devices are told for the field; core's and the CA's
 	// URLs default to the ones above.
 	Field struct {
@@ -105,6 +122,9 @@ func (c *Config) Defaults() {
 	if len(c.Status.Networks) == 0 {
 		c.Status.Networks = c.Vouching.Networks
 	}
+	if c.Console.CheckEvery == 0 {
+		c.Console.CheckEvery = 15 * time.Second
+	}
 	c.HTTP.Default(httpDefaults)
 	if c.HTTP.UpstreamTimeout == 0 {
 		c.HTTP.UpstreamTimeout = 30 * time.Second
@@ -135,6 +155,23 @@ func (c *Config) StatusNetworks() ([]netip.Prefix, error) {
 			return nil, serve.Bad("status.networks", "%q is not a CIDR: %v", n, err)
 		}
 		out = append(out, p.Masked())
+	}
+	return out, nil
+}
+
+// Stations parses console.stations.
+func (c *Config) Stations() ([]status.Station, error) {
+	out := make([]status.Station, 0, len(c.Console.Stations))
+	for i, s := range c.Console.Stations {
+		key := fmt.Sprintf("console.stations[%d]", i)
+		p, err := netip.ParsePrefix(s.Network)
+		if err != nil {
+			return nil, serve.Bad(key+".network", "%q is not a CIDR: %v", s.Network, err)
+		}
+		if strings.TrimSpace(s.Name) == "" || len(s.Name) > 64 {
+			return nil, serve.Bad(key+".name", "want 1 to 64 characters, got %q", s.Name)
+		}
+		out = append(out, status.Station{Network: p.Masked(), Name: s.Name})
 	}
 	return out, nil
 }
@@ -172,6 +209,12 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.StatusNetworks(); err != nil {
 		return err
+	}
+	if _, err := c.Stations(); err != nil {
+		return err
+	}
+	if c.Console.CheckEvery < 0 {
+		return bad("console.checkEvery", "must be positive, got %s", c.Console.CheckEvery)
 	}
 	if c.HTTP.UpstreamTimeout <= 0 {
 		return bad("http.upstreamTimeout", "must be positive, got %s", c.HTTP.UpstreamTimeout)

@@ -163,6 +163,18 @@ func New(o Options) *Enroller {
 type attempt struct {
 	rec   auditlog.Record
 	start time.Time
+	mark  time.Time // the end of the last step timed
+}
+
+// step records the time since the last step (or the start) as step's:
+// the console shows where an attempt spent its time.
+func (a *attempt) step(name string, now time.Time) {
+	from := a.mark
+	if from.IsZero() {
+		from = a.start
+	}
+	a.rec.Steps = append(a.rec.Steps, auditlog.Step{Name: name, US: now.Sub(from).Microseconds()})
+	a.mark = now
 }
 
 // Enroll enrolls the device that sent req from source.
@@ -202,19 +214,26 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	}
 	unlock := e.lock(in.serial)
 	defer unlock()
+	a.step("check", e.now())
 
 	admitted, err := e.admit(ctx, in, adm)
+	a.step("admit", e.now())
 	if err != nil {
 		return nil, err
 	}
 	enrolled := false
 	defer func() { e.endAdmission(in, a.rec.Batch, enrolled) }()
 	dev, err := e.register(ctx, in, adm.Group())
+	a.step("register", e.now())
 	if err != nil {
 		return nil, err
 	}
-	if err := e.revokeOld(ctx, in, admitted.Revoke); err != nil {
-		return nil, err
+	if len(admitted.Revoke) > 0 {
+		err := e.revokeOld(ctx, in, admitted.Revoke)
+		a.step("revoke", e.now())
+		if err != nil {
+			return nil, err
+		}
 	}
 	// The first bundle does not depend on the certificate: fetch it while
 	// step-ca signs. It is dropped if the enrollment fails.
@@ -224,11 +243,13 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	go func() { fetched <- e.firstBundle(bctx, in.serial) }()
 
 	chain, err := e.issue(ctx, in)
+	a.step("sign", e.now())
 	if err != nil {
 		return nil, err
 	}
 	a.rec.CertSerial = chain[0].SerialNumber.String()
 	first := <-fetched
+	a.step("bundle", e.now())
 	if first.err != nil {
 		return nil, first.err
 	}

@@ -16,7 +16,7 @@ import (
 // body; they do not make the proxy unready.
 func TestReadyzWarnings(t *testing.T) {
 	var warnings []string
-	s := server.New(&enroller{}, status.New(), server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{
+	s := server.New(&enroller{}, status.NewConsole(nil, nil), server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{
 		Ready: func() error { return nil }, Timeout: time.Second, Warnings: func() []string { return warnings }})
 	for _, w := range [][]string{nil, {"the tls certificate ends at 2026-12-01T00:00:00Z (in 9m0s); not renewed yet"}} {
 		warnings = w

@@ -10,8 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"html/template"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/netip"
 	"time"
@@ -23,6 +23,7 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/internal/httpapi"
+	"github.com/fleetprov/prov/proxy/batchreport"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/enroll"
 	"github.com/fleetprov/prov/proxy/status"
@@ -33,11 +34,6 @@ import (
 type Enroller interface {
 	Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error)
 	Reject(source netip.Addr, reason string) error
-}
-
-// Line is what the status page shows (status.Line).
-type Line interface {
-	Snapshot() status.Snapshot
 }
 
 // Metrics counts enrollments; Observe is the enroller's hook.
@@ -75,11 +71,12 @@ func (m *Metrics) Observe(result string, d time.Duration) {
 // Server is the factory-side HTTP handler.
 type Server struct {
 	enroller Enroller
-	line     Line
+	con      *status.Console
 	log      *slog.Logger
 	o        Options
 	edge     *httpapi.Edge
 	router   *mux.Router
+	console  *mux.Router // the console's routes alone (Console)
 }
 
 // Options are the server's settings.
@@ -95,40 +92,47 @@ type Options struct {
 	// Warnings, if set, are added to a ready answer of /readyz (the
 	// proxy's certificate near its end).
 	Warnings func() []string
-	// Console, if set, is served at /console/state and /console/events
-	// (Viewers only).
-	Console *status.Console
+	// Report, if set, exports a batch's signed report from the console:
+	// a zip of the report file, its signature and the signer's chain.
+	Report func(batch string, format batchreport.Format) (name string, zip []byte, err error)
 }
 
-// New makes the handler.
-func New(e Enroller, line Line, m *Metrics, log *slog.Logger, o Options) *Server {
+// New makes the handler; con is what the factory console shows.
+func New(e Enroller, con *status.Console, m *Metrics, log *slog.Logger, o Options) *Server {
 	log = log.With("component", "http")
-	s := &Server{enroller: e, line: line, log: log, o: o,
+	s := &Server{enroller: e, con: con, log: log, o: o,
 		edge: httpapi.NewEdge(log, m.reg, "prov_proxy", httpapi.EdgeOptions{Classify: classify})}
 	metrics := promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
 	// /healthz and /readyz stay open: they tell a load balancer or a
 	// supervisor "up" or "not ready, and which upstream", nothing of the
 	// devices.
 	handlers := map[string]httpapi.HandlerFunc{
-		enrollapi.RouteEnroll.Name:     s.enroll,
-		enrollapi.RouteStatusPage.Name: s.viewersOnly(s.status),
+		enrollapi.RouteEnroll.Name: s.enroll,
 		enrollapi.RouteHealthz.Name: func(w http.ResponseWriter, _ *http.Request) error {
 			return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		},
-		enrollapi.RouteReadyz.Name:        s.readyz,
-		enrollapi.RouteConsoleState.Name:  s.viewersOnly(s.consoleState),
-		enrollapi.RouteConsoleEvents.Name: s.viewersOnly(s.consoleEvents),
+		enrollapi.RouteReadyz.Name: s.readyz,
 		enrollapi.RouteMetrics.Name: s.viewersOnly(func(w http.ResponseWriter, r *http.Request) error {
 			metrics.ServeHTTP(w, r)
 			return nil
 		}),
 	}
+	console := s.consoleHandlers()
+	maps.Copy(handlers, console)
 	s.router = s.edge.Router(enrollapi.Routes, handlers)
+	console[enrollapi.RouteHealthz.Name] = handlers[enrollapi.RouteHealthz.Name]
+	s.console = s.edge.Router(enrollapi.ConsoleRoutes, console)
 	return s
 }
 
 // ServeHTTP serves the factory side.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+// Console serves the console's routes alone (and /healthz), for a
+// listener of its own: browsers refuse the proxy's identity certificate
+// (see docs/factory.md), so the console may have a certificate and port
+// of its own.
+func (s *Server) Console() http.Handler { return s.console }
 
 // viewersOnly serves h to the allowed networks only: the status page and
 // the metrics show serials, source addresses and refusal reasons, which
@@ -225,24 +229,4 @@ func classify(err error) *httpapi.Error {
 	e := httpapi.Internal(err)
 	e.Message = "internal error; try again"
 	return e
-}
-
-var statusPage = template.Must(template.New("status").Parse(`<!doctype html>
-<html><head><meta charset="utf-8"><meta http-equiv="refresh" content="10"><title>prov-proxy</title>
-<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}td,th{padding:.2em .8em;border-bottom:1px solid #ddd;text-align:left}
-.enrolled{color:#070}.refused{color:#a60}.failed{color:#b00}</style></head><body>
-<h1>Factory enrollment</h1>
-<p>{{.Day}}: <b class="enrolled">{{index .Counts "enrolled"}} enrolled</b>, <b class="refused">{{index .Counts "refused"}} refused</b>, <b class="failed">{{index .Counts "failed"}} failed</b>.</p>
-<table><tr><th>time</th><th>result</th><th>source</th><th>board</th><th>serial</th><th>reason</th></tr>
-{{range .Recent}}<tr><td>{{.Time.Format "15:04:05"}}</td><td class="{{.Result}}">{{.Result}}</td><td>{{.Source}}</td><td>{{.Board}}</td><td>{{.Serial}}</td><td>{{.Reason}}</td></tr>
-{{end}}</table></body></html>
-`))
-
-func (s *Server) status(w http.ResponseWriter, _ *http.Request) error {
-	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	w.Header().Set("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'")
-	if err := statusPage.Execute(w, s.line.Snapshot()); err != nil {
-		s.log.Warn("status page", "err", err)
-	}
-	return nil
 }

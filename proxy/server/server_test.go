@@ -16,6 +16,7 @@ import (
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/proxy/auditlog"
+	"github.com/fleetprov/prov/proxy/batchreport"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/enroll"
 	"github.com/fleetprov/prov/proxy/server"
@@ -60,10 +61,12 @@ func (e *enroller) Reject(source netip.Addr, reason string) error {
 // it.
 var factory = []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}
 
-func newServer(t *testing.T, e *enroller, line *status.Line, ready func() error) *server.Server {
+func newServer(t *testing.T, e *enroller, con *status.Console, ready func() error) *server.Server {
 	t.Helper()
-	return server.New(e, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: ready, Timeout: time.Second, Viewers: factory,
-		Console: status.NewConsole(nil)})
+	return server.New(e, con, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: ready, Timeout: time.Second, Viewers: factory,
+		Report: func(batch string, format batchreport.Format) (string, []byte, error) {
+			return "report-" + batch + "." + string(format) + ".zip", []byte("PK\x05\x06"), nil
+		}})
 }
 
 func do(t *testing.T, s http.Handler, method, path, body string) (*httptest.ResponseRecorder, coreapi.Error) {
@@ -89,7 +92,7 @@ func doFrom(t *testing.T, s http.Handler, remote, method, path, body string) (*h
 
 func TestEnrollAnswers(t *testing.T) {
 	e := &enroller{}
-	s := newServer(t, e, status.New(), func() error { return nil })
+	s := newServer(t, e, status.NewConsole(nil, nil), func() error { return nil })
 	body := `{"board":"rpi4","hardwareId":"10000000deadbeef","csr":"-----BEGIN CERTIFICATE REQUEST-----"}`
 	w, _ := do(t, s, "POST", "/v1/enroll", body)
 	if w.Code != 200 || !strings.Contains(w.Body.String(), `"serial":"1a2b3c4d5e"`) {
@@ -156,9 +159,9 @@ func TestEnrollAnswers(t *testing.T) {
 }
 
 func TestRoutes(t *testing.T) {
-	line := status.New()
+	con := status.NewConsole(nil, nil)
 	ready := errors.New("step-ca does not answer")
-	s := newServer(t, &enroller{}, line, func() error { return ready })
+	s := newServer(t, &enroller{}, con, func() error { return ready })
 	if w, _ := do(t, s, "GET", "/healthz", ""); w.Code != 200 {
 		t.Errorf("healthz %d", w.Code)
 	}
@@ -181,24 +184,45 @@ func TestRoutes(t *testing.T) {
 	}
 }
 
-// The status page shows the factory record's attempts, device-controlled
-// strings as text.
-func TestStatusPage(t *testing.T) {
-	line := status.New()
+// The console's page is a fixed shell with its own script and style (the
+// policy allows nothing inline and nothing from elsewhere); what it shows
+// comes from /console/state, where device-controlled strings are JSON
+// strings, which the script sets as text.
+func TestConsolePage(t *testing.T) {
+	con := status.NewConsole(nil, nil)
 	now := time.Now()
-	line.Observe(auditlog.Record{Time: now, Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
-	line.Observe(auditlog.Record{Time: now, Result: auditlog.Refused, Source: "10.0.0.8", Board: `<script>alert(1)</script>`, Reason: "board: unknown"})
-	s := newServer(t, &enroller{}, line, func() error { return nil })
+	con.Observe(auditlog.Record{Seq: 1, Time: now, Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
+	con.Observe(auditlog.Record{Seq: 2, Time: now, Result: auditlog.Refused, Source: "10.0.0.8", Board: `<script>alert(1)</script>`, Reason: "board: unknown"})
+	s := newServer(t, &enroller{}, con, func() error { return nil })
 	w, _ := do(t, s, "GET", "/", "")
 	page := w.Body.String()
-	if w.Code != 200 || !strings.Contains(page, "1 enrolled") || !strings.Contains(page, "1 refused") || !strings.Contains(page, "1a2b3c4d5e") {
-		t.Errorf("status page: %d\n%s", w.Code, page)
+	if w.Code != 200 || !strings.Contains(page, `<script src="/console/console.js" defer></script>`) || strings.Contains(page, "1a2b3c4d5e") {
+		t.Errorf("console page: %d\n%s", w.Code, page)
 	}
-	if strings.Contains(page, "<script>") || !strings.Contains(page, "&lt;script&gt;") {
-		t.Errorf("a device-controlled string is not escaped:\n%s", page)
+	csp := w.Header().Get("Content-Security-Policy")
+	for _, want := range []string{"default-src 'none'", "script-src 'self'", "connect-src 'self'"} {
+		if !strings.Contains(csp, want) {
+			t.Errorf("CSP %q lacks %q", csp, want)
+		}
 	}
-	if csp := w.Header().Get("Content-Security-Policy"); !strings.Contains(csp, "default-src 'none'") {
-		t.Errorf("CSP %q", csp)
+	if strings.Contains(csp, "unsafe-inline") {
+		t.Errorf("CSP %q allows inline code", csp)
+	}
+	for path, ct := range map[string]string{"/console/console.js": "text/javascript", "/console/console.css": "text/css"} {
+		if w, _ := do(t, s, "GET", path, ""); w.Code != 200 || !strings.HasPrefix(w.Header().Get("Content-Type"), ct) || w.Body.Len() == 0 {
+			t.Errorf("%s: %d %q", path, w.Code, w.Header().Get("Content-Type"))
+		}
+	}
+	w, _ = do(t, s, "GET", "/console/state", "")
+	var st status.State
+	if err := json.Unmarshal(w.Body.Bytes(), &st); err != nil || w.Code != 200 {
+		t.Fatalf("state: %d %v", w.Code, err)
+	}
+	if st.Counts[auditlog.Enrolled] != 1 || st.Counts[auditlog.Refused] != 1 || len(st.Recent) != 2 || st.Recent[1].Serial != "1a2b3c4d5e" {
+		t.Errorf("state: %+v", st)
+	}
+	if strings.Contains(w.Body.String(), "<script>") {
+		t.Errorf("the state carries markup unescaped: %s", w.Body.String())
 	}
 }
 
@@ -207,11 +231,11 @@ func TestStatusPage(t *testing.T) {
 // 403 in the one error shape, and nothing of the devices. /healthz and
 // /readyz stay open.
 func TestStatusAndMetricsOnlyForViewers(t *testing.T) {
-	line := status.New()
-	line.Observe(auditlog.Record{Time: time.Now(), Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
-	s := newServer(t, &enroller{}, line, func() error { return nil })
+	con := status.NewConsole(nil, nil)
+	con.Observe(auditlog.Record{Time: time.Now(), Result: auditlog.Enrolled, Source: "10.0.0.7", Board: "rpi4", Serial: "1a2b3c4d5e"})
+	s := newServer(t, &enroller{}, con, func() error { return nil })
 	for _, remote := range []string{"192.0.2.1:40000", "[2001:db8::1]:40000", "[::ffff:192.0.2.1]:40000"} {
-		for _, path := range []string{"/", "/metrics"} {
+		for _, path := range []string{"/", "/metrics", "/console/state", "/console/events", "/console/console.js", "/console/report?batch=b&format=csv"} {
 			w, ae := doFrom(t, s, remote, "GET", path, "")
 			if w.Code != http.StatusForbidden || ae.Code != enrollapi.RuleNetwork.Code() {
 				t.Errorf("%s from %s: %d %+v", path, remote, w.Code, ae)
@@ -227,12 +251,12 @@ func TestStatusAndMetricsOnlyForViewers(t *testing.T) {
 		}
 	}
 	for _, path := range []string{"/", "/metrics"} {
-		if w, _ := do(t, s, "GET", path, ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), map[string]string{"/": "1a2b3c4d5e", "/metrics": "prov_proxy"}[path]) {
+		if w, _ := do(t, s, "GET", path, ""); w.Code != http.StatusOK || !strings.Contains(w.Body.String(), map[string]string{"/": "console.js", "/metrics": "prov_proxy"}[path]) {
 			t.Errorf("%s from the factory network: %d", path, w.Code)
 		}
 	}
 	// No networks at all: nobody.
-	none := server.New(&enroller{}, line, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: func() error { return nil }, Timeout: time.Second})
+	none := server.New(&enroller{}, con, server.NewMetrics(), slog.New(slog.DiscardHandler), server.Options{Ready: func() error { return nil }, Timeout: time.Second})
 	if w, _ := do(t, none, "GET", "/", ""); w.Code != http.StatusForbidden {
 		t.Errorf("with no networks: %d", w.Code)
 	}
@@ -243,7 +267,7 @@ func TestStatusAndMetricsOnlyForViewers(t *testing.T) {
 // not serve is 405 with Allow and the JSON error body; HEAD is GET without
 // the body; unknown paths are the JSON 404.
 func TestEveryRoute(t *testing.T) {
-	s := newServer(t, &enroller{}, status.New(), func() error { return nil })
+	s := newServer(t, &enroller{}, status.NewConsole(nil, nil), func() error { return nil })
 	for _, route := range enrollapi.Routes {
 		allowed := coreapi.Methods(enrollapi.Routes, route.Path)
 		for _, m := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"} {
@@ -267,8 +291,12 @@ func TestEveryRoute(t *testing.T) {
 			}
 			continue
 		}
-		get, _ := do(t, s, "GET", route.Path, "")
-		head, _ := do(t, s, "HEAD", route.Path, "")
+		path := route.Path
+		if route.Name == enrollapi.RouteConsoleReport.Name {
+			path += "?batch=b&format=csv"
+		}
+		get, _ := do(t, s, "GET", path, "")
+		head, _ := do(t, s, "HEAD", path, "")
 		if get.Code != http.StatusOK || head.Code != get.Code || head.Body.Len() != 0 || head.Header().Get("Content-Type") != get.Header().Get("Content-Type") {
 			t.Errorf("%s: GET %d %q, HEAD %d %q with %d bytes", route.Path, get.Code, get.Header().Get("Content-Type"), head.Code, head.Header().Get("Content-Type"), head.Body.Len())
 		}

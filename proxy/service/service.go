@@ -60,7 +60,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&p.o)
 	}
-	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
+	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.newConsole, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
 }
 
 // proxy is the service being built, then run.
@@ -83,6 +83,8 @@ type proxy struct {
 	renewer   *renewal.Renewer
 
 	coreTransport *http.Transport
+	coreHTTP      *http.Client
+	caClient      *stepca.Client
 }
 
 // newIdentity loads the proxy's certificate, which must be a proxy's.
@@ -130,6 +132,7 @@ func (p *proxy) newUpstreams() error {
 	}
 	p.coreTransport = &http.Transport{TLSClientConfig: coreTLS, ForceAttemptHTTP2: true, MaxIdleConnsPerHost: 64}
 	coreHTTP := &http.Client{Timeout: p.cfg.HTTP.UpstreamTimeout, Transport: p.coreTransport}
+	p.coreHTTP = coreHTTP
 	coreClient, err := coreapi.NewClient(p.cfg.Core.URL, coreHTTP)
 	if err != nil {
 		return fmt.Errorf("core.url: %w", err)
@@ -142,7 +145,7 @@ func (p *proxy) newUpstreams() error {
 		{name: "core", url: p.cfg.Core.URL, health: func(ctx context.Context) error { return coreHealth(ctx, coreHTTP, p.cfg.Core.URL) }},
 		{name: "step-ca", url: p.cfg.CA.URL, health: caClient.Health},
 	}
-	p.core, p.ca = coreClient, caClient
+	p.core, p.ca, p.caClient = coreClient, caClient, caClient
 	if p.o.wrap != nil {
 		p.core, p.ca = p.o.wrap(p.core, p.ca)
 	}
@@ -170,11 +173,6 @@ func (p *proxy) checkCoreName(cs tls.ConnectionState) error {
 // replayed from this proxy's record: another proxy may have enrolled from
 // the same batch; the console's numbers are this proxy's record's.
 func (p *proxy) openRecord() (err error) {
-	var plans []status.Plan
-	for _, b := range p.policy.Batches() {
-		plans = append(plans, status.Plan{Name: b.Name, Planned: b.Size, Quota: b.Quota, NotBefore: b.NotBefore, NotAfter: b.NotAfter})
-	}
-	p.console = status.NewConsole(plans)
 	p.record, err = auditlog.Open(p.cfg.Record.Path, p.console.Observe)
 	if err != nil {
 		return fmt.Errorf("record.path: %w", err)
@@ -206,7 +204,7 @@ func (p *proxy) run(ctx context.Context) error {
 		return err
 	}
 	h := server.New(p.enroller, p.console, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers,
-		Warnings: p.renewer.Warnings, Console: p.console})
+		Warnings: p.renewer.Warnings, Report: p.report})
 	// New devices have no certificate yet: the factory network policy,
 	// not TLS, decides who may enroll.
 	tlsCfg := pki.ServerTLSConfig(p.self.KeyPair, p.self.Roots, pki.ServerOptions{ClientCerts: pki.NoClientCert})
@@ -220,6 +218,7 @@ func (p *proxy) run(ctx context.Context) error {
 	defer cancel()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.renewer.Run(gctx) })
+	g.Go(func() error { return p.watchHealth(gctx) })
 	g.Go(func() error {
 		defer cancel() // the renewer stops with the server
 		return serve.HTTPS(gctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)

@@ -38,20 +38,36 @@ type upstream struct {
 // means this deployment's core (its certificate was checked at the
 // handshake) serves its API there.
 func coreHealth(ctx context.Context, hc *http.Client, base string) error {
+	_, err := coreClock(ctx, hc, base)
+	return err
+}
+
+// coreClock is coreHealth that also returns the offset of core's clock
+// from this one: core's Date header (whole seconds) against the middle of
+// the call, so within about a second.
+func coreClock(ctx context.Context, hc *http.Client, base string) (time.Duration, error) {
 	req, err := http.NewRequestWithContext(ctx, coreapi.RouteHealthz.Method, strings.TrimSuffix(base, "/")+coreapi.RouteHealthz.Path, http.NoBody)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	sent := time.Now()
 	resp, err := hc.Do(req)
 	if err != nil {
-		return err
+		return 0, err
 	}
+	got := time.Now()
 	defer func() { _ = resp.Body.Close() }()
 	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 4<<10))
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("core /healthz answered HTTP %d", resp.StatusCode)
+		return 0, fmt.Errorf("core /healthz answered HTTP %d", resp.StatusCode)
 	}
-	return nil
+	date, err := http.ParseTime(resp.Header.Get("Date"))
+	if err != nil {
+		return 0, fmt.Errorf("core /healthz: no Date header: %w", err)
+	}
+	// Date is truncated to the second: core's clock was in [date, date+1s).
+	mid := sent.Add(got.Sub(sent) / 2)
+	return date.Add(500 * time.Millisecond).Sub(mid), nil
 }
 
 // wrongIdentity says whether a failed call met a server that is not the

@@ -25,10 +25,23 @@ var (
 	// recorded (server-sent events): the factory network only, read-only.
 	RouteConsoleState  = coreapi.Route{Name: "console_state", Method: http.MethodGet, Path: "/console/state"}
 	RouteConsoleEvents = coreapi.Route{Name: "console_events", Method: http.MethodGet, Path: "/console/events"}
+	// The page's script and style, its own files so that its
+	// Content-Security-Policy allows no inline code at all.
+	RouteConsoleScript = coreapi.Route{Name: "console_script", Method: http.MethodGet, Path: "/console/console.js"}
+	RouteConsoleStyle  = coreapi.Route{Name: "console_style", Method: http.MethodGet, Path: "/console/console.css"}
+	// A batch's signed report (?batch=B&format=csv|json, &part=sig for
+	// its detached signature, &part=chain for the proxy's chain).
+	RouteConsoleReport = coreapi.Route{Name: "console_report", Method: http.MethodGet, Path: "/console/report"}
 )
 
+// ConsoleRoutes are the factory console's routes (RouteStatusPage is its
+// page): served on the enrollment listener and on the console's own
+// listener, if it has one.
+var ConsoleRoutes = []coreapi.Route{RouteStatusPage, RouteConsoleState, RouteConsoleEvents, RouteConsoleScript, RouteConsoleStyle, RouteConsoleReport, RouteHealthz}
+
 // Routes is every route of the proxy.
-var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics, RouteConsoleState, RouteConsoleEvents}
+var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics, RouteConsoleState, RouteConsoleEvents,
+	RouteConsoleScript, RouteConsoleStyle, RouteConsoleReport}
 
 // PathEnroll is the enrollment route's path.
 const PathEnroll = "/v1/enroll"
