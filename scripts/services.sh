@@ -56,7 +56,8 @@ YAML
 }
 
 # start_proxy PORT [MANIFEST]: prov-proxy for the loopback "factory
-# network", in front of core and the CA; sets PROXY_PID and PROXY.
+# network", in front of core and the CA; sets PROXY_PID, PROXY and
+# CONSOLE (the factory console's URL).
 start_proxy() {
   local port=$1 manifest=${2:-}
   local batches=""
@@ -70,6 +71,8 @@ core: {url: "$CORE"}
 ca: {url: "$CA_URL"}
 field: {mqttUrl: "tls://localhost:$MQTT_PORT"}
 record: {path: "$WORK/factory.jsonl"}
+console:
+  stations: [{network: 127.0.0.0/8, name: "demo bench"}]
 vouching:
   networks: ["127.0.0.0/8"]
 $batches
@@ -77,6 +80,7 @@ YAML
   "$BIN/prov-proxy" serve --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
   PROXY_PID=$!
   PROXY="https://localhost:$port"
+  CONSOLE="$PROXY/"
   wait_ready "$PROXY/readyz" "$PROXY_PID" "$WORK/proxy.log"
 }
 

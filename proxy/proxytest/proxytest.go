@@ -27,6 +27,10 @@ type Proxy struct {
 	URL    string // https://localhost:port
 	Record string // the factory record's path
 	Config string // the configuration file it runs with
+
+	addr string // the factory side's address, for Restart
+	opts []service.Option
+	stop func() error // stops it and waits; nil when stopped
 }
 
 // Start runs a proxy for core until the test ends; vouching is the YAML
@@ -85,7 +89,27 @@ vouching:
 	if err := os.WriteFile(cfgPath, []byte(coretest.MergeYAML(cfg, top+"\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	conf, err := config.Load(cfgPath)
+	px := &Proxy{Record: record, Config: cfgPath, opts: opts}
+	if err := px.run(t, addr); err != nil {
+		return nil, err
+	}
+	t.Cleanup(func() {
+		if err := px.Stop(); err != nil {
+			t.Errorf("proxy stopped with: %v", err)
+		}
+	})
+	host, port, _ := net.SplitHostPort(px.addr)
+	if host == "127.0.0.1" {
+		host = "localhost"
+	}
+	px.URL = "https://" + net.JoinHostPort(host, port)
+	return px, nil
+}
+
+// run starts the proxy with its configuration on addr and waits until it
+// serves.
+func (px *Proxy) run(t testing.TB, addr string) error {
+	conf, err := config.Load(px.Config)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -98,7 +122,7 @@ vouching:
 	started := make(chan string, 1)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	go func() {
-		done <- service.Run(ctx, conf, log, append(opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
+		done <- service.Run(ctx, conf, log, append(px.opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
 	}()
 	select {
 	case <-started:
@@ -108,19 +132,37 @@ vouching:
 		if err == nil {
 			err = errors.New("the proxy stopped before it served")
 		}
-		return nil, err
+		return err
 	}
-	t.Cleanup(func() {
+	px.addr = ln.Addr().String()
+	px.stop = func() error {
 		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("proxy stopped with: %v", err)
-		}
-	})
-	host, port, _ := net.SplitHostPort(ln.Addr().String())
-	if host == "127.0.0.1" {
-		host = "localhost"
+		return <-done
 	}
-	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record, Config: cfgPath}, nil
+	return nil
+}
+
+// Stop stops the proxy (Restart starts it again); the test's end stops it
+// too.
+func (px *Proxy) Stop() error {
+	if px.stop == nil {
+		return nil
+	}
+	err := px.stop()
+	px.stop = nil
+	return err
+}
+
+// Restart starts a stopped proxy again: the same configuration, factory
+// record and address, as a restarted service would be.
+func (px *Proxy) Restart(t testing.TB) {
+	t.Helper()
+	if px.stop != nil {
+		t.Fatal("proxytest: Restart of a running proxy")
+	}
+	if err := px.run(t, px.addr); err != nil {
+		t.Fatalf("proxy did not start again: %v", err)
+	}
 }
 
 func indent(s string) string {

@@ -220,6 +220,13 @@ func (p *proxy) run(ctx context.Context) error {
 	g.Go(func() error { return p.renewer.Run(gctx) })
 	g.Go(func() error { return p.watchHealth(gctx) })
 	g.Go(func() error {
+		// The consoles' event streams end with the proxy, or its server
+		// would wait for them for its whole shutdown timeout.
+		<-gctx.Done()
+		p.console.Feed.Close()
+		return nil
+	})
+	g.Go(func() error {
 		defer cancel() // the renewer stops with the server
 		return serve.HTTPS(gctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
 	})

@@ -48,6 +48,7 @@ var ctx = context.Background()
 
 type env struct {
 	core   *coretest.Core
+	proxy  *proxytest.Proxy
 	url    string
 	record string
 	roots  *pki.TrustBundle
@@ -69,7 +70,7 @@ func startWith(t testing.TB, coreYAML, vouching string, opts ...service.Option) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{core: core, url: p.URL, record: p.Record, roots: roots}
+	return &env{core: core, proxy: p, url: p.URL, record: p.Record, roots: roots}
 }
 
 // The shared step-ca, and the private PostgreSQL cluster for a core on
@@ -489,7 +490,7 @@ func TestRetryAfterFailures(t *testing.T) {
 	})
 }
 
-func TestStatusPageAndMetrics(t *testing.T) {
+func TestConsoleStateAndMetrics(t *testing.T) {
 	e := start(t, local)
 	if code, _, ae := e.enroll(t, req("rpi4", "1000000000005a7e", newDevice(t))); code != 200 {
 		t.Fatalf("%d %+v", code, ae)
@@ -507,10 +508,10 @@ func TestStatusPageAndMetrics(t *testing.T) {
 		b, _ := io.ReadAll(resp.Body)
 		return string(b)
 	}
-	page := get("/")
-	for _, want := range []string{"1 enrolled", "1 refused", "0 failed", "hardwareId"} {
-		if !strings.Contains(page, want) {
-			t.Errorf("status page lacks %q:\n%s", want, page)
+	state := get("/console/state")
+	for _, want := range []string{`"counts":{"enrolled":1,"refused":1}`, `"hardwareId":"bad"`} {
+		if !strings.Contains(state, want) {
+			t.Errorf("the console's state lacks %q:\n%s", want, state)
 		}
 	}
 	metrics := get("/metrics")

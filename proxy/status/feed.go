@@ -17,8 +17,9 @@ const FeedQueue = 256
 // stream ends, and the page reconnects and reloads the state, which is
 // exact, from the record.
 type Feed struct {
-	mu   sync.Mutex
-	subs map[*Sub]struct{}
+	mu     sync.Mutex
+	subs   map[*Sub]struct{}
+	closed bool // Close: no subscriber any more
 }
 
 // Sub is one console's subscription.
@@ -38,7 +39,21 @@ func (f *Feed) Subscribe() *Sub {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.subs[s] = struct{}{}
+	if f.closed {
+		f.drop(s)
+	}
 	return s
+}
+
+// Close drops every subscriber, and any later one at once: the proxy is
+// stopping, and its HTTP server waits for open streams to end.
+func (f *Feed) Close() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.closed = true
+	for s := range f.subs {
+		f.drop(s)
+	}
 }
 
 // Unsubscribe removes a subscriber and closes its channel (once).

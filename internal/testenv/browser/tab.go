@@ -293,3 +293,10 @@ func (tab *Tab) Screenshot(name string) string {
 	tab.t.Logf("browser: screenshot %s", path)
 	return path
 }
+
+// Viewport resizes the page's viewport to width x height CSS pixels (a
+// phone's, say); the tab starts at the kiosk's Width x Height.
+func (tab *Tab) Viewport(width, height int64) {
+	tab.t.Helper()
+	do(tab, "viewport", chromedp.EmulateViewport(width, height))
+}
