@@ -1,11 +1,18 @@
 package service_test
 
 import (
+	"bufio"
+	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
+	"net/http"
+	"slices"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -13,9 +20,12 @@ import (
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/core/store/postgres"
 	"github.com/fleetprov/prov/internal/cmdline"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/internal/testenv/pgtest"
+	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/token"
+	"github.com/fleetprov/prov/proxy/status"
 )
 
 var benchRun atomic.Int64
@@ -66,9 +76,102 @@ func BenchmarkEnroll(b *testing.B) {
 			})
 		})
 		b.Run(fmt.Sprintf("enroll/c=%d", conc), func(b *testing.B) { enrollLoad(b, e, conc) })
+		if conc <= 16 {
+			b.Run(fmt.Sprintf("enroll-consoles=%d/c=%d", benchConsoles, conc), func(b *testing.B) {
+				stop := watchConsoles(b, e, benchConsoles)
+				enrollLoad(b, e, conc)
+				stop()
+			})
+		}
 	}
 	b.Run("enroll-postgres/c=16", func(b *testing.B) { enrollLoad(b, pg(b), 16) })
 }
+
+// benchConsoles is how many factory consoles watch the line in the
+// enroll-consoles runs: one per station and the shift lead's, a busy line.
+const benchConsoles = 10
+
+// watchConsoles opens n event streams (GET /console/events) on e's proxy,
+// each over its own TLS connection as n browsers would, and reads them
+// the way the page does (every attempt's JSON decoded). The streams are
+// subscribed when it returns (the proxy subscribes before it answers).
+// stop waits for each console to have every attempt of the run (the feed
+// never waits, so this is the delivery lag, not a pause of the
+// enrollments), closes the streams and reports the record-to-console
+// latency (a record's time is when it was written) and how many streams
+// the feed dropped.
+func watchConsoles(b *testing.B, e *env, n int) (stop func()) {
+	b.Helper()
+	sctx, cancel := context.WithCancel(ctx)
+	var (
+		mu      sync.Mutex
+		lags    []time.Duration
+		dropped atomic.Int64
+		got     = make([]atomic.Int64, n)
+		done    sync.WaitGroup
+	)
+	for i := range n {
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, e.roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleProxy}})}}
+		r, err := http.NewRequestWithContext(sctx, http.MethodGet, e.url+"/console/events", nil)
+		if err != nil {
+			b.Fatal(err)
+		}
+		resp, err := hc.Do(r)
+		if err != nil {
+			b.Fatalf("console %d: %v", i, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			b.Fatalf("console %d: %s", i, resp.Status)
+		}
+		done.Go(func() {
+			defer func() { _ = resp.Body.Close() }()
+			sc := bufio.NewScanner(resp.Body)
+			for sc.Scan() {
+				data, ok := strings.CutPrefix(sc.Text(), "data: ")
+				if !ok {
+					continue
+				}
+				var a status.Attempt
+				if json.Unmarshal([]byte(data), &a) != nil {
+					continue
+				}
+				lag := time.Since(a.Time)
+				mu.Lock()
+				lags = append(lags, lag)
+				mu.Unlock()
+				got[i].Add(1)
+			}
+			if sctx.Err() == nil {
+				dropped.Add(1) // the proxy ended it: the feed dropped it
+			}
+		})
+	}
+	return func() {
+		b.Helper()
+		err := testenv.WaitFor(30*time.Second, func() error {
+			for i := range got {
+				if g := got[i].Load(); g < int64(b.N) && dropped.Load() == 0 {
+					return fmt.Errorf("console %d has %d of %d attempts", i, g, b.N)
+				}
+			}
+			return nil
+		})
+		cancel()
+		done.Wait()
+		if err != nil {
+			b.Error(err)
+		}
+		slices.Sort(lags)
+		if len(lags) > 0 {
+			b.ReportMetric(ms(lags[len(lags)/2]), "feed-p50-ms")
+			b.ReportMetric(ms(lags[(len(lags)-1)*95/100]), "feed-p95-ms")
+			b.ReportMetric(ms(lags[len(lags)-1]), "feed-max-ms")
+		}
+		b.ReportMetric(float64(dropped.Load()), "dropped")
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 // enrollLoad enrolls b.N new devices through e at concurrency conc.
 func enrollLoad(b *testing.B, e *env, conc int) {

@@ -2,6 +2,7 @@ package status
 
 import (
 	"maps"
+	"sort"
 	"sync"
 	"time"
 
@@ -43,17 +44,22 @@ type BatchStats struct {
 }
 
 type board struct {
-	firstOK  bool
 	enrolled bool
 	pending  bool // the last attempt did not enroll
 }
 
+// batchState keeps every count Stats gives as it goes, so that Stats
+// (each console's GET /console/state) holds the lock that Observe, on the
+// enrollment path, waits for only for a moment, not for a walk over every
+// board of the batch.
 type batchState struct {
 	attempts  int
 	refusedBy map[string]int
 	failed    int
 	boards    map[string]*board // by board/hardware ID
-	enrolled  []time.Time       // enrollment times, in order
+	enrolled  []time.Time       // enrollment times, in order: one per board
+	firstOK   int               // boards whose first attempt enrolled
+	retrying  int               // boards pending
 }
 
 // Batches follows the factory record per batch.
@@ -93,10 +99,11 @@ func (b *Batches) Observe(r auditlog.Record) {
 		bd = &board{}
 		st.boards[key] = bd
 	}
+	wasPending := bd.pending
 	switch r.Result {
 	case auditlog.Enrolled:
 		if first {
-			bd.firstOK = true
+			st.firstOK++
 		}
 		if !bd.enrolled {
 			st.enrolled = append(st.enrolled, r.Time)
@@ -108,6 +115,12 @@ func (b *Batches) Observe(r auditlog.Record) {
 	default:
 		st.failed++
 		bd.pending = !bd.enrolled
+	}
+	switch {
+	case bd.pending && !wasPending:
+		st.retrying++
+	case !bd.pending && wasPending:
+		st.retrying--
 	}
 }
 
@@ -128,24 +141,13 @@ func (b *Batches) Stats(now time.Time) map[string]BatchStats {
 		if st := b.state[name]; st != nil {
 			s.Attempts, s.Failed = st.attempts, st.failed
 			maps.Copy(s.RefusedBy, st.refusedBy)
-			firstOK := 0
-			for _, bd := range st.boards {
-				if bd.enrolled {
-					s.Enrolled++
-				}
-				if bd.firstOK {
-					firstOK++
-				}
-				if bd.pending {
-					s.Retrying++
-				}
-			}
+			s.Enrolled, s.Retrying = len(st.enrolled), st.retrying
 			if len(st.boards) > 0 {
-				s.FirstPassYield = float64(firstOK) / float64(len(st.boards))
+				s.FirstPassYield = float64(st.firstOK) / float64(len(st.boards))
 			}
-			for i := len(st.enrolled) - 1; i >= 0 && now.Sub(st.enrolled[i]) <= time.Hour; i-- {
-				s.PerHour++
-			}
+			// The enrollments of the last hour are the tail of the
+			// times, which are in order.
+			s.PerHour = len(st.enrolled) - sort.Search(len(st.enrolled), func(i int) bool { return now.Sub(st.enrolled[i]) <= time.Hour })
 		}
 		s.Remaining = max(plan.Planned-s.Enrolled, 0)
 		if s.PerHour > 0 && s.Remaining > 0 {
