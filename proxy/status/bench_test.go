@@ -30,7 +30,7 @@ func benchRecord(i int, at time.Time) auditlog.Record {
 func BenchmarkConsoleObserve(b *testing.B) {
 	for _, subs := range []int{0, 10} {
 		b.Run(fmt.Sprintf("subscribers=%d", subs), func(b *testing.B) {
-			c := status.NewConsole([]status.Plan{{Name: "po-1", Planned: 10000}})
+			c := status.NewConsole([]status.Plan{{Name: "po-1", Planned: 10000}}, nil)
 			ss := make([]*status.Sub, subs)
 			for i := range ss {
 				ss[i] = c.Feed.Subscribe()
@@ -73,7 +73,7 @@ func BenchmarkConsoleState(b *testing.B) {
 		boards = 1000
 	}
 	at := time.Now().Add(-2 * time.Hour)
-	c := status.NewConsole([]status.Plan{{Name: "po-1", Planned: boards}, {Name: "po-2", Planned: 500}})
+	c := status.NewConsole([]status.Plan{{Name: "po-1", Planned: boards}, {Name: "po-2", Planned: 500}}, nil)
 	for i := range boards {
 		r := benchRecord(i, at.Add(time.Duration(i)*time.Second/2))
 		if i%50 == 0 { // a refusal now and then, retried at once
