@@ -65,7 +65,7 @@ func Start(t testing.TB) *TPM {
 		}
 	}
 	files := map[string]string{
-		"localca.conf": fmt.Sprintf("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n", ca, ca, ca, ca),
+		"localca.conf":    fmt.Sprintf("statedir = %s\nsigningkey = %s/signkey.pem\nissuercert = %s/issuercert.pem\ncertserial = %s/certserial\n", ca, ca, ca, ca),
 		"localca.options": "--platform-manufacturer prov-test\n--platform-version 2.1\n--platform-model swtpm\n",
 		"setup.conf": fmt.Sprintf("create_certs_tool = %s\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n",
 			localca, filepath.Join(dir, "localca.conf"), filepath.Join(dir, "localca.options")),
@@ -144,10 +144,12 @@ func (tpm *TPM) Stop() {
 	}
 	_ = tpm.proc.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-tpm.done:
+	case err := <-tpm.done:
+		_ = err // stopped by us: its exit status says nothing
 	case <-time.After(10 * time.Second):
 		_ = tpm.proc.Process.Kill()
-		<-tpm.done
+		err := <-tpm.done
+		_ = err
 	}
 	tpm.proc = nil
 }
