@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -68,4 +69,14 @@ func onlyHostSANs(cert *x509.Certificate) error {
 		}
 	}
 	return nil
+}
+
+// HostNames are the DNS names and IP addresses c names, IPs in their
+// string form: what VerifyWebServer takes as hosts.
+func HostNames(c *x509.Certificate) []string {
+	out := slices.Clone(c.DNSNames)
+	for _, ip := range c.IPAddresses {
+		out = append(out, ip.String())
+	}
+	return out
 }

@@ -333,7 +333,7 @@ func (r *Renewer) check(w *watched, old *x509.Certificate, chain []*x509.Certifi
 	}
 	leaf := chain[0]
 	if w.Role == "" {
-		if err := r.o.Roots.VerifyWebServer(chain, hosts(old), time.Time{}); err != nil {
+		if err := r.o.Roots.VerifyWebServer(chain, pki.HostNames(old), time.Time{}); err != nil {
 			return fmt.Errorf("%w: %w", ErrBadRenewal, err)
 		}
 		if leaf.Subject.CommonName != old.Subject.CommonName {
@@ -361,15 +361,6 @@ func (r *Renewer) check(w *watched, old *x509.Certificate, chain []*x509.Certifi
 		return fmt.Errorf("%w: it ends %s, before the one it renews", ErrBadRenewal, leaf.NotAfter.UTC())
 	}
 	return nil
-}
-
-// hosts are the DNS names and IP addresses c names.
-func hosts(c *x509.Certificate) []string {
-	out := slices.Clone(c.DNSNames)
-	for _, ip := range c.IPAddresses {
-		out = append(out, ip.String())
-	}
-	return out
 }
 
 // warnOff logs, with renewal off, a certificate in the last part of its

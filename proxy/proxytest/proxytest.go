@@ -27,6 +27,10 @@ type Proxy struct {
 	URL    string // https://localhost:port
 	Record string // the factory record's path
 	Config string // the configuration file it runs with
+	// ConsoleURL is the console's own listener (console.listen, with the
+	// PKI's console certificate): https://localhost:port, what a
+	// kiosk's browser opens.
+	ConsoleURL string
 }
 
 // Start runs a proxy for core until the test ends; vouching is the YAML
@@ -78,10 +82,11 @@ core: {url: %q}
 ca: {url: %q}
 field: {mqttUrl: %q}
 record: {path: %q}
+console: {listen: "127.0.0.1:0", tls: {cert: %q, key: %q}}
 log: {level: debug}
 vouching:
 %s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
-		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, indent(vouching))
+		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, c.ConsoleCert(p), c.ConsoleKey(p), indent(vouching))
 	if err := os.WriteFile(cfgPath, []byte(coretest.MergeYAML(cfg, top+"\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +97,13 @@ vouching:
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
+	}
+	var conLn net.Listener
+	if conf.Console.Listen != "" { // top may have unset it
+		if conLn, err = net.Listen("tcp", conf.Console.Listen); err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, service.WithConsoleListener(conLn))
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -105,6 +117,9 @@ vouching:
 	case err := <-done:
 		cancel()
 		_ = ln.Close()
+		if conLn != nil {
+			_ = conLn.Close()
+		}
 		if err == nil {
 			err = errors.New("the proxy stopped before it served")
 		}
@@ -120,7 +135,12 @@ vouching:
 	if host == "127.0.0.1" {
 		host = "localhost"
 	}
-	return &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record, Config: cfgPath}, nil
+	out := &Proxy{URL: "https://" + net.JoinHostPort(host, port), Record: record, Config: cfgPath}
+	if conLn != nil {
+		_, cport, _ := net.SplitHostPort(conLn.Addr().String())
+		out.ConsoleURL = "https://" + net.JoinHostPort("localhost", cport)
+	}
+	return out, nil
 }
 
 func indent(s string) string {

@@ -9,15 +9,16 @@ import (
 	"github.com/fleetprov/prov/internal/testenv/browser"
 )
 
-// The status page in a real browser, over the proxy's own TLS with only the
-// deployment's root trusted: a board enrolled after the page loaded is
+// The status page in a real browser, on the console's listener with only
+// the deployment's root trusted (Chromium refuses the enrollment
+// listener's identity certificate: consolecert_test.go): a board enrolled after the page loaded is
 // counted and listed on reload, and the page loads nothing from elsewhere
 // and logs no error (the tab fails the test otherwise).
 func TestStatusPageInBrowser(t *testing.T) {
 	began := time.Now()
 	e := start(t, local)
 	tab := browser.Open(t, e.core.RootCert())
-	tab.Navigate(e.url + "/")
+	tab.Navigate(e.console + "/")
 	if got := tab.Text("b.enrolled"); got != "0 enrolled" {
 		t.Fatalf("before any enrollment the page says %q, want 0 enrolled", got)
 	}
@@ -58,7 +59,7 @@ func TestStatusPageShowsHostileInputAsText(t *testing.T) {
 		t.Fatalf("a hostile board: %d, want 400", code)
 	}
 	tab := browser.Open(t, e.core.RootCert())
-	tab.Navigate(e.url + "/")
+	tab.Navigate(e.console + "/")
 	if n := tab.Count("td.refused"); n != 2 {
 		t.Fatalf("the page lists %d refusals, want 2", n)
 	}
