@@ -56,9 +56,14 @@ YAML
 }
 
 # start_proxy PORT [MANIFEST]: prov-proxy for the loopback "factory
-# network", in front of core and the CA; sets PROXY_PID and PROXY.
+# network", in front of core and the CA, with the console on a port of
+# its own; sets PROXY_PID, PROXY and CONSOLE (the console's URL).
 start_proxy() {
   local port=$1 manifest=${2:-}
+  # The console's own port, with the console certificate browsers accept
+  # (they refuse the proxy's identity: docs/factory.md).
+  local console_port
+  console_port=$(free_port $((port + 1)))
   local batches=""
   [[ -n "$manifest" ]] && batches="  batches: [{name: demo-batch, manifest: \"$manifest\", group: default}]"
   cat > "$WORK/proxy.yaml" <<YAML
@@ -70,6 +75,7 @@ core: {url: "$CORE"}
 ca: {url: "$CA_URL"}
 field: {mqttUrl: "tls://localhost:$MQTT_PORT"}
 record: {path: "$WORK/factory.jsonl"}
+console: {listen: "127.0.0.1:$console_port", tls: {cert: "$PKI/console/factory1/cert.pem", key: "$PKI/console/factory1/key.pem"}}
 vouching:
   networks: ["127.0.0.0/8"]
 $batches
@@ -77,6 +83,7 @@ YAML
   "$BIN/prov-proxy" serve --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
   PROXY_PID=$!
   PROXY="https://localhost:$port"
+  CONSOLE="https://localhost:$console_port/"
   wait_ready "$PROXY/readyz" "$PROXY_PID" "$WORK/proxy.log"
 }
 
