@@ -174,7 +174,12 @@ func TestRenewsAConsoleCertificate(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- r.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
 	if err := testenv.WaitFor(time.Minute, func() error {
 		if kp.Leaf().SerialNumber.Cmp(first.SerialNumber) == 0 {
 			return errors.New("waiting for the console certificate's renewal")
