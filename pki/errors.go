@@ -36,3 +36,7 @@ var (
 	// mismatched or too widely readable.
 	ErrBadKeyPair = errors.New("bad certificate or key file")
 )
+
+// ErrNotWebServer: a certificate meant for browsers alone (the console's)
+// names an identity, lacks a host, or carries other names.
+var ErrNotWebServer = errors.New("not a web server certificate")

@@ -56,10 +56,14 @@ YAML
 }
 
 # start_proxy PORT [MANIFEST]: prov-proxy for the loopback "factory
-# network", in front of core and the CA; sets PROXY_PID, PROXY and
-# CONSOLE (the factory console's URL).
+# network", in front of core and the CA, with the console on a port of
+# its own; sets PROXY_PID, PROXY and CONSOLE (the console's URL).
 start_proxy() {
   local port=$1 manifest=${2:-}
+  # The console's own port, with the console certificate browsers accept
+  # (they refuse the proxy's identity: docs/factory.md).
+  local console_port
+  console_port=$(free_port $((port + 1)))
   local batches=""
   [[ -n "$manifest" ]] && batches="  batches: [{name: demo-batch, manifest: \"$manifest\", group: default}]"
   cat > "$WORK/proxy.yaml" <<YAML
@@ -72,6 +76,8 @@ ca: {url: "$CA_URL"}
 field: {mqttUrl: "tls://localhost:$MQTT_PORT"}
 record: {path: "$WORK/factory.jsonl"}
 console:
+  listen: "127.0.0.1:$console_port"
+  tls: {cert: "$PKI/console/factory1/cert.pem", key: "$PKI/console/factory1/key.pem"}
   stations: [{network: 127.0.0.0/8, name: "demo bench"}]
 vouching:
   networks: ["127.0.0.0/8"]
@@ -80,7 +86,7 @@ YAML
   "$BIN/prov-proxy" serve --config "$WORK/proxy.yaml" >"$WORK/proxy.log" 2>&1 &
   PROXY_PID=$!
   PROXY="https://localhost:$port"
-  CONSOLE="$PROXY/"
+  CONSOLE="https://localhost:$console_port/"
   wait_ready "$PROXY/readyz" "$PROXY_PID" "$WORK/proxy.log"
 }
 

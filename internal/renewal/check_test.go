@@ -40,11 +40,15 @@ func TestCheckTakesOnlyARenewal(t *testing.T) {
 	base := spec{ca, key, "spiffe://fleet.test/core/core", []string{"core.fleet.test"}, x509.ExtKeyUsageServerAuth, now.Add(time.Hour), "core/core",
 		[]net.IP{net.ParseIP("10.0.0.1")}}
 	cert := func(s spec) *x509.Certificate {
-		u, err := url.Parse(s.uri)
-		if err != nil {
-			t.Fatal(err)
+		var uris []*url.URL
+		if s.uri != "" {
+			u, err := url.Parse(s.uri)
+			if err != nil {
+				t.Fatal(err)
+			}
+			uris = append(uris, u)
 		}
-		return pkitest.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: s.cn}, URIs: []*url.URL{u}, DNSNames: s.dns, IPAddresses: s.ipAddrs,
+		return pkitest.Sign(t, &x509.Certificate{Subject: pkix.Name{CommonName: s.cn}, URIs: uris, DNSNames: s.dns, IPAddresses: s.ipAddrs,
 			NotBefore: now.Add(-time.Minute), NotAfter: s.ends, KeyUsage: x509.KeyUsageDigitalSignature,
 			ExtKeyUsage: []x509.ExtKeyUsage{s.eku, x509.ExtKeyUsageClientAuth}}, s.issuer.Inter, &s.key.PublicKey, s.issuer.InterKey)
 	}
@@ -76,6 +80,28 @@ func TestCheckTakesOnlyARenewal(t *testing.T) {
 	}
 	if err := r.check(w, old, nil); !errors.Is(err, ErrBadRenewal) {
 		t.Errorf("no chain: %v", err)
+	}
+
+	// A certificate of no identity (Role empty: the proxy's console's)
+	// stays one: the same CN, key and hosts, and still no URI.
+	console := with(func(s *spec) { s.uri, s.cn = "", "console/p1" })
+	oldConsole := cert(console)
+	wc := &watched{Cert: Cert{Name: "console"}}
+	for _, tc := range []struct {
+		name string
+		s    spec
+		ok   bool
+	}{
+		{"a renewal", with(func(s *spec) { s.uri, s.cn, s.ends = "", "console/p1", now.Add(2 * time.Hour) }), true},
+		{"naming an identity", with(func(s *spec) { s.cn = "console/p1" }), false},
+		{"another CN", with(func(s *spec) { s.uri, s.cn = "", "console/p2" }), false},
+		{"another key", with(func(s *spec) { s.uri, s.cn, s.key = "", "console/p1", other }), false},
+		{"other host names", with(func(s *spec) { s.uri, s.cn, s.dns = "", "console/p1", []string{"evil.example.com"} }), false},
+	} {
+		err := r.check(wc, oldConsole, []*x509.Certificate{cert(tc.s), tc.s.issuer.Inter})
+		if tc.ok != (err == nil) || (err != nil && !errors.Is(err, ErrBadRenewal)) {
+			t.Errorf("console certificate, %s: %v", tc.name, err)
+		}
 	}
 }
 

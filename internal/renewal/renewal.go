@@ -45,6 +45,9 @@ type Cert struct {
 	// Name labels it in metrics, logs and warnings: tls, signer.
 	Name string
 	// Role is the identity's role; the renewed certificate must keep it.
+	// Empty: a certificate for browsers alone (the proxy's console), with
+	// no identity; the renewed one must still name none
+	// (pki.VerifyWebServer) and keep its CN.
 	Role pki.Role
 	// KeyPair is the pair in use: presented to step-ca, and reloaded from
 	// CertFile once the new chain is written there.
@@ -322,23 +325,34 @@ func renewable(c *x509.Certificate) bool {
 }
 
 // check accepts only a renewal of old: a chain to the root with the same
-// identity, role and usage, the same key and names, ending no sooner.
+// identity, role and usage (for a certificate of no identity: still none,
+// the same CN), the same key and names, ending no sooner.
 func (r *Renewer) check(w *watched, old *x509.Certificate, chain []*x509.Certificate) error {
 	if len(chain) == 0 {
 		return fmt.Errorf("%w: no certificate", ErrBadRenewal)
 	}
-	want, err := pki.IdentityOf(old)
-	if err != nil {
-		return err
-	}
-	got, err := r.o.Roots.Verify(chain, pki.VerifyOptions{KeyUsage: w.Role.ExtKeyUsage(), Roles: []pki.Role{w.Role}})
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrBadRenewal, err)
-	}
 	leaf := chain[0]
+	if w.Role == "" {
+		if err := r.o.Roots.VerifyWebServer(chain, pki.HostNames(old), time.Time{}); err != nil {
+			return fmt.Errorf("%w: %w", ErrBadRenewal, err)
+		}
+		if leaf.Subject.CommonName != old.Subject.CommonName {
+			return fmt.Errorf("%w: for %q, not %q", ErrBadRenewal, leaf.Subject.CommonName, old.Subject.CommonName)
+		}
+	} else {
+		want, err := pki.IdentityOf(old)
+		if err != nil {
+			return err
+		}
+		got, err := r.o.Roots.Verify(chain, pki.VerifyOptions{KeyUsage: w.Role.ExtKeyUsage(), Roles: []pki.Role{w.Role}})
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrBadRenewal, err)
+		}
+		if got != want {
+			return fmt.Errorf("%w: for %s, not %s", ErrBadRenewal, got, want)
+		}
+	}
 	switch {
-	case got != want:
-		return fmt.Errorf("%w: for %s, not %s", ErrBadRenewal, got, want)
 	case !bytes.Equal(leaf.RawSubjectPublicKeyInfo, old.RawSubjectPublicKeyInfo):
 		return fmt.Errorf("%w: for another key", ErrBadRenewal)
 	case !slices.Equal(leaf.DNSNames, old.DNSNames) || !slices.EqualFunc(leaf.IPAddresses, old.IPAddresses, net.IP.Equal):

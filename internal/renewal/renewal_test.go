@@ -152,6 +152,51 @@ func TestRenewsWhenDue(t *testing.T) {
 	}
 }
 
+// A certificate of no identity (the proxy's console's) is renewed at
+// step-ca too: the renewed one still names no identity, keeps its CN, key
+// and hosts, and verifies for browsers (pki.VerifyWebServer).
+func TestRenewsAConsoleCertificate(t *testing.T) {
+	d := catest.NewPKI(t)
+	catest.ShortServiceCerts(t, d, 10*time.Second)
+	c := catest.Run(t, d)
+	issued := c.ReissueConsole(t, catest.Proxy, 15*time.Second)
+	kp, err := pki.LoadKeyPair(issued.CertFile, issued.KeyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.LoadTrustBundle(d.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := kp.Leaf()
+	r := renewal.New(config(true, 2.0/3, 0.25), []renewal.Cert{{Name: "console", KeyPair: kp, CertFile: issued.CertFile}},
+		renewal.Options{Namespace: "test", CAURL: c.CAURL, Roots: roots, Log: slog.New(slog.NewTextHandler(tlog{t}, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	if err := testenv.WaitFor(time.Minute, func() error {
+		if kp.Leaf().SerialNumber.Cmp(first.SerialNumber) == 0 {
+			return errors.New("waiting for the console certificate's renewal")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	leaf := kp.Leaf()
+	if len(leaf.URIs) != 0 || leaf.Subject.CommonName != first.Subject.CommonName || !bytes.Equal(leaf.RawSubjectPublicKeyInfo, first.RawSubjectPublicKeyInfo) {
+		t.Errorf("renewed: URIs %v, CN %q; want none and %q, same key", leaf.URIs, leaf.Subject.CommonName, first.Subject.CommonName)
+	}
+	if err := roots.VerifyWebServer(kp.Chain(), deployment.DefaultHosts, time.Time{}); err != nil {
+		t.Errorf("the renewed console certificate: %v", err)
+	}
+}
+
 // step-ca away: each attempt fails, is counted and retried with back-off;
 // under the warning threshold the certificate is a warning (without the
 // error behind it); step-ca back, the next attempt renews and the warning

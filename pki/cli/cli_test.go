@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"go.step.sm/crypto/pemutil"
 
@@ -330,6 +331,31 @@ func TestIssueAndRevokeAgainstTheRunningCA(t *testing.T) {
 	}
 	if _, err := c.ProxyProvisioner(catest.Proxy); err != nil {
 		t.Fatalf("proxy provisioner lost by re-issue: %v", err)
+	}
+	// A console certificate, issued again over the one of init: the
+	// hosts asked for, no identity.
+	code, stdout, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "console", "--name", catest.Proxy,
+		"--host", "localhost", "--host", "127.0.0.1", "--force")
+	if code != cli.ExitOK || !strings.Contains(stdout, "no identity") {
+		t.Fatalf("issue --role console: exit %d: %s%s", code, stdout, stderr)
+	}
+	con, err := pki.LoadKeyPair(c.ConsoleCert(catest.Proxy), c.ConsoleKey(catest.Proxy))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots, err := pki.LoadTrustBundle(c.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roots.VerifyWebServer(con.Chain(), []string{"localhost", "127.0.0.1"}, time.Time{}); err != nil {
+		t.Errorf("the issued console certificate: %v", err)
+	}
+	if _, err := pki.IdentityOf(con.Leaf()); !errors.Is(err, pki.ErrNoIdentity) {
+		t.Errorf("IdentityOf(console certificate) = %v; want ErrNoIdentity", err)
+	}
+	code, _, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "console", "--name", catest.Proxy, "--force")
+	if code != cli.ExitError || !strings.Contains(stderr, "name the proxy's hosts") {
+		t.Errorf("issue --role console without --host: exit %d: %s", code, stderr)
 	}
 	// The CA is down: a clear error, not a hang.
 	code, _, stderr = run(t, "issue", "--dir", c.Dir, "--password-file", pwFile, "--role", "admin", "--name", "bob", "--ca-url", "https://127.0.0.1:1")

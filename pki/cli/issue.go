@@ -53,8 +53,8 @@ func runIssue(ctx context.Context, e *env, args []string) error {
 	fs := newFlags(e)
 	dir := fs.String("dir", "", "PKI directory made by prov-pki init")
 	pwFile := fs.String("password-file", "", "file holding the deployment password (decrypts the admin provisioner key)")
-	roleName := fs.String("role", "", "role of the new identity: admin, proxy, core or signer")
-	name := fs.String("name", "", "name of the new identity (a-z, 0-9, '-')")
+	roleName := fs.String("role", "", "role of the new identity: admin, proxy, core or signer; or console: a proxy's console certificate (no identity)")
+	name := fs.String("name", "", "name of the new identity (a-z, 0-9, '-'); for console, the proxy's")
 	var hosts listFlag
 	fs.Var(&hosts, "host", "DNS name or IP address of a core or proxy server (repeatable)")
 	caURL := fs.String("ca-url", "", "URL of the running CA (default: the PKI's CA URL)")
@@ -65,9 +65,12 @@ func runIssue(ctx context.Context, e *env, args []string) error {
 	if err := required([2]string{"dir", *dir}, [2]string{"password-file", *pwFile}, [2]string{"role", *roleName}, [2]string{"name", *name}); err != nil {
 		return err
 	}
+	if *roleName == "console" {
+		return issueConsole(ctx, e, *dir, *pwFile, *caURL, deployment.ConsoleRequest{Proxy: *name, Hosts: hosts, Replace: *force})
+	}
 	role, err := pki.ParseRole(*roleName)
 	if err != nil || role == pki.RoleDevice {
-		return fmt.Errorf("%w: --role %q: want admin, proxy, core or signer (devices enroll through a proxy)", errUsage, *roleName)
+		return fmt.Errorf("%w: --role %q: want admin, proxy, core, signer or console (devices enroll through a proxy)", errUsage, *roleName)
 	}
 	s, err := openAdminSession(*dir, *pwFile, *caURL)
 	if err != nil {
@@ -84,6 +87,26 @@ func runIssue(ctx context.Context, e *env, args []string) error {
 			out.Replaced, s.d.Dir, out.Replaced+"/cert.pem")
 	}
 	_, _ = fmt.Fprintf(e.stdout, "Hand %s to the service and delete the key here.\n", out.Dir)
+	return nil
+}
+
+// issueConsole issues a proxy's console certificate (prov-pki issue
+// --role console --name <proxy> --host ...): its hosts, no identity.
+func issueConsole(ctx context.Context, e *env, dir, pwFile, caURL string, req deployment.ConsoleRequest) error {
+	s, err := openAdminSession(dir, pwFile, caURL)
+	if err != nil {
+		return err
+	}
+	out, err := s.d.IssueConsole(ctx, s.client, s.admin, req, time.Now())
+	if err != nil {
+		return err
+	}
+	_, _ = fmt.Fprintf(e.stdout, "Issued the console certificate of proxy %s (hosts %v, no identity)\n  certificate  %s\n  key          %s\n  serial       %s\n  valid until  %s\n",
+		req.Proxy, req.Hosts, out.CertFile, out.KeyFile, out.Leaf.SerialNumber, out.Leaf.NotAfter.UTC().Format(time.RFC3339))
+	if out.Replaced != "" {
+		_, _ = fmt.Fprintf(e.stdout, "The previous one was moved to %s.\n", out.Replaced)
+	}
+	_, _ = fmt.Fprintf(e.stdout, "Hand %s to the proxy (console.tls) and delete the key here.\n", out.Dir)
 	return nil
 }
 

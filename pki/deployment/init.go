@@ -319,8 +319,8 @@ func isEmpty(dir string) (bool, error) {
 	return false, err
 }
 
-// issueFirstIdentities issues core, signer, admin and proxy certificates
-// through the in-process authority.
+// issueFirstIdentities issues core, signer, admin and proxy certificates,
+// and each proxy's console certificate, through the in-process authority.
 func (b *builder) issueFirstIdentities(ctx context.Context, admin *token.Provisioner) (err error) {
 	o := b.opts
 	d, err := Open(b.l.Dir)
@@ -360,6 +360,17 @@ func (b *builder) issueFirstIdentities(ctx context.Context, admin *token.Provisi
 		}[r.Role]
 		b.record(out.CertFile, what, HandOff(out.Identity))
 		b.record(out.KeyFile, "its private key", HandOff(out.Identity))
+		if r.Role != pki.RoleProxy {
+			continue
+		}
+		// The console page's certificate, beside the identity: same
+		// hosts, no identity (browsers refuse the identity's).
+		con, err := d.IssueConsole(ctx, auth, admin, ConsoleRequest{Proxy: r.Name, Hosts: r.Hosts}, time.Now())
+		if err != nil {
+			return err
+		}
+		b.record(con.CertFile, "proxy console certificate (for browsers; no identity)", HandOff(out.Identity))
+		b.record(con.KeyFile, "its private key", HandOff(out.Identity))
 	}
 	return nil
 }

@@ -3,6 +3,7 @@ package deployment_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"os"
 	"path/filepath"
@@ -108,5 +109,50 @@ func TestFirstIdentities(t *testing.T) {
 		if !bytes.Equal(mustRead(t, d.IdentityRoot(tc.role, tc.name)), mustRead(t, d.RootCert())) {
 			t.Errorf("%s directory has no copy of the root", tc.role)
 		}
+	}
+}
+
+// Init issues each proxy a console certificate beside its identity: the
+// proxy's hosts, serverAuth (and clientAuth, for step-ca's renewal), and no
+// URI SAN, so that it is no identity anyone accepts: IdentityOf and every
+// identity check (core's, the broker's, the renewal's) refuse it.
+func TestConsoleCertificate(t *testing.T) {
+	d := catest.Shared(t).Deployment
+	bundle, err := pki.LoadTrustBundle(d.RootCert())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pki.LoadKeyPair(d.ConsoleCert(catest.Proxy), d.ConsoleKey(catest.Proxy)); err != nil {
+		t.Fatal(err)
+	}
+	chain, err := pki.ParseCertificates(mustRead(t, d.ConsoleCert(catest.Proxy)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf := chain[0]
+	if err := bundle.VerifyWebServer(chain, deployment.DefaultHosts, time.Time{}); err != nil {
+		t.Fatalf("the console certificate does not verify for %v: %v", deployment.DefaultHosts, err)
+	}
+	if len(leaf.URIs) != 0 || leaf.Subject.CommonName != "console/"+catest.Proxy {
+		t.Errorf("console certificate: URIs %v, CN %q; want none and console/%s", leaf.URIs, leaf.Subject.CommonName, catest.Proxy)
+	}
+	if _, err := pki.IdentityOf(leaf); !errors.Is(err, pki.ErrNoIdentity) {
+		t.Errorf("IdentityOf(console certificate) = %v; want ErrNoIdentity", err)
+	}
+	for _, role := range pki.Roles {
+		if _, err := bundle.Verify(chain, pki.VerifyOptions{KeyUsage: x509.ExtKeyUsageClientAuth, Roles: []pki.Role{role}}); !errors.Is(err, pki.ErrNoIdentity) {
+			t.Errorf("verified as a %s client: %v; want ErrNoIdentity", role, err)
+		}
+	}
+	if err := bundle.VerifyWebServer(chain, []string{"elsewhere.example"}, time.Time{}); !errors.Is(err, pki.ErrNotWebServer) {
+		t.Errorf("verified for a host it does not name: %v", err)
+	}
+	// The proxy's identity is not a console certificate: it names one.
+	ident, err := pki.ParseCertificates(mustRead(t, d.IdentityCert(pki.RoleProxy, catest.Proxy)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := bundle.VerifyWebServer(ident, deployment.DefaultHosts, time.Time{}); !errors.Is(err, pki.ErrNotWebServer) {
+		t.Errorf("VerifyWebServer(the proxy's identity) = %v; want ErrNotWebServer", err)
 	}
 }

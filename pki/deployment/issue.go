@@ -60,26 +60,23 @@ func (d *Deployment) IssueIdentity(ctx context.Context, s Signer, admin *token.P
 	}
 	dir := d.IdentityDir(req.Role, req.Name)
 	stamp := now.UTC().Format("20060102T150405Z")
-	var replaced string
-	if _, err := os.Stat(d.IdentityCert(req.Role, req.Name)); err == nil {
-		if !req.Replace {
-			return nil, fmt.Errorf("identity %s %w in %s (use --force to replace it; the old one is kept)", id, ErrExists, dir)
-		}
-		replaced = dir + ".replaced-" + stamp
+	replaced, err := replacing("identity "+id.String(), dir, req.Replace, stamp)
+	if err != nil {
+		return nil, err
 	}
 
 	key, err := newKey(req.Role)
 	if err != nil {
 		return nil, err
 	}
-	chain, err := signIdentity(ctx, s, admin, id, req.Hosts, key, now)
+	chain, err := signService(ctx, s, admin, id.String(), id.CommonName(), append([]string{id.String()}, req.Hosts...), key, now)
 	if err != nil {
 		return nil, err
 	}
 	if err := d.verifyIssued(chain, id, req.Role, now); err != nil {
 		return nil, err
 	}
-	if err := d.installIdentity(id, dir, replaced, stamp, key, chain); err != nil {
+	if err := d.installIdentity(id.String(), dir, replaced, stamp, key, chain); err != nil {
 		return nil, err
 	}
 	out := &Issued{
@@ -118,21 +115,22 @@ func (d *Deployment) checkIdentityRequest(req IdentityRequest) (pki.Identity, er
 	return id, nil
 }
 
-// signIdentity has the CA sign key for id: a CSR that names nothing, and a
-// token of the admin provisioner that names the identity and hosts.
-func signIdentity(ctx context.Context, s Signer, admin *token.Provisioner, id pki.Identity, hosts []string, key crypto.Signer, now time.Time) ([]*x509.Certificate, error) {
+// signService has the CA sign key for what (an identity URI): a CSR that
+// names nothing, and a token of the admin provisioner that names the
+// subject CN and SANs (the service template decides what is written).
+func signService(ctx context.Context, s Signer, admin *token.Provisioner, what, cn string, sans []string, key crypto.Signer, now time.Time) ([]*x509.Certificate, error) {
 	csrDER, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
-		return nil, fmt.Errorf("CSR for %s: %w", id, err)
+		return nil, fmt.Errorf("CSR for %s: %w", what, err)
 	}
 	csr, err := x509.ParseCertificateRequest(csrDER)
 	if err != nil {
-		return nil, fmt.Errorf("CSR for %s: %w", id, err)
+		return nil, fmt.Errorf("CSR for %s: %w", what, err)
 	}
 	ott, err := admin.SignToken(token.SignRequest{
 		Audience: s.SignAudience(),
-		Subject:  id.CommonName(),
-		SANs:     append([]string{id.String()}, hosts...),
+		Subject:  cn,
+		SANs:     sans,
 		CSR:      csr,
 	}, now)
 	if err != nil {
@@ -140,7 +138,7 @@ func signIdentity(ctx context.Context, s Signer, admin *token.Provisioner, id pk
 	}
 	chain, err := s.Sign(ctx, csr, ott)
 	if err != nil {
-		return nil, fmt.Errorf("issue %s: %w", id, err)
+		return nil, fmt.Errorf("issue %s: %w", what, err)
 	}
 	return chain, nil
 }
@@ -163,10 +161,10 @@ func (d *Deployment) verifyIssued(chain []*x509.Certificate, id pki.Identity, ro
 	return nil
 }
 
-// installIdentity writes id's directory dir (key, chain, root). It writes
-// the new directory beside the old one, then swaps, so a failure leaves the
-// old identity in place; an old identity is moved to replaced, if given.
-func (d *Deployment) installIdentity(id pki.Identity, dir, replaced, stamp string, key crypto.Signer, chain []*x509.Certificate) error {
+// installIdentity writes the directory dir of what (key, chain, root). It
+// writes the new directory beside the old one, then swaps, so a failure
+// leaves the old one in place; an old one is moved to replaced, if given.
+func (d *Deployment) installIdentity(what string, dir, replaced, stamp string, key crypto.Signer, chain []*x509.Certificate) error {
 	root, err := os.ReadFile(d.RootCert())
 	if err != nil {
 		return fmt.Errorf("read root: %w", err)
@@ -197,9 +195,21 @@ func (d *Deployment) installIdentity(id pki.Identity, dir, replaced, stamp strin
 		}
 	}
 	if err := os.Rename(staging, dir); err != nil {
-		return fmt.Errorf("install identity %s: %w", id, err)
+		return fmt.Errorf("install %s: %w", what, err)
 	}
 	return atomicfile.SyncDir(filepath.Dir(dir))
+}
+
+// replacing is where the hand-off directory dir of what goes when it is
+// issued again ("" if there is none yet), or ErrExists unless replace.
+func replacing(what, dir string, replace bool, stamp string) (string, error) {
+	if _, err := os.Stat(filepath.Join(dir, "cert.pem")); err != nil {
+		return "", nil //nolint:nilerr // nothing there to replace
+	}
+	if !replace {
+		return "", fmt.Errorf("%s %w in %s (use --force to replace it; the old one is kept)", what, ErrExists, dir)
+	}
+	return dir + ".replaced-" + stamp, nil
 }
 
 // newKey makes the key of a role: Ed25519 for the image signer (small,

@@ -18,6 +18,7 @@
 //	<role>/<name>/cert.pem         an identity's certificate chain (leaf first)
 //	<role>/<name>/key.pem          its private key
 //	<role>/<name>/root_ca.crt      the root, so the directory is a complete hand-off
+//	console/<proxy>/cert.pem, key.pem, root_ca.crt  a proxy's console certificate (no identity)
 //	proxy/<name>/provisioner.jwe   the proxy's encrypted provisioner key
 //	proxy/<name>/provisioner.password  and its own password
 //	core/<name>/revoker.jwe        core's revoke-only provisioner key

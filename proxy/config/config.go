@@ -67,6 +67,15 @@ type Config struct {
 		// panel shows (core and step-ca, its provisioner at step-ca, the
 		// clock offset to core, the factory record's chain).
 		CheckEvery time.Duration `yaml:"checkEvery"`
+		// Listen, if set, is a TLS address (host:port) of the console
+		// alone, served with TLS's certificate: the proxy's console
+		// certificate (prov-pki init writes console/<proxy>/), which
+		// names the proxy's hosts and no identity. Browsers refuse the
+		// proxy's identity certificate (its URI SAN under the
+		// intermediate's URI name constraint), so a kiosk opens this one;
+		// unset, the console is on the enrollment listener only.
+		Listen string             `yaml:"listen"`
+		TLS    serve.KeyPairFiles `yaml:"tls"`
 	} `yaml:"console"`
 	// Field is what devices are told for the field; core's and the CA's
 	// URLs default to the ones above.
@@ -216,6 +225,9 @@ func (c *Config) Validate() error {
 	if c.Console.CheckEvery < 0 {
 		return bad("console.checkEvery", "must be positive, got %s", c.Console.CheckEvery)
 	}
+	if err := c.validateConsoleListener(); err != nil {
+		return err
+	}
 	if c.HTTP.UpstreamTimeout <= 0 {
 		return bad("http.upstreamTimeout", "must be positive, got %s", c.HTTP.UpstreamTimeout)
 	}
@@ -226,4 +238,31 @@ func (c *Config) Validate() error {
 		return err
 	}
 	return c.Log.Validate()
+}
+
+// validateConsoleListener checks console.listen and console.tls: both or
+// neither, and not the enrollment listener's address.
+func (c *Config) validateConsoleListener() error {
+	bad := serve.Bad
+	con := c.Console
+	if con.Listen == "" {
+		if con.TLS.Cert != "" || con.TLS.Key != "" {
+			return bad("console.tls", "set without console.listen")
+		}
+		return nil
+	}
+	_, port, err := net.SplitHostPort(con.Listen)
+	if err != nil {
+		return bad("console.listen", "%q is not host:port", con.Listen)
+	}
+	if con.Listen == c.Listen && port != "0" { // port 0: each its own
+		return bad("console.listen", "%q is the enrollment listener's address", con.Listen)
+	}
+	if con.TLS.Cert == "" {
+		return bad("console.tls.cert", "required with console.listen (the proxy's console certificate: prov-pki init writes console/<proxy>/cert.pem)")
+	}
+	if con.TLS.Key == "" {
+		return bad("console.tls.key", "required with console.listen")
+	}
+	return nil
 }

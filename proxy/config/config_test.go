@@ -25,6 +25,9 @@ func TestExampleParses(t *testing.T) {
 		!c.Renewal.On() || c.Renewal.Backoff.Max != 30*time.Minute {
 		t.Fatalf("parsed %+v", c)
 	}
+	if c.Console.Listen != ":9444" || c.Console.TLS.Cert != "/srv/prov-pki/console/factory1/cert.pem" {
+		t.Fatalf("console %+v", c.Console)
+	}
 	if c.StartupTimeout != time.Minute || len(c.Status.Networks) != 2 || len(c.Core.Names) != 0 {
 		t.Fatalf("startupTimeout %s, status.networks %v, core.names %v", c.StartupTimeout, c.Status.Networks, c.Core.Names)
 	}
@@ -85,6 +88,11 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"startupTimeout: 1m", "startupTimeout: -1s", "startupTimeout"},
 		{`core: {url: "https://core.fleet.example.com:8443"}`, `core: {url: "https://core.fleet.example.com:8443", names: ["Core 1"]}`, "core.names[0]"},
 		{`  networks: ["10.20.0.0/16", "10.99.0.10/32"]`, `  networks: ["10.20.0.0/16", "10.99.0.10"]`, "status.networks"},
+		{`  listen: ":9444"`, `  listen: "9444"`, "console.listen"},
+		{`  listen: ":9444"`, `  listen: ":9443"`, "console.listen"}, // the enrollment listener's
+		{"    cert: /srv/prov-pki/console/factory1/cert.pem", "", "console.tls.cert"},
+		{"    key: /srv/prov-pki/console/factory1/key.pem", "", "console.tls.key"},
+		{`  listen: ":9444"`, "", "console.tls"}, // a certificate without a listener
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			if !strings.Contains(string(example), tc.old) {

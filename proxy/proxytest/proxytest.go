@@ -12,6 +12,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -27,8 +28,13 @@ type Proxy struct {
 	URL    string // https://localhost:port
 	Record string // the factory record's path
 	Config string // the configuration file it runs with
+	// ConsoleURL is the console's own listener (console.listen, with the
+	// PKI's console certificate): https://localhost:port, what a
+	// kiosk's browser opens.
+	ConsoleURL string
 
-	addr string // the factory side's address, for Restart
+	addr        string // the factory side's address, for Restart
+	consoleAddr string // the console's, if it has its own
 	opts []service.Option
 	stop func() error // stops it and waits; nil when stopped
 }
@@ -82,15 +88,16 @@ core: {url: %q}
 ca: {url: %q}
 field: {mqttUrl: %q}
 record: {path: %q}
+console: {listen: "127.0.0.1:0", tls: {cert: %q, key: %q}}
 log: {level: debug}
 vouching:
 %s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
-		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, indent(vouching))
+		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, c.ConsoleCert(p), c.ConsoleKey(p), indent(vouching))
 	if err := os.WriteFile(cfgPath, []byte(coretest.MergeYAML(cfg, top+"\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	px := &Proxy{Record: record, Config: cfgPath, opts: opts}
-	if err := px.run(t, addr); err != nil {
+	if err := px.run(t, addr, ""); err != nil {
 		return nil, err
 	}
 	t.Cleanup(func() {
@@ -103,12 +110,17 @@ vouching:
 		host = "localhost"
 	}
 	px.URL = "https://" + net.JoinHostPort(host, port)
+	if px.consoleAddr != "" {
+		_, cport, _ := net.SplitHostPort(px.consoleAddr)
+		px.ConsoleURL = "https://" + net.JoinHostPort("localhost", cport)
+	}
 	return px, nil
 }
 
-// run starts the proxy with its configuration on addr and waits until it
+// run starts the proxy with its configuration on addr (and its console on
+// consoleAddr, or the configuration's console.listen) and waits until it
 // serves.
-func (px *Proxy) run(t testing.TB, addr string) error {
+func (px *Proxy) run(t testing.TB, addr, consoleAddr string) error {
 	conf, err := config.Load(px.Config)
 	if err != nil {
 		t.Fatal(err)
@@ -117,24 +129,41 @@ func (px *Proxy) run(t testing.TB, addr string) error {
 	if err != nil {
 		t.Fatal(err)
 	}
+	opts := slices.Clone(px.opts)
+	var conLn net.Listener
+	if conf.Console.Listen != "" { // top may have unset it
+		if consoleAddr == "" {
+			consoleAddr = conf.Console.Listen
+		}
+		if conLn, err = net.Listen("tcp", consoleAddr); err != nil {
+			t.Fatal(err)
+		}
+		opts = append(opts, service.WithConsoleListener(conLn))
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	started := make(chan string, 1)
 	log := slog.New(slog.NewJSONHandler(io.Discard, nil))
 	go func() {
-		done <- service.Run(ctx, conf, log, append(px.opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
+		done <- service.Run(ctx, conf, log, append(opts, service.WithListener(ln), service.WithStarted(func(a string) { started <- a }))...)
 	}()
 	select {
 	case <-started:
 	case err := <-done:
 		cancel()
 		_ = ln.Close()
+		if conLn != nil {
+			_ = conLn.Close()
+		}
 		if err == nil {
 			err = errors.New("the proxy stopped before it served")
 		}
 		return err
 	}
 	px.addr = ln.Addr().String()
+	if conLn != nil {
+		px.consoleAddr = conLn.Addr().String()
+	}
 	px.stop = func() error {
 		cancel()
 		return <-done
@@ -160,7 +189,7 @@ func (px *Proxy) Restart(t testing.TB) {
 	if px.stop != nil {
 		t.Fatal("proxytest: Restart of a running proxy")
 	}
-	if err := px.run(t, px.addr); err != nil {
+	if err := px.run(t, px.addr, px.consoleAddr); err != nil {
 		t.Fatalf("proxy did not start again: %v", err)
 	}
 }
@@ -171,4 +200,15 @@ func indent(s string) string {
 		b.WriteString("  " + l + "\n")
 	}
 	return b.String()
+}
+
+// ConsoleSection is the configuration's console section as Start writes it
+// (its own listener with the PKI's console certificate) with more settings
+// (YAML flow-mapping entries, e.g. "checkEvery: 1s"): for a test's top
+// YAML, which replaces whole sections.
+func ConsoleSection(core *coretest.Core, more string) string {
+	if more != "" {
+		more = ", " + more
+	}
+	return fmt.Sprintf("console: {listen: \"127.0.0.1:0\", tls: {cert: %q, key: %q}%s}", core.CA.ConsoleCert(catest.Proxy), core.CA.ConsoleKey(catest.Proxy), more)
 }

@@ -31,13 +31,13 @@ func consoleEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	core := coretest.Start(t, "")
-	p := proxytest.StartWith(t, core, "console: {checkEvery: 1s, stations: [{network: 127.0.0.0/8, name: line 1 station A}]}",
+	p := proxytest.StartWith(t, core, proxytest.ConsoleSection(core, "checkEvery: 1s, stations: [{network: 127.0.0.0/8, name: line 1 station A}]"),
 		local+fmt.Sprintf("batches:\n  - {name: po-7, manifest: %q}\n", manifest))
 	roots, err := pki.LoadTrustBundle(core.RootCert())
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{core: core, proxy: p, url: p.URL, record: p.Record, roots: roots}
+	return &env{core: core, proxy: p, url: p.URL, console: p.ConsoleURL, record: p.Record, roots: roots}
 }
 
 // listCounts is what `prov-proxy audit list` prints for today, counted by
@@ -89,7 +89,7 @@ func pageCounts(tab *browser.Tab) map[string]int {
 func TestConsoleInBrowser(t *testing.T) {
 	e := consoleEnv(t)
 	tab := browser.Open(t, e.core.RootCert())
-	tab.Navigate(e.url + "/")
+	tab.Navigate(e.console + "/")
 	tab.WaitUntil(`document.body.dataset.loaded === "true" && document.getElementById("conn").dataset.state === "live"`)
 	if got := tab.Text("#n-enrolled"); got != "0" {
 		t.Fatalf("before any attempt the page counts %q enrolled", got)
@@ -182,7 +182,7 @@ func TestConsoleInBrowser(t *testing.T) {
 func TestConsoleShowsHostileInputAsText(t *testing.T) {
 	e := start(t, local)
 	tab := browser.Open(t, e.core.RootCert())
-	tab.Navigate(e.url + "/")
+	tab.Navigate(e.console + "/")
 	tab.WaitUntil(`document.getElementById("conn").dataset.state === "live"`)
 	const hostileID = `<img src=x onerror=alert(1)>`
 	const hostileBoard = `<script>alert(2)</script>`
@@ -227,7 +227,7 @@ func TestConsoleReportExport(t *testing.T) {
 		}
 	}
 	tab := browser.Open(t, e.core.RootCert())
-	tab.Navigate(e.url + "/")
+	tab.Navigate(e.console + "/")
 	href, ok := tab.Attr(`.batch[data-batch="po-7"] a.csv`, "href")
 	if !ok || !strings.HasPrefix(href, "/console/report?batch=po-7&format=csv") {
 		t.Fatalf("the batch's CSV link is %q", href)

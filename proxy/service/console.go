@@ -71,6 +71,7 @@ func (p *proxy) checkHealth(ctx context.Context) status.Health {
 	}
 	leaf := p.self.KeyPair.Leaf()
 	h.Certificates = append(h.Certificates, status.Certificate{Name: "identity", Subject: p.self.ID.String(), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter})
+	h.Certificates = append(h.Certificates, p.consoleHealth()...)
 	h.Provisioner = status.Provisioner{Name: p.prov.Name(), KeyID: p.prov.KeyID()}
 	switch info, err := p.caClient.Provisioner(ctx, p.prov.Name()); {
 	case err != nil:

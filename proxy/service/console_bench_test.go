@@ -73,16 +73,16 @@ func BenchmarkConsole(b *testing.B) {
 		b.Fatal(err)
 	}
 	core := coretest.Start(b, "limits: {proxy: {rate: 100000, burst: 100000}}\n")
-	top := fmt.Sprintf("record: {path: %q}\nconsole: {stations: [{network: 127.0.0.0/8, name: bench station}]}", recordPath)
+	top := fmt.Sprintf("record: {path: %q}\n%s", recordPath, proxytest.ConsoleSection(core, "stations: [{network: 127.0.0.0/8, name: bench station}]"))
 	p := proxytest.StartWith(b, core, top, local+fmt.Sprintf("rate: 100000\nburst: 100000\nbatches:\n  - {name: lot-10k, manifest: %q}\n", manifestPath))
-	e := &env{core: core, proxy: p, url: p.URL, record: p.Record}
+	e := &env{core: core, proxy: p, url: p.URL, console: p.ConsoleURL, record: p.Record}
 	e.roots = loadRoots(b, core.RootCert())
 
 	tab := browser.Open(b, core.RootCert())
 	b.ResetTimer()
 	for range b.N {
 		loadStart := time.Now()
-		tab.Navigate(e.url + "/")
+		tab.Navigate(e.console + "/")
 		tab.WaitUntil(`document.body.dataset.loaded === "true" && document.getElementById("conn").dataset.state === "live"`)
 		load := time.Since(loadStart)
 		stateBytes := tab.Eval(`(() => { const x = new XMLHttpRequest(); x.open("GET", "/console/state", false); x.send(); return x.responseText.length; })()`)

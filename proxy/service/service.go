@@ -35,9 +35,10 @@ import (
 )
 
 type options struct {
-	listener net.Listener
-	started  func(addr string)
-	wrap     func(enroll.Core, enroll.CA) (enroll.Core, enroll.CA)
+	listener        net.Listener
+	consoleListener net.Listener
+	started         func(addr string)
+	wrap            func(enroll.Core, enroll.CA) (enroll.Core, enroll.CA)
 }
 
 // Option is a test seam.
@@ -60,7 +61,7 @@ func Run(ctx context.Context, cfg *config.Config, log *slog.Logger, opts ...Opti
 	for _, f := range opts {
 		f(&p.o)
 	}
-	return serve.Compose(ctx, []func() error{p.newIdentity, p.newProvisioner, p.newPolicy, p.newUpstreams, p.newConsole, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
+	return serve.Compose(ctx, []func() error{p.newIdentity, p.newConsoleCert, p.newProvisioner, p.newPolicy, p.newUpstreams, p.newConsole, p.openRecord, p.newEnroller, p.newRenewal}, p.run, p.close)
 }
 
 // proxy is the service being built, then run.
@@ -81,6 +82,8 @@ type proxy struct {
 	metrics   *server.Metrics
 	enroller  *enroll.Enroller
 	renewer   *renewal.Renewer
+	// consoleCert is console.tls, if console.listen is set.
+	consoleCert *pki.KeyPair
 
 	coreTransport *http.Transport
 	coreHTTP      *http.Client
@@ -203,6 +206,11 @@ func (p *proxy) run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	conLn, err := p.listenConsole()
+	if err != nil {
+		_ = ln.Close()
+		return err
+	}
 	h := server.New(p.enroller, p.console, p.metrics, p.log, server.Options{Ready: p.ready, Timeout: p.cfg.HTTP.UpstreamTimeout, Viewers: p.viewers,
 		Warnings: p.renewer.Warnings, Report: p.report})
 	// New devices have no certificate yet: the factory network policy,
@@ -230,6 +238,12 @@ func (p *proxy) run(ctx context.Context) error {
 		defer cancel() // the renewer stops with the server
 		return serve.HTTPS(gctx, ln, h, tlsCfg, p.cfg.HTTP.HTTPConfig, p.log)
 	})
+	if conLn != nil {
+		g.Go(func() error {
+			defer cancel()
+			return p.serveConsole(gctx, conLn, h.Console())
+		})
+	}
 	return g.Wait()
 }
 

@@ -47,11 +47,12 @@ import (
 var ctx = context.Background()
 
 type env struct {
-	core   *coretest.Core
-	proxy  *proxytest.Proxy
-	url    string
-	record string
-	roots  *pki.TrustBundle
+	core    *coretest.Core
+	proxy   *proxytest.Proxy
+	url     string
+	console string // the console's own listener, which browsers accept
+	record  string
+	roots   *pki.TrustBundle
 }
 
 // start runs a core and a proxy for the shared CA; vouching is YAML for the
@@ -70,7 +71,7 @@ func startWith(t testing.TB, coreYAML, vouching string, opts ...service.Option) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &env{core: core, proxy: p, url: p.URL, record: p.Record, roots: roots}
+	return &env{core: core, proxy: p, url: p.URL, console: p.ConsoleURL, record: p.Record, roots: roots}
 }
 
 // The shared step-ca, and the private PostgreSQL cluster for a core on

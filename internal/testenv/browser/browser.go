@@ -1,18 +1,26 @@
 // Package browser drives a real headless Chromium for the tests of the
 // pages the proxy serves: one browser process per test binary (started on
 // first use, stopped by Main or After), a new tab per test, pages loaded
-// over HTTPS whose served chain must verify against the roots the test
-// names, and a tab that fails its test when the page logs an error, opens
-// a dialog, fails a request or loads anything from outside the origin it
-// was opened on ("no external assets").
+// over HTTPS that Chromium itself verifies with only the test's roots
+// trusted, as a factory kiosk does (an NSS database under a HOME of the
+// browser's own; no certificate error is ignored), and a tab that fails
+// its test when the page logs an error, opens a dialog, fails a request or
+// loads anything from outside the origin it was opened on ("no external
+// assets").
 //
-// It skips a test where Debian's chromium is absent (fails under
-// PROV_REQUIRE_ALL=1; .ci/run installs it).
+// It skips a test where Debian's chromium or NSS's certutil (libnss3-tools)
+// is absent (fails under PROV_REQUIRE_ALL=1; .ci/run installs both).
 package browser
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +51,8 @@ type browser struct {
 	stop    func()
 	started time.Duration // how long the start took, logged once
 	version string
+	// roots are the certificates its NSS database trusts, by SHA-256.
+	roots map[[32]byte]*x509.Certificate
 }
 
 // Main runs the tests and stops the shared browser, if one was started.
@@ -64,43 +74,66 @@ func After(code int) int {
 	return code
 }
 
-// start returns the shared browser, starting it on first use.
-func start(t testing.TB) *browser {
+// start returns the shared browser trusting roots, starting it on first
+// use. A root it does not trust yet restarts it with every root so far:
+// Chromium reads its NSS database's trust at start (a test binary's tests
+// mostly share one PKI, so this is rare).
+func start(t testing.TB, roots []*x509.Certificate) *browser {
 	t.Helper()
 	chromium := testenv.Tool(t, "chromium", "install Debian's chromium (apt-get install -y chromium)")
+	certutil := testenv.Tool(t, "certutil", "install NSS's tools (apt-get install -y libnss3-tools)")
 	shared.mu.Lock()
 	defer shared.mu.Unlock()
 	if shared.err != nil {
 		t.Fatalf("browser: %v", shared.err)
 	}
+	want := map[[32]byte]*x509.Certificate{}
+	if shared.b != nil {
+		want = shared.b.roots
+	}
+	fresh := false
+	for _, r := range roots {
+		k := sha256.Sum256(r.Raw)
+		if _, ok := want[k]; !ok {
+			want[k], fresh = r, true
+		}
+	}
+	if shared.b != nil && fresh {
+		t.Logf("browser: restarting it to trust another root (%s)", roots[0].Subject.CommonName)
+		shared.b.stop()
+		shared.b = nil
+	}
 	if shared.b == nil {
-		shared.b, shared.err = launch(chromium)
+		shared.b, shared.err = launch(chromium, certutil, want)
 		if shared.err != nil {
 			t.Fatalf("browser: %v", shared.err)
 		}
-		t.Logf("browser: %s started in %s (one per test binary)", shared.b.version, shared.b.started.Round(time.Millisecond))
+		t.Logf("browser: %s started in %s (one per test binary), trusting %d roots", shared.b.version, shared.b.started.Round(time.Millisecond), len(want))
 	}
 	return shared.b
 }
 
 // launch starts Chromium, with a temporary profile of its own (chromedp
-// makes one when no user-data-dir is given).
-func launch(chromium string) (*browser, error) {
+// makes one when no user-data-dir is given) and a HOME of its own whose
+// NSS database (~/.pki/nssdb, where Chromium on Linux looks) trusts roots
+// for TLS servers and nothing else: what a factory kiosk is set up with
+// (docs/factory.md). No certificate error is ignored: the proxy's
+// identity certificate is refused (its URI SAN under the intermediate's
+// URI name constraint, which Chromium does not implement), the console
+// certificate (no URI SAN) loads.
+func launch(chromium, certutil string, roots map[[32]byte]*x509.Certificate) (*browser, error) {
+	home, err := os.MkdirTemp("", "prov-browser-home-")
+	if err != nil {
+		return nil, fmt.Errorf("browser HOME: %w", err)
+	}
+	if err := trust(certutil, home, roots); err != nil {
+		_ = os.RemoveAll(home)
+		return nil, err
+	}
 	opts := append(chromedp.DefaultExecAllocatorOptions[:],
 		chromedp.ExecPath(chromium),
 		chromedp.WindowSize(Width, Height),
-		// Chromium rejects every certificate of this deployment with
-		// ERR_CERT_INVALID, even with the root trusted in its NSS
-		// database: the root's name constraints are critical and
-		// constrain URI names (the SPIFFE IDs), a name type Chromium's
-		// verifier does not implement, so by RFC 5280 it refuses any
-		// leaf with a URI SAN (checked with Chromium 156 and a CA made
-		// for the purpose: DNS-only constraints load, adding a URI one
-		// gives ERR_CERT_INVALID). So the browser takes any certificate,
-		// and each Tab.Navigate verifies the chain the browser was
-		// served against the roots its test named, with Go's
-		// verifier (which implements URI constraints) instead.
-		chromedp.IgnoreCertErrors,
+		chromedp.Env("HOME="+home),
 		// Chromium refuses to run as root with its sandbox on (the
 		// sandbox's user namespaces are for dropping privileges root
 		// does not drop), and the tests run as root in CI. The pages
@@ -112,6 +145,7 @@ func launch(chromium string) (*browser, error) {
 	stop := func() {
 		cancelBrowser()
 		cancelAlloc()
+		_ = os.RemoveAll(home)
 	}
 	began := time.Now()
 	// The first action starts the browser (and opens its first tab).
@@ -120,5 +154,34 @@ func launch(chromium string) (*browser, error) {
 		stop()
 		return nil, fmt.Errorf("start %s: %w", chromium, err)
 	}
-	return &browser{ctx: ctx, stop: stop, started: time.Since(began), version: version}, nil
+	return &browser{ctx: ctx, stop: stop, started: time.Since(began), version: version, roots: roots}, nil
+}
+
+// trust makes the NSS database of home and adds roots to it as trusted
+// issuers of TLS servers ("C,,": not of email, not of code).
+func trust(certutil, home string, roots map[[32]byte]*x509.Certificate) error {
+	db := filepath.Join(home, ".pki", "nssdb")
+	if err := os.MkdirAll(db, 0o700); err != nil {
+		return fmt.Errorf("NSS database: %w", err)
+	}
+	run := func(args ...string) error {
+		out, err := exec.Command(certutil, args...).CombinedOutput() //nolint:gosec // the test's own tool and files
+		if err != nil {
+			return fmt.Errorf("certutil %v: %w: %s", args, err, out)
+		}
+		return nil
+	}
+	if err := run("-N", "-d", "sql:"+db, "--empty-password"); err != nil {
+		return err
+	}
+	for k, r := range roots {
+		file := filepath.Join(home, fmt.Sprintf("root-%x.pem", k[:8]))
+		if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: r.Raw}), 0o600); err != nil {
+			return fmt.Errorf("NSS database: %w", err)
+		}
+		if err := run("-A", "-d", "sql:"+db, "-n", fmt.Sprintf("%s %x", r.Subject.CommonName, k[:8]), "-t", "C,,", "-i", file); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -1,8 +1,16 @@
 package browser_test
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
+	"math/big"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -10,6 +18,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/fleetprov/prov/internal/testenv/browser"
 )
@@ -115,4 +124,40 @@ func TestTabReadsAndWaits(t *testing.T) {
 	if _, err := os.Stat(tab.Screenshot("page")); err != nil {
 		t.Error(err)
 	}
+}
+
+// The browser ignores no certificate error: a server whose certificate
+// no trusted root vouches for is refused, as a kiosk would refuse it,
+// while the trusted one loads in the same tab's browser.
+func TestUntrustedServerIsRefused(t *testing.T) {
+	url, root := server(t, map[string]string{"/": icon + `<p>trusted</p>`})
+	other := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("untrusted")) }))
+	other.TLS = &tls.Config{Certificates: []tls.Certificate{selfSigned(t)}}
+	other.StartTLS()
+	t.Cleanup(other.Close)
+	tab := browser.Open(t, root)
+	if got := tab.Refused(other.URL + "/"); !strings.Contains(got, "ERR_CERT_AUTHORITY_INVALID") {
+		t.Errorf("an untrusted server: %q, want net::ERR_CERT_AUTHORITY_INVALID", got)
+	}
+	tab.Navigate(url + "/")
+	if got := tab.Text("p"); got != "trusted" {
+		t.Errorf("the trusted server's page says %q", got)
+	}
+}
+
+// selfSigned is a certificate for 127.0.0.1 that nothing trusts.
+func selfSigned(t *testing.T) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "untrusted"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }

@@ -3,8 +3,8 @@ package browser
 import (
 	"context"
 	"crypto/x509"
-	"encoding/base64"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/url"
 	"os"
@@ -14,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/chromedp/cdproto/cdp"
 	"github.com/chromedp/cdproto/log"
 	"github.com/chromedp/cdproto/network"
 	"github.com/chromedp/cdproto/page"
@@ -34,7 +33,6 @@ const MaxWait = 30 * time.Second
 type Tab struct {
 	t      testing.TB
 	ctx    context.Context
-	roots  *x509.CertPool
 	origin string // scheme://host:port of the first Navigate; nothing else may load
 
 	mu       sync.Mutex
@@ -42,24 +40,35 @@ type Tab struct {
 	dialogs  []string
 }
 
-// Open opens a new tab for t in the shared browser; the certificate
-// chains of the pages it loads must verify against roots (PEM files). The
-// tab closes when the test ends.
+// Open opens a new tab for t in the shared browser, which trusts roots
+// (PEM files) as a kiosk does: Chromium verifies each page's chain itself.
+// The tab closes when the test ends.
 func Open(t testing.TB, roots ...string) *Tab {
 	t.Helper()
-	pool := x509.NewCertPool()
+	var certs []*x509.Certificate
 	for _, r := range roots {
 		b, err := os.ReadFile(r)
 		if err != nil {
 			t.Fatalf("browser: root: %v", err)
 		}
-		if !pool.AppendCertsFromPEM(b) {
-			t.Fatalf("browser: root %s holds no certificate", r)
+		for len(b) > 0 {
+			var block *pem.Block
+			if block, b = pem.Decode(b); block == nil {
+				break
+			}
+			c, err := x509.ParseCertificate(block.Bytes)
+			if err != nil {
+				t.Fatalf("browser: root %s: %v", r, err)
+			}
+			certs = append(certs, c)
 		}
 	}
-	b := start(t)
+	if len(certs) == 0 {
+		t.Fatalf("browser: roots %v hold no certificate", roots)
+	}
+	b := start(t, certs)
 	ctx, cancel := chromedp.NewContext(b.ctx) // a new target: a tab
-	tab := &Tab{t: t, ctx: ctx, roots: pool}
+	tab := &Tab{t: t, ctx: ctx}
 	if err := chromedp.Listen(ctx, tab.observe); err != nil {
 		cancel()
 		t.Fatalf("browser: new tab: %v", err)
@@ -184,12 +193,16 @@ func do[T any](tab *Tab, what string, a chromedp.Action[T]) T {
 }
 
 // Navigate loads rawURL and waits for its load event. The first URL's
-// origin is the only one the tab may load from.
+// origin is the only one the tab may load from. Only HTTPS: the browser
+// verifies the chain with the test's roots trusted.
 func (tab *Tab) Navigate(rawURL string) {
 	tab.t.Helper()
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		tab.t.Fatalf("browser: navigate: %v", err)
+	}
+	if u.Scheme != "https" {
+		tab.t.Fatalf("browser: %s is not served over HTTPS", u)
 	}
 	tab.mu.Lock()
 	if tab.origin == "" {
@@ -200,42 +213,30 @@ func (tab *Tab) Navigate(rawURL string) {
 	if resp == nil {
 		tab.t.Fatalf("browser: navigate to %s: no response", rawURL)
 	}
-	tab.verifyChain(u)
 }
 
-// verifyChain checks the certificate chain the browser was served for u
-// against the tab's roots and u's host, as a factory browser trusting the
-// deployment's root would (see launch for why Chromium cannot itself).
-func (tab *Tab) verifyChain(u *url.URL) {
+// Refused loads rawURL expecting the browser to refuse it (a certificate
+// it does not accept, say), and returns the browser's error text, such
+// as net::ERR_CERT_INVALID; a page that loads fails the test. The failed
+// load is not one of the tab's problems: it is what was asked for.
+func (tab *Tab) Refused(rawURL string) string {
 	tab.t.Helper()
-	if u.Scheme != "https" {
-		tab.t.Fatalf("browser: %s is not served over HTTPS", u)
+	tab.mu.Lock()
+	before := len(tab.problems)
+	tab.mu.Unlock()
+	ctx, cancel := context.WithTimeout(tab.ctx, MaxWait)
+	defer cancel()
+	resp, err := chromedp.Run(ctx, chromedp.NavigateResponse(rawURL))
+	if err == nil {
+		tab.t.Fatalf("browser: %s loaded (status %d); want it refused", rawURL, resp.Status)
 	}
-	res := do(tab, "certificate of "+u.Host, func(ctx context.Context, t *chromedp.Target) (network.GetCertificateResult, error) {
-		return cdp.Call(ctx, t, network.GetCertificate, network.GetCertificateParams{Origin: u.Scheme + "://" + u.Host})
-	})
-	var chain []*x509.Certificate
-	for _, b64 := range res.TableNames {
-		der, err := base64.StdEncoding.DecodeString(b64)
-		if err != nil {
-			tab.t.Fatalf("browser: certificate of %s: %v", u.Host, err)
-		}
-		c, err := x509.ParseCertificate(der)
-		if err != nil {
-			tab.t.Fatalf("browser: certificate of %s: %v", u.Host, err)
-		}
-		chain = append(chain, c)
+	if ctx.Err() != nil {
+		tab.t.Fatalf("browser: navigate to %s: %v", rawURL, err)
 	}
-	if len(chain) == 0 {
-		tab.t.Fatalf("browser: the browser holds no certificate for %s", u.Host)
-	}
-	inter := x509.NewCertPool()
-	for _, c := range chain[1:] {
-		inter.AddCert(c)
-	}
-	if _, err := chain[0].Verify(x509.VerifyOptions{DNSName: u.Hostname(), Roots: tab.roots, Intermediates: inter}); err != nil {
-		tab.t.Fatalf("browser: %s served a certificate the test's roots do not vouch for: %v", u.Host, err)
-	}
+	tab.mu.Lock()
+	tab.problems = tab.problems[:before]
+	tab.mu.Unlock()
+	return err.Error()
 }
 
 // Reload reloads the page and waits for its load event.

@@ -94,6 +94,25 @@ func (c *CA) Reissue(t testing.TB, role pki.Role, name string, lifetime time.Dur
 	return out
 }
 
+// ReissueConsole issues the console certificate of proxy again through
+// the running CA for lifetime, naming deployment.DefaultHosts (the hosts
+// of the test PKI's proxies).
+func (c *CA) ReissueConsole(t testing.TB, proxy string, lifetime time.Duration) *deployment.Issued {
+	t.Helper()
+	admin, err := c.AdminProvisioner(Password)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := c.IssueConsole(ctx, lifetimeSigner{c.Client, lifetime}, admin,
+		deployment.ConsoleRequest{Proxy: proxy, Hosts: deployment.DefaultHosts, Replace: true}, time.Now())
+	if err != nil {
+		t.Fatalf("reissue the console certificate of %s for %s: %v", proxy, lifetime, err)
+	}
+	return out
+}
+
 // lifetimeSigner signs through the CA's client for a set lifetime.
 type lifetimeSigner struct {
 	c        *stepca.Client
