@@ -92,7 +92,7 @@ func TestCheckTakesOnlyARenewal(t *testing.T) {
 		s    spec
 		ok   bool
 	}{
-		{"a renewal", with(func(s *spec) { s.uri, s.cn, s.ends = "", "console/p1", now.Add(2 * time.Hour) }), true},
+		{"a renewal", with(func(s *spec) { s.uri, s.cn, s.ends = "", "console/p1", now.Add(2*time.Hour) }), true},
 		{"naming an identity", with(func(s *spec) { s.cn = "console/p1" }), false},
 		{"another CN", with(func(s *spec) { s.uri, s.cn = "", "console/p2" }), false},
 		{"another key", with(func(s *spec) { s.uri, s.cn, s.key = "", "console/p1", other }), false},

@@ -35,8 +35,8 @@ type Proxy struct {
 
 	addr        string // the factory side's address, for Restart
 	consoleAddr string // the console's, if it has its own
-	opts []service.Option
-	stop func() error // stops it and waits; nil when stopped
+	opts        []service.Option
+	stop        func() error // stops it and waits; nil when stopped
 }
 
 // Start runs a proxy for core until the test ends; vouching is the YAML
@@ -210,5 +210,5 @@ func ConsoleSection(core *coretest.Core, more string) string {
 	if more != "" {
 		more = ", " + more
 	}
-	return fmt.Sprintf("console: {listen: \"127.0.0.1:0\", tls: {cert: %q, key: %q}%s}", core.CA.ConsoleCert(catest.Proxy), core.CA.ConsoleKey(catest.Proxy), more)
+	return fmt.Sprintf("console: {listen: \"127.0.0.1:0\", tls: {cert: %q, key: %q}%s}", core.ConsoleCert(catest.Proxy), core.ConsoleKey(catest.Proxy), more)
 }
