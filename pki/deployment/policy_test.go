@@ -57,10 +57,24 @@ func deviceURI(td, serial string) string { return "spiffe://" + td + "/device/" 
 // proxyToken mints a token the way a proxy does.
 func proxyToken(t *testing.T, c *catest.CA, serial string, csr *x509.CertificateRequest) string {
 	t.Helper()
+	return proxyTokenWith(t, proxyProvisioner(t, c), c, serial, csr)
+}
+
+// proxyProvisioner is the proxy's provisioner, its key decrypted from the
+// PKI's files (a 600,000-round key derivation: over a second under the
+// race detector), as a proxy loads it once at its start.
+func proxyProvisioner(t *testing.T, c *catest.CA) *token.Provisioner {
+	t.Helper()
 	p, err := c.ProxyProvisioner(catest.Proxy)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// proxyTokenWith is proxyToken with the provisioner already loaded.
+func proxyTokenWith(t *testing.T, p *token.Provisioner, c *catest.CA, serial string, csr *x509.CertificateRequest) string {
+	t.Helper()
 	tok, err := p.SignToken(token.SignRequest{
 		Audience: c.Client.SignAudience(),
 		Subject:  serial,
