@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -211,7 +212,7 @@ func (c *Core) Proxy(t testing.TB) *tls.Certificate {
 func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duration) *tls.Certificate {
 	t.Helper()
 	key, csr := catest.NewCSR(t)
-	prov, err := c.ProxyProvisioner(catest.Proxy)
+	prov, err := proxyProvisioner(c)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -229,6 +230,46 @@ func DeviceCert(t testing.TB, c *catest.CA, serial string, lifetime time.Duratio
 		cert.Certificate = append(cert.Certificate, ch.Raw)
 	}
 	return cert
+}
+
+// provisioners are the proxy provisioners DeviceCert has decrypted, by the
+// key file's path and the bytes of it and of its password file: decrypting
+// is a 600,000-round key derivation (over a second under the race
+// detector) and a test issues many device certificates from one PKI, as a
+// proxy does from the one key it loaded at its start. The provisioner is
+// immutable once loaded, so tests may share it.
+var provisioners struct {
+	sync.Mutex
+	loaded map[string]*token.Provisioner
+}
+
+// proxyProvisioner is the PKI's proxy provisioner, decrypted once for
+// the same key file, key and password.
+func proxyProvisioner(c *catest.CA) (*token.Provisioner, error) {
+	keyFile := c.ProxyProvisionerKey(catest.Proxy)
+	jwe, err := os.ReadFile(keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("proxy provisioner: %w", err)
+	}
+	pw, err := os.ReadFile(c.ProxyProvisionerPassword(catest.Proxy))
+	if err != nil {
+		return nil, fmt.Errorf("proxy provisioner: %w", err)
+	}
+	id := keyFile + "\x00" + string(jwe) + "\x00" + string(pw)
+	provisioners.Lock()
+	defer provisioners.Unlock()
+	if p, ok := provisioners.loaded[id]; ok {
+		return p, nil
+	}
+	p, err := c.ProxyProvisioner(catest.Proxy)
+	if err != nil {
+		return nil, err
+	}
+	if provisioners.loaded == nil {
+		provisioners.loaded = map[string]*token.Provisioner{}
+	}
+	provisioners.loaded[id] = p
+	return p, nil
 }
 
 // Enrolled issues a device certificate for serial through step-ca and

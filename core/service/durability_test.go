@@ -23,13 +23,30 @@ import (
 	"github.com/fleetprov/prov/pki/ca/catest"
 )
 
+// coreBin is prov-core built once per test binary: each of the tests that
+// run it as a process would otherwise pay for a link of its own (seconds
+// each on two cores), and the source is the same for all of them.
+// TestMain removes it.
+var coreBin struct {
+	once      sync.Once
+	dir, path string
+	out       []byte
+	err       error
+}
+
 func buildCore(t *testing.T) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), "prov-core")
-	if out, err := exec.Command("go", "build", "-o", bin, "../cmd/prov-core").CombinedOutput(); err != nil {
-		t.Fatalf("build prov-core: %v\n%s", err, out)
+	coreBin.once.Do(func() {
+		if coreBin.dir, coreBin.err = os.MkdirTemp("", "prov-core-"); coreBin.err != nil {
+			return
+		}
+		coreBin.path = filepath.Join(coreBin.dir, "prov-core")
+		coreBin.out, coreBin.err = exec.Command("go", "build", "-o", coreBin.path, "../cmd/prov-core").CombinedOutput()
+	})
+	if coreBin.err != nil {
+		t.Fatalf("build prov-core: %v\n%s", coreBin.err, coreBin.out)
 	}
-	return bin
+	return coreBin.path
 }
 
 // kill -9 of a core process in the middle of a burst of registrations (a

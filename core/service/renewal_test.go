@@ -144,6 +144,10 @@ func leafSerial(cs *tls.ConnectionState) string {
 // built again and signed with the renewed chain, verifies both now and at
 // its issue time.
 func TestRenewsItselfUnderLoad(t *testing.T) {
+	// Most of its time is waiting for certificates to age: it runs beside
+	// the package's other waiting test (its own step-ca and core, every
+	// port bound first).
+	t.Parallel()
 	c, issued := shortLived(t, time.Minute)
 	dir := t.TempDir()
 	core := coretest.Run(t, c, coretest.Config(t, c.Deployment, dir,
@@ -414,6 +418,8 @@ func (o *observer) readyz() (int, httpapi.Readiness, error) {
 // left core is still ready but says so in /readyz; step-ca back, both
 // certificates renew and the warnings go.
 func TestRenewalWithStepCADown(t *testing.T) {
+	// Waits for certificates to age, beside TestRenewsItselfUnderLoad.
+	t.Parallel()
 	c, _ := shortLived(t, time.Minute)
 	u, err := url.Parse(c.CAURL)
 	if err != nil {

@@ -32,7 +32,13 @@ import (
 
 // The shared step-ca and, for the tests on PostgreSQL, the private
 // cluster (pgtest) stop when the tests end.
-func TestMain(m *testing.M) { os.Exit(pgtest.After(catest.Main(m))) }
+func TestMain(m *testing.M) {
+	code := pgtest.After(catest.Main(m))
+	if coreBin.dir != "" {
+		_ = os.RemoveAll(coreBin.dir)
+	}
+	os.Exit(code)
+}
 
 var ctx = context.Background()
 

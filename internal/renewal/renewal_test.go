@@ -98,6 +98,9 @@ func (f *fixture) installed() [][]*x509.Certificate {
 // file is untouched, the identity, key and names stay, and the expiry
 // metric follows.
 func TestRenewsWhenDue(t *testing.T) {
+	// Most of its time is waiting for certificates to age: it runs beside
+	// TestStepCADown (each its own PKI, step-ca and registry).
+	t.Parallel()
 	f := newFixture(t, 20*time.Second, func(c *catest.CA) string { return c.CAURL }, config(true, 2.0/3, 0.25))
 	first := f.kp.Leaf()
 	f.run(t)
@@ -202,6 +205,8 @@ func TestRenewsAConsoleCertificate(t *testing.T) {
 // error behind it); step-ca back, the next attempt renews and the warning
 // goes.
 func TestStepCADown(t *testing.T) {
+	// Waits for certificates to age, beside TestRenewsWhenDue.
+	t.Parallel()
 	var relay *testenv.Relay
 	f := newFixture(t, 45*time.Second, func(c *catest.CA) string {
 		relay = testenv.NewRelay(t, "127.0.0.1"+strings.TrimPrefix(c.CAURL, "https://localhost"))

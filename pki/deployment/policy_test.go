@@ -57,10 +57,24 @@ func deviceURI(td, serial string) string { return "spiffe://" + td + "/device/" 
 // proxyToken mints a token the way a proxy does.
 func proxyToken(t *testing.T, c *catest.CA, serial string, csr *x509.CertificateRequest) string {
 	t.Helper()
+	return proxyTokenWith(t, proxyProvisioner(t, c), c, serial, csr)
+}
+
+// proxyProvisioner is the proxy's provisioner, its key decrypted from the
+// PKI's files (a 600,000-round key derivation: over a second under the
+// race detector), as a proxy loads it once at its start.
+func proxyProvisioner(t *testing.T, c *catest.CA) *token.Provisioner {
+	t.Helper()
 	p, err := c.ProxyProvisioner(catest.Proxy)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return p
+}
+
+// proxyTokenWith is proxyToken with the provisioner already loaded.
+func proxyTokenWith(t *testing.T, p *token.Provisioner, c *catest.CA, serial string, csr *x509.CertificateRequest) string {
+	t.Helper()
 	tok, err := p.SignToken(token.SignRequest{
 		Audience: c.Client.SignAudience(),
 		Subject:  serial,
@@ -76,6 +90,13 @@ func proxyToken(t *testing.T, c *catest.CA, serial string, csr *x509.Certificate
 // forgedToken signs arbitrary claims with the proxy's real provisioner key:
 // what an attacker holding a stolen proxy key can send.
 func forgedToken(t *testing.T, c *catest.CA, claims map[string]any) string {
+	t.Helper()
+	return forgedTokenWith(t, proxyKey(t, c), c, claims)
+}
+
+// proxyKey is the proxy's provisioner key, decrypted (over a second under
+// the race detector: load it once for many tokens).
+func proxyKey(t *testing.T, c *catest.CA) *jose.JSONWebKey {
 	t.Helper()
 	jwe, err := os.ReadFile(c.ProxyProvisionerKey(catest.Proxy))
 	if err != nil {
@@ -93,6 +114,12 @@ func forgedToken(t *testing.T, c *catest.CA, claims map[string]any) string {
 	if err := json.Unmarshal(plain, &k); err != nil {
 		t.Fatal(err)
 	}
+	return &k
+}
+
+// forgedTokenWith is forgedToken with the key already loaded.
+func forgedTokenWith(t *testing.T, k *jose.JSONWebKey, c *catest.CA, claims map[string]any) string {
+	t.Helper()
 	s, err := jose.NewSigner(jose.SigningKey{Algorithm: jose.ES256, Key: k.Key},
 		new(jose.SignerOptions).WithType("JWT").WithHeader("kid", k.KeyID))
 	if err != nil {
@@ -173,6 +200,16 @@ func TestDeviceTokenRefusals(t *testing.T) {
 	c := catest.Shared(t)
 	ctx := context.Background()
 	td := catest.TrustDomain
+	// Loaded once for the sixteen tokens below; each token is new.
+	prov, key := proxyProvisioner(t, c), proxyKey(t, c)
+	proxyToken := func(t *testing.T, _ *catest.CA, serial string, csr *x509.CertificateRequest) string {
+		t.Helper()
+		return proxyTokenWith(t, prov, c, serial, csr)
+	}
+	forgedToken := func(t *testing.T, _ *catest.CA, claims map[string]any) string {
+		t.Helper()
+		return forgedTokenWith(t, key, c, claims)
+	}
 
 	t.Run("replayed token", func(t *testing.T) {
 		_, csr := deviceCSR(t, nil)

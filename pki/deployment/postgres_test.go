@@ -128,8 +128,9 @@ func renewClient(t *testing.T, c *catest.CA, chain []*x509.Certificate, key *ecd
 // a quarter to a half of the rounds here (43 and 54 of 200, 56 of 100),
 // so a guard that let races through would all but surely show in 40
 // (about 10 expected); and 40 keep make test's whole run short under the
-// race detector (about 1.6 s a round there on a loaded machine, 0.15 s
-// without).
+// race detector. (A round is a device key, a token and two sign requests;
+// the proxy's key is decrypted once per phase, not per round: that
+// decryption was most of the 1.6 s a round took under the race detector.)
 const replayRounds = 40
 
 // replayRoundTimeout bounds one round (two sign requests).
@@ -152,10 +153,12 @@ type replayCounts struct {
 func replay(t *testing.T, a, b *catest.CA, rounds int) replayCounts {
 	t.Helper()
 	got := replayCounts{rounds: rounds, refusals: map[int]int{}}
+	// Loaded once, as a proxy does: each round's token is still new.
+	p := proxyProvisioner(t, a)
 	for range rounds {
 		ctx, cancel := context.WithTimeout(context.Background(), replayRoundTimeout)
 		_, csr := deviceCSR(t, nil)
-		tok := proxyToken(t, a, serialA, csr)
+		tok := proxyTokenWith(t, p, a, serialA, csr)
 		var (
 			errs          [2]error
 			ready, done   sync.WaitGroup
