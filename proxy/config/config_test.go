@@ -85,6 +85,7 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"startupTimeout: 1m", "startupTimeout: -1s", "startupTimeout"},
 		{`core: {url: "https://core.fleet.example.com:8443"}`, `core: {url: "https://core.fleet.example.com:8443", names: ["Core 1"]}`, "core.names[0]"},
 		{`  networks: ["10.20.0.0/16", "10.99.0.10/32"]`, `  networks: ["10.20.0.0/16", "10.99.0.10"]`, "status.networks"},
+		{"  roots: /etc/prov-proxy/tpm-manufacturers.pem", "", "vouching.batches[0].attestation"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			if !strings.Contains(string(example), tc.old) {
