@@ -60,7 +60,11 @@ type Record struct {
 	Serial     string    `json:"serial,omitempty"`
 	CertSerial string    `json:"certSerial,omitempty"`
 	Batch      string    `json:"batch,omitempty"`
-	Result     string    `json:"result"`
+	// EK is the endorsement key hash (enrollapi.EKHash) of the TPM an
+	// attested board's key was proven resident in; none for a software
+	// key (omitted, so older records' hashes are unchanged).
+	EK     string `json:"ekSha256,omitempty"`
+	Result string `json:"result"`
 	// Rule names what refused an attempt: a vouching rule
 	// (enrollapi.RefusalRule: network, rate, manifest, window, quota,
 	// reenrollment) or RuleBadRequest; the console counts refusals by it

@@ -85,6 +85,14 @@ type Config struct {
 		MQTTURL string `yaml:"mqttUrl"`
 	} `yaml:"field"`
 	Vouching vouch.Config `yaml:"vouching"`
+	// Attestation verifies boards' TPM attestations (proxy/attest).
+	Attestation struct {
+		// Roots is a PEM file of the TPM manufacturers' EK certificate
+		// roots, with the intermediates an EK certificate chains through
+		// (a TPM holds its EK certificate alone). None: no board can
+		// enroll with an attested key, and a batch cannot require one.
+		Roots string `yaml:"roots"`
+	} `yaml:"attestation"`
 	// CertificateLifetime, if set, asks for device certificates shorter
 	// than the provisioner's default.
 	CertificateLifetime time.Duration `yaml:"certificateLifetime"`
@@ -218,6 +226,11 @@ func (c *Config) Validate() error {
 	}
 	if _, err := c.StatusNetworks(); err != nil {
 		return err
+	}
+	for i, b := range c.Vouching.Batches {
+		if b.Attestation == vouch.AttestationRequired && c.Attestation.Roots == "" {
+			return bad(fmt.Sprintf("vouching.batches[%d].attestation", i), "required, but attestation.roots names no manufacturer roots to verify it with")
+		}
 	}
 	if _, err := c.Stations(); err != nil {
 		return err

@@ -93,6 +93,7 @@ func TestErrorsNameTheKey(t *testing.T) {
 		{"    cert: /srv/prov-pki/console/factory1/cert.pem", "", "console.tls.cert"},
 		{"    key: /srv/prov-pki/console/factory1/key.pem", "", "console.tls.key"},
 		{`  listen: ":9444"`, "", "console.tls"}, // a certificate without a listener
+		{"  roots: /etc/prov-proxy/tpm-manufacturers.pem", "", "vouching.batches[0].attestation"},
 	} {
 		t.Run(tc.want, func(t *testing.T) {
 			if !strings.Contains(string(example), tc.old) {

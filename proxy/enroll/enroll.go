@@ -38,6 +38,7 @@ import (
 	"github.com/fleetprov/prov/pki/signedimage"
 	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
+	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/vouch"
@@ -59,6 +60,13 @@ type CA interface {
 	Revoke(ctx context.Context, serial, ott, reason string) error
 	SignAudience() string
 	RevokeAudience() string
+}
+
+// Attester is what the enrollment needs of the TPM attestation verifier
+// (attest.Verifier); board is the board's canonical hardware ID key.
+type Attester interface {
+	Challenge(req enrollapi.ChallengeRequest, board string) (*enrollapi.ChallengeResponse, error)
+	Verify(att *enrollapi.Attestation, board string, csr *x509.CertificateRequest, hardwareID string) (*attest.Result, error)
 }
 
 // Field is what a device is told about the field.
@@ -87,6 +95,7 @@ type Enroller struct {
 	ca       CA
 	prov     *token.Provisioner
 	policy   *vouch.Policy
+	attester Attester // nil: no manufacturer roots, no attested enrollment
 	record   *auditlog.Log
 	roots    *pki.TrustBundle
 	rootPEM  string
@@ -109,18 +118,21 @@ type serialLock struct {
 
 // Options are the enroller's dependencies.
 type Options struct {
-	Name    string // the proxy's identity, for records
-	Core    Core
-	CA      CA
-	Prov    *token.Provisioner
-	Policy  *vouch.Policy
-	Record  *auditlog.Log
-	Roots   *pki.TrustBundle
-	RootPEM []byte
-	Field   Field
-	Log     *slog.Logger
-	Now     func() time.Time
-	Observe func(result string, d time.Duration)
+	Name   string // the proxy's identity, for records
+	Core   Core
+	CA     CA
+	Prov   *token.Provisioner
+	Policy *vouch.Policy
+	// Attester verifies TPM attestations; nil if the proxy has no
+	// manufacturer roots (then a board that must attest is refused).
+	Attester Attester
+	Record   *auditlog.Log
+	Roots    *pki.TrustBundle
+	RootPEM  []byte
+	Field    Field
+	Log      *slog.Logger
+	Now      func() time.Time
+	Observe  func(result string, d time.Duration)
 	// Recorded, if set, is given every attempt once it is in the factory
 	// record (the status page follows it).
 	Recorded func(auditlog.Record)
@@ -154,7 +166,7 @@ func New(o Options) *Enroller {
 	if o.EndTimeout <= 0 {
 		o.EndTimeout = 30 * time.Second
 	}
-	return &Enroller{name: o.Name, core: o.Core, ca: o.CA, prov: o.Prov, policy: o.Policy, record: o.Record, roots: o.Roots,
+	return &Enroller{name: o.Name, core: o.Core, ca: o.CA, prov: o.Prov, policy: o.Policy, attester: o.Attester, record: o.Record, roots: o.Roots,
 		rootPEM: string(o.RootPEM), field: o.Field, log: o.Log.With("component", "enroll"), now: o.Now, observe: o.Observe,
 		certLife: o.CertLife, recorded: o.Recorded, lease: o.Lease, endWait: o.EndTimeout, locks: map[string]*serialLock{}}
 }
@@ -212,9 +224,20 @@ func (e *Enroller) enroll(ctx context.Context, req enrollapi.EnrollRequest, sour
 	if adm.Batch != nil {
 		a.rec.Batch = adm.Batch.Name
 	}
+	// Before core is asked: a board that fails its attestation takes no
+	// place in its batch.
+	last := "check" // the step timed when the serial's lock is held
+	if req.Attestation != nil {
+		a.step("check", e.now())
+		last = "attest"
+	}
+	if err := e.attest(req, in, adm); err != nil {
+		return nil, err
+	}
+	a.rec.EK = in.ek
 	unlock := e.lock(in.serial)
 	defer unlock()
-	a.step("check", e.now())
+	a.step(last, e.now())
 
 	admitted, err := e.admit(ctx, in, adm)
 	a.step("admit", e.now())
@@ -263,32 +286,123 @@ type request struct {
 	serial string
 	csr    *x509.CertificateRequest
 	keySHA string // of the CSR's public key
+	// ek is the endorsement key hash (enrollapi.EKHash) of the TPM the
+	// CSR's key is proven resident in, "" for a key not attested. The
+	// certificate's attestation extension and core's record of the
+	// device take it from here.
+	ek string
+}
+
+// attest verifies the board's TPM attestation, if it sent one or must:
+// its batch requires it, or its manifest lists its TPM's endorsement key
+// (which must then be the attested one).
+func (e *Enroller) attest(req enrollapi.EnrollRequest, in *request, adm *vouch.Admission) error {
+	if req.Attestation == nil {
+		if adm.AttestationRequired() {
+			return attestRefusal(&attest.Error{Err: attest.ErrMissing, Reason: "this board's batch requires a TPM-attested key (enroll with --key tpm)"})
+		}
+		return nil
+	}
+	if e.attester == nil {
+		return attestRefusal(&attest.Error{Err: attest.ErrMissing, Reason: "this proxy has no manufacturer roots (attestation.roots) to verify it"})
+	}
+	res, err := e.attester.Verify(req.Attestation, in.id.Key(), in.csr, req.HardwareID)
+	if err != nil {
+		return attestRefusal(err)
+	}
+	if adm.EK != "" && adm.EK != res.EKHash {
+		return attestRefusal(&attest.Error{Err: attest.ErrEKNotListed, Reason: fmt.Sprintf("the manifest lists %s, the board's TPM is %s", adm.EK, res.EKHash)})
+	}
+	in.ek = res.EKHash
+	return nil
+}
+
+// attestRefusal is an attestation's refusal as the policy's: rule
+// attestation, or rate when too many challenges are outstanding.
+func attestRefusal(err error) error {
+	var ae *attest.Error
+	if !errors.As(err, &ae) {
+		return err
+	}
+	if errors.Is(err, attest.ErrBusy) {
+		return &vouch.Refusal{Rule: enrollapi.RuleRate, Reason: ae.Error(), RetryAfter: 5, Err: ae}
+	}
+	return &vouch.Refusal{Rule: enrollapi.RuleAttestation, Reason: ae.Error(), Err: ae}
+}
+
+// Challenge answers a board's request for an attestation challenge, after
+// the network and rate rules (as for an enrollment), the serial rule and
+// the manifest and window rules. A refusal is recorded in the factory
+// record like an enrollment's; a challenge given is not (the enrollment
+// that answers it is).
+func (e *Enroller) Challenge(req enrollapi.ChallengeRequest, source netip.Addr) (*enrollapi.ChallengeResponse, error) {
+	a := &attempt{start: e.now(), rec: auditlog.Record{Proxy: e.name, Source: source.String(), Board: untrusted.Short(req.Board), HardwareID: untrusted.Short(req.HardwareID)}}
+	resp, err := e.challenge(req, source, a)
+	if err != nil {
+		_, err = e.finish(a, nil, err)
+		return nil, err
+	}
+	return resp, nil
+}
+
+func (e *Enroller) challenge(req enrollapi.ChallengeRequest, source netip.Addr, a *attempt) (*enrollapi.ChallengeResponse, error) {
+	now := e.now()
+	id, err := e.screen(req.Board, req.HardwareID, source, now, a)
+	if err != nil {
+		return nil, err
+	}
+	a.rec.Serial = id.Serial()
+	adm, err := e.policy.Admit(id, now)
+	if err != nil {
+		return nil, err
+	}
+	if adm.Batch != nil {
+		a.rec.Batch = adm.Batch.Name
+	}
+	if e.attester == nil {
+		return nil, attestRefusal(&attest.Error{Err: attest.ErrMissing, Reason: "this proxy has no manufacturer roots (attestation.roots) to verify it"})
+	}
+	resp, err := e.attester.Challenge(req, id.Key())
+	if err != nil {
+		return nil, attestRefusal(err)
+	}
+	return resp, nil
 }
 
 // check applies the network and rate rules first, as for any request,
 // then validates the hardware ID by the serial rule and the CSR.
 func (e *Enroller) check(req enrollapi.EnrollRequest, source netip.Addr, now time.Time, a *attempt) (*request, error) {
-	if err := e.policy.Allow(source, now); err != nil {
-		return nil, err
-	}
-	if err := e.policy.CheckSource(source); err != nil {
-		return nil, err
-	}
-	id, err := hwid.Parse(req.Board, req.HardwareID)
+	id, err := e.screen(req.Board, req.HardwareID, source, now, a)
 	if err != nil {
-		field := "hardwareId"
-		if errors.Is(err, hwid.ErrBadBoard) {
-			field = "board"
-		}
-		return nil, &BadRequest{Reason: field + ": " + err.Error()}
+		return nil, err
 	}
-	a.rec.Board, a.rec.HardwareID = id.Board, id.Canonical
 	csr, keySHA, err := checkCSR(req.CSR)
 	if err != nil {
 		return nil, err
 	}
 	a.rec.Serial = id.Serial()
 	return &request{id: id, serial: id.Serial(), csr: csr, keySHA: keySHA}, nil
+}
+
+// screen applies the network and rate rules, then validates the hardware
+// ID by the board's serial rule.
+func (e *Enroller) screen(board, hardwareID string, source netip.Addr, now time.Time, a *attempt) (hwid.ID, error) {
+	if err := e.policy.Allow(source, now); err != nil {
+		return hwid.ID{}, err
+	}
+	if err := e.policy.CheckSource(source); err != nil {
+		return hwid.ID{}, err
+	}
+	id, err := hwid.Parse(board, hardwareID)
+	if err != nil {
+		field := "hardwareId"
+		if errors.Is(err, hwid.ErrBadBoard) {
+			field = "board"
+		}
+		return hwid.ID{}, &BadRequest{Reason: field + ": " + err.Error()}
+	}
+	a.rec.Board, a.rec.HardwareID = id.Board, id.Canonical
+	return id, nil
 }
 
 // register registers the device at core (idempotent) and checks core's

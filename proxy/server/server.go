@@ -33,6 +33,7 @@ import (
 // Enroller is what the server needs of enroll.Enroller.
 type Enroller interface {
 	Enroll(ctx context.Context, req enrollapi.EnrollRequest, source netip.Addr) (*enrollapi.EnrollResponse, error)
+	Challenge(req enrollapi.ChallengeRequest, source netip.Addr) (*enrollapi.ChallengeResponse, error)
 	Reject(source netip.Addr, reason string) error
 }
 
@@ -107,7 +108,8 @@ func New(e Enroller, con *status.Console, m *Metrics, log *slog.Logger, o Option
 	// supervisor "up" or "not ready, and which upstream", nothing of the
 	// devices.
 	handlers := map[string]httpapi.HandlerFunc{
-		enrollapi.RouteEnroll.Name: s.enroll,
+		enrollapi.RouteEnroll.Name:          s.enroll,
+		enrollapi.RouteEnrollChallenge.Name: s.challenge,
 		enrollapi.RouteHealthz.Name: func(w http.ResponseWriter, _ *http.Request) error {
 			return httpapi.WriteJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 		},
@@ -170,20 +172,8 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var req enrollapi.EnrollRequest
-	if err := httpapi.DecodeJSON(w, r, &req, enrollapi.MaxRequestBody); err != nil {
-		// Recorded too, and the network and rate rules still come first;
-		// past them, the answer is the decode error itself: 413 naming the
-		// limit, or 400 naming the member or the rule.
-		var bad *httpapi.Error
-		if !errors.As(err, &bad) {
-			return err
-		}
-		rerr := s.enroller.Reject(src, bad.Message)
-		var reason *enroll.BadRequest
-		if errors.As(rerr, &reason) {
-			return bad
-		}
-		return rerr
+	if err := s.decode(w, r, src, &req); err != nil {
+		return err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.o.Timeout)
 	defer cancel()
@@ -192,6 +182,44 @@ func (s *Server) enroll(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	return httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// challenge answers a board's request for a TPM attestation challenge.
+func (s *Server) challenge(w http.ResponseWriter, r *http.Request) error {
+	src, err := source(r)
+	if err != nil {
+		return err
+	}
+	var req enrollapi.ChallengeRequest
+	if err := s.decode(w, r, src, &req); err != nil {
+		return err
+	}
+	resp, err := s.enroller.Challenge(req, src)
+	if err != nil {
+		return err
+	}
+	return httpapi.WriteJSON(w, http.StatusOK, resp)
+}
+
+// decode reads a device's request body into v. A body that cannot be read
+// is recorded too, and the network and rate rules still come first; past
+// them, the answer is the decode error itself: 413 naming the limit, or
+// 400 naming the member or the rule.
+func (s *Server) decode(w http.ResponseWriter, r *http.Request, src netip.Addr, v any) error {
+	err := httpapi.DecodeJSON(w, r, v, enrollapi.MaxRequestBody)
+	if err == nil {
+		return nil
+	}
+	var bad *httpapi.Error
+	if !errors.As(err, &bad) {
+		return err
+	}
+	rerr := s.enroller.Reject(src, bad.Message)
+	var reason *enroll.BadRequest
+	if errors.As(rerr, &reason) {
+		return bad
+	}
+	return rerr
 }
 
 // source is the request's source address (a v4-mapped one unmapped): the

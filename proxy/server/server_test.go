@@ -47,6 +47,16 @@ func (e *enroller) Enroll(_ context.Context, req enrollapi.EnrollRequest, source
 	return &enrollapi.EnrollResponse{Serial: "1a2b3c4d5e", Generation: 1}, nil
 }
 
+func (e *enroller) Challenge(req enrollapi.ChallengeRequest, source netip.Addr) (*enrollapi.ChallengeResponse, error) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.sources = append(e.sources, source)
+	if e.err != nil {
+		return nil, e.err
+	}
+	return &enrollapi.ChallengeResponse{ID: "c1", Nonce: []byte(req.HardwareID)}, nil
+}
+
 func (e *enroller) Reject(source netip.Addr, reason string) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -125,6 +135,20 @@ func TestEnrollAnswers(t *testing.T) {
 			t.Errorf("%s: internal detail sent: %s", tc.name, w.Body.String())
 		}
 	}
+	// The challenge route: its answer, a refusal of the attestation (its
+	// own rule), and a body that is not a challenge request (Reject).
+	e.err = nil
+	if w, _ := do(t, s, "POST", enrollapi.RouteEnrollChallenge.Path, `{"board":"rpi4","hardwareId":"10000000deadbeef","ekCert":"AQID"}`); w.Code != 200 || !strings.Contains(w.Body.String(), `"id":"c1"`) {
+		t.Errorf("challenge: %d %s", w.Code, w.Body.String())
+	}
+	e.err = &vouch.Refusal{Rule: enrollapi.RuleAttestation, Reason: "the TPM's endorsement key certificate is not from a trusted manufacturer"}
+	if w, ae := do(t, s, "POST", enrollapi.RouteEnrollChallenge.Path, `{"board":"rpi4"}`); w.Code != 403 || ae.Code != "refused_attestation" || !strings.Contains(ae.Message, "trusted manufacturer") {
+		t.Errorf("challenge refused: %d %+v", w.Code, ae)
+	}
+	if w, ae := do(t, s, "POST", enrollapi.RouteEnrollChallenge.Path, `{"board":"rpi4","csr":""}`); w.Code != 400 || !strings.Contains(ae.Message, `"csr": not a field`) || len(e.rejects) != 1 {
+		t.Errorf("challenge, bad body: %d %+v (rejects %v)", w.Code, ae, e.rejects)
+	}
+	e.err, e.rejects = nil, nil
 	// A body that is not an enrollment request goes to Reject, which
 	// records it and applies the network and rate rules first; the answer
 	// names the member, the rule or the limit (issue 14: one generic 400).

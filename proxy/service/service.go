@@ -26,6 +26,7 @@ import (
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/stepca"
 	"github.com/fleetprov/prov/pki/token"
+	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/config"
 	"github.com/fleetprov/prov/proxy/enroll"
@@ -74,6 +75,7 @@ type proxy struct {
 	self      *serve.Self
 	prov      *token.Provisioner
 	policy    *vouch.Policy
+	attester  *attest.Verifier // nil: no attestation.roots
 	core      enroll.Core
 	ca        enroll.CA
 	upstreams []upstream
@@ -113,6 +115,11 @@ func (p *proxy) newProvisioner() error {
 func (p *proxy) newPolicy() (err error) {
 	if p.policy, err = vouch.Load(p.cfg.Vouching); err != nil {
 		return err
+	}
+	if roots := p.cfg.Attestation.Roots; roots != "" {
+		if p.attester, err = attest.Load(roots, attest.Options{}); err != nil {
+			return fmt.Errorf("attestation.roots: %w", err)
+		}
 	}
 	p.viewers, err = p.cfg.StatusNetworks()
 	return err
@@ -187,7 +194,11 @@ func (p *proxy) openRecord() (err error) {
 func (p *proxy) newEnroller() error {
 	p.metrics = server.NewMetrics()
 	f := p.cfg.Field
-	p.enroller = enroll.New(enroll.Options{Name: p.self.ID.String(), Core: p.core, CA: p.ca, Prov: p.prov, Policy: p.policy,
+	var attester enroll.Attester
+	if p.attester != nil {
+		attester = p.attester // not a typed nil: the enroller tests for none
+	}
+	p.enroller = enroll.New(enroll.Options{Name: p.self.ID.String(), Core: p.core, CA: p.ca, Prov: p.prov, Policy: p.policy, Attester: attester,
 		Record: p.record, Roots: p.self.Roots, RootPEM: p.self.RootPEM, Field: enroll.Field{CoreURL: f.CoreURL, CAURL: f.CAURL, MQTTURL: f.MQTTURL},
 		Log: p.log, Observe: p.metrics.Observe, Recorded: p.console.Observe, CertLife: p.cfg.CertificateLifetime,
 		// An enrollment makes up to six calls upstream while it holds its

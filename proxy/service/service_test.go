@@ -97,6 +97,18 @@ func newDevice(t testing.TB) *device {
 // root, and wants a proxy at the other end.
 func (e *env) enroll(t testing.TB, body any) (int, *enrollapi.EnrollResponse, *enrollapi.Error) {
 	t.Helper()
+	var r enrollapi.EnrollResponse
+	code, ae := e.post(t, enrollapi.PathEnroll, body, &r)
+	if code != http.StatusOK {
+		return code, nil, ae
+	}
+	return code, &r, nil
+}
+
+// post posts body (a string as it is, anything else as JSON) to path as a
+// device does, decoding a 200 answer into out.
+func (e *env) post(t testing.TB, path string, body, out any) (int, *enrollapi.Error) {
+	t.Helper()
 	var raw []byte
 	switch b := body.(type) {
 	case string:
@@ -109,22 +121,21 @@ func (e *env) enroll(t testing.TB, body any) (int, *enrollapi.EnrollResponse, *e
 	}
 	cfg := pki.ClientTLSConfig(nil, e.roots, pki.ClientOptions{ServerRoles: []pki.Role{pki.RoleProxy}})
 	hc := &http.Client{Timeout: 60 * time.Second, Transport: &http.Transport{TLSClientConfig: cfg, DisableKeepAlives: true}}
-	resp, err := hc.Post(e.url+enrollapi.PathEnroll, "application/json", bytes.NewReader(raw))
+	resp, err := hc.Post(e.url+path, "application/json", bytes.NewReader(raw))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	b, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode == http.StatusOK {
-		var r enrollapi.EnrollResponse
-		if err := json.Unmarshal(b, &r); err != nil {
+		if err := json.Unmarshal(b, out); err != nil {
 			t.Fatal(err)
 		}
-		return resp.StatusCode, &r, nil
+		return resp.StatusCode, nil
 	}
 	var ae enrollapi.Error
 	_ = json.Unmarshal(b, &ae)
-	return resp.StatusCode, nil, &ae
+	return resp.StatusCode, &ae
 }
 
 func req(board, hw string, d *device) enrollapi.EnrollRequest {

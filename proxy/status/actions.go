@@ -18,6 +18,7 @@ var Actions = []Action{
 	{"window", "Its batch is not open now.", "Ask the shift lead: the batch has not started or is over."},
 	{"quota", "Its batch has enrolled every board it planned.", "Stop and tell the shift lead: the batch is complete, this board is one too many."},
 	{"reenrollment", "This board was enrolled before, with another key (its card was reflashed or swapped).", "Put back the card it came with, or ask a security admin to allow its re-enrollment."},
+	{"attestation", "The board's TPM did not prove its key, or its batch requires a TPM key and it sent none.", "Set the board aside for the shift lead with the reason shown: an untrusted TPM or another TPM than the manifest lists is a wrong or swapped board; an expired or used challenge: retry once."},
 	{auditlog.RuleBadRequest, "The board sent something malformed (its hardware ID or its key request).", "Flash its card again with the factory image and retry; if it happens again, set the board aside."},
 	{auditlog.Failed, "Core or step-ca did not answer in time.", "Try again in a minute; if it goes on, tell the shift lead (the console's health panel says which)."},
 }

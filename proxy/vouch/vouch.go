@@ -15,6 +15,7 @@ package vouch
 import (
 	"bytes"
 	"encoding/csv"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,9 +58,14 @@ type Refusal struct {
 	Reason string
 	// RetryAfter is set for the rate rule, in seconds.
 	RetryAfter int
+	// Err, if set, is the typed cause (an attestation's refusal), for
+	// errors.Is and errors.As.
+	Err error
 }
 
 func (r *Refusal) Error() string { return string(r.Rule) + ": " + r.Reason }
+
+func (r *Refusal) Unwrap() error { return r.Err }
 
 func refuse(rule enrollapi.RefusalRule, format string, args ...any) *Refusal {
 	return &Refusal{Rule: rule, Reason: fmt.Sprintf(format, args...)}
@@ -68,17 +74,24 @@ func refuse(rule enrollapi.RefusalRule, format string, args ...any) *Refusal {
 // BatchConfig is one production batch.
 type BatchConfig struct {
 	Name      string    `yaml:"name"`
-	Manifest  string    `yaml:"manifest"` // CSV (board,hardwareId) or .json
+	Manifest  string    `yaml:"manifest"` // CSV (board,hardwareId[,ekSha256]) or .json
 	Group     string    `yaml:"group"`
 	NotBefore time.Time `yaml:"notBefore"`
 	NotAfter  time.Time `yaml:"notAfter"`
 	Quota     int       `yaml:"quota"` // 0: the number of IDs in the manifest
+	// Attestation is "required" for a batch whose boards must prove their
+	// key is in their TPM (proxy/attest), or empty. A board the manifest
+	// lists an endorsement key for must attest in any case.
+	Attestation string `yaml:"attestation"`
 }
+
+// AttestationRequired is BatchConfig.Attestation's one value.
+const AttestationRequired = "required"
 
 // Batch is a loaded batch.
 type Batch struct {
 	BatchConfig
-	ids map[string]bool // hwid.ID.Key()
+	ids map[string]string // hwid.ID.Key() → the EK hash listed for it, or ""
 }
 
 // Config is the policy, as configured.
@@ -145,6 +158,9 @@ func Load(c Config) (*Policy, error) {
 		if !bc.NotAfter.IsZero() && !bc.NotAfter.After(bc.NotBefore) {
 			return nil, fmt.Errorf("%s: notAfter is not after notBefore", key)
 		}
+		if bc.Attestation != "" && bc.Attestation != AttestationRequired {
+			return nil, fmt.Errorf("%s.attestation: %q; want %q or nothing", key, bc.Attestation, AttestationRequired)
+		}
 		ids, err := readManifest(bc.Manifest)
 		if err != nil {
 			return nil, fmt.Errorf("%s.manifest: %w", key, err)
@@ -160,13 +176,16 @@ func Load(c Config) (*Policy, error) {
 	return p, nil
 }
 
-// readManifest reads a batch manifest: CSV ("board,hardwareId" records;
-// an optional header naming those columns, blank lines and lines starting
-// with # are skipped) or, for a .json file, an array of
-// {"board": ..., "hardwareId": ...}. A hardware ID listed twice is an
+// readManifest reads a batch manifest: CSV ("board,hardwareId" records,
+// with an optional third column "ekSha256": the board's TPM endorsement
+// key hash, enrollapi.EKHash, as recorded at bring-up; an optional header
+// naming those columns, blank lines and lines starting with # are
+// skipped) or, for a .json file, an array of {"board": ...,
+// "hardwareId": ..., "ekSha256": ...}. A hardware ID listed twice is an
 // error: it is a mistake in the batch, and a quota counted from the
-// manifest would be wrong.
-func readManifest(path string) (map[string]bool, error) {
+// manifest would be wrong. It maps each ID's key to its EK hash ("" for
+// none).
+func readManifest(path string) (map[string]string, error) {
 	if path == "" {
 		return nil, errors.New("no manifest file")
 	}
@@ -177,6 +196,7 @@ func readManifest(path string) (map[string]bool, error) {
 	type entry struct {
 		Board      string `json:"board"`
 		HardwareID string `json:"hardwareId"`
+		EKSHA256   string `json:"ekSha256"`
 		where      string
 	}
 	var entries []entry
@@ -192,7 +212,7 @@ func readManifest(path string) (map[string]bool, error) {
 	} else {
 		r := csv.NewReader(bytes.NewReader(data))
 		r.Comment = '#'
-		r.FieldsPerRecord = 2
+		r.FieldsPerRecord = -1 // two or three, checked below
 		r.TrimLeadingSpace = true
 		for first := true; ; first = false {
 			rec, err := r.Read()
@@ -200,25 +220,36 @@ func readManifest(path string) (map[string]bool, error) {
 				break
 			}
 			if err != nil {
-				return nil, fmt.Errorf("%s: %w (want board,hardwareId)", path, err)
+				return nil, fmt.Errorf("%s: %w (want board,hardwareId[,ekSha256])", path, err)
 			}
 			line, _ := r.FieldPos(0)
+			if len(rec) != 2 && len(rec) != 3 {
+				return nil, fmt.Errorf("%s:%d: %d fields; want board,hardwareId[,ekSha256]", path, line, len(rec))
+			}
 			if first && strings.EqualFold(rec[0], "board") {
 				continue
 			}
-			entries = append(entries, entry{Board: strings.TrimSpace(rec[0]), HardwareID: strings.TrimSpace(rec[1]), where: fmt.Sprintf("%s:%d", path, line)})
+			e := entry{Board: strings.TrimSpace(rec[0]), HardwareID: strings.TrimSpace(rec[1]), where: fmt.Sprintf("%s:%d", path, line)}
+			if len(rec) == 3 {
+				e.EKSHA256 = strings.TrimSpace(rec[2])
+			}
+			entries = append(entries, e)
 		}
 	}
-	ids := map[string]bool{}
+	ids := map[string]string{}
 	for _, e := range entries {
 		id, err := hwid.Parse(e.Board, e.HardwareID)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", e.where, err)
 		}
-		if ids[id.Key()] {
+		if _, dup := ids[id.Key()]; dup {
 			return nil, fmt.Errorf("%s: hardware ID %s is listed twice", e.where, id.Key())
 		}
-		ids[id.Key()] = true
+		ek := strings.ToLower(e.EKSHA256)
+		if b, err := hex.DecodeString(ek); ek != "" && (err != nil || len(b) != 32) {
+			return nil, fmt.Errorf("%s: ekSha256 %q is not 64 hex digits (the SHA-256 of the EK certificate's public key)", e.where, e.EKSHA256)
+		}
+		ids[id.Key()] = ek
 	}
 	if len(ids) == 0 {
 		return nil, fmt.Errorf("%s: lists no hardware IDs", path)
@@ -273,6 +304,15 @@ func (p *Policy) Allow(a netip.Addr, now time.Time) error {
 // decides on its batch's quota and its re-enrollment.
 type Admission struct {
 	Batch *Batch // nil when no batches are configured
+	// EK is the endorsement key hash the manifest lists for the board
+	// (enrollapi.EKHash), or "".
+	EK string
+}
+
+// AttestationRequired says whether the board must prove its key is in
+// its TPM: its batch requires it, or its manifest names its TPM.
+func (a *Admission) AttestationRequired() bool {
+	return a.EK != "" || (a.Batch != nil && a.Batch.Attestation == AttestationRequired)
 }
 
 // Group is the group the batch puts its devices in ("" for the default).
@@ -291,9 +331,10 @@ func (p *Policy) Admit(id hwid.ID, now time.Time) (*Admission, error) {
 		return &Admission{}, nil
 	}
 	var b *Batch
+	var ek string
 	for _, c := range p.batches {
-		if c.ids[id.Key()] {
-			b = c
+		if e, ok := c.ids[id.Key()]; ok {
+			b, ek = c, e
 			break
 		}
 	}
@@ -306,7 +347,7 @@ func (p *Policy) Admit(id hwid.ID, now time.Time) (*Admission, error) {
 	if !b.NotAfter.IsZero() && !now.Before(b.NotAfter) {
 		return nil, refuse(enrollapi.RuleWindow, "batch %s closed at %s", b.Name, b.NotAfter.UTC().Format(time.RFC3339))
 	}
-	return &Admission{Batch: b}, nil
+	return &Admission{Batch: b, EK: ek}, nil
 }
 
 // Reenrollment is the re-enrollment policy core applies for this proxy.

@@ -51,14 +51,21 @@ func TestManifestFormats(t *testing.T) {
 		{"csv without header", "b.csv", "rpi4,10000000abcdef12\nbbb,1813BBBK0123\n"},
 		{"quoted csv", "b.csv", "\"rpi4\",\"10000000abcdef12\"\r\nbbb,1813BBBK0123\r\n"},
 		{"json", "b.json", `[{"board":"rpi4","hardwareId":"10000000abcdef12"},{"board":"bbb","hardwareId":"1813BBBK0123"}]`},
+		{"csv with endorsement keys", "b.csv", "board,hardwareId,ekSha256\nrpi4,10000000abcdef12," + strings.Repeat("AB", 32) + "\nbbb,1813BBBK0123,\n"},
+		{"json with endorsement keys", "b.json", `[{"board":"rpi4","hardwareId":"10000000abcdef12","ekSha256":"` + strings.Repeat("ab", 32) + `"},{"board":"bbb","hardwareId":"1813BBBK0123"}]`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ids, err := readManifest(manifest(t, tc.file, tc.text))
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(ids) != 2 || !ids[id(t, "rpi4", "10000000abcdef12").Key()] || !ids[id(t, "bbb", "1813BBBK0123").Key()] {
+			ekRPi, okRPi := ids[id(t, "rpi4", "10000000abcdef12").Key()]
+			ekBBB, okBBB := ids[id(t, "bbb", "1813BBBK0123").Key()]
+			if len(ids) != 2 || !okRPi || !okBBB || ekBBB != "" {
 				t.Fatalf("read %v", ids)
+			}
+			if withEK := strings.Contains(tc.name, "endorsement"); withEK != (ekRPi == strings.Repeat("ab", 32)) {
+				t.Fatalf("the Pi's EK hash %q (listed: %t)", ekRPi, withEK)
 			}
 		})
 	}
@@ -68,7 +75,8 @@ func TestManifestErrorsNameTheLine(t *testing.T) {
 	for _, tc := range []struct{ name, file, text, want string }{
 		{"unknown board", "b.csv", "rpi4,10000000abcdef12\nrpi5,10000000abcdef13\n", "b.csv:2"},
 		{"bad hardware id", "b.csv", "rpi4,10000000abcdef12\nrpi4,not-hex\n", "b.csv:2"},
-		{"three fields", "b.csv", "rpi4,10000000abcdef12,extra\n", "want board,hardwareId"},
+		{"four fields", "b.csv", "rpi4,10000000abcdef12,,extra\n", "want board,hardwareId"},
+		{"bad ekSha256", "b.csv", "rpi4,10000000abcdef12\nrpi4,10000000abcdef13,abcd\n", "b.csv:2: ekSha256"},
 		{"one field", "b.csv", "rpi4\n", "want board,hardwareId"},
 		{"listed twice", "b.csv", "rpi4,10000000abcdef12\nrpi4,10000000ABCDEF12\n", "listed twice"},
 		{"empty", "b.csv", "board,hardwareId\n", "lists no hardware IDs"},
@@ -101,6 +109,7 @@ func TestLoadRefusesBadConfig(t *testing.T) {
 		{"two batches one name", Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "a", Manifest: m}, {Name: "a", Manifest: m}}}, "batches[1].name"},
 		{"window backwards", Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "a", Manifest: m, NotBefore: t0, NotAfter: t0}}}, "notAfter"},
 		{"negative quota", Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "a", Manifest: m, Quota: -1}}}, "quota"},
+		{"attestation sometimes", Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{{Name: "a", Manifest: m, Attestation: "sometimes"}}}, "batches[0].attestation"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if _, err := Load(tc.c); err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -154,6 +163,30 @@ func TestBatchManifestAndWindow(t *testing.T) {
 	}
 	if ad, err := p.Admit(a1, t0); err != nil || ad.Batch.Quota != 3 {
 		t.Fatalf("default quota: %+v %v, want 3", ad, err)
+	}
+}
+
+// A board must attest when its batch requires it or its manifest lists its
+// TPM's endorsement key; the admission carries the listed key.
+func TestAttestationPolicy(t *testing.T) {
+	ek := strings.Repeat("0f", 32)
+	loose := manifest(t, "loose.csv", "rpi4,10000000000000a1\nrpi4,10000000000000a2,"+ek+"\n")
+	strict := manifest(t, "strict.csv", "rpi4,10000000000000b1\n")
+	p, err := Load(Config{Networks: []string{"10.0.0.0/8"}, Batches: []BatchConfig{
+		{Name: "loose", Manifest: loose}, {Name: "strict", Manifest: strict, Attestation: AttestationRequired},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		hw       string
+		required bool
+		ek       string
+	}{{"10000000000000a1", false, ""}, {"10000000000000a2", true, ek}, {"10000000000000b1", true, ""}} {
+		ad, err := p.Admit(id(t, "rpi4", tc.hw), t0)
+		if err != nil || ad.AttestationRequired() != tc.required || ad.EK != tc.ek {
+			t.Errorf("%s: %+v %v; want required %t, EK %q", tc.hw, ad, err, tc.required, tc.ek)
+		}
 	}
 }
 

@@ -22,6 +22,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
+
 	"github.com/fleetprov/prov/internal/testenv"
 )
 
@@ -159,4 +162,33 @@ func (tpm *TPM) Restart() {
 	tpm.t.Helper()
 	tpm.Stop()
 	tpm.start()
+}
+
+// EKCertIndexRSA is the NV index of the RSA 2048 endorsement key's
+// certificate (TCG EK Credential Profile; enrollapi.EKCertIndexRSA).
+const EKCertIndexRSA = tpm2.TPMHandle(0x01c00002)
+
+// ReadEKCert reads the RSA endorsement key's certificate (DER) from a
+// TPM's NV memory, as a board does, in chunks the TPM's NV buffer holds.
+func ReadEKCert(tr transport.TPM) ([]byte, error) {
+	pub, err := tpm2.NVReadPublic{NVIndex: EKCertIndexRSA}.Execute(tr)
+	if err != nil {
+		return nil, fmt.Errorf("NV index of the RSA EK certificate: %w", err)
+	}
+	nv, err := pub.NVPublic.Contents()
+	if err != nil {
+		return nil, err
+	}
+	var der []byte
+	for off := uint16(0); off < nv.DataSize; {
+		n := min(nv.DataSize-off, 1024)
+		rd, err := tpm2.NVRead{AuthHandle: tpm2.AuthHandle{Handle: EKCertIndexRSA, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)},
+			NVIndex: tpm2.NamedHandle{Handle: EKCertIndexRSA, Name: pub.NVName}, Size: n, Offset: off}.Execute(tr)
+		if err != nil {
+			return nil, fmt.Errorf("read the RSA EK certificate: %w", err)
+		}
+		der = append(der, rd.Data.Buffer...)
+		off += n
+	}
+	return der, nil
 }

@@ -6,7 +6,6 @@ import (
 	"os"
 	"testing"
 
-	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
@@ -25,25 +24,9 @@ func TestSoftwareTPM(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer func() { _ = tr.Close() }()
-		const rsaEKCertIndex = tpm2.TPMHandle(0x01c00002)
-		pub, err := tpm2.NVReadPublic{NVIndex: rsaEKCertIndex}.Execute(tr)
-		if err != nil {
-			t.Fatalf("NV index of the RSA EK certificate: %v", err)
-		}
-		nv, err := pub.NVPublic.Contents()
+		der, err := swtpm.ReadEKCert(tr)
 		if err != nil {
 			t.Fatal(err)
-		}
-		var der []byte
-		for off := uint16(0); off < nv.DataSize; {
-			n := min(nv.DataSize-off, 1024)
-			rd, err := tpm2.NVRead{AuthHandle: tpm2.AuthHandle{Handle: rsaEKCertIndex, Name: pub.NVName, Auth: tpm2.PasswordAuth(nil)},
-				NVIndex: tpm2.NamedHandle{Handle: rsaEKCertIndex, Name: pub.NVName}, Size: n, Offset: off}.Execute(tr)
-			if err != nil {
-				t.Fatalf("read the RSA EK certificate: %v", err)
-			}
-			der = append(der, rd.Data.Buffer...)
-			off += n
 		}
 		c, err := x509.ParseCertificate(der)
 		if err != nil {

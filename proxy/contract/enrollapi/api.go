@@ -47,7 +47,7 @@ var (
 var ConsoleRoutes = []coreapi.Route{RouteStatusPage, RouteConsoleState, RouteConsoleEvents, RouteConsoleScript, RouteConsoleStyle, RouteConsoleReport, RouteHealthz}
 
 // Routes is every route of the proxy.
-var Routes = []coreapi.Route{RouteEnroll, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics, RouteConsoleState, RouteConsoleEvents,
+var Routes = []coreapi.Route{RouteEnroll, RouteEnrollChallenge, RouteStatusPage, RouteHealthz, RouteReadyz, RouteMetrics, RouteConsoleState, RouteConsoleEvents,
 	RouteConsoleScript, RouteConsoleStyle, RouteConsoleReport}
 
 // PathEnroll is the enrollment route's path.
