@@ -35,6 +35,9 @@ type GroupConfig struct {
 	// Data is the group's initial mutable data (path -> content). Once the
 	// group exists in the store, the store holds its data.
 	Data map[string]string `yaml:"data"`
+	// RequireTPM: core serves the group's devices (API and broker) only
+	// with a key the proxy attested resident in a TPM at enrollment.
+	RequireTPM bool `yaml:"requireTPM"`
 }
 
 // Policy is the validated policy of all groups.
@@ -134,6 +137,10 @@ func (p *Policy) Groups() map[string]map[string]string {
 
 // HasGroup reports whether a group is configured.
 func (p *Policy) HasGroup(name string) bool { _, ok := p.groups[name]; return ok }
+
+// RequiresTPM reports whether the group's devices must use a key attested
+// resident in a TPM (GroupConfig.RequireTPM).
+func (p *Policy) RequiresTPM(name string) bool { return p.groups[name].cfg.RequireTPM }
 
 // Immutable computes a new device's immutable data.
 func (p *Policy) Immutable(groupName, serial, board string) (store.Immutable, error) {

@@ -59,6 +59,12 @@ func (r *Registry) Admit(v *store.View, leaf *x509.Certificate, via string) erro
 		r.keyNotEnrolled(v.Serial, leaf, key, via)
 		return fmt.Errorf("device %s, certificate %s: %w", v.Serial, leaf.SerialNumber, ErrKeyNotEnrolled)
 	}
+	if r.policy.RequiresTPM(v.Group) && v.KeyAttested(key) == "" {
+		r.keys.notAttested.Inc()
+		r.log.Warn("a device of a group that requires a TPM key called with a key not attested at enrollment", "serial", v.Serial,
+			"group", v.Group, "cert_serial", leaf.SerialNumber.String(), "via", via)
+		return fmt.Errorf("device %s of group %s: %w", v.Serial, v.Group, ErrNotAttested)
+	}
 	r.SeenCertificate(v, leaf)
 	return nil
 }
@@ -112,9 +118,10 @@ func (r *Registry) keyNotEnrolled(serial string, leaf *x509.Certificate, key, vi
 
 // keyMetrics count what Admit decides on keys.
 type keyMetrics struct {
-	mismatch *prometheus.CounterVec
-	pinned   prometheus.Counter
-	limit    *auditLimit
+	mismatch    *prometheus.CounterVec
+	pinned      prometheus.Counter
+	notAttested prometheus.Counter
+	limit       *auditLimit
 }
 
 func newKeyMetrics() *keyMetrics {
@@ -127,12 +134,16 @@ func newKeyMetrics() *keyMetrics {
 			Name: "prov_core_keys_pinned_on_first_use_total",
 			Help: "Devices enrolled before key pinning whose first certificate's key core pinned.",
 		}),
+		notAttested: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "prov_core_keys_not_attested_total",
+			Help: "Device certificates refused because the device's group requires a TPM-resident key and this key was not attested at enrollment.",
+		}),
 		limit: &auditLimit{every: keyAuditEvery, last: map[string]*auditSlot{}},
 	}
 }
 
 func (m *keyMetrics) collectors() []prometheus.Collector {
-	return []prometheus.Collector{m.mismatch, m.pinned}
+	return []prometheus.Collector{m.mismatch, m.pinned, m.notAttested}
 }
 
 // auditLimit lets one event per serial through per interval and counts the

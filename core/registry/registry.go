@@ -24,6 +24,7 @@ import (
 	"io"
 	"log/slog"
 	"math/big"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -207,8 +208,11 @@ func (r *Registry) RecordIssued(serial string, ic coreapi.IssuedCertificate, by 
 	if _, err := hex.DecodeString(ic.KeySHA256); err != nil || len(ic.KeySHA256) != 64 {
 		return nil, &BadInput{Field: "keySha256", Reason: "want 64 hex digits"}
 	}
+	if _, err := hex.DecodeString(ic.EKSHA256); err != nil || (ic.EKSHA256 != "" && len(ic.EKSHA256) != 64) || ic.EKSHA256 != strings.ToLower(ic.EKSHA256) {
+		return nil, &BadInput{Field: "ekSha256", Reason: "want 64 lowercase hex digits, or none for a software key"}
+	}
 	v, err := r.store.RecordIssued(serial, store.Issued{Serial: ic.Serial, KeySHA256: ic.KeySHA256, NotBefore: ic.NotBefore.UTC(),
-		NotAfter: ic.NotAfter.UTC(), IssuedBy: by.String()})
+		NotAfter: ic.NotAfter.UTC(), IssuedBy: by.String(), EKSHA256: ic.EKSHA256})
 	if errors.Is(err, store.ErrRevoked) {
 		r.log.Warn("a certificate issued for a revoked device: recorded and queued for revocation at the CA", "serial", serial,
 			"cert_serial", ic.Serial, "proxy", by.String())

@@ -101,6 +101,9 @@ func (s *Server) lookup(r *http.Request, id pki.Identity) (*store.View, error) {
 	case errors.Is(err, registry.ErrKeyNotEnrolled):
 		return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeKeyNotEnrolled,
 			"this certificate's key is not the one enrolled for this device; enroll the device again at a factory", err)
+	case errors.Is(err, registry.ErrNotAttested):
+		return nil, httpapi.NewError(http.StatusForbidden, coreapi.CodeNotAttested,
+			fmt.Sprintf("group %s requires a key held by a TPM; this device's key was not attested at enrollment: enroll it again at a factory with prov-device enroll --key tpm", v.Group), err)
 	case err != nil:
 		return nil, err
 	}

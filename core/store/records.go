@@ -44,6 +44,9 @@ type Issued struct {
 	NotBefore time.Time `json:"notBefore"`
 	NotAfter  time.Time `json:"notAfter"`
 	IssuedBy  string    `json:"issuedBy"` // the proxy's identity
+	// EKSHA256 is the endorsement key of the TPM the proxy attested the
+	// key resident in (enrollapi.EKHash); empty for a software key.
+	EKSHA256 string `json:"ekSha256,omitempty"`
 }
 
 // Device is a registry record.
@@ -84,6 +87,17 @@ func (d *Device) PinsKeys() bool { return d.KeysPinned || len(d.Issued) > 0 }
 // recorded for the device.
 func (d *Device) KeyRecorded(keySHA256 string) bool {
 	return slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.KeySHA256 == keySHA256 })
+}
+
+// KeyAttested returns the endorsement key a recorded key was attested in,
+// or "" for a software key (or one not recorded).
+func (d *Device) KeyAttested(keySHA256 string) string {
+	for _, x := range d.Issued {
+		if x.KeySHA256 == keySHA256 && x.EKSHA256 != "" {
+			return x.EKSHA256
+		}
+	}
+	return ""
 }
 
 // CertificateSerials are the serials of every certificate known for the

@@ -126,12 +126,21 @@ type SignRequest struct {
 	CSR *x509.CertificateRequest
 	// TTL is the token's life, at most MaxTTL; zero means MaxTTL.
 	TTL time.Duration
+	// EKSHA256, if set, says the CSR's key was attested resident in the
+	// TPM whose endorsement key this is (the "tpm" claim, which the device
+	// template turns into the TPM key policy).
+	EKSHA256 string
 }
 
 type claims struct {
 	jose.Claims
-	SANs []string `json:"sans,omitempty"`
-	Cnf  *cnf     `json:"cnf,omitempty"`
+	SANs []string  `json:"sans,omitempty"`
+	Cnf  *cnf      `json:"cnf,omitempty"`
+	TPM  *tpmClaim `json:"tpm,omitempty"`
+}
+
+type tpmClaim struct {
+	EKSHA256 string `json:"ekSha256"`
 }
 
 type cnf struct {
@@ -150,6 +159,9 @@ func (p *Provisioner) SignToken(r SignRequest, now time.Time) (string, error) {
 	}
 	c.SANs = r.SANs
 	c.Cnf = &cnf{Fingerprint: base64.RawURLEncoding.EncodeToString(sum[:])}
+	if r.EKSHA256 != "" {
+		c.TPM = &tpmClaim{EKSHA256: r.EKSHA256}
+	}
 	return p.sign(c)
 }
 

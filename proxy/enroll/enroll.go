@@ -483,7 +483,8 @@ func (e *Enroller) issue(ctx context.Context, in *request) ([]*x509.Certificate,
 	if err != nil {
 		return nil, err
 	}
-	tok, err := e.prov.SignToken(token.SignRequest{Audience: e.ca.SignAudience(), Subject: in.serial, SANs: []string{identity.String()}, CSR: in.csr}, e.now())
+	tok, err := e.prov.SignToken(token.SignRequest{Audience: e.ca.SignAudience(), Subject: in.serial, SANs: []string{identity.String()}, CSR: in.csr,
+		EKSHA256: in.ek}, e.now())
 	if err != nil {
 		return nil, err
 	}

@@ -54,6 +54,10 @@ type IssuedCertificate struct {
 	NotBefore time.Time `json:"notBefore"`
 	NotAfter  time.Time `json:"notAfter"`
 	IssuedBy  string    `json:"issuedBy,omitempty"`
+	// EKSHA256 is the endorsement key of the TPM the proxy attested the
+	// key resident in (enrollapi.EKHash, 64 hex digits); empty for a
+	// software key. The certificate says the same (pki.KeyAttestationOf).
+	EKSHA256 string `json:"ekSha256,omitempty"`
 }
 
 // Device is a device as core describes it. Devices asking about themselves

@@ -28,6 +28,7 @@ const (
 	CodeUnknownGroup     ErrorCode = "unknown_group"
 	CodeRevoked          ErrorCode = "revoked"
 	CodeKeyNotEnrolled   ErrorCode = "key_not_enrolled" // a device key core never recorded: enroll again at a factory
+	CodeNotAttested      ErrorCode = "not_attested"     // the group requires a TPM-resident key; this one was not attested
 	CodeUnavailable      ErrorCode = "unavailable"
 	CodeNotReady         ErrorCode = "not_ready"
 	CodeNoBackup         ErrorCode = "no_backup" // core's store is on PostgreSQL: back it up with pg_dump
