@@ -35,20 +35,6 @@ import (
 // several processes use the TPM and flushes what each loaded.
 const DefaultPath = "/dev/tpmrm0"
 
-// Errors a caller tells apart.
-var (
-	// ErrNoTPM: there is no TPM at the path (no device node, no socket).
-	ErrNoTPM = errors.New("no TPM")
-	// ErrTPMBusy: the TPM is there but busy (another process holds
-	// /dev/tpm0, or the TPM asks to retry); trying again later may work.
-	ErrTPMBusy = errors.New("the TPM is busy")
-	// ErrNotThisTPM: the key blob was made by another TPM. Its storage
-	// root key is not this TPM's: the SD card moved between boards.
-	ErrNotThisTPM = errors.New("the device key is not in this board's TPM (was the card moved from another board?)")
-	// ErrBadKeyFile: key.tpm is not a key blob of this format.
-	ErrBadKeyFile = errors.New("not a TPM key file")
-)
-
 // TPM is an open TPM. Its commands are serialised: a TPM answers one
 // command at a time, and a transient handle is only good until it is
 // flushed.
@@ -224,7 +210,8 @@ type Key struct {
 	handle tpm2.TPMHandle
 	name   tpm2.TPM2BName
 	// own: Close closes the TPM too (OpenKey opened it).
-	own bool
+	own    bool
+	closed bool
 }
 
 // Load loads a blob made by this TPM. A blob of another TPM fails with
@@ -362,11 +349,17 @@ func (k *Key) stale() bool {
 }
 
 // Close unloads the key (and closes the TPM if OpenKey opened it).
+// A second Close does nothing: the handle may name another object by
+// then.
 func (k *Key) Close() error {
 	k.tpm.mu.Lock()
-	k.tpm.flush(k.handle)
+	closed := k.closed
+	if !closed {
+		k.tpm.flush(k.handle)
+		k.closed = true
+	}
 	k.tpm.mu.Unlock()
-	if k.own {
+	if k.own && !closed {
 		return k.tpm.Close()
 	}
 	return nil

@@ -6,20 +6,18 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
 	"math/big"
-	"os"
 	"testing"
 	"time"
 
-	"github.com/google/go-tpm/tpm2"
-
 	"github.com/fleetprov/prov/deviceclient/tpmkey"
+	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
@@ -203,146 +201,151 @@ func TestTLSWithTPMKey(t *testing.T) {
 }
 
 // The device's half of the attestation against a stand-in for the
-// proxy's: the EK certificate chains to the TPM's manufacturer, a
-// credential made for the AK's name with the EK's public key opens only in
-// this TPM, and the AK's certification of the device key names the key,
-// carries the qualifying data and verifies with the AK's public key.
+// proxy's (tpmkeytest): the EK certificate chains to the TPM's
+// manufacturer, the credential made for the AK's name opens in this TPM
+// only, and the AK's certification of the device key over the qualifying
+// data verifies for the CSR's key, once.
 func TestAttestation(t *testing.T) {
 	sw := swtpm.Start(t)
 	tp := open(t, sw)
 	_, k := newKey(t, tp)
-
-	start := time.Now()
-	ekDER, err := tp.EKCertificate()
+	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
 	if err != nil {
 		t.Fatal(err)
 	}
-	ekRead := time.Since(start)
+	const hwid = "10000000abcdef01"
+	ek, err := tp.EKCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
 	ak, err := tp.NewAK()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = ak.Close() }()
-	akMade := time.Since(start)
+	ch, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
+	if err != nil {
+		t.Fatalf("challenge: %v", err)
+	}
+	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := func(key crypto.Signer) (string, []byte) {
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), der
+	}
+	csrPEM, der := csr(k)
+	info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, der, hwid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	att := &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
+	req := enrollapi.EnrollRequest{Board: "rpi4", HardwareID: hwid, CSR: csrPEM, Attestation: att}
 
-	// The proxy's half (stand-in): check the EK certificate, make the
-	// credential.
-	ekCert, err := x509.ParseCertificate(ekDER)
+	// The CSR of another key (a software one) with this certification.
+	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other := req
+	other.CSR, _ = csr(soft)
+	if _, err := v.Check(other); err == nil {
+		t.Error("the attestation verified for another key's CSR")
+	}
+	// The refusal used up the challenge: a fresh one for the real check.
+	ch2, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
 	if err != nil {
 		t.Fatal(err)
 	}
-	roots, inter := x509.NewCertPool(), x509.NewCertPool()
-	roots.AppendCertsFromPEM(readFile(t, sw.ManufacturerRoots))
-	inter.AppendCertsFromPEM(readFile(t, sw.ManufacturerChain))
-	ekCert.UnhandledCriticalExtensions = nil // the TPM's SAN is a directory name Go does not handle
-	if _, err := ekCert.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
-		t.Fatalf("EK certificate: %v", err)
-	}
-	akPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](ak.Public())
-	if err != nil {
+	if att.Activated, err = ak.ActivateCredential(ch2.Credential, ch2.Secret); err != nil {
 		t.Fatal(err)
 	}
-	akArea, err := akPub.Contents()
-	if err != nil {
+	if att.CertifyInfo, att.Signature, err = ak.Certify(k, enrollapi.QualifyingData(ch2.Nonce, der, hwid)); err != nil {
 		t.Fatal(err)
 	}
-	if a := akArea.ObjectAttributes; !a.Restricted || !a.SignEncrypt || !a.FixedTPM || !a.FixedParent {
-		t.Errorf("AK attributes %+v", a)
-	}
-	akName, err := tpm2.ObjectName(akArea)
+	att.Challenge = ch2.ID
+	ekHash, err := v.Check(req)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("attestation: %v", err)
 	}
-	ekTmpl := tpm2.RSAEKTemplate
-	ekTmpl.Unique = tpm2.NewTPMUPublicID(tpm2.TPMAlgRSA, &tpm2.TPM2BPublicKeyRSA{Buffer: ekCert.PublicKey.(*rsa.PublicKey).N.Bytes()})
-	ekKEM, err := tpm2.ImportEncapsulationKey(&ekTmpl)
-	if err != nil {
-		t.Fatal(err)
+	ekCert, _ := x509.ParseCertificate(ek)
+	if ekHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
+		t.Errorf("EK hash %s", ekHash)
 	}
-	want := []byte("0123456789abcdef0123456789abcdef")
-	cred, secret, err := tpm2.CreateCredential(rand.Reader, ekKEM, akName.Buffer, want)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nonce := []byte("the proxy's nonce for this enrollment")
-
-	// The device again.
-	mid := time.Now()
-	activated, err := ak.ActivateCredential(cred, secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	qd := enrollapi.QualifyingData(nonce, []byte("csr"), "rpi4:10000000abcdef01")
-	attest, sig, err := ak.Certify(k, qd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	total := ekRead + time.Since(mid) + (akMade - ekRead)
-	t.Logf("attestation on the device with swtpm: EK certificate read %v, AK made %v, activate and certify %v; total %v",
-		ekRead, akMade-ekRead, time.Since(mid), total)
-
-	// The proxy's checks.
-	if !bytes.Equal(activated, want) {
-		t.Fatal("the activated secret is not the credential's")
-	}
-	a2b, err := tpm2.Unmarshal[tpm2.TPM2BAttest](attest)
-	if err != nil {
-		t.Fatalf("TPM2B_ATTEST: %v", err)
-	}
-	body, err := a2b.Contents()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body.Type != tpm2.TPMSTAttestCertify || !bytes.Equal(body.ExtraData.Buffer, qd) {
-		t.Errorf("attest type %v extra data %x, want certify over %x", body.Type, body.ExtraData.Buffer, qd)
-	}
-	ci, err := body.Attested.Certify()
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyPub, err := tpm2.Unmarshal[tpm2.TPM2BPublic](k.PublicArea())
-	if err != nil {
-		t.Fatal(err)
-	}
-	keyArea, _ := keyPub.Contents()
-	keyName, _ := tpm2.ObjectName(keyArea)
-	if !bytes.Equal(ci.Name.Buffer, keyName.Buffer) {
-		t.Error("the certification names another key")
-	}
-	tsig, err := tpm2.Unmarshal[tpm2.TPMTSignature](sig)
-	if err != nil {
-		t.Fatal(err)
-	}
-	es, err := tsig.Signature.ECDSA()
-	if err != nil {
-		t.Fatal(err)
-	}
-	akKey, err := tpm2.Pub(*akArea)
-	if err != nil {
-		t.Fatal(err)
-	}
-	digest := sha256.Sum256(a2b.Bytes())
-	if !ecdsa.Verify(akKey.(*ecdsa.PublicKey), digest[:], new(big.Int).SetBytes(es.SignatureR.Buffer), new(big.Int).SetBytes(es.SignatureS.Buffer)) {
-		t.Error("the AK's signature over the certification does not verify")
+	if _, err := v.Check(req); err == nil {
+		t.Error("a replayed attestation verified")
 	}
 
-	// A credential for the AK of another TPM does not open here.
-	other := open(t, swtpm.Start(t))
-	ak2, err := other.NewAK()
+	// Another TPM cannot open this TPM's credential; its EK certificate
+	// is from a manufacturer the verifier does not trust.
+	sw2 := swtpm.Start(t)
+	tp2 := open(t, sw2)
+	ak2, err := tp2.NewAK()
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = ak2.Close() }()
-	if _, err := ak2.ActivateCredential(cred, secret); err == nil {
+	if _, err := ak2.ActivateCredential(ch.Credential, ch.Secret); err == nil {
 		t.Error("another TPM opened this TPM's credential")
 	}
-}
-
-func readFile(t *testing.T, path string) []byte {
-	t.Helper()
-	b, err := os.ReadFile(path)
+	ek2, err := tp2.EKCertificate()
 	if err != nil {
 		t.Fatal(err)
 	}
-	return b
+	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}); err == nil {
+		t.Error("an EK certificate of an untrusted manufacturer was challenged")
+	}
+}
+
+// BenchmarkAttestation is what the attestation adds to an enrollment on
+// the device (EK certificate read, AK made, credential activated, device
+// key certified), with swtpm: the proxy's half is the stand-in's.
+func BenchmarkAttestation(b *testing.B) {
+	sw := swtpm.Start(b)
+	tp, err := tpmkey.Open(sw.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = tp.Close() }()
+	blob, err := tp.Create()
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := tp.Load(blob)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = k.Close() }()
+	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var device time.Duration
+	for b.Loop() {
+		start := time.Now()
+		ek, err := tp.EKCertificate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ak, err := tp.NewAK()
+		if err != nil {
+			b.Fatal(err)
+		}
+		device += time.Since(start)
+		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: "x", EKCert: ek, AKPublic: ak.Public()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		if _, err := ak.ActivateCredential(ch.Credential, ch.Secret); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, nil, "x")); err != nil {
+			b.Fatal(err)
+		}
+		_ = ak.Close()
+		device += time.Since(start)
+	}
+	b.ReportMetric(float64(device.Milliseconds())/float64(b.N), "device-ms/attestation")
 }
