@@ -63,16 +63,17 @@ func verifies(t *testing.T, k crypto.Signer) {
 	}
 }
 
-// A key made in the TPM signs (crypto/ecdsa verifies its signatures), is
-// fixedTPM|fixedParent|sensitiveDataOrigin and not a decryption or
-// restricted key, its blob holds no private key in the clear, and it loads
-// again after a power cycle, both anew and in the signer that was loaded
-// before.
+// A key made in the TPM signs (crypto/ecdsa verifies its signatures, a
+// Go TLS server its handshake), is fixedTPM|fixedParent|
+// sensitiveDataOrigin and not a decryption or restricted key, its blob
+// holds no private key in the clear, and it loads again after a power
+// cycle, both anew and in the signer that was loaded before.
 func TestKeyInTPM(t *testing.T) {
 	sw := swtpm.Start(t)
 	tp := open(t, sw)
 	blob, k := newKey(t, tp)
 	verifies(t, k)
+	tlsHandshake(t, k)
 	if _, err := k.Sign(rand.Reader, make([]byte, 48), crypto.SHA384); err == nil {
 		t.Error("the key signed a SHA-384 digest; its scheme is ECDSA-SHA256")
 	}
@@ -104,11 +105,12 @@ func TestKeyInTPM(t *testing.T) {
 	}
 }
 
-// A blob from another TPM (the card moved to another board) fails with
-// ErrNotThisTPM, whether the file names its parent or not (then the TPM's
-// own integrity check refuses it); no TPM at the path is ErrNoTPM.
-func TestNotThisTPM(t *testing.T) {
-	a, b := swtpm.Start(t), swtpm.Start(t)
+// notThisTPM: a blob from TPM a (the card moved to another board) fails
+// in b with ErrNotThisTPM, whether the file names its parent or not (then
+// the TPM's own integrity check refuses it); no TPM at the path is
+// ErrNoTPM.
+func notThisTPM(t *testing.T, a, b *swtpm.TPM) {
+	t.Helper()
 	blob, err := open(t, a).Create()
 	if err != nil {
 		t.Fatal(err)
@@ -130,11 +132,11 @@ func TestNotThisTPM(t *testing.T) {
 	}
 }
 
-// A full TLS 1.3 handshake with mutual authentication: the client's key is
-// the TPM's, the server (crypto/tls) verifies its CertificateVerify.
-func TestTLSWithTPMKey(t *testing.T) {
-	tp := open(t, swtpm.Start(t))
-	_, k := newKey(t, tp)
+// tlsHandshake is a full TLS 1.3 handshake with mutual authentication:
+// the client's key is k, the server (crypto/tls) verifies its
+// CertificateVerify.
+func tlsHandshake(t *testing.T, k crypto.Signer) {
+	t.Helper()
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
@@ -204,9 +206,11 @@ func TestTLSWithTPMKey(t *testing.T) {
 // proxy's (tpmkeytest): the EK certificate chains to the TPM's
 // manufacturer, the credential made for the AK's name opens in this TPM
 // only, and the AK's certification of the device key over the qualifying
-// data verifies for the CSR's key, once.
+// data verifies for the CSR's key, once. (Two TPMs: the moved card's
+// refusals are checked here too.)
 func TestAttestation(t *testing.T) {
-	sw := swtpm.Start(t)
+	sw, sw2 := swtpm.Start(t), swtpm.Start(t)
+	notThisTPM(t, sw, sw2)
 	tp := open(t, sw)
 	_, k := newKey(t, tp)
 	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
@@ -279,7 +283,6 @@ func TestAttestation(t *testing.T) {
 
 	// Another TPM cannot open this TPM's credential; its EK certificate
 	// is from a manufacturer the verifier does not trust.
-	sw2 := swtpm.Start(t)
 	tp2 := open(t, sw2)
 	ak2, err := tp2.NewAK()
 	if err != nil {
