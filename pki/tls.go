@@ -1,6 +1,8 @@
 package pki
 
 import (
+	"bytes"
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
@@ -15,7 +17,10 @@ import (
 // configurations that use it.
 type KeyPair struct {
 	certFile, keyFile string
-	cur               atomic.Pointer[tls.Certificate]
+	// signer, if set, is the key, held where no file has it (the
+	// device's TPM); keyFile is then unused.
+	signer crypto.Signer
+	cur    atomic.Pointer[tls.Certificate]
 }
 
 // LoadKeyPair reads a PEM certificate chain (leaf first) and its PEM private
@@ -28,9 +33,29 @@ func LoadKeyPair(certFile, keyFile string) (*KeyPair, error) {
 	return kp, nil
 }
 
-// Reload re-reads both files; on any error the current pair stays in use.
+// LoadSignerKeyPair reads a PEM certificate chain (leaf first) for a key
+// that is not in a file: a crypto.Signer over a TPM. Reload re-reads the
+// chain only, and accepts it only for that key (a renewal keeps the key).
+func LoadSignerKeyPair(certFile string, key crypto.Signer) (*KeyPair, error) {
+	kp := &KeyPair{certFile: certFile, signer: key}
+	if err := kp.Reload(); err != nil {
+		return nil, err
+	}
+	return kp, nil
+}
+
+// Reload re-reads both files (the chain only, for a signer's pair); on
+// any error the current pair stays in use.
 func (kp *KeyPair) Reload() error {
-	c, err := readKeyPair(kp.certFile, kp.keyFile)
+	var (
+		c   *tls.Certificate
+		err error
+	)
+	if kp.signer != nil {
+		c, err = readSignerPair(kp.certFile, kp.signer)
+	} else {
+		c, err = readKeyPair(kp.certFile, kp.keyFile)
+	}
 	if err != nil {
 		return err
 	}
@@ -55,6 +80,29 @@ func (kp *KeyPair) Chain() []*x509.Certificate {
 		}
 	}
 	return out
+}
+
+func readSignerPair(certFile string, key crypto.Signer) (*tls.Certificate, error) {
+	certPEM, err := readLimited(certFile)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrBadKeyPair, err)
+	}
+	chain, err := ParseCertificates(certPEM)
+	if err != nil || len(chain) == 0 {
+		return nil, fmt.Errorf("%w: %s: %w", ErrBadKeyPair, certFile, err)
+	}
+	mine, err := x509.MarshalPKIXPublicKey(key.Public())
+	if err != nil {
+		return nil, fmt.Errorf("%w: the key: %w", ErrBadKeyPair, err)
+	}
+	if !bytes.Equal(mine, chain[0].RawSubjectPublicKeyInfo) {
+		return nil, fmt.Errorf("%w: %s is not for the key", ErrBadKeyPair, certFile)
+	}
+	c := &tls.Certificate{PrivateKey: key, Leaf: chain[0]}
+	for _, cert := range chain {
+		c.Certificate = append(c.Certificate, cert.Raw)
+	}
+	return c, nil
 }
 
 func readKeyPair(certFile, keyFile string) (*tls.Certificate, error) {

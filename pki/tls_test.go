@@ -3,6 +3,7 @@ package pki_test
 import (
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"net"
 	"os"
@@ -248,4 +249,34 @@ func copyFile(t *testing.T, from, to string, mode os.FileMode) {
 		t.Fatal(err)
 	}
 	pkitest.WriteFile(t, to, b, mode)
+}
+
+// A pair whose key is a signer held elsewhere (the device's TPM): loaded
+// with a chain for that key, reloaded only with a chain for that key (a
+// renewal keeps the key), refused with a chain for another.
+func TestLoadSignerKeyPair(t *testing.T) {
+	ca := pkitest.NewCA(t, "fleet.test")
+	spec := pkitest.LeafSpec{URIs: []string{"spiffe://fleet.test/device/0123456789"}}
+	leaf, key := ca.Leaf(t, spec)
+	certFile := filepath.Join(t.TempDir(), "cert.pem")
+	pkitest.WriteFile(t, certFile, pemCert(leaf), 0o644)
+	kp, err := pki.LoadSignerKeyPair(certFile, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if kp.Certificate().PrivateKey != key || !kp.Leaf().Equal(leaf) {
+		t.Fatal("the pair is not the signer's and its certificate")
+	}
+	other, _ := ca.Leaf(t, spec)
+	pkitest.WriteFile(t, certFile, pemCert(other), 0o644)
+	if err := kp.Reload(); !errors.Is(err, pki.ErrBadKeyPair) || !kp.Leaf().Equal(leaf) {
+		t.Fatalf("reload with another key's certificate: %v", err)
+	}
+	if _, err := pki.LoadSignerKeyPair(certFile, key); !errors.Is(err, pki.ErrBadKeyPair) {
+		t.Fatalf("another key's certificate: %v", err)
+	}
+}
+
+func pemCert(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/signedimage"
 )
@@ -28,6 +29,15 @@ var ErrCertExpired = errors.New("device certificate expired")
 
 // Options tune the agent.
 type Options struct {
+	// TPM is the TPM holding the device's key when the state directory
+	// has a key.tpm ("" the one the file names, /dev/tpmrm0 by default;
+	// "unix:PATH" a software TPM).
+	TPM string
+	// SkipTPMKey leaves a key in the TPM unloaded, for a command that
+	// uses no key (mount: at early boot the TPM's driver may not be up
+	// yet, and the image is verified against the root alone); the agent
+	// then cannot talk to core or step-ca.
+	SkipTPMKey bool
 	// Install is what a bundle is checked against: Rules, Now and Floor
 	// (nil: the state directory's floor without a build time; its write
 	// failures are logged); Roots and Serial are set by New.
@@ -71,19 +81,58 @@ type Options struct {
 
 // Agent is an enrolled device.
 type Agent struct {
-	st    *state.Dir
-	dev   *state.Device
-	kp    *pki.KeyPair
-	roots *pki.TrustBundle
-	o     Options
-	core  *coreapi.Client
-	log   *slog.Logger
+	st  *state.Dir
+	dev *state.Device
+	kp  *pki.KeyPair
+	// tpmKey is the device's key in its TPM, if that is where it is.
+	tpmKey *tpmkey.Key
+	roots  *pki.TrustBundle
+	o      Options
+	core   *coreapi.Client
+	log    *slog.Logger
 	// fallback is what Recover fell back from, if anything.
 	fallback *install.Fallback
 	// daemon: Run is running; health checks run in the background.
 	daemon bool
 	// mountMu keeps a fallback's mount and an update's apart.
 	mountMu sync.Mutex
+}
+
+// identity loads the device's certificate with its key: the key file, or
+// the key in the TPM if the state directory holds a key.tpm.
+func identity(st *state.Dir, tpm string, skipTPM bool) (*pki.KeyPair, *tpmkey.Key, error) {
+	blob, err := st.TPMKey()
+	switch {
+	case err != nil:
+		return nil, nil, err
+	case blob != nil && skipTPM:
+		return nil, nil, nil
+	case blob == nil:
+		kp, err := st.Identity()
+		return kp, nil, err
+	}
+	key, err := tpmkey.OpenKey(blob, tpm)
+	if errors.Is(err, tpmkey.ErrNotThisTPM) {
+		return nil, nil, fmt.Errorf("device key %s: %w; put the card back in the board it was enrolled on, or enroll this board at a factory proxy with an empty state directory (the proxy's re-enrollment policy decides)",
+			st.File(state.TPMKeyFile), err)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("device key %s: %w", st.File(state.TPMKeyFile), err)
+	}
+	kp, err := st.SignerIdentity(key)
+	if err != nil {
+		_ = key.Close()
+		return nil, nil, err
+	}
+	return kp, key, nil
+}
+
+// Close unloads the device's key from the TPM, if it is there.
+func (a *Agent) Close() error {
+	if a.tpmKey == nil {
+		return nil
+	}
+	return a.tpmKey.Close()
 }
 
 // New loads the device's enrollment and identity from st.
@@ -96,7 +145,11 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	kp, err := st.Identity()
+	u, err := url.Parse(dev.CoreURL)
+	if err != nil {
+		return nil, fmt.Errorf("%s: core URL: %w", st.File(state.DeviceFile), err)
+	}
+	kp, key, err := identity(st, o.TPM, o.SkipTPMKey)
 	if err != nil {
 		return nil, err
 	}
@@ -135,11 +188,7 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 		o.Install.Floor = st.ClockFloor(time.Time{}, func(err error) { log.Warn("clock floor", "err", err) })
 	}
 	o.Install.Roots, o.Install.Serial = roots, dev.Serial
-	a := &Agent{st: st, dev: dev, kp: kp, roots: roots, o: o, log: log}
-	u, err := url.Parse(dev.CoreURL)
-	if err != nil {
-		return nil, fmt.Errorf("%s: core URL: %w", st.File(state.DeviceFile), err)
-	}
+	a := &Agent{st: st, dev: dev, kp: kp, tpmKey: key, roots: roots, o: o, log: log}
 	// The host name is given, not left to the transport: a check at the
 	// floor needs it also for an IP address (pki.ClientOptions).
 	hc := &http.Client{Transport: &http.Transport{
@@ -148,6 +197,7 @@ func New(st *state.Dir, o Options) (*Agent, error) {
 		ForceAttemptHTTP2: true, IdleConnTimeout: 90 * time.Second, ResponseHeaderTimeout: 30 * time.Second,
 	}}
 	if a.core, err = coreapi.NewClient(dev.CoreURL, hc); err != nil {
+		_ = a.Close()
 		return nil, fmt.Errorf("%s: %w", st.File(state.DeviceFile), err)
 	}
 	return a, nil

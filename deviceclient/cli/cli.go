@@ -18,6 +18,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/inspect"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
 	"github.com/fleetprov/prov/internal/buildinfo"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
@@ -35,6 +36,7 @@ const (
 	ExitIDChanged   = 4
 	ExitCertExpired = 5
 	ExitMismatch    = 6
+	ExitNotThisTPM  = 7
 )
 
 var (
@@ -48,7 +50,7 @@ var program = &cmdline.Program{
 	Name:    "prov-device",
 	Summary: "the device provisioning client",
 	Commands: []cmdline.Command{
-		{Name: "enroll", Args: "--proxy URL [--root FILE] [--state DIR]", Short: "on the factory network: make a key, enroll through the proxy, install the first image", Run: enrollCmd},
+		{Name: "enroll", Args: "--proxy URL [--root FILE] [--state DIR] [--key file|tpm] [--tpm PATH]", Short: "on the factory network: make a key, enroll through the proxy, install the first image", Run: enrollCmd},
 		{Name: "update", Args: "[--state DIR]", Short: "fetch, verify and install a newer image from core", Run: updateCmd},
 		{Name: "mount", Args: "[--state DIR] [--target /etc]", Short: "mount the current image read-only over /etc (overlayfs)", Run: mountCmd},
 		{Name: "unmount", Args: "[--target /etc]", Short: "unmount the image and its overlay", Run: unmountCmd},
@@ -60,7 +62,8 @@ var program = &cmdline.Program{
 	Footer: `Exit status: 0 ok, 1 error, 2 usage, 3 bundle refused (the reason is printed),
 4 this board is not the one that enrolled (an SD card moved between boards),
 5 the certificate expired (enroll again at a factory proxy), 6 status: what the kernel
-has mounted disagrees with the state directory.`,
+has mounted disagrees with the state directory, 7 the device key is not in this board's
+TPM (the card was moved from another board).`,
 	// The device's distinct failures, so that scripts and units can tell
 	// them apart.
 	Codes: []cmdline.ExitCode{
@@ -68,6 +71,7 @@ has mounted disagrees with the state directory.`,
 		{Code: ExitCertExpired, Is: []error{agent.ErrCertExpired}},
 		{Code: ExitRefused, Is: []error{errRefused, install.ErrRefused, signedimage.ErrRollback}},
 		{Code: ExitMismatch, Is: []error{errMismatch}},
+		{Code: ExitNotThisTPM, Is: []error{tpmkey.ErrNotThisTPM}},
 	},
 }
 

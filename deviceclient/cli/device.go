@@ -22,6 +22,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/mount"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
 	"github.com/fleetprov/prov/internal/buildinfo"
 	"github.com/fleetprov/prov/internal/cmdline"
 	"github.com/fleetprov/prov/pki"
@@ -30,6 +31,7 @@ import (
 // common are the flags of the device commands.
 type common struct {
 	state, runDir, target string
+	tpm                   string
 	allow                 cmdline.List
 	hw                    hwinfo.Sources
 	fs                    *flag.FlagSet
@@ -93,6 +95,7 @@ func newCommon(env *cmdline.Env, withHW, withMount bool) *common {
 		c.fs.StringVar(&c.hw.DTRoot, "dt-root", "", "the devicetree (default /sys/firmware/devicetree/base)")
 		c.fs.StringVar(&c.hw.HWID, "hwid", "", "the raw hardware ID, instead of reading it")
 		c.fs.StringVar(&c.hw.Board, "board", "", "the board type (rpi4, bbb, bbai), instead of the devicetree model")
+		c.fs.StringVar(&c.tpm, "tpm", "", "the TPM holding the device key (key.tpm): a device node, or unix:SOCKET for a software TPM (default: the one enroll used, "+tpmkey.DefaultPath+")")
 	}
 	if withMount {
 		c.fs.StringVar(&c.target, "target", "/etc", "the directory the image's etc/ is mounted over")
@@ -126,6 +129,7 @@ func (c *common) layout() *mount.Layout {
 // open opens the state directory, checks that this is the board that
 // enrolled, loads the agent and recovers from a crash.
 func (c *common) open(o agent.Options) (*state.Dir, *agent.Agent, error) {
+	o.TPM = c.tpm
 	st, err := state.Open(c.state)
 	if err != nil {
 		return nil, nil, err
@@ -169,11 +173,15 @@ func enrollCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	rootFile := c.fs.String("root", "/usr/share/prov/root_ca.crt", "the deployment's root certificate, as baked into the rootfs")
 	force := c.fs.Bool("force", false, "enroll again although enrolled (the proxy's re-enrollment policy decides)")
 	timeout := c.fs.Duration("timeout", 2*time.Minute, "give up after this long")
+	key := c.fs.String("key", string(enroll.KeyFile), "where the device key is made: file (key.pem in the state directory) or tpm (in the board's TPM, --tpm; proven resident to the proxy by attestation)")
 	if err := c.parse(args); err != nil {
 		return err
 	}
 	if err := cmdline.Required([2]string{"proxy", *proxy}); err != nil {
 		return err
+	}
+	if k := enroll.KeyKind(*key); k != enroll.KeyFile && k != enroll.KeyTPM {
+		return fmt.Errorf("%w: --key %q: want %s or %s", cmdline.ErrUsage, *key, enroll.KeyFile, enroll.KeyTPM)
 	}
 	rootPEM, err := os.ReadFile(*rootFile)
 	if err != nil {
@@ -189,7 +197,7 @@ func enrollCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	}
 	defer func() { _ = st.Close() }()
 	dev, res, err := enroll.Enroll(ctx, st, enroll.Options{ProxyURL: *proxy, RootPEM: rootPEM, ID: id, Force: *force,
-		Install: c.installOptions(st), Timeout: *timeout})
+		Install: c.installOptions(st), Timeout: *timeout, Key: enroll.KeyKind(*key), TPM: c.tpm})
 	if err != nil {
 		return err
 	}
@@ -212,7 +220,7 @@ func updateCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = st.Close() }()
+	defer func() { _, _ = a.Close(), st.Close() }()
 	res, err := a.Update(ctx)
 	// The report goes once; if core is away it stays pending for the
 	// daemon, and the update is no less done.
@@ -251,7 +259,9 @@ func mountCmd(ctx context.Context, env *cmdline.Env, args []string) (err error) 
 	if err := c.parse(args); err != nil {
 		return err
 	}
-	st, a, err := c.open(agent.Options{Log: c.log})
+	// The mount needs no key: at early boot the TPM's driver may not be
+	// up yet.
+	st, a, err := c.open(agent.Options{Log: c.log, SkipTPMKey: true})
 	if err != nil {
 		return err
 	}
@@ -329,7 +339,7 @@ func runCmd(ctx context.Context, env *cmdline.Env, args []string) error {
 	if err != nil {
 		return err
 	}
-	defer func() { _ = st.Close() }()
+	defer func() { _, _ = a.Close(), st.Close() }()
 	return a.Run(ctx)
 }
 

@@ -29,6 +29,7 @@ import (
 	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/deviceclient/install"
 	"github.com/fleetprov/prov/deviceclient/state"
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
@@ -38,6 +39,15 @@ var (
 	ErrAlreadyEnrolled = errors.New("already enrolled")
 	ErrRefused         = errors.New("the proxy refused the enrollment")
 	ErrBadAnswer       = errors.New("the proxy's answer is not acceptable")
+)
+
+// KeyKind is where the device's key is.
+type KeyKind string
+
+// Key kinds (prov-device enroll --key).
+const (
+	KeyFile KeyKind = "file"
+	KeyTPM  KeyKind = "tpm"
 )
 
 // maxAnswer bounds the proxy's answer: a base64 bundle and a chain.
@@ -56,6 +66,11 @@ type Options struct {
 	// the floor the proxy's certificate and the device's own are checked
 	// at.
 	Install install.Options
+	// Key is where the device's key is made: KeyFile (key.pem) or
+	// KeyTPM (in the TPM at TPM, key.tpm keeps its wrapped blob; the
+	// enrollment then proves it resident with an attestation).
+	Key     KeyKind
+	TPM     string        // "" is tpmkey.DefaultPath
 	Timeout time.Duration // the whole exchange; default 2 minutes
 	Client  *http.Client  // a test seam; nil: TLS to the proxy, root pinned
 }
@@ -87,19 +102,25 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 	if err != nil {
 		return nil, nil, err
 	}
-	key, err := deviceKey(st)
+	var (
+		key    crypto.Signer
+		tpmKey *tpmkey.Key
+	)
+	switch o.Key {
+	case KeyFile, "":
+		key, err = deviceKey(st)
+	case KeyTPM:
+		tpmKey, err = deviceTPMKey(st, o.TPM)
+		key = tpmKey
+	default:
+		err = fmt.Errorf("key %q: want %s or %s", o.Key, KeyFile, KeyTPM)
+	}
 	unlock()
 	if err != nil {
 		return nil, nil, err
 	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
-	if err != nil {
-		return nil, nil, err
-	}
-	body, err := json.Marshal(enrollapi.EnrollRequest{Board: o.ID.Board, HardwareID: o.ID.Canonical,
-		CSR: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))})
-	if err != nil {
-		return nil, nil, err
+	if tpmKey != nil {
+		defer func() { _ = tpmKey.Close() }()
 	}
 	if o.Timeout == 0 {
 		o.Timeout = 2 * time.Minute
@@ -111,12 +132,27 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 		hc = &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLSConfig(nil, roots,
 			pki.ClientOptions{ServerName: u.Hostname(), ServerRoles: []pki.Role{pki.RoleProxy}, Floor: o.Install.Floor, Now: o.Install.Now})}}
 	}
-	ans, err := post(ctx, hc, o.ProxyURL, body)
+	req := enrollapi.EnrollRequest{Board: o.ID.Board, HardwareID: o.ID.Canonical}
+	var der []byte
+	if tpmKey != nil {
+		der, req.Attestation, err = attest(ctx, hc, o, tpmKey)
+	} else {
+		der, err = x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	}
 	if err != nil {
 		return nil, nil, err
 	}
+	req.CSR = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
+	body, err := json.Marshal(req)
+	if err != nil {
+		return nil, nil, err
+	}
+	var ans enrollapi.EnrollResponse
+	if err := post(ctx, hc, o.ProxyURL, enrollapi.RouteEnroll.Path, body, &ans); err != nil {
+		return nil, nil, err
+	}
 	serial := o.ID.Serial()
-	chain, err := checkAnswer(ans, roots, serial, key.Public(), o.Install)
+	chain, err := checkAnswer(&ans, roots, serial, key.Public(), o.Install)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -150,6 +186,79 @@ func Enroll(ctx context.Context, st *state.Dir, o Options) (*state.Device, *inst
 		return nil, nil, err
 	}
 	return dev, res, nil
+}
+
+// deviceTPMKey returns the device's key in the TPM: the one key.tpm
+// holds, or a new one made in the TPM. A software key already there is
+// not replaced (its certificate may be out there): enrolling it in the TPM
+// needs a fresh state directory.
+func deviceTPMKey(st *state.Dir, tpmPath string) (*tpmkey.Key, error) {
+	data, err := st.TPMKey()
+	if err != nil {
+		return nil, err
+	}
+	if data != nil {
+		k, err := tpmkey.OpenKey(data, tpmPath)
+		if err != nil {
+			return nil, fmt.Errorf("device key %s: %w", st.File(state.TPMKeyFile), err)
+		}
+		return k, nil
+	}
+	if _, err := os.Stat(st.File(state.KeyFile)); err == nil {
+		return nil, fmt.Errorf("%s holds a software key; enrolling with the key in the TPM needs a fresh state directory", st.Path)
+	}
+	tpm, err := tpmkey.Open(tpmPath)
+	if err != nil {
+		return nil, err
+	}
+	blob, err := tpm.Create()
+	if err == nil {
+		err = st.WriteFile(state.TPMKeyFile, blob.Marshal(), 0o600)
+	}
+	_ = tpm.Close()
+	if err != nil {
+		return nil, err
+	}
+	return tpmkey.OpenKey(blob.Marshal(), tpmPath)
+}
+
+// attest makes the CSR of the key in the TPM and proves the key resident
+// there (enrollapi's challenge): the endorsement key's certificate and a
+// fresh attestation key to the proxy, its credential opened, and the
+// device key certified by the attestation key over the challenge's nonce,
+// the CSR and the hardware ID.
+func attest(ctx context.Context, hc *http.Client, o Options, key *tpmkey.Key) ([]byte, *enrollapi.Attestation, error) {
+	tpm := key.TPM()
+	ek, err := tpm.EKCertificate()
+	if err != nil {
+		return nil, nil, err
+	}
+	ak, err := tpm.NewAK()
+	if err != nil {
+		return nil, nil, err
+	}
+	defer func() { _ = ak.Close() }()
+	body, err := json.Marshal(enrollapi.ChallengeRequest{Board: o.ID.Board, HardwareID: o.ID.Canonical, EKCert: ek, AKPublic: ak.Public()})
+	if err != nil {
+		return nil, nil, err
+	}
+	var ch enrollapi.ChallengeResponse
+	if err := post(ctx, hc, o.ProxyURL, enrollapi.RouteEnrollChallenge.Path, body, &ch); err != nil {
+		return nil, nil, err
+	}
+	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w: the challenge's credential does not open in this TPM: %w", ErrBadAnswer, err)
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, sig, err := ak.Certify(key, enrollapi.QualifyingData(ch.Nonce, der, o.ID.Canonical))
+	if err != nil {
+		return nil, nil, err
+	}
+	return der, &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: key.PublicArea(), CertifyInfo: info, Signature: sig}, nil
 }
 
 // deviceKey returns the device's key: the one it has (an unfinished
@@ -208,40 +317,40 @@ func refusal(data []byte) (enrollapi.Error, bool) {
 	return e.Error, true
 }
 
-func post(ctx context.Context, hc *http.Client, proxy string, body []byte) (*enrollapi.EnrollResponse, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+enrollapi.PathEnroll, bytes.NewReader(body))
+// post sends body to the proxy's path and decodes its answer into out.
+func post(ctx context.Context, hc *http.Client, proxy, path string, body []byte, out any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, proxy+path, bytes.NewReader(body))
 	if err != nil {
-		return nil, err
+		return err
 	}
 	req.Header.Set("Content-Type", "application/json")
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, fmt.Errorf("enroll at %s: %w", proxy, err)
+		return fmt.Errorf("enroll at %s: %w", proxy, err)
 	}
 	defer func() { _ = resp.Body.Close() }()
 	data, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer+1))
 	if err != nil {
-		return nil, fmt.Errorf("enroll at %s: %w", proxy, err)
+		return fmt.Errorf("enroll at %s: %w", proxy, err)
 	}
 	if len(data) > maxAnswer {
-		return nil, fmt.Errorf("%w: over %d bytes", ErrBadAnswer, maxAnswer)
+		return fmt.Errorf("%w: over %d bytes", ErrBadAnswer, maxAnswer)
 	}
 	if resp.StatusCode != http.StatusOK {
 		if e, ok := refusal(data); ok {
 			if ra := resp.Header.Get("Retry-After"); ra != "" {
 				e.Message += " (retry after " + ra + " s)"
 			}
-			return nil, fmt.Errorf("%w: HTTP %d %s: %s", ErrRefused, resp.StatusCode, e.Code, e.Message)
+			return fmt.Errorf("%w: HTTP %d %s: %s", ErrRefused, resp.StatusCode, e.Code, e.Message)
 		}
-		return nil, fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
+		return fmt.Errorf("%w: HTTP %d", ErrRefused, resp.StatusCode)
 	}
-	var ans enrollapi.EnrollResponse
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&ans); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrBadAnswer, err)
+	if err := dec.Decode(out); err != nil {
+		return fmt.Errorf("%w: %w", ErrBadAnswer, err)
 	}
-	return &ans, nil
+	return nil
 }
 
 // checkAnswer accepts only a certificate chain from the pinned root, for

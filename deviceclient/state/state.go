@@ -7,7 +7,9 @@
 //
 // Layout (the directory is 0700, the key 0600):
 //
-//	key.pem           the device's private key (never leaves the device)
+//	key.pem           the device's private key (never leaves the device), or
+//	key.tpm           its key in the board's TPM: the TPM's wrapped blob only
+//	                  (deviceclient/tpmkey; only that TPM can load it)
 //	cert.pem          its certificate chain, leaf first
 //	root.pem          the deployment's root
 //	device.json       the enrollment: serial, board, hardware ID, URLs, topic
@@ -24,6 +26,7 @@
 package state
 
 import (
+	"crypto"
 	"crypto/x509"
 	"encoding/json"
 	"errors"
@@ -44,6 +47,7 @@ import (
 // Files in the directory.
 const (
 	KeyFile       = "key.pem"
+	TPMKeyFile    = "key.tpm"
 	CertFile      = "cert.pem"
 	RootFile      = "root.pem"
 	DeviceFile    = "device.json"
@@ -230,6 +234,26 @@ func (d *Dir) Identity() (*pki.KeyPair, error) {
 		return nil, fmt.Errorf("device identity: %w", err)
 	}
 	return kp, nil
+}
+
+// SignerIdentity loads the device's certificate chain for its key in the
+// TPM (a signer over key.tpm).
+func (d *Dir) SignerIdentity(key crypto.Signer) (*pki.KeyPair, error) {
+	kp, err := pki.LoadSignerKeyPair(d.File(CertFile), key)
+	if err != nil {
+		return nil, fmt.Errorf("device identity: %w", err)
+	}
+	return kp, nil
+}
+
+// TPMKey is the TPM key file, if the device's key is in its TPM (nil, nil
+// if it is a software key).
+func (d *Dir) TPMKey() ([]byte, error) {
+	data, err := os.ReadFile(d.File(TPMKeyFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	return data, err
 }
 
 // Roots loads the deployment's root.

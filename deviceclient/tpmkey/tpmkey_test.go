@@ -1,0 +1,354 @@
+package tpmkey_test
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"math/big"
+	"testing"
+	"time"
+
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
+	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
+	"github.com/fleetprov/prov/internal/testenv/swtpm"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
+)
+
+func open(t *testing.T, sw *swtpm.TPM) *tpmkey.TPM {
+	t.Helper()
+	tp, err := tpmkey.Open(sw.Path())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tp.Close() })
+	return tp
+}
+
+// newKey makes a device key in tp and loads it until the test ends.
+func newKey(t *testing.T, tp *tpmkey.TPM) (*tpmkey.Blob, *tpmkey.Key) {
+	t.Helper()
+	blob, err := tp.Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := tp.Load(blob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = k.Close() })
+	return blob, k
+}
+
+func verifies(t *testing.T, k crypto.Signer) {
+	t.Helper()
+	digest := sha256.Sum256([]byte("a TLS handshake's transcript"))
+	sig, err := k.Sign(rand.Reader, digest[:], crypto.SHA256)
+	if err != nil {
+		t.Fatalf("sign: %v", err)
+	}
+	if !ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), digest[:], sig) {
+		t.Fatal("the TPM's signature does not verify with the key's public key")
+	}
+	other := sha256.Sum256([]byte("another message"))
+	if ecdsa.VerifyASN1(k.Public().(*ecdsa.PublicKey), other[:], sig) {
+		t.Fatal("the signature verifies for another digest")
+	}
+}
+
+// A key made in the TPM signs (crypto/ecdsa verifies its signatures, a
+// Go TLS server its handshake), is fixedTPM|fixedParent|
+// sensitiveDataOrigin and not a decryption or restricted key, its blob
+// holds no private key in the clear, and it loads again after a power
+// cycle, both anew and in the signer that was loaded before.
+func TestKeyInTPM(t *testing.T) {
+	sw := swtpm.Start(t)
+	tp := open(t, sw)
+	blob, k := newKey(t, tp)
+	verifies(t, k)
+	tlsHandshake(t, k)
+	if _, err := k.Sign(rand.Reader, make([]byte, 48), crypto.SHA384); err == nil {
+		t.Error("the key signed a SHA-384 digest; its scheme is ECDSA-SHA256")
+	}
+	a := k.Attributes()
+	if !a.FixedTPM || !a.FixedParent || !a.SensitiveDataOrigin || !a.SignEncrypt || a.Decrypt || a.Restricted {
+		t.Errorf("attributes %+v: want fixedTPM, fixedParent, sensitiveDataOrigin, sign; not decrypt, not restricted", a)
+	}
+	if pub := k.Public().(*ecdsa.PublicKey); pub.Curve != elliptic.P256() {
+		t.Errorf("curve %v, want P-256", pub.Curve.Params().Name)
+	}
+	parsed, err := tpmkey.ParseBlob(blob.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if bytes.Contains(blob.Marshal(), []byte("PRIVATE KEY")) || parsed.TPM != sw.Path() {
+		t.Errorf("key file %s", blob.Marshal())
+	}
+
+	sw.Restart()
+	verifies(t, k) // the signer loads the key again into the reset TPM
+	k2, err := tpmkey.OpenKey(blob.Marshal(), "")
+	if err != nil {
+		t.Fatalf("load after a power cycle: %v", err)
+	}
+	defer func() { _ = k2.Close() }()
+	verifies(t, k2)
+	if !k2.Public().(*ecdsa.PublicKey).Equal(k.Public()) {
+		t.Error("another key after the power cycle")
+	}
+}
+
+// notThisTPM: a blob from TPM a (the card moved to another board) fails
+// in b with ErrNotThisTPM, whether the file names its parent or not (then
+// the TPM's own integrity check refuses it); no TPM at the path is
+// ErrNoTPM.
+func notThisTPM(t *testing.T, a, b *swtpm.TPM) {
+	t.Helper()
+	blob, err := open(t, a).Create()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := open(t, b)
+	if _, err := other.Load(blob); !errors.Is(err, tpmkey.ErrNotThisTPM) {
+		t.Errorf("another TPM's blob: %v, want ErrNotThisTPM", err)
+	}
+	noParent := *blob
+	noParent.Parent = ""
+	if _, err := other.Load(&noParent); !errors.Is(err, tpmkey.ErrNotThisTPM) {
+		t.Errorf("another TPM's blob without its parent's name: %v, want ErrNotThisTPM", err)
+	}
+	if _, err := tpmkey.OpenKey(blob.Marshal(), "unix:"+t.TempDir()+"/none.sock"); !errors.Is(err, tpmkey.ErrNoTPM) || errors.Is(err, tpmkey.ErrNotThisTPM) {
+		t.Errorf("no TPM: %v, want ErrNoTPM", err)
+	}
+	if _, err := tpmkey.ParseBlob([]byte(`{"format":"other"}`)); !errors.Is(err, tpmkey.ErrBadKeyFile) {
+		t.Errorf("a foreign file: %v, want ErrBadKeyFile", err)
+	}
+}
+
+// tlsHandshake is a full TLS 1.3 handshake with mutual authentication:
+// the client's key is k, the server (crypto/tls) verifies its
+// CertificateVerify.
+func tlsHandshake(t *testing.T, k crypto.Signer) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"}, NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, caKey.Public(), caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	issue := func(pub crypto.PublicKey, eku x509.ExtKeyUsage, serial int64) []byte {
+		tmpl := &x509.Certificate{SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: "leaf"}, DNSNames: []string{"localhost"},
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{eku}}
+		der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, pub, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return der
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(ca)
+	srvKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", &tls.Config{MinVersion: tls.VersionTLS13, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: pool,
+		Certificates: []tls.Certificate{{Certificate: [][]byte{issue(srvKey.Public(), x509.ExtKeyUsageServerAuth, 2)}, PrivateKey: srvKey}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ln.Close() }()
+	got := make(chan error, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			got <- err
+			return
+		}
+		defer func() { _ = c.Close() }()
+		tc := c.(*tls.Conn)
+		if err := tc.Handshake(); err != nil {
+			got <- err
+			return
+		}
+		if len(tc.ConnectionState().PeerCertificates) == 0 {
+			got <- errors.New("no client certificate")
+			return
+		}
+		_, err = tc.Write([]byte("ok"))
+		got <- err
+	}()
+	c, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool, ServerName: "localhost",
+		Certificates: []tls.Certificate{{Certificate: [][]byte{issue(k.Public(), x509.ExtKeyUsageClientAuth, 3)}, PrivateKey: k}}})
+	if err != nil {
+		t.Fatalf("handshake with the TPM key: %v", err)
+	}
+	defer func() { _ = c.Close() }()
+	buf := make([]byte, 2)
+	if _, err := c.Read(buf); err != nil || string(buf) != "ok" {
+		t.Fatalf("read %q: %v", buf, err)
+	}
+	if err := <-got; err != nil {
+		t.Fatalf("server: %v", err)
+	}
+}
+
+// The device's half of the attestation against a stand-in for the
+// proxy's (tpmkeytest): the EK certificate chains to the TPM's
+// manufacturer, the credential made for the AK's name opens in this TPM
+// only, and the AK's certification of the device key over the qualifying
+// data verifies for the CSR's key, once. (Two TPMs: the moved card's
+// refusals are checked here too.)
+func TestAttestation(t *testing.T) {
+	sw, sw2 := swtpm.Start(t), swtpm.Start(t)
+	notThisTPM(t, sw, sw2)
+	tp := open(t, sw)
+	_, k := newKey(t, tp)
+	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const hwid = "10000000abcdef01"
+	ek, err := tp.EKCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ak, err := tp.NewAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ak.Close() }()
+	ch, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
+	if err != nil {
+		t.Fatalf("challenge: %v", err)
+	}
+	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr := func(key crypto.Signer) (string, []byte) {
+		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), der
+	}
+	csrPEM, der := csr(k)
+	info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, der, hwid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	att := &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
+	req := enrollapi.EnrollRequest{Board: "rpi4", HardwareID: hwid, CSR: csrPEM, Attestation: att}
+
+	// The CSR of another key (a software one) with this certification.
+	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	other := req
+	other.CSR, _ = csr(soft)
+	if _, err := v.Check(other); err == nil {
+		t.Error("the attestation verified for another key's CSR")
+	}
+	// The refusal used up the challenge: a fresh one for the real check.
+	ch2, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if att.Activated, err = ak.ActivateCredential(ch2.Credential, ch2.Secret); err != nil {
+		t.Fatal(err)
+	}
+	if att.CertifyInfo, att.Signature, err = ak.Certify(k, enrollapi.QualifyingData(ch2.Nonce, der, hwid)); err != nil {
+		t.Fatal(err)
+	}
+	att.Challenge = ch2.ID
+	ekHash, err := v.Check(req)
+	if err != nil {
+		t.Fatalf("attestation: %v", err)
+	}
+	ekCert, _ := x509.ParseCertificate(ek)
+	if ekHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
+		t.Errorf("EK hash %s", ekHash)
+	}
+	if _, err := v.Check(req); err == nil {
+		t.Error("a replayed attestation verified")
+	}
+
+	// Another TPM cannot open this TPM's credential; its EK certificate
+	// is from a manufacturer the verifier does not trust.
+	tp2 := open(t, sw2)
+	ak2, err := tp2.NewAK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ak2.Close() }()
+	if _, err := ak2.ActivateCredential(ch.Credential, ch.Secret); err == nil {
+		t.Error("another TPM opened this TPM's credential")
+	}
+	ek2, err := tp2.EKCertificate()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}); err == nil {
+		t.Error("an EK certificate of an untrusted manufacturer was challenged")
+	}
+}
+
+// BenchmarkAttestation is what the attestation adds to an enrollment on
+// the device (EK certificate read, AK made, credential activated, device
+// key certified), with swtpm: the proxy's half is the stand-in's.
+func BenchmarkAttestation(b *testing.B) {
+	sw := swtpm.Start(b)
+	tp, err := tpmkey.Open(sw.Path())
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = tp.Close() }()
+	blob, err := tp.Create()
+	if err != nil {
+		b.Fatal(err)
+	}
+	k, err := tp.Load(blob)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer func() { _ = k.Close() }()
+	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var device time.Duration
+	for b.Loop() {
+		start := time.Now()
+		ek, err := tp.EKCertificate()
+		if err != nil {
+			b.Fatal(err)
+		}
+		ak, err := tp.NewAK()
+		if err != nil {
+			b.Fatal(err)
+		}
+		device += time.Since(start)
+		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: "x", EKCert: ek, AKPublic: ak.Public()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		start = time.Now()
+		if _, err := ak.ActivateCredential(ch.Credential, ch.Secret); err != nil {
+			b.Fatal(err)
+		}
+		if _, _, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, nil, "x")); err != nil {
+			b.Fatal(err)
+		}
+		_ = ak.Close()
+		device += time.Since(start)
+	}
+	b.ReportMetric(float64(device.Milliseconds())/float64(b.N), "device-ms/attestation")
+}
