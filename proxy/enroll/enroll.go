@@ -497,8 +497,15 @@ func (e *Enroller) issue(ctx context.Context, in *request) ([]*x509.Certificate,
 		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate is not %s for the CSR's key (%w)", identity, err)}
 	}
 	leaf := chain[0]
+	// The certificate must say of its key what the proxy found: a CA
+	// whose template dropped (or added) the TPM key policy would hand the
+	// board a certificate that lies about it.
+	if ka, err := pki.KeyAttestationOf(leaf); err != nil || ka.EKSHA256 != in.ek {
+		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate's TPM key policy names endorsement key %q, the attestation %q (%v)",
+			ka.EKSHA256, in.ek, err)}
+	}
 	if _, err := e.core.RecordIssued(ctx, in.serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: in.keySHA,
-		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter}); err != nil {
+		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, EKSHA256: in.ek}); err != nil {
 		return nil, &Upstream{Step: "record the certificate at core", Err: err}
 	}
 	return chain, nil
