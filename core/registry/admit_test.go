@@ -6,13 +6,18 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"maps"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/prometheus/client_golang/prometheus"
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
+	"github.com/fleetprov/prov/core/contract/imagespec"
+	"github.com/fleetprov/prov/core/policy"
 	"github.com/fleetprov/prov/core/registry"
 	"github.com/fleetprov/prov/core/registry/registrytest"
 	"github.com/fleetprov/prov/core/store"
@@ -216,4 +221,86 @@ func legacyRecord(t *testing.T, path string, d store.Device) {
 	if err := db.Close(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// A group that requires a TPM-resident key (policy requireTPM) admits a
+// device only with a key the proxy attested at enrollment (recorded with
+// its endorsement key); a software key of that group is refused, counted
+// and told apart from a key core never recorded. Another group takes
+// either. A malformed endorsement key hash is refused as bad input.
+func TestAdmitRequiresAttestedKeys(t *testing.T) {
+	f := registrytest.New(t, store.Options{})
+	groups := maps.Clone(registrytest.Groups)
+	groups["tpm-only"] = policy.GroupConfig{Hostname: "t-{{.Serial}}", MQTTClientID: "t-{{.Serial}}", MQTTGroupID: "tpm", RequireTPM: true}
+	secret := filepath.Join(t.TempDir(), "secret")
+	if err := os.WriteFile(secret, []byte(strings.Repeat("s3cr3t-", 8)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.New(groups, imagespec.DefaultRules(), secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.Store.EnsureGroup("tpm-only", nil, "config"); err != nil {
+		t.Fatal(err)
+	}
+	metrics := prometheus.NewRegistry()
+	reg := registry.New(f.Store, pol, f.Bundles, f.Changes, registry.Options{Metrics: metrics})
+	ek := strings.Repeat("ab", 32)
+	record := func(hw, group, ekHash string) (*store.View, *x509.Certificate, error) {
+		t.Helper()
+		v, _, err := reg.Register(coreapi.RegisterRequest{Board: "rpi4", HardwareID: hw, Group: group}, proxyID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := f.Chain(t, pki.RoleDevice, v.Serial)[0]
+		key, err := coreapi.KeySHA256(leaf.PublicKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, err = reg.RecordIssued(v.Serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: key,
+			NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, EKSHA256: ekHash}, proxyID)
+		return v, leaf, err
+	}
+	v, leaf, err := record("10000000000000b1", "tpm-only", ek)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Admit(v, leaf, registry.ViaAPI); err != nil {
+		t.Errorf("an attested key in a group that requires one: %v", err)
+	}
+	if got, _ := reg.Device(v.Serial); got.KeyAttested(mustKey(t, leaf)) != ek {
+		t.Errorf("the record does not keep the endorsement key")
+	}
+	v, leaf, err = record("10000000000000b2", "tpm-only", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Admit(v, leaf, registry.ViaMQTT); !errors.Is(err, registry.ErrNotAttested) {
+		t.Errorf("a software key in a group that requires a TPM key: %v", err)
+	}
+	if n := counter(t, metrics, "prov_core_keys_not_attested_total", "", ""); n != 1 {
+		t.Errorf("prov_core_keys_not_attested_total = %v, want 1", n)
+	}
+	v, leaf, err = record("10000000000000b3", "default", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Admit(v, leaf, registry.ViaAPI); err != nil {
+		t.Errorf("a software key in a group that takes one: %v", err)
+	}
+	for _, bad := range []string{"abc", strings.Repeat("AB", 32), strings.Repeat("zz", 32)} {
+		var in *registry.BadInput
+		if _, _, err := record("10000000000000b4", "default", bad); !errors.As(err, &in) || in.Field != "ekSha256" {
+			t.Errorf("endorsement key %q: %v, want bad input naming ekSha256", bad, err)
+		}
+	}
+}
+
+func mustKey(t *testing.T, leaf *x509.Certificate) string {
+	t.Helper()
+	key, err := coreapi.KeySHA256(leaf.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return key
 }

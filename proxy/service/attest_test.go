@@ -5,11 +5,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
 	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/proxy/attest/attesttest"
@@ -58,15 +60,34 @@ func TestAttestedEnrollment(t *testing.T) {
 	if code != http.StatusOK {
 		t.Fatalf("attested enrollment: %d %+v", code, ae)
 	}
-	if chain, err := pki.ParseCertificates([]byte(r.Certificate)); err != nil || !csr.PublicKey.(*ecdsa.PublicKey).Equal(chain[0].PublicKey) {
+	chain, err := pki.ParseCertificates([]byte(r.Certificate))
+	if err != nil || !csr.PublicKey.(*ecdsa.PublicKey).Equal(chain[0].PublicKey) {
 		t.Fatalf("the certificate is not for the TPM key: %v", err)
 	}
+	// The certificate says the key is in that TPM (the TPM key policy,
+	// from step-ca's template), and core recorded the same.
+	if ka, err := pki.KeyAttestationOf(chain[0]); err != nil || !ka.TPM || ka.EKSHA256 != ek {
+		t.Errorf("the certificate's key attestation: %+v %v, want TPM with EK %s", ka, err, ek)
+	}
+	// OpenSSL shows it as it is (docs/operations.md).
+	openssl := testenv.Tool(t, "openssl", "install Debian's openssl")
+	cmd := exec.Command(openssl, "x509", "-noout", "-text")
+	cmd.Stdin = strings.NewReader(r.Certificate)
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "Policy: "+pki.TPMKeyPolicyOID) ||
+		!strings.Contains(string(out), pki.TPMNoticePrefix+ek) {
+		t.Errorf("openssl x509 -text: %v\n%s", err, out)
+	}
+	full, err := core.Client(t, core.Admin(t)).Device(ctx, r.Serial)
+	if err != nil || len(full.Issued) != 1 || full.Issued[0].EKSHA256 != ek {
+		t.Errorf("core's record of the issued certificate: %+v %v, want EK %s", full.Issued, err, ek)
+	}
+	soft := req("rpi4", "10000000000000a2", newDevice(t))
 	for _, tc := range []struct {
 		name string
 		req  enrollapi.EnrollRequest
 		says string
 	}{
-		{"software key in a batch that requires attestation", req("rpi4", "10000000000000a2", newDevice(t)), "requires a TPM-attested key"},
+		{"software key in a batch that requires attestation", soft, "requires a TPM-attested key"},
 		{"replayed attestation", good, "already used"},
 		{"another TPM than the manifest lists", attested("10000000000000a3"), "not the one the manifest lists"},
 	} {
