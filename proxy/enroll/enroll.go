@@ -500,9 +500,13 @@ func (e *Enroller) issue(ctx context.Context, in *request) ([]*x509.Certificate,
 	// The certificate must say of its key what the proxy found: a CA
 	// whose template dropped (or added) the TPM key policy would hand the
 	// board a certificate that lies about it.
-	if ka, err := pki.KeyAttestationOf(leaf); err != nil || ka.EKSHA256 != in.ek {
-		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate's TPM key policy names endorsement key %q, the attestation %q (%v)",
-			ka.EKSHA256, in.ek, err)}
+	ka, err := pki.KeyAttestationOf(leaf)
+	if err != nil {
+		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate's TPM key policy: %w", err)}
+	}
+	if ka.EKSHA256 != in.ek {
+		return nil, &Upstream{Step: "sign at step-ca", Err: fmt.Errorf("the certificate's TPM key policy names endorsement key %q, the attestation %q",
+			ka.EKSHA256, in.ek)}
 	}
 	if _, err := e.core.RecordIssued(ctx, in.serial, coreapi.IssuedCertificate{Serial: leaf.SerialNumber.String(), KeySHA256: in.keySHA,
 		NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, EKSHA256: in.ek}); err != nil {
