@@ -10,15 +10,14 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"math/big"
 	"testing"
 	"time"
 
 	"github.com/fleetprov/prov/deviceclient/tpmkey"
-	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
+	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
@@ -202,18 +201,18 @@ func tlsHandshake(t *testing.T, k crypto.Signer) {
 	}
 }
 
-// The device's half of the attestation against a stand-in for the
-// proxy's (tpmkeytest): the EK certificate chains to the TPM's
-// manufacturer, the credential made for the AK's name opens in this TPM
-// only, and the AK's certification of the device key over the qualifying
-// data verifies for the CSR's key, once. (Two TPMs: the moved card's
-// refusals are checked here too.)
+// The device's half of the attestation against the proxy's verifier
+// (proxy/attest): the EK certificate chains to the TPM's manufacturer,
+// the credential made for the AK's name opens in this TPM only, and the
+// AK's certification of the device key over the qualifying data verifies
+// for the CSR's key, once. (Two TPMs: the moved card's refusals are
+// checked here too.)
 func TestAttestation(t *testing.T) {
 	sw, sw2 := swtpm.Start(t), swtpm.Start(t)
 	notThisTPM(t, sw, sw2)
 	tp := open(t, sw)
 	_, k := newKey(t, tp)
-	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -227,58 +226,44 @@ func TestAttestation(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { _ = ak.Close() }()
-	ch, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
-	if err != nil {
-		t.Fatalf("challenge: %v", err)
-	}
-	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr := func(key crypto.Signer) (string, []byte) {
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	chReq := enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()}
+	// answer is the board's answer to a fresh challenge for the CSR of
+	// key k.
+	answer := func(csr *x509.CertificateRequest) (*enrollapi.ChallengeResponse, *enrollapi.Attestation) {
+		t.Helper()
+		ch, err := v.Challenge(chReq, hwid)
+		if err != nil {
+			t.Fatalf("challenge: %v", err)
+		}
+		activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), der
+		info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hwid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return ch, &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
 	}
-	csrPEM, der := csr(k)
-	info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, der, hwid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	att := &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
-	req := enrollapi.EnrollRequest{Board: "rpi4", HardwareID: hwid, CSR: csrPEM, Attestation: att}
+	csr := certRequest(t, k)
 
-	// The CSR of another key (a software one) with this certification.
+	// This certification with the CSR of another key (a software one).
 	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	other := req
-	other.CSR, _ = csr(soft)
-	if _, err := v.Check(other); err == nil {
-		t.Error("the attestation verified for another key's CSR")
+	_, att := answer(csr)
+	if _, err := v.Verify(att, hwid, certRequest(t, soft), hwid); !errors.Is(err, attest.ErrNotCertified) {
+		t.Errorf("the attestation for another key's CSR: %v, want ErrNotCertified", err)
 	}
-	// The refusal used up the challenge: a fresh one for the real check.
-	ch2, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if att.Activated, err = ak.ActivateCredential(ch2.Credential, ch2.Secret); err != nil {
-		t.Fatal(err)
-	}
-	if att.CertifyInfo, att.Signature, err = ak.Certify(k, enrollapi.QualifyingData(ch2.Nonce, der, hwid)); err != nil {
-		t.Fatal(err)
-	}
-	att.Challenge = ch2.ID
-	ekHash, err := v.Check(req)
+	ch, att := answer(csr)
+	res, err := v.Verify(att, hwid, csr, hwid)
 	if err != nil {
 		t.Fatalf("attestation: %v", err)
 	}
 	ekCert, _ := x509.ParseCertificate(ek)
-	if ekHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
-		t.Errorf("EK hash %s", ekHash)
+	if res.EKHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
+		t.Errorf("EK hash %s", res.EKHash)
 	}
-	if _, err := v.Check(req); err == nil {
-		t.Error("a replayed attestation verified")
+	if _, err := v.Verify(att, hwid, csr, hwid); !errors.Is(err, attest.ErrReplayed) {
+		t.Errorf("a replayed attestation: %v, want ErrReplayed", err)
 	}
 
 	// Another TPM cannot open this TPM's credential; its EK certificate
@@ -296,14 +281,29 @@ func TestAttestation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}); err == nil {
-		t.Error("an EK certificate of an untrusted manufacturer was challenged")
+	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}, hwid); !errors.Is(err, attest.ErrUntrustedEK) {
+		t.Errorf("an EK certificate of an untrusted manufacturer: %v, want ErrUntrustedEK", err)
 	}
 }
 
-// BenchmarkAttestation is what the attestation adds to an enrollment on
-// the device (EK certificate read, AK made, credential activated, device
-// key certified), with swtpm: the proxy's half is the stand-in's.
+// certRequest is a CSR naming nothing, signed by key.
+func certRequest(t testing.TB, key crypto.Signer) *x509.CertificateRequest {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
+
+// BenchmarkAttestation is what the attestation adds to an enrollment, in
+// process, with swtpm: on the device (EK certificate read, AK made,
+// credential activated, device key certified; device-ms/attestation) and
+// at the proxy's verifier (challenge and verify); ns/op is both.
 func BenchmarkAttestation(b *testing.B) {
 	sw := swtpm.Start(b)
 	tp, err := tpmkey.Open(sw.Path())
@@ -320,10 +320,12 @@ func BenchmarkAttestation(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = k.Close() }()
-	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
+	csr := certRequest(b, k)
+	const hwid = "10000000abcdef01"
 	var device time.Duration
 	for b.Loop() {
 		start := time.Now()
@@ -336,19 +338,25 @@ func BenchmarkAttestation(b *testing.B) {
 			b.Fatal(err)
 		}
 		device += time.Since(start)
-		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: "x", EKCert: ek, AKPublic: ak.Public()})
+		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()}, hwid)
 		if err != nil {
 			b.Fatal(err)
 		}
 		start = time.Now()
-		if _, err := ak.ActivateCredential(ch.Credential, ch.Secret); err != nil {
+		activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
+		if err != nil {
 			b.Fatal(err)
 		}
-		if _, _, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, nil, "x")); err != nil {
+		info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hwid))
+		if err != nil {
 			b.Fatal(err)
 		}
 		_ = ak.Close()
 		device += time.Since(start)
+		if _, err := v.Verify(&enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig},
+			hwid, csr, hwid); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.ReportMetric(float64(device.Milliseconds())/float64(b.N), "device-ms/attestation")
 }
