@@ -3,7 +3,6 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"os"
@@ -47,7 +46,7 @@ import (
 // certificate.
 func TestTPMKey(t *testing.T) {
 	sw, other := swtpm.Start(t), swtpm.Start(t)
-	ek, otherEK := ekHash(t, sw), ekHash(t, other)
+	ek, otherEK := sw.EKHash(), other.EKHash()
 	const raw = "1813BBBK0201"
 	id, err := hwid.Parse("bbb", raw)
 	if err != nil {
@@ -188,26 +187,6 @@ func TestTPMKey(t *testing.T) {
 	if d, err := admin.Device(ctx, dev.Serial); err != nil || len(d.Issued) == 0 || d.Issued[len(d.Issued)-1].EKSHA256 != otherEK {
 		t.Errorf("core's record after the re-enrollment: %+v %v, want the new TPM's EK %s last", d.Issued, err, otherEK)
 	}
-}
-
-// ekHash is the enrollapi.EKHash of sw's endorsement key, as a factory
-// records it at board bring-up.
-func ekHash(t *testing.T, sw *swtpm.TPM) string {
-	t.Helper()
-	tp, err := tpmkey.Open(sw.Path())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = tp.Close() }()
-	der, err := tp.EKCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return enrollapi.EKHash(c.RawSubjectPublicKeyInfo)
 }
 
 func read(t *testing.T, path string) []byte {

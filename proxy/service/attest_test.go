@@ -29,7 +29,7 @@ import (
 func TestAttestedEnrollment(t *testing.T) {
 	tpm := swtpm.Start(t)
 	board := attesttest.Open(t, tpm)
-	ek := board.EKHash()
+	ek := tpm.EKHash()
 	dir := t.TempDir()
 	manifest := filepath.Join(dir, "tpm.csv")
 	lines := fmt.Sprintf("board,hardwareId,ekSha256\nrpi4,10000000000000a1,%s\nrpi4,10000000000000a2,\nrpi4,10000000000000a3,%s\n", ek, strings.Repeat("0", 64))
