@@ -204,3 +204,53 @@ func write(t *testing.T, path, content string) {
 		t.Fatal(err)
 	}
 }
+
+// BenchmarkEnrollTPM is what the attestation adds to one enrollment end to
+// end: enroll.Enroll as prov-device enroll runs it (key made, CSR, TLS to
+// the proxy, the proxy's registration at core, step-ca's signature, core's
+// first image, installed) through a real proxy, core and step-ca, with a
+// software key and with the key in a TPM (swtpm: key made in the TPM, EK
+// certificate read, AK made, the challenge's round trip, credential
+// activated, key certified, the proxy's verification). Each iteration is a
+// new board (its own hardware ID and state directory).
+func BenchmarkEnrollTPM(b *testing.B) {
+	sw := swtpm.Start(b)
+	core := coretest.Start(b, "")
+	proxy := proxytest.StartWith(b, core, fmt.Sprintf("attestation: {roots: %q}\n", sw.ManufacturerChain),
+		local+"rate: 100000\nburst: 100000\n")
+	rootPEM, err := os.ReadFile(core.RootCert())
+	if err != nil {
+		b.Fatal(err)
+	}
+	n := 0
+	for _, key := range []enroll.KeyKind{enroll.KeyFile, enroll.KeyTPM} {
+		b.Run(string(key), func(b *testing.B) {
+			for b.Loop() {
+				b.StopTimer()
+				n++
+				id, err := hwid.Parse("bbb", fmt.Sprintf("1813BBBK%04d", n))
+				if err != nil {
+					b.Fatal(err)
+				}
+				st, err := state.Open(b.TempDir())
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				_, _, err = enroll.Enroll(ctx, st, enroll.Options{ProxyURL: proxy.URL, RootPEM: rootPEM, ID: id, Key: key, TPM: sw.Path(),
+					Install: install.Options{Rules: imagespec.DefaultRules()}})
+				b.StopTimer()
+				if err != nil {
+					b.Fatalf("enroll (%s key): %v", key, err)
+				}
+				if leaf, err := st.Leaf(); err != nil {
+					b.Fatal(err)
+				} else if ka, _ := pki.KeyAttestationOf(leaf); ka.TPM != (key == enroll.KeyTPM) {
+					b.Fatalf("%s key: the certificate's key attestation %+v", key, ka)
+				}
+				_ = st.Close()
+				b.StartTimer()
+			}
+		})
+	}
+}
