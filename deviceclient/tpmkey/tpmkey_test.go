@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/fleetprov/prov/deviceclient/tpmkey"
+	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
 	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
@@ -32,7 +33,7 @@ func open(t *testing.T, sw *swtpm.TPM) *tpmkey.TPM {
 }
 
 // newKey makes a device key in tp and loads it until the test ends.
-func newKey(t *testing.T, tp *tpmkey.TPM) (*tpmkey.Blob, *tpmkey.Key) {
+func newKey(t testing.TB, tp *tpmkey.TPM) (*tpmkey.Blob, *tpmkey.Key) {
 	t.Helper()
 	blob, err := tp.Create()
 	if err != nil {
@@ -210,57 +211,36 @@ func tlsHandshake(t *testing.T, k crypto.Signer) {
 func TestAttestation(t *testing.T) {
 	sw, sw2 := swtpm.Start(t), swtpm.Start(t)
 	notThisTPM(t, sw, sw2)
-	tp := open(t, sw)
-	_, k := newKey(t, tp)
 	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const hwid = "10000000abcdef01"
-	ek, err := tp.EKCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak, err := tp.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ak.Close() }()
-	chReq := enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()}
-	// answer is the board's answer to a fresh challenge for the CSR of
-	// key k.
-	answer := func(csr *x509.CertificateRequest) (*enrollapi.ChallengeResponse, *enrollapi.Attestation) {
+	board := tpmkeytest.Open(t, sw)
+	k, csr, _ := board.NewKey()
+	// answer is the board's answer to a fresh challenge.
+	answer := func() (*enrollapi.ChallengeResponse, *enrollapi.Attestation) {
 		t.Helper()
-		ch, err := v.Challenge(chReq, hwid)
+		ch, err := v.Challenge(board.Request("rpi4", hwid), hwid)
 		if err != nil {
 			t.Fatalf("challenge: %v", err)
 		}
-		activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hwid))
-		if err != nil {
-			t.Fatal(err)
-		}
-		return ch, &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
+		return ch, board.Answer(ch, k, csr, hwid)
 	}
-	csr := certRequest(t, k)
 
 	// This certification with the CSR of another key (a software one).
 	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	_, att := answer(csr)
+	_, att := answer()
 	if _, err := v.Verify(att, hwid, certRequest(t, soft), hwid); !errors.Is(err, attest.ErrNotCertified) {
 		t.Errorf("the attestation for another key's CSR: %v, want ErrNotCertified", err)
 	}
-	ch, att := answer(csr)
+	ch, att := answer()
 	res, err := v.Verify(att, hwid, csr, hwid)
 	if err != nil {
 		t.Fatalf("attestation: %v", err)
 	}
-	ekCert, _ := x509.ParseCertificate(ek)
-	if res.EKHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
-		t.Errorf("EK hash %s", res.EKHash)
+	if res.EKHash != sw.EKHash() {
+		t.Errorf("EK hash %s, want %s", res.EKHash, sw.EKHash())
 	}
 	if _, err := v.Verify(att, hwid, csr, hwid); !errors.Is(err, attest.ErrReplayed) {
 		t.Errorf("a replayed attestation: %v, want ErrReplayed", err)
@@ -268,20 +248,15 @@ func TestAttestation(t *testing.T) {
 
 	// Another TPM cannot open this TPM's credential; its EK certificate
 	// is from a manufacturer the verifier does not trust.
-	tp2 := open(t, sw2)
-	ak2, err := tp2.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ak2.Close() }()
-	if _, err := ak2.ActivateCredential(ch.Credential, ch.Secret); err == nil {
+	other := tpmkeytest.Open(t, sw2)
+	if _, err := other.AK.ActivateCredential(ch.Credential, ch.Secret); err == nil {
 		t.Error("another TPM opened this TPM's credential")
 	}
-	ek2, err := tp2.EKCertificate()
-	if err != nil {
-		t.Fatal(err)
+	otherKey, otherCSR, _ := other.NewKey()
+	if _, err := other.AK.Answer(ch, otherKey, otherCSR.Raw, hwid); !errors.Is(err, tpmkey.ErrCredential) {
+		t.Errorf("another TPM's answer: %v, want ErrCredential", err)
 	}
-	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}, hwid); !errors.Is(err, attest.ErrUntrustedEK) {
+	if _, err := v.Challenge(other.Request("rpi4", hwid), hwid); !errors.Is(err, attest.ErrUntrustedEK) {
 		t.Errorf("an EK certificate of an untrusted manufacturer: %v, want ErrUntrustedEK", err)
 	}
 }
@@ -311,15 +286,7 @@ func BenchmarkAttestation(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = tp.Close() }()
-	blob, err := tp.Create()
-	if err != nil {
-		b.Fatal(err)
-	}
-	k, err := tp.Load(blob)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = k.Close() }()
+	_, k := newKey(b, tp)
 	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		b.Fatal(err)
@@ -343,18 +310,13 @@ func BenchmarkAttestation(b *testing.B) {
 			b.Fatal(err)
 		}
 		start = time.Now()
-		activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
-		if err != nil {
-			b.Fatal(err)
-		}
-		info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hwid))
+		att, err := ak.Answer(ch, k, csr.Raw, hwid)
 		if err != nil {
 			b.Fatal(err)
 		}
 		_ = ak.Close()
 		device += time.Since(start)
-		if _, err := v.Verify(&enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig},
-			hwid, csr, hwid); err != nil {
+		if _, err := v.Verify(att, hwid, csr, hwid); err != nil {
 			b.Fatal(err)
 		}
 	}
