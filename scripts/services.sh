@@ -64,8 +64,11 @@ start_proxy() {
   # (they refuse the proxy's identity: docs/factory.md).
   local console_port
   console_port=$(free_port $((port + 1)))
-  local batches=""
+  local batches="" attestation=""
   [[ -n "$manifest" ]] && batches="  batches: [{name: demo-batch, manifest: \"$manifest\", group: default}]"
+  # ATTESTATION_ROOTS: the TPM manufacturers' roots (PEM) the proxy's
+  # attestation verifier trusts; unset, no board can enroll with a TPM key.
+  [[ -n "${ATTESTATION_ROOTS:-}" ]] && attestation="attestation: {roots: \"$ATTESTATION_ROOTS\"}"
   cat > "$WORK/proxy.yaml" <<YAML
 listen: "127.0.0.1:$port"
 trustBundle: "$PKI/certs/root_ca.crt"
@@ -75,6 +78,7 @@ core: {url: "$CORE"}
 ca: {url: "$CA_URL"}
 field: {mqttUrl: "tls://localhost:$MQTT_PORT"}
 record: {path: "$WORK/factory.jsonl"}
+$attestation
 console:
   listen: "127.0.0.1:$console_port"
   tls: {cert: "$PKI/console/factory1/cert.pem", key: "$PKI/console/factory1/key.pem"}

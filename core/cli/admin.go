@@ -359,6 +359,10 @@ func (p printer) device(d *coreapi.Device) error {
 	} else {
 		_, _ = fmt.Fprintf(tw, "report\tnone yet\n")
 	}
+	for _, c := range d.Issued {
+		_, _ = fmt.Fprintf(tw, "issued certificate\tserial %s, until %s, by %s; key: %s\n", c.Serial, c.NotAfter.UTC().Format(time.RFC3339),
+			c.IssuedBy, keyStorage(c))
+	}
 	for _, c := range d.Certificates {
 		_, _ = fmt.Fprintf(tw, "certificate\tserial %s, until %s\n", c.Serial, c.NotAfter.UTC().Format(time.RFC3339))
 	}
@@ -371,6 +375,16 @@ func (p printer) device(d *coreapi.Device) error {
 		_, _ = fmt.Fprintf(tw, "not yet revoked at step-ca\t%s\n", line)
 	}
 	return tw.Flush()
+}
+
+// keyStorage says where an issued certificate's key is: in a TPM the
+// proxy attested at enrollment (named by its endorsement key, as the
+// certificate's TPM key policy names it), or in software.
+func keyStorage(c coreapi.IssuedCertificate) string {
+	if c.EKSHA256 != "" {
+		return "TPM (endorsement key sha256 " + c.EKSHA256 + ")"
+	}
+	return "software"
 }
 
 // status is a device's status, with how many of its certificates step-ca

@@ -49,7 +49,26 @@ func TestAdmin(t *testing.T) {
 	if code != cli.ExitOK || !strings.Contains(out, "/etc/prov/data/site") || !strings.Contains(out, "(device)") {
 		t.Fatalf("show: %d\n%s", code, out)
 	}
+	// Each issued certificate's key: in software, or in the TPM the proxy
+	// attested (its endorsement key).
 	cert := core.Enrolled(t, d.Serial, 0)
+	tpmCert := coretest.DeviceCert(t, core.CA, d.Serial, 0)
+	key, err := coreapi.KeySHA256(tpmCert.Leaf.PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ek := strings.Repeat("ab", 32)
+	if _, err := core.Client(t, core.Proxy(t)).RecordIssued(t.Context(), d.Serial, coreapi.IssuedCertificate{Serial: tpmCert.Leaf.SerialNumber.String(),
+		KeySHA256: key, NotBefore: tpmCert.Leaf.NotBefore, NotAfter: tpmCert.Leaf.NotAfter, EKSHA256: ek}); err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = admin("show", d.Serial)
+	for _, want := range []string{`issued certificate +serial ` + cert.Leaf.SerialNumber.String() + `, until \S+, by spiffe://\S+/proxy/\S+; key: software\n`,
+		`issued certificate +serial ` + tpmCert.Leaf.SerialNumber.String() + `, until \S+, by \S+; key: TPM \(endorsement key sha256 ` + ek + `\)\n`} {
+		if code != cli.ExitOK || !regexp.MustCompile(want).MatchString(out) {
+			t.Fatalf("show lacks %q: %d\n%s", want, code, out)
+		}
+	}
 	for _, args := range [][]string{{"reprovision", d.Serial}, {"revoke", d.Serial, "--reason", "test"}} {
 		if code, out, errs := admin(args...); code != cli.ExitOK {
 			t.Fatalf("%v: %d\n%s%s", args, code, out, errs)
@@ -57,11 +76,11 @@ func TestAdmin(t *testing.T) {
 	}
 	// This core has no revoker at step-ca: what is not revoked there shows.
 	code, out, _ = admin("show", d.Serial)
-	if code != cli.ExitOK || !strings.Contains(out, "revoked (1 not yet revoked at step-ca)") ||
+	if code != cli.ExitOK || !strings.Contains(out, "revoked (2 not yet revoked at step-ca)") ||
 		!regexp.MustCompile(`not yet revoked at step-ca +serial `+cert.Leaf.SerialNumber.String()).MatchString(out) {
 		t.Fatalf("show of a revoked device with its certificate pending at step-ca: %d\n%s", code, out)
 	}
-	if code, out, _ = admin("list"); code != cli.ExitOK || !strings.Contains(out, "revoked (1 not yet revoked at step-ca)") {
+	if code, out, _ = admin("list"); code != cli.ExitOK || !strings.Contains(out, "revoked (2 not yet revoked at step-ca)") {
 		t.Fatalf("list: %d\n%s", code, out)
 	}
 	code, out, _ = admin("audit", d.Serial)

@@ -20,6 +20,8 @@ import (
 	"github.com/fleetprov/prov/core/coretest"
 	"github.com/fleetprov/prov/deviceclient/state"
 	"github.com/fleetprov/prov/internal/testenv"
+	"github.com/fleetprov/prov/internal/testenv/swtpm"
+	"github.com/fleetprov/prov/pki"
 	"github.com/fleetprov/prov/pki/ca/catest"
 	"github.com/fleetprov/prov/pki/deployment"
 	"github.com/fleetprov/prov/pki/pkitest"
@@ -75,6 +77,66 @@ func TestDeviceAcrossNetworks(t *testing.T) {
 	if out, err := exec.Command(sys.bin, "status", "--state", sys.state, "--json").Output(); err != nil || !bytes.Contains(out, []byte(`"generation": 3`)) {
 		t.Fatalf("status: %v\n%s", err, out)
 	}
+
+	t.Run("TPM board", sys.tpmBoard)
+}
+
+// tpmBoard: a board with its key in its TPM (swtpm on a Unix socket, which
+// network namespaces do not separate) enrolls from the factory network,
+// attested, at a proxy that trusts its TPM's manufacturer and whose batch
+// lists its endorsement key; then it fetches over mTLS in the field with
+// the key in the TPM, and mounts its image like the others.
+func (sys *acrossNetworks) tpmBoard(t *testing.T) {
+	sw := swtpm.Start(t)
+	ek := sw.EKHash()
+	const raw = "10000000e2e00002"
+	dir := t.TempDir()
+	manifest := filepath.Join(dir, "line.csv")
+	if err := os.WriteFile(manifest, []byte("board,hardwareId,ekSha256\nrpi4,"+raw+","+ek+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	proxy := proxytest.StartOn(t, sys.core, factoryHost+":0", sys.proxyTop+fmt.Sprintf("\nattestation: {roots: %q}", sw.ManufacturerChain),
+		fmt.Sprintf("networks: [\"10.231.0.0/24\"]\nbatches:\n  - {name: tpm, manifest: %q, attestation: required}\n", manifest))
+	board, stateDir := rpi4Board(t, raw), filepath.Join(dir, "state")
+	dev := func(ns *netns, args ...string) {
+		t.Helper()
+		cmd := ns.command(append([]string{sys.bin}, append(args, "--state", stateDir, "--cpuinfo", board.cpuinfo, "--dt-root", board.dt)...)...)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("prov-device %s: %v\n%s", strings.Join(args, " "), err, out)
+		}
+	}
+	dev(sys.factory, "enroll", "--proxy", proxy.URL, "--root", sys.d.RootCert(), "--key", "tpm", "--tpm", sw.Path())
+	if _, err := os.Stat(filepath.Join(stateDir, state.KeyFile)); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("%s after enroll --key tpm: %v, want none", state.KeyFile, err)
+	}
+	s, err := state.Open(stateDir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = s.Close() }()
+	leaf, err := s.Leaf()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ka, err := pki.KeyAttestationOf(leaf); err != nil || !ka.TPM || ka.EKSHA256 != ek {
+		t.Fatalf("the certificate's key attestation: %+v %v, want TPM with EK %s", ka, err, ek)
+	}
+	// Fetched in the field (mTLS to core with the TPM key), mounted on
+	// the host (a mount inside "ip netns exec" would end with it).
+	changeGroup(t, sys.core.Client(t, sys.core.Admin(t)), "site=hall-tpm")
+	dev(sys.field, "update", "--target", "")
+	target, runDir := filepath.Join(dir, "etc"), filepath.Join(dir, "run")
+	if err := os.MkdirAll(target, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	mnt := []string{"--target", target, "--run-dir", runDir, "--state", stateDir}
+	if out, err := exec.Command(sys.bin, append([]string{"mount", "--cpuinfo", board.cpuinfo, "--dt-root", board.dt}, mnt...)...).CombinedOutput(); err != nil {
+		t.Fatalf("prov-device mount: %v\n%s", err, out)
+	}
+	t.Cleanup(func() { _ = exec.Command(sys.bin, append([]string{"unmount"}, mnt...)...).Run() })
+	if site, err := os.ReadFile(filepath.Join(target, "prov", "data", "site")); err != nil || string(site) != "hall-tpm\n" {
+		t.Errorf("/etc/prov/data/site through the mount: %q %v", site, err)
+	}
 }
 
 // acrossNetworks is the whole system on the host, a factory network and a
@@ -83,6 +145,7 @@ type acrossNetworks struct {
 	d              *deployment.Deployment
 	core           *coretest.Core
 	proxy          *proxytest.Proxy
+	proxyTop       string // the proxy's configuration but vouching
 	factory, field *netns
 	curl, bin      string
 	caPort         string
@@ -123,10 +186,9 @@ func startAcrossNetworks(t *testing.T) *acrossNetworks {
 		fmt.Sprintf("mqtt: {embedded: {listen: \"\"}, external: {url: \"tls://localhost:%d\"}}\n", mqttPort)), dir, "0.0.0.0:0")
 	sys.corePort = sys.core.URL[strings.LastIndex(sys.core.URL, ":")+1:]
 	sys.core.URL = "https://127.0.0.1:" + sys.corePort
-	sys.proxy = proxytest.StartOn(t, sys.core, factoryHost+":0",
-		fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%s\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
-			fieldHost, sys.corePort, fieldHost, sys.caPort, fieldHost, mqttPort),
-		"networks: [\"10.231.0.0/24\"]\n")
+	sys.proxyTop = fmt.Sprintf("field: {coreUrl: \"https://%s:%s\", caUrl: \"https://%s:%s\", mqttUrl: \"tls://%s:%d\"}\ncertificateLifetime: 5m",
+		fieldHost, sys.corePort, fieldHost, sys.caPort, fieldHost, mqttPort)
+	sys.proxy = proxytest.StartOn(t, sys.core, factoryHost+":0", sys.proxyTop, "networks: [\"10.231.0.0/24\"]\n")
 	sys.bin = filepath.Join(binaries(t), "prov-device")
 	sys.board = rpi4Board(t, "10000000e2e00001")
 	sys.state = filepath.Join(t.TempDir(), "state")

@@ -65,7 +65,8 @@ func repoRoot(t *testing.T) string {
 }
 
 // TestDemo runs make demo's script on freshly built binaries: every step
-// passes (as root; without root the mounts are reported as skipped).
+// passes (as root; without root the mounts are reported as skipped), and
+// a board enrolls with its key in a TPM (swtpm) beside the others.
 func TestDemo(t *testing.T) {
 	testenv.Tool(t, "curl", "apt-get install curl")
 	testenv.Tool(t, "openssl", "apt-get install openssl")
@@ -75,12 +76,23 @@ func TestDemo(t *testing.T) {
 	if err != nil {
 		t.Fatalf("demo: %v\n%s", err, out)
 	}
+	_, noTPM := exec.LookPath("swtpm")
 	want := "Every step passed."
-	if os.Geteuid() != 0 {
+	if os.Geteuid() != 0 || noTPM != nil {
 		want = "skipped"
 	}
 	if !strings.Contains(string(out), want) {
 		t.Fatalf("demo output lacks %q:\n%s", want, out)
+	}
+	if noTPM != nil {
+		testenv.Missing(t, "the demo skipped its TPM board: install Debian's swtpm and swtpm-tools")
+	}
+	// The board with its key in a TPM: the certificate's policy and core's
+	// view name its endorsement key (the demo checks they are the same).
+	for _, want := range []string{"Explicit Text: TPM-resident key; endorsement key SHA-256 ", "key: TPM (endorsement key sha256 ", "key: software"} {
+		if !strings.Contains(string(out), want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out)
+		}
 	}
 }
 

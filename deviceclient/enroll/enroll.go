@@ -246,19 +246,18 @@ func attest(ctx context.Context, hc *http.Client, o Options, key *tpmkey.Key) ([
 	if err := post(ctx, hc, o.ProxyURL, enrollapi.RouteEnrollChallenge.Path, body, &ch); err != nil {
 		return nil, nil, err
 	}
-	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
-	if err != nil {
-		return nil, nil, fmt.Errorf("%w: the challenge's credential does not open in this TPM: %w", ErrBadAnswer, err)
-	}
 	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
 	if err != nil {
 		return nil, nil, err
 	}
-	info, sig, err := ak.Certify(key, enrollapi.QualifyingData(ch.Nonce, der, o.ID.Canonical))
-	if err != nil {
+	att, err := ak.Answer(&ch, key, der, o.ID.Canonical)
+	switch {
+	case errors.Is(err, tpmkey.ErrCredential):
+		return nil, nil, fmt.Errorf("%w: %w", ErrBadAnswer, err)
+	case err != nil:
 		return nil, nil, err
 	}
-	return der, &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: key.PublicArea(), CertifyInfo: info, Signature: sig}, nil
+	return der, att, nil
 }
 
 // deviceKey returns the device's key: the one it has (an unfinished

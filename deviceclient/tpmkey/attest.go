@@ -163,6 +163,23 @@ func (ak *AK) Certify(k *Key, qualifying []byte) (attest, signature []byte, err 
 	return tpm2.Marshal(rsp.CertifyInfo), tpm2.Marshal(rsp.Signature), nil
 }
 
+// Answer is the board's answer to the proxy's challenge ch for the CSR
+// csrDER of device key k, sent with hardwareID exactly as the enrollment
+// sends it: the credential opened with the endorsement key (an error
+// wrapping ErrCredential if it does not open here) and k certified by the
+// attestation key over enrollapi.QualifyingData.
+func (ak *AK) Answer(ch *enrollapi.ChallengeResponse, k *Key, csrDER []byte, hardwareID string) (*enrollapi.Attestation, error) {
+	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrCredential, err)
+	}
+	info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, csrDER, hardwareID))
+	if err != nil {
+		return nil, err
+	}
+	return &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}, nil
+}
+
 // Close unloads the attestation key.
 func (ak *AK) Close() error {
 	ak.tpm.mu.Lock()

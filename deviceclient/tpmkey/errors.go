@@ -12,6 +12,9 @@ var (
 	// ErrNotThisTPM: the key blob was made by another TPM. Its storage
 	// root key is not this TPM's: the SD card moved between boards.
 	ErrNotThisTPM = errors.New("the device key is not in this board's TPM (was the card moved from another board?)")
+	// ErrCredential: the proxy's credential does not open in this TPM
+	// (it was made for another endorsement or attestation key).
+	ErrCredential = errors.New("the challenge's credential does not open in this TPM")
 	// ErrBadKeyFile: key.tpm is not a key blob of this format.
 	ErrBadKeyFile = errors.New("not a TPM key file")
 )

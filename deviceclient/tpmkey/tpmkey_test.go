@@ -10,7 +10,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"math/big"
 	"testing"
@@ -19,6 +18,7 @@ import (
 	"github.com/fleetprov/prov/deviceclient/tpmkey"
 	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
+	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
@@ -33,7 +33,7 @@ func open(t *testing.T, sw *swtpm.TPM) *tpmkey.TPM {
 }
 
 // newKey makes a device key in tp and loads it until the test ends.
-func newKey(t *testing.T, tp *tpmkey.TPM) (*tpmkey.Blob, *tpmkey.Key) {
+func newKey(t testing.TB, tp *tpmkey.TPM) (*tpmkey.Blob, *tpmkey.Key) {
 	t.Helper()
 	blob, err := tp.Create()
 	if err != nil {
@@ -202,108 +202,83 @@ func tlsHandshake(t *testing.T, k crypto.Signer) {
 	}
 }
 
-// The device's half of the attestation against a stand-in for the
-// proxy's (tpmkeytest): the EK certificate chains to the TPM's
-// manufacturer, the credential made for the AK's name opens in this TPM
-// only, and the AK's certification of the device key over the qualifying
-// data verifies for the CSR's key, once. (Two TPMs: the moved card's
-// refusals are checked here too.)
+// The device's half of the attestation against the proxy's verifier
+// (proxy/attest): the EK certificate chains to the TPM's manufacturer,
+// the credential made for the AK's name opens in this TPM only, and the
+// AK's certification of the device key over the qualifying data verifies
+// for the CSR's key, once. (Two TPMs: the moved card's refusals are
+// checked here too.)
 func TestAttestation(t *testing.T) {
 	sw, sw2 := swtpm.Start(t), swtpm.Start(t)
 	notThisTPM(t, sw, sw2)
-	tp := open(t, sw)
-	_, k := newKey(t, tp)
-	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
+	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	const hwid = "10000000abcdef01"
-	ek, err := tp.EKCertificate()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ak, err := tp.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ak.Close() }()
-	ch, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
-	if err != nil {
-		t.Fatalf("challenge: %v", err)
-	}
-	activated, err := ak.ActivateCredential(ch.Credential, ch.Secret)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr := func(key crypto.Signer) (string, []byte) {
-		der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	board := tpmkeytest.Open(t, sw)
+	k, csr, _ := board.NewKey()
+	// answer is the board's answer to a fresh challenge.
+	answer := func() (*enrollapi.ChallengeResponse, *enrollapi.Attestation) {
+		t.Helper()
+		ch, err := v.Challenge(board.Request("rpi4", hwid), hwid)
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("challenge: %v", err)
 		}
-		return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der})), der
+		return ch, board.Answer(ch, k, csr, hwid)
 	}
-	csrPEM, der := csr(k)
-	info, sig, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, der, hwid))
-	if err != nil {
-		t.Fatal(err)
-	}
-	att := &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.PublicArea(), CertifyInfo: info, Signature: sig}
-	req := enrollapi.EnrollRequest{Board: "rpi4", HardwareID: hwid, CSR: csrPEM, Attestation: att}
 
-	// The CSR of another key (a software one) with this certification.
+	// This certification with the CSR of another key (a software one).
 	soft, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	other := req
-	other.CSR, _ = csr(soft)
-	if _, err := v.Check(other); err == nil {
-		t.Error("the attestation verified for another key's CSR")
+	_, att := answer()
+	if _, err := v.Verify(att, hwid, certRequest(t, soft), hwid); !errors.Is(err, attest.ErrNotCertified) {
+		t.Errorf("the attestation for another key's CSR: %v, want ErrNotCertified", err)
 	}
-	// The refusal used up the challenge: a fresh one for the real check.
-	ch2, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if att.Activated, err = ak.ActivateCredential(ch2.Credential, ch2.Secret); err != nil {
-		t.Fatal(err)
-	}
-	if att.CertifyInfo, att.Signature, err = ak.Certify(k, enrollapi.QualifyingData(ch2.Nonce, der, hwid)); err != nil {
-		t.Fatal(err)
-	}
-	att.Challenge = ch2.ID
-	ekHash, err := v.Check(req)
+	ch, att := answer()
+	res, err := v.Verify(att, hwid, csr, hwid)
 	if err != nil {
 		t.Fatalf("attestation: %v", err)
 	}
-	ekCert, _ := x509.ParseCertificate(ek)
-	if ekHash != enrollapi.EKHash(ekCert.RawSubjectPublicKeyInfo) {
-		t.Errorf("EK hash %s", ekHash)
+	if res.EKHash != sw.EKHash() {
+		t.Errorf("EK hash %s, want %s", res.EKHash, sw.EKHash())
 	}
-	if _, err := v.Check(req); err == nil {
-		t.Error("a replayed attestation verified")
+	if _, err := v.Verify(att, hwid, csr, hwid); !errors.Is(err, attest.ErrReplayed) {
+		t.Errorf("a replayed attestation: %v, want ErrReplayed", err)
 	}
 
 	// Another TPM cannot open this TPM's credential; its EK certificate
 	// is from a manufacturer the verifier does not trust.
-	tp2 := open(t, sw2)
-	ak2, err := tp2.NewAK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { _ = ak2.Close() }()
-	if _, err := ak2.ActivateCredential(ch.Credential, ch.Secret); err == nil {
+	other := tpmkeytest.Open(t, sw2)
+	if _, err := other.AK.ActivateCredential(ch.Credential, ch.Secret); err == nil {
 		t.Error("another TPM opened this TPM's credential")
 	}
-	ek2, err := tp2.EKCertificate()
-	if err != nil {
-		t.Fatal(err)
+	otherKey, otherCSR, _ := other.NewKey()
+	if _, err := other.AK.Answer(ch, otherKey, otherCSR.Raw, hwid); !errors.Is(err, tpmkey.ErrCredential) {
+		t.Errorf("another TPM's answer: %v, want ErrCredential", err)
 	}
-	if _, err := v.Challenge(enrollapi.ChallengeRequest{Board: "rpi4", HardwareID: hwid, EKCert: ek2, AKPublic: ak2.Public()}); err == nil {
-		t.Error("an EK certificate of an untrusted manufacturer was challenged")
+	if _, err := v.Challenge(other.Request("rpi4", hwid), hwid); !errors.Is(err, attest.ErrUntrustedEK) {
+		t.Errorf("an EK certificate of an untrusted manufacturer: %v, want ErrUntrustedEK", err)
 	}
 }
 
-// BenchmarkAttestation is what the attestation adds to an enrollment on
-// the device (EK certificate read, AK made, credential activated, device
-// key certified), with swtpm: the proxy's half is the stand-in's.
+// certRequest is a CSR naming nothing, signed by key.
+func certRequest(t testing.TB, key crypto.Signer) *x509.CertificateRequest {
+	t.Helper()
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.ParseCertificateRequest(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return csr
+}
+
+// BenchmarkAttestation is what the attestation adds to an enrollment, in
+// process, with swtpm: on the device (EK certificate read, AK made,
+// credential activated, device key certified; device-ms/attestation) and
+// at the proxy's verifier (challenge and verify); ns/op is both.
 func BenchmarkAttestation(b *testing.B) {
 	sw := swtpm.Start(b)
 	tp, err := tpmkey.Open(sw.Path())
@@ -311,19 +286,13 @@ func BenchmarkAttestation(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer func() { _ = tp.Close() }()
-	blob, err := tp.Create()
+	_, k := newKey(b, tp)
+	v, err := attest.Load(sw.ManufacturerChain, attest.Options{})
 	if err != nil {
 		b.Fatal(err)
 	}
-	k, err := tp.Load(blob)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer func() { _ = k.Close() }()
-	v, err := tpmkeytest.New(sw.ManufacturerRoots, sw.ManufacturerChain)
-	if err != nil {
-		b.Fatal(err)
-	}
+	csr := certRequest(b, k)
+	const hwid = "10000000abcdef01"
 	var device time.Duration
 	for b.Loop() {
 		start := time.Now()
@@ -336,19 +305,20 @@ func BenchmarkAttestation(b *testing.B) {
 			b.Fatal(err)
 		}
 		device += time.Since(start)
-		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: "x", EKCert: ek, AKPublic: ak.Public()})
+		ch, err := v.Challenge(enrollapi.ChallengeRequest{HardwareID: hwid, EKCert: ek, AKPublic: ak.Public()}, hwid)
 		if err != nil {
 			b.Fatal(err)
 		}
 		start = time.Now()
-		if _, err := ak.ActivateCredential(ch.Credential, ch.Secret); err != nil {
-			b.Fatal(err)
-		}
-		if _, _, err := ak.Certify(k, enrollapi.QualifyingData(ch.Nonce, nil, "x")); err != nil {
+		att, err := ak.Answer(ch, k, csr.Raw, hwid)
+		if err != nil {
 			b.Fatal(err)
 		}
 		_ = ak.Close()
 		device += time.Since(start)
+		if _, err := v.Verify(att, hwid, csr, hwid); err != nil {
+			b.Fatal(err)
+		}
 	}
 	b.ReportMetric(float64(device.Milliseconds())/float64(b.N), "device-ms/attestation")
 }

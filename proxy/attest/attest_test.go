@@ -13,6 +13,8 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 
+	"github.com/fleetprov/prov/deviceclient/tpmkey"
+	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
 	"github.com/fleetprov/prov/proxy/attest"
 	"github.com/fleetprov/prov/proxy/attest/attesttest"
@@ -39,27 +41,40 @@ func challenge(t testing.TB, v *attest.Verifier, req enrollapi.ChallengeRequest)
 	return ch
 }
 
-// Two TPMs, each from its own manufacturer: a good attestation of A's
-// key passes and names A's EK; each way it can be wrong is refused with
-// its own error.
+// Two TPMs, each from its own manufacturer, driven by the device client's
+// TPM package: a good attestation of A's key passes and names A's EK;
+// each way it can be wrong is refused with its own error. What a real
+// board cannot send (an exportable key the TPM certified, a forged
+// certification) is made with go-tpm directly (attesttest) or in software.
 func TestAttestation(t *testing.T) {
 	tpmA, tpmB := swtpm.Start(t), swtpm.Start(t)
-	a, b := attesttest.Open(t, tpmA), attesttest.Open(t, tpmB)
 	now := time.Now()
 	clock := func() time.Time { return now }
 	v := verifier(t, tpmA.ManufacturerChain, attest.Options{Now: clock})
-	key := a.NewKey(attesttest.KeyTemplate)
-	csr, _ := key.CSR()
+	// First, while no other client has A's socket (swtpm serves one).
+	t.Run("exportable key", func(t *testing.T) {
+		a := attesttest.Open(t, tpmA)
+		tmpl := attesttest.KeyTemplate
+		tmpl.ObjectAttributes.FixedTPM, tmpl.ObjectAttributes.FixedParent = false, false
+		loose := a.NewKey(tmpl)
+		_, csr := softwareCSR(t)
+		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), loose, csr, hw)
+		if _, err := v.Verify(att, hw, csr, hw); !errors.Is(err, attest.ErrExportable) {
+			t.Errorf("an exportable key the TPM certified: %v", err)
+		}
+	})
+	a, b := tpmkeytest.Open(t, tpmA), tpmkeytest.Open(t, tpmB)
+	key, csr, _ := a.NewKey()
 
 	// good, then replayed.
-	ch := challenge(t, v, a.ChallengeRequest("rpi4", hw))
+	ch := challenge(t, v, a.Request("rpi4", hw))
 	good := a.Answer(ch, key, csr, hw)
 	res, err := v.Verify(good, hw, csr, hw)
 	if err != nil {
 		t.Fatalf("a good attestation: %v", err)
 	}
-	if res.EKHash != a.EKHash() || res.EKHash == b.EKHash() {
-		t.Errorf("EK hash %s, want A's %s", res.EKHash, a.EKHash())
+	if res.EKHash != tpmA.EKHash() || res.EKHash == tpmB.EKHash() {
+		t.Errorf("EK hash %s, want A's %s", res.EKHash, tpmA.EKHash())
 	}
 	refused := func(name string, want error, att *enrollapi.Attestation) {
 		t.Helper()
@@ -74,71 +89,61 @@ func TestAttestation(t *testing.T) {
 	t.Run("untrusted EK", func(t *testing.T) {
 		// B's manufacturer only: A's EK does not chain to it.
 		vb := verifier(t, tpmB.ManufacturerChain, attest.Options{})
-		_, err := vb.Challenge(a.ChallengeRequest("rpi4", hw), hw)
+		_, err := vb.Challenge(a.Request("rpi4", hw), hw)
 		if !errors.Is(err, attest.ErrUntrustedEK) {
 			t.Errorf("A's EK under B's manufacturer: %v", err)
 		}
-		if _, err := vb.Challenge(b.ChallengeRequest("rpi4", hw), hw); err != nil {
+		if _, err := vb.Challenge(b.Request("rpi4", hw), hw); err != nil {
 			t.Errorf("B's EK under B's manufacturer: %v", err)
 		}
 	})
 	t.Run("AK not activated", func(t *testing.T) {
 		// A's EK with B's AK: neither TPM can open the credential, the
 		// board answers with what it has.
-		req := a.ChallengeRequest("rpi4", hw)
-		req.AKPublic = b.ChallengeRequest("rpi4", hw).AKPublic
+		req := a.Request("rpi4", hw)
+		req.AKPublic = b.AK.Public()
 		ch := challenge(t, v, req)
-		if _, err := b.Activate(ch); err == nil {
+		if _, err := b.AK.ActivateCredential(ch.Credential, ch.Secret); err == nil {
 			t.Fatal("B opened a credential for A's EK")
 		}
-		if _, err := a.Activate(ch); err == nil {
+		if _, err := a.AK.ActivateCredential(ch.Credential, ch.Secret); err == nil {
 			t.Fatal("A opened a credential for B's AK")
 		}
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, csr, hw)
+		att := a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, csr, hw)
 		att.Challenge = ch.ID
 		refused("wrong secret", attest.ErrNotActivated, att)
 	})
 	t.Run("AK not a restricted signing key", func(t *testing.T) {
-		req := a.ChallengeRequest("rpi4", hw)
-		req.AKPublic = key.Public
+		req := a.Request("rpi4", hw)
+		req.AKPublic = key.PublicArea()
 		if _, err := v.Challenge(req, hw); !errors.Is(err, attest.ErrBadAK) {
 			t.Errorf("the device key as AK: %v", err)
 		}
 	})
-	t.Run("exportable key", func(t *testing.T) {
-		tmpl := attesttest.KeyTemplate
-		tmpl.ObjectAttributes.FixedTPM, tmpl.ObjectAttributes.FixedParent = false, false
-		loose := a.NewKey(tmpl)
-		csr, _ := loose.CSR()
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), loose, csr, hw)
-		if _, err := v.Verify(att, hw, csr, hw); !errors.Is(err, attest.ErrExportable) {
-			t.Errorf("exportable key: %v", err)
-		}
-	})
+	other, otherCSR, _ := b.NewKey()
 	t.Run("key certified by another TPM's AK", func(t *testing.T) {
-		other := b.NewKey(attesttest.KeyTemplate)
-		csr, _ := other.CSR()
-		ch := challenge(t, v, a.ChallengeRequest("rpi4", hw))
-		att := a.Answer(ch, key, csr, hw) // A activates
-		att.KeyPublic = other.Public
-		att.CertifyInfo, att.Signature = b.Certify(other, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hw))
-		if _, err := v.Verify(att, hw, csr, hw); !errors.Is(err, attest.ErrNotCertified) {
+		ch := challenge(t, v, a.Request("rpi4", hw))
+		att := a.Answer(ch, key, otherCSR, hw) // A activates
+		info, sig, err := b.AK.Certify(other, enrollapi.QualifyingData(ch.Nonce, otherCSR.Raw, hw))
+		if err != nil {
+			t.Fatal(err)
+		}
+		att.KeyPublic, att.CertifyInfo, att.Signature = other.PublicArea(), info, sig
+		if _, err := v.Verify(att, hw, otherCSR, hw); !errors.Is(err, attest.ErrNotCertified) {
 			t.Errorf("B's key certified by B's AK: %v", err)
 		}
 	})
 	t.Run("another key than the certified one", func(t *testing.T) {
-		// Both in A: the AK certified the first, the board names the second.
-		second := a.NewKey(attesttest.KeyTemplate)
-		csr2, _ := second.CSR()
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, csr2, hw)
-		att.KeyPublic = second.Public
-		if _, err := v.Verify(att, hw, csr2, hw); !errors.Is(err, attest.ErrNotCertified) {
+		// A's AK certified A's key; the board names another (B's).
+		att := a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, otherCSR, hw)
+		att.KeyPublic = other.PublicArea()
+		if _, err := v.Verify(att, hw, otherCSR, hw); !errors.Is(err, attest.ErrNotCertified) {
 			t.Errorf("keyPublic not the certified key: %v", err)
 		}
 	})
 	t.Run("software key, forged certification", func(t *testing.T) {
 		sw, csr := softwareCSR(t)
-		ch := challenge(t, v, a.ChallengeRequest("rpi4", hw))
+		ch := challenge(t, v, a.Request("rpi4", hw))
 		att := a.Answer(ch, key, csr, hw)
 		att.KeyPublic, att.CertifyInfo, att.Signature = forge(t, sw, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hw))
 		if _, err := v.Verify(att, hw, csr, hw); !errors.Is(err, attest.ErrNotCertified) {
@@ -147,32 +152,32 @@ func TestAttestation(t *testing.T) {
 	})
 	t.Run("CSR key differs", func(t *testing.T) {
 		_, swCSR := softwareCSR(t)
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, swCSR, hw)
+		att := a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, swCSR, hw)
 		if _, err := v.Verify(att, hw, swCSR, hw); !errors.Is(err, attest.ErrKeyMismatch) {
 			t.Errorf("the TPM key certified, a software key's CSR: %v", err)
 		}
 	})
 	t.Run("certified for another enrollment", func(t *testing.T) {
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, csr, "10000000ffffffff")
+		att := a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, csr, "10000000ffffffff")
 		if _, err := v.Verify(att, hw, csr, hw); !errors.Is(err, attest.ErrNotCertified) {
 			t.Errorf("qualifying data for another hardware ID: %v", err)
 		}
 	})
 	t.Run("unknown, another board's, expired", func(t *testing.T) {
-		att := a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, csr, hw)
+		att := a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, csr, hw)
 		if _, err := v.Verify(att, "10000000ffffffff", csr, hw); !errors.Is(err, attest.ErrUnknownChallenge) {
 			t.Errorf("another board's challenge: %v", err)
 		}
 		att.Challenge = "00"
 		refused("unknown", attest.ErrUnknownChallenge, att)
-		att = a.Answer(challenge(t, v, a.ChallengeRequest("rpi4", hw)), key, csr, hw)
+		att = a.Answer(challenge(t, v, a.Request("rpi4", hw)), key, csr, hw)
 		now = now.Add(attest.DefaultTTL)
 		refused("expired", attest.ErrExpiredChallenge, att)
 	})
 	t.Run("bounded", func(t *testing.T) {
 		one := verifier(t, tpmA.ManufacturerChain, attest.Options{Max: 1})
-		challenge(t, one, a.ChallengeRequest("rpi4", hw))
-		if _, err := one.Challenge(a.ChallengeRequest("rpi4", hw), hw); !errors.Is(err, attest.ErrBusy) {
+		challenge(t, one, a.Request("rpi4", hw))
+		if _, err := one.Challenge(a.Request("rpi4", hw), hw); !errors.Is(err, attest.ErrBusy) {
 			t.Errorf("a second challenge past the bound: %v", err)
 		}
 	})
@@ -240,7 +245,7 @@ func TestLoadNeedsARoot(t *testing.T) {
 func BenchmarkProxyCost(b *testing.B) {
 	board, v, key, csr := benchBoard(b)
 	for b.Loop() {
-		ch := challenge(b, v, board.ChallengeRequest("rpi4", hw))
+		ch := challenge(b, v, board.Request("rpi4", hw))
 		b.StopTimer()
 		att := board.Answer(ch, key, csr, hw)
 		b.StartTimer()
@@ -257,7 +262,7 @@ func BenchmarkProxyCost(b *testing.B) {
 func BenchmarkRoundTrip(b *testing.B) {
 	board, v, key, csr := benchBoard(b)
 	for b.Loop() {
-		att := board.Answer(challenge(b, v, board.ChallengeRequest("rpi4", hw)), key, csr, hw)
+		att := board.Answer(challenge(b, v, board.Request("rpi4", hw)), key, csr, hw)
 		if _, err := v.Verify(att, hw, csr, hw); err != nil {
 			b.Fatal(err)
 		}
@@ -266,12 +271,11 @@ func BenchmarkRoundTrip(b *testing.B) {
 
 // benchBoard is a TPM with its AK and a device key, and a verifier that
 // trusts its manufacturer.
-func benchBoard(b *testing.B) (*attesttest.Board, *attest.Verifier, *attesttest.Key, *x509.CertificateRequest) {
+func benchBoard(b *testing.B) (*tpmkeytest.Board, *attest.Verifier, *tpmkey.Key, *x509.CertificateRequest) {
 	b.Helper()
 	tpm := swtpm.Start(b)
-	board := attesttest.Open(b, tpm)
+	board := tpmkeytest.Open(b, tpm)
 	v := verifier(b, tpm.ManufacturerChain, attest.Options{})
-	key := board.NewKey(attesttest.KeyTemplate)
-	csr, _ := key.CSR()
+	key, csr, _ := board.NewKey()
 	return board, v, key, csr
 }

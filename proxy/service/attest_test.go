@@ -11,10 +11,10 @@ import (
 	"testing"
 
 	"github.com/fleetprov/prov/core/coretest"
+	"github.com/fleetprov/prov/deviceclient/tpmkey/tpmkeytest"
 	"github.com/fleetprov/prov/internal/testenv"
 	"github.com/fleetprov/prov/internal/testenv/swtpm"
 	"github.com/fleetprov/prov/pki"
-	"github.com/fleetprov/prov/proxy/attest/attesttest"
 	"github.com/fleetprov/prov/proxy/auditlog"
 	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 	"github.com/fleetprov/prov/proxy/proxytest"
@@ -28,8 +28,7 @@ import (
 // the factory record.
 func TestAttestedEnrollment(t *testing.T) {
 	tpm := swtpm.Start(t)
-	board := attesttest.Open(t, tpm)
-	ek := board.EKHash()
+	ek := tpm.EKHash()
 	dir := t.TempDir()
 	manifest := filepath.Join(dir, "tpm.csv")
 	lines := fmt.Sprintf("board,hardwareId,ekSha256\nrpi4,10000000000000a1,%s\nrpi4,10000000000000a2,\nrpi4,10000000000000a3,%s\n", ek, strings.Repeat("0", 64))
@@ -45,12 +44,13 @@ func TestAttestedEnrollment(t *testing.T) {
 	}
 	e := &env{core: core, proxy: p, url: p.URL, record: p.Record, roots: roots}
 
-	key := board.NewKey(attesttest.KeyTemplate)
-	csr, csrPEM := key.CSR()
+	// The board: its TPM driven by the device client's own package.
+	board := tpmkeytest.Open(t, tpm)
+	key, csr, csrPEM := board.NewKey()
 	attested := func(hw string) enrollapi.EnrollRequest {
 		t.Helper()
 		var ch enrollapi.ChallengeResponse
-		if code, ae := e.post(t, enrollapi.RouteEnrollChallenge.Path, board.ChallengeRequest("rpi4", hw), &ch); code != http.StatusOK {
+		if code, ae := e.post(t, enrollapi.RouteEnrollChallenge.Path, board.Request("rpi4", hw), &ch); code != http.StatusOK {
 			t.Fatalf("challenge for %s: %d %+v", hw, code, ae)
 		}
 		return enrollapi.EnrollRequest{Board: "rpi4", HardwareID: hw, CSR: csrPEM, Attestation: board.Answer(&ch, key, csr, hw)}
@@ -98,7 +98,7 @@ func TestAttestedEnrollment(t *testing.T) {
 	}
 	// A challenge for a board in no manifest is refused by the manifest
 	// rule, recorded like an enrollment's refusal.
-	if code, ae := e.post(t, enrollapi.RouteEnrollChallenge.Path, board.ChallengeRequest("rpi4", "10000000000000ff"), new(enrollapi.ChallengeResponse)); code != http.StatusForbidden || ae.Code != enrollapi.RuleManifest.Code() {
+	if code, ae := e.post(t, enrollapi.RouteEnrollChallenge.Path, board.Request("rpi4", "10000000000000ff"), new(enrollapi.ChallengeResponse)); code != http.StatusForbidden || ae.Code != enrollapi.RuleManifest.Code() {
 		t.Errorf("a challenge outside the manifest: %d %+v", code, ae)
 	}
 	var got []string

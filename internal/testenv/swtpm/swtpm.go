@@ -13,6 +13,7 @@ package swtpm
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
 	"os"
 	"os/exec"
@@ -24,8 +25,10 @@ import (
 
 	"github.com/google/go-tpm/tpm2"
 	"github.com/google/go-tpm/tpm2/transport"
+	"github.com/google/go-tpm/tpm2/transport/linuxudstpm"
 
 	"github.com/fleetprov/prov/internal/testenv"
+	"github.com/fleetprov/prov/proxy/contract/enrollapi"
 )
 
 // TPM is one running software TPM.
@@ -191,4 +194,25 @@ func ReadEKCert(tr transport.TPM) ([]byte, error) {
 		off += n
 	}
 	return der, nil
+}
+
+// EKHash is the running TPM's RSA endorsement key as enrollapi.EKHash
+// names it: what a factory records for the board at bring-up (a batch
+// manifest's ekSha256).
+func (tpm *TPM) EKHash() string {
+	tpm.t.Helper()
+	tr, err := linuxudstpm.Open(tpm.Socket)
+	if err != nil {
+		tpm.t.Fatal(err)
+	}
+	defer func() { _ = tr.Close() }()
+	der, err := ReadEKCert(tr)
+	if err != nil {
+		tpm.t.Fatal(err)
+	}
+	c, err := x509.ParseCertificate(der)
+	if err != nil {
+		tpm.t.Fatalf("the EK certificate: %v", err)
+	}
+	return enrollapi.EKHash(c.RawSubjectPublicKeyInfo)
 }

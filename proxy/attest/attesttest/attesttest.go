@@ -1,22 +1,18 @@
-// Package attesttest is a board's half of TPM attestation for the proxy's
-// tests, done with go-tpm directly against a software TPM
-// (internal/testenv/swtpm): the EK from the TCG default RSA template with
-// its certificate from NV, an attestation key, credential activation with
-// the EK's PolicySecret session, device keys made in the TPM (or, for
-// refusals, exportable ones) with a CSR signed by the TPM, and
-// TPM2_Certify over the enrollment's qualifying data. It is the proxy's
-// test's own board, not the device client's TPM package.
+// Package attesttest is what the proxy's attestation tests need of a board
+// that a real one (the device client's deviceclient/tpmkey, which the
+// good paths use) cannot send: go-tpm driven directly against a software
+// TPM (internal/testenv/swtpm) with the EK certificate from NV, an
+// attestation key, credential activation with the EK's PolicySecret
+// session, device keys from any template (an exportable one, to be
+// refused) and TPM2_Certify over the enrollment's qualifying data; and the
+// templates the fuzz seeds are made from.
 package attesttest
 
 import (
 	"crypto"
-	"crypto/ecdsa"
 	"crypto/rand"
 	"crypto/x509"
-	"encoding/asn1"
 	"encoding/pem"
-	"io"
-	"math/big"
 	"testing"
 
 	"github.com/google/go-tpm/tpm2"
@@ -81,6 +77,13 @@ func Open(t testing.TB, tpm *swtpm.TPM) *Board {
 	// the EK and device keys are loaded for each use.
 	priv, pub := b.create(AKTemplate)
 	b.ak, b.akPub = b.load(priv, pub), tpm2.Marshal(pub)
+	// A TPM keeps transient objects across connections (swtpm has no
+	// resource manager): flush them before the transport closes, so that
+	// the next client of this TPM has its slots.
+	t.Cleanup(func() {
+		b.flush(b.ak.Handle)
+		b.flush(b.srk.Handle)
+	})
 	return b
 }
 
@@ -119,9 +122,9 @@ func (b *Board) ChallengeRequest(board, hardwareID string) enrollapi.ChallengeRe
 	return enrollapi.ChallengeRequest{Board: board, HardwareID: hardwareID, EKCert: b.EKCert, AKPublic: b.akPub}
 }
 
-// Activate opens the challenge's credential with the EK (a policy
+// activate opens the challenge's credential with the EK (a policy
 // session: PolicySecret on the endorsement hierarchy) for the AK.
-func (b *Board) Activate(ch *enrollapi.ChallengeResponse) ([]byte, error) {
+func (b *Board) activate(ch *enrollapi.ChallengeResponse) ([]byte, error) {
 	ekPolicy := func(tpm transport.TPM, handle tpm2.TPMISHPolicy, nonceTPM tpm2.TPM2BNonce) error {
 		_, err := tpm2.PolicySecret{AuthHandle: tpm2.TPMRHEndorsement, PolicySession: handle, NonceTPM: nonceTPM}.Execute(tpm)
 		return err
@@ -149,22 +152,13 @@ type Key struct {
 	priv   tpm2.TPM2BPrivate
 	pub2b  tpm2.TPM2BPublic
 	Public []byte // TPM2B_PUBLIC
-	pub    *ecdsa.PublicKey
 }
 
 // NewKey makes a device key from tmpl (KeyTemplate, or a variant).
 func (b *Board) NewKey(tmpl tpm2.TPMTPublic) *Key {
 	b.t.Helper()
 	priv, p := b.create(tmpl)
-	pt, err := p.Contents()
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	k, err := tpm2.Pub(*pt)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return &Key{b: b, priv: priv, pub2b: p, Public: tpm2.Marshal(p), pub: k.(*ecdsa.PublicKey)}
+	return &Key{b: b, priv: priv, pub2b: p, Public: tpm2.Marshal(p)}
 }
 
 // loaded loads the key for f.
@@ -172,40 +166,6 @@ func (k *Key) loaded(f func(tpm2.NamedHandle)) {
 	h := k.b.load(k.priv, k.pub2b)
 	defer k.b.flush(h.Handle)
 	f(h)
-}
-
-// signer is the key as a crypto.Signer (ASN.1 ECDSA over a SHA-256
-// digest), signed by the TPM.
-type signer struct{ k *Key }
-
-func (s signer) Public() crypto.PublicKey { return s.k.pub }
-
-func (s signer) Sign(_ io.Reader, digest []byte, _ crypto.SignerOpts) (out []byte, err error) {
-	s.k.loaded(func(h tpm2.NamedHandle) { out, err = s.sign(h, digest) })
-	return out, err
-}
-
-func (s signer) sign(h tpm2.NamedHandle, digest []byte) ([]byte, error) {
-	rsp, err := tpm2.Sign{
-		KeyHandle: tpm2.AuthHandle{Handle: h.Handle, Name: h.Name, Auth: tpm2.PasswordAuth(nil)},
-		Digest:    tpm2.TPM2BDigest{Buffer: digest},
-		InScheme: tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgECDSA,
-			Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: tpm2.TPMAlgSHA256})},
-		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-	}.Execute(s.k.b.tr)
-	if err != nil {
-		return nil, err
-	}
-	e, err := rsp.Signature.Signature.ECDSA()
-	if err != nil {
-		return nil, err
-	}
-	return asn1.Marshal(struct{ R, S *big.Int }{new(big.Int).SetBytes(e.SignatureR.Buffer), new(big.Int).SetBytes(e.SignatureS.Buffer)})
-}
-
-// CSR is a CSR naming nothing for the key, signed by the TPM, and its PEM.
-func (k *Key) CSR() (*x509.CertificateRequest, string) {
-	return CSR(k.b.t, signer{k})
 }
 
 // CSR is a CSR naming nothing signed by s, and its PEM.
@@ -222,9 +182,9 @@ func CSR(t testing.TB, s crypto.Signer) (*x509.CertificateRequest, string) {
 	return csr, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}))
 }
 
-// Certify has the board's AK certify the key over qualifying data:
+// certify has the board's AK certify the key over qualifying data:
 // TPM2B_ATTEST and TPMT_SIGNATURE.
-func (b *Board) Certify(k *Key, qualifying []byte) (info, sig []byte) {
+func (b *Board) certify(k *Key, qualifying []byte) (info, sig []byte) {
 	b.t.Helper()
 	var rsp *tpm2.CertifyResponse
 	var err error
@@ -246,20 +206,10 @@ func (b *Board) Certify(k *Key, qualifying []byte) (info, sig []byte) {
 // and the key certified for this CSR and hardware ID (as sent).
 func (b *Board) Answer(ch *enrollapi.ChallengeResponse, k *Key, csr *x509.CertificateRequest, hardwareID string) *enrollapi.Attestation {
 	b.t.Helper()
-	activated, err := b.Activate(ch)
+	activated, err := b.activate(ch)
 	if err != nil {
 		b.t.Fatalf("activate the credential: %v", err)
 	}
-	info, sig := b.Certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hardwareID))
+	info, sig := b.certify(k, enrollapi.QualifyingData(ch.Nonce, csr.Raw, hardwareID))
 	return &enrollapi.Attestation{Challenge: ch.ID, Activated: activated, KeyPublic: k.Public, CertifyInfo: info, Signature: sig}
-}
-
-// EKHash is the board's EK's enrollapi.EKHash.
-func (b *Board) EKHash() string {
-	b.t.Helper()
-	c, err := x509.ParseCertificate(b.EKCert)
-	if err != nil {
-		b.t.Fatal(err)
-	}
-	return enrollapi.EKHash(c.RawSubjectPublicKeyInfo)
 }
