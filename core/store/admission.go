@@ -2,6 +2,7 @@ package store
 
 import (
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/fleetprov/prov/core/contract/coreapi"
@@ -113,6 +114,9 @@ func DecideAdmission(r AdmissionRequest, st AdmissionState, now time.Time) (*Adm
 // reenroll applies the re-enrollment policy to the certificates issued
 // before: the serials to revoke (allow), or a refusal.
 func reenroll(r AdmissionRequest, issued []Issued, now time.Time) ([]string, error) {
+	// Keys a re-enrollment replaced are not the device's any more: they
+	// can neither come back (same-key-only) nor need revoking again.
+	issued = slices.DeleteFunc(slices.Clone(issued), func(c Issued) bool { return c.Replaced != nil })
 	if len(issued) == 0 {
 		return nil, nil
 	}

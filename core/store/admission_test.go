@@ -228,6 +228,10 @@ func TestDecideReenrollment(t *testing.T) {
 	expired := store.Issued{Serial: "100", KeySHA256: "k0", NotBefore: t0.Add(-48 * time.Hour), NotAfter: t0.Add(-24 * time.Hour)}
 	stale := old
 	stale.NotBefore = t0.Add(-2 * time.Hour)
+	at := t0.Add(-time.Hour)
+	replaced := stale
+	replaced.Replaced = &at
+	current := store.Issued{Serial: "333", KeySHA256: "k3", NotBefore: at, NotAfter: t0.Add(24 * time.Hour)}
 	for _, tc := range []struct {
 		policy coreapi.ReenrollmentPolicy
 		issued []store.Issued
@@ -243,6 +247,10 @@ func TestDecideReenrollment(t *testing.T) {
 		{coreapi.ReenrollSameKeyOnly, []store.Issued{old}, "k2", true, nil},
 		{coreapi.ReenrollAllow, []store.Issued{old, expired}, "k2", false, []string{"111"}}, // expired ones need no revocation
 		{coreapi.ReenrollAllow, []store.Issued{old}, "k1", false, nil},
+		// A key a re-enrollment replaced is not the device's any more.
+		{coreapi.ReenrollSameKeyOnly, []store.Issued{replaced, current}, "k1", true, nil},
+		{coreapi.ReenrollSameKeyOnly, []store.Issued{replaced, current}, "k3", false, nil},
+		{coreapi.ReenrollAllow, []store.Issued{replaced, current}, "k4", false, []string{"333"}},
 	} {
 		r := store.AdmissionRequest{Serial: "00000000d1", KeySHA256: tc.key, Policy: tc.policy, RetryWindow: 15 * time.Minute, Lease: time.Minute}
 		got, err := store.DecideAdmission(r, store.AdmissionState{Issued: tc.issued}, t0)
@@ -251,6 +259,32 @@ func TestDecideReenrollment(t *testing.T) {
 		}
 		if err == nil && !slices.Equal(got.Revoke, tc.revoke) {
 			t.Errorf("%s: revokes %v, want %v", tc.policy, got.Revoke, tc.revoke)
+		}
+	}
+}
+
+// A certificate recorded for another key (a re-enrollment the policy
+// allowed) replaces the keys before it: core accepts them no more, the
+// new one it does, and the event names what it replaced. The same key
+// again replaces nothing.
+func TestAddIssuedReplacesOtherKeys(t *testing.T) {
+	t0 := admitT0
+	d := &store.Device{Serial: "00000000d2"}
+	store.AddIssued(d, store.Issued{Serial: "1", KeySHA256: "k1", NotAfter: t0.Add(time.Hour)}, t0)
+	store.AddIssued(d, store.Issued{Serial: "2", KeySHA256: "k1", NotAfter: t0.Add(2 * time.Hour)}, t0)
+	if !d.KeyRecorded("k1") || d.Issued[0].Replaced != nil {
+		t.Fatalf("the same key again replaced it: %+v", d.Issued)
+	}
+	ev := store.AddIssued(d, store.Issued{Serial: "3", KeySHA256: "k2", EKSHA256: strings.Repeat("e", 64), NotAfter: t0.Add(3 * time.Hour)}, t0.Add(time.Minute))
+	if d.KeyRecorded("k1") || !d.KeyRecorded("k2") || d.KeyAttested("k2") == "" {
+		t.Errorf("after a re-enrollment with k2: k1 recorded %v, k2 %v", d.KeyRecorded("k1"), d.KeyRecorded("k2"))
+	}
+	if ev == nil || ev.Detail["replaces"] != "1,2" || ev.Detail["ek"] == "" {
+		t.Errorf("event %+v, want it to name the replaced certificates 1,2 and the EK", ev)
+	}
+	for _, c := range d.Issued[:2] {
+		if c.Replaced == nil || !c.Replaced.Equal(t0.Add(time.Minute)) {
+			t.Errorf("certificate %s: replaced %v", c.Serial, c.Replaced)
 		}
 	}
 }

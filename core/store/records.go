@@ -47,6 +47,10 @@ type Issued struct {
 	// EKSHA256 is the endorsement key of the TPM the proxy attested the
 	// key resident in (enrollapi.EKHash); empty for a software key.
 	EKSHA256 string `json:"ekSha256,omitempty"`
+	// Replaced is when a re-enrollment with another key (policy allow)
+	// replaced this certificate's key: core no longer accepts it, so the
+	// old card, and its certificates renewed at step-ca, stop working.
+	Replaced *time.Time `json:"replaced,omitempty"`
 }
 
 // Device is a registry record.
@@ -86,14 +90,14 @@ func (d *Device) PinsKeys() bool { return d.KeysPinned || len(d.Issued) > 0 }
 // KeyRecorded reports whether keySHA256 is the key of a certificate
 // recorded for the device.
 func (d *Device) KeyRecorded(keySHA256 string) bool {
-	return slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.KeySHA256 == keySHA256 })
+	return slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.KeySHA256 == keySHA256 && x.Replaced == nil })
 }
 
 // KeyAttested returns the endorsement key a recorded key was attested in,
 // or "" for a software key (or one not recorded).
 func (d *Device) KeyAttested(keySHA256 string) string {
 	for _, x := range d.Issued {
-		if x.KeySHA256 == keySHA256 && x.EKSHA256 != "" {
+		if x.KeySHA256 == keySHA256 && x.EKSHA256 != "" && x.Replaced == nil {
 			return x.EKSHA256
 		}
 	}

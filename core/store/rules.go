@@ -3,6 +3,7 @@ package store
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -67,14 +68,32 @@ func AddIssued(d *Device, c Issued, now time.Time) *Event {
 	if slices.ContainsFunc(d.Issued, func(x Issued) bool { return x.Serial == c.Serial }) {
 		return nil
 	}
+	// A certificate for another key is a re-enrollment the policy allowed
+	// (deny and same-key-only refuse one at admission): the keys before it
+	// are replaced, and core accepts them no more.
+	var replaced []string
+	for i := range d.Issued {
+		if x := &d.Issued[i]; x.KeySHA256 != c.KeySHA256 && x.Replaced == nil {
+			at := now.UTC()
+			x.Replaced = &at
+			replaced = append(replaced, x.Serial)
+		}
+	}
 	d.Issued = append(d.Issued, c)
 	if len(d.Issued) > MaxCertificates {
 		d.Issued = d.Issued[len(d.Issued)-MaxCertificates:]
 	}
 	d.KeysPinned = true
 	d.UpdatedAt = now
-	return &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + d.Serial, Action: "certificate issued",
+	ev := &Event{At: now, Actor: c.IssuedBy, Subject: "device/" + d.Serial, Action: "certificate issued",
 		Detail: map[string]string{"serial": c.Serial, "key": c.KeySHA256, "notAfter": c.NotAfter.UTC().Format(time.RFC3339)}}
+	if c.EKSHA256 != "" {
+		ev.Detail["ek"] = c.EKSHA256
+	}
+	if len(replaced) > 0 {
+		ev.Detail["replaces"] = strings.Join(replaced, ",")
+	}
+	return ev
 }
 
 // PinKey pins c's key on a device whose record predates key pinning; nil

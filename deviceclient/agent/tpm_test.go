@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fleetprov/prov/core/contract/coreapi"
 	"github.com/fleetprov/prov/core/contract/hwid"
 	"github.com/fleetprov/prov/core/contract/imagespec"
 	"github.com/fleetprov/prov/core/coretest"
@@ -178,11 +179,17 @@ func TestTPMKey(t *testing.T) {
 		t.Fatalf("re-enrollment under allow: exit %d\n%s", code, out)
 	}
 	// The certificate the proxy issued at the first enrollment is
-	// revoked at step-ca. (Its renewals are not, and core still pins the
-	// old key: under allow the old card keeps working at core. A gap of
-	// the re-enrollment policy for any key, not of the TPM's.)
+	// revoked at step-ca, and core accepts the old key no more: the old
+	// card, back in its own board with its renewed certificate, is
+	// refused (it had kept working at core before core marked replaced
+	// keys).
 	if ok, serials := core.Revoked(t, old); !ok {
 		t.Errorf("the first certificate %s is not revoked (CRL: %v)", old.SerialNumber, serials)
+	}
+	back := newAgent(t, st, agent.Options{})
+	t.Cleanup(func() { _ = back.Close() })
+	if res, err := back.Update(ctx); err == nil || !strings.Contains(err.Error(), string(coreapi.CodeKeyNotEnrolled)) {
+		t.Errorf("the old card after the re-enrollment: %+v %v, want %s", res, err, coreapi.CodeKeyNotEnrolled)
 	}
 	if d, err := admin.Device(ctx, dev.Serial); err != nil || len(d.Issued) == 0 || d.Issued[len(d.Issued)-1].EKSHA256 != otherEK {
 		t.Errorf("core's record after the re-enrollment: %+v %v, want the new TPM's EK %s last", d.Issued, err, otherEK)

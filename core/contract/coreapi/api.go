@@ -58,6 +58,10 @@ type IssuedCertificate struct {
 	// key resident in (enrollapi.EKHash, 64 hex digits); empty for a
 	// software key. The certificate says the same (pki.KeyAttestationOf).
 	EKSHA256 string `json:"ekSha256,omitempty"`
+	// Replaced is when a re-enrollment with another key replaced this
+	// certificate's key (core accepts it no more); set by core, ignored in
+	// a request.
+	Replaced *time.Time `json:"replaced,omitempty"`
 }
 
 // Device is a device as core describes it. Devices asking about themselves
