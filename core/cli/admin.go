@@ -381,10 +381,14 @@ func (p printer) device(d *coreapi.Device) error {
 // proxy attested at enrollment (named by its endorsement key, as the
 // certificate's TPM key policy names it), or in software.
 func keyStorage(c coreapi.IssuedCertificate) string {
+	s := "software"
 	if c.EKSHA256 != "" {
-		return "TPM (endorsement key sha256 " + c.EKSHA256 + ")"
+		s = "TPM (endorsement key sha256 " + c.EKSHA256 + ")"
 	}
-	return "software"
+	if c.Replaced != nil {
+		s += "; replaced by a re-enrollment " + c.Replaced.UTC().Format(time.RFC3339) + ", no longer accepted"
+	}
+	return s
 }
 
 // status is a device's status, with how many of its certificates step-ca
