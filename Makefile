@@ -27,8 +27,14 @@ help: ## list the targets
 build: ## build prov-pki, prov-core, prov-proxy and prov-device into bin/
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN)/ $(CMDS)
 
+# Three test binaries at once on CI's two cores: most of the time of the
+# slow packages is waiting (step-ca, PostgreSQL, certificates ageing,
+# systemd booting in a container, a browser), not CPU (a run's CPU time is
+# under half of two cores' wall time), so a third package fills the gaps.
+TEST_PACKAGES_AT_ONCE ?= 3
+
 test: ## run every test with the race detector (as root also the kernel tests), then every benchmark once, small
-	$(GO) test -race -count=1 -timeout 15m ./...
+	$(GO) test -race -count=1 -p $(TEST_PACKAGES_AT_ONCE) -timeout 15m ./...
 	$(GO) test -short -run '^$$' -bench . -benchtime 1x -timeout 10m ./...
 
 lint: $(GOLANGCI_LINT) ## run the pinned golangci-lint
