@@ -63,7 +63,7 @@ func TestAdmin(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, _ = admin("show", d.Serial)
-	for _, want := range []string{`issued certificate +serial ` + cert.Leaf.SerialNumber.String() + `, until \S+, by spiffe://\S+/proxy/\S+; key: software\n`,
+	for _, want := range []string{`issued certificate +serial ` + cert.Leaf.SerialNumber.String() + `, until \S+, by spiffe://\S+/proxy/\S+; key: software; replaced by a re-enrollment \S+, no longer accepted\n`,
 		`issued certificate +serial ` + tpmCert.Leaf.SerialNumber.String() + `, until \S+, by \S+; key: TPM \(endorsement key sha256 ` + ek + `\)\n`} {
 		if code != cli.ExitOK || !regexp.MustCompile(want).MatchString(out) {
 			t.Fatalf("show lacks %q: %d\n%s", want, code, out)
