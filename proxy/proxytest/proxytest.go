@@ -88,11 +88,11 @@ core: {url: %q}
 ca: {url: %q}
 field: {mqttUrl: %q}
 record: {path: %q}
-console: {listen: "127.0.0.1:0", tls: {cert: %q, key: %q}}
+%s
 log: {level: debug}
 vouching:
 %s`, c.RootCert(), c.IdentityCert(pki.RoleProxy, p), c.IdentityKey(pki.RoleProxy, p), c.ProxyProvisionerKey(p), c.ProxyProvisionerPassword(p),
-		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, c.ConsoleCert(p), c.ConsoleKey(p), indent(vouching))
+		strings.Replace(core.URL, "127.0.0.1", "localhost", 1), c.CAURL, mqtt, record, ConsoleSection(core, ""), indent(vouching))
 	if err := os.WriteFile(cfgPath, []byte(coretest.MergeYAML(cfg, top+"\n")), 0o600); err != nil {
 		t.Fatal(err)
 	}
